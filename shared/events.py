@@ -1,0 +1,551 @@
+"""The event envelope and the catalogue of every event on every topic.
+
+Events are immutable facts named in the past tense. Each payload class is declared once
+here and registered under its `event_type`; a changed shape gets a new `schema_version`
+and an upcaster (see `register_upcaster`), never an edit in place.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import Enum, IntEnum
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    SerializeAsAny,
+    model_validator,
+)
+
+
+class EventError(ValueError):
+    """An event that cannot be understood (unknown type or version, malformed payload)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+class Level(IntEnum):
+    """级别: 1 is the most severe."""
+
+    ONE = 1
+    TWO = 2
+    THREE = 3
+
+
+class Category(str, Enum):
+    """类别 (seed 000, 分类处置)."""
+
+    INQUIRY = "inquiry"
+    HYPE = "hype"
+    RUMOR = "rumor"
+    SUGGESTION = "suggestion"
+
+
+class MediaTier(str, Enum):
+    CENTRAL = "central"
+    NATIONAL_PORTAL = "national_portal"
+    PROVINCIAL = "provincial"
+    MUNICIPAL = "municipal"
+    COUNTY = "county"
+    SELF_MEDIA = "self_media"
+
+
+class SourceType(str, Enum):
+    NEWS = "news"
+    PORTAL = "portal"
+    FORUM = "forum"
+    WEIBO = "weibo"
+    WECHAT = "wechat"
+    QQ_GROUP = "qq_group"
+    SHORT_VIDEO = "short_video"
+    LEADER_BOARD = "leader_board"
+    REFERRAL = "referral"
+    HOTLINE = "hotline"
+    OTHER = "other"
+
+
+class StatementKind(str, Enum):
+    PRESS_RELEASE = "press_release"
+    ONLINE_REPLY = "online_reply"
+    CLARIFICATION = "clarification"
+    BULLETIN = "bulletin"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Actor(_Frozen):
+    """Who caused an event: a person, a partner's client, a rule or the system itself."""
+
+    type: Literal["person", "client", "rule", "system"]
+    id: str = Field(min_length=1, max_length=200)
+    unit_id: str | None = None
+
+    @classmethod
+    def rule(cls, name: str) -> Actor:
+        return cls(type="rule", id=name)
+
+    @classmethod
+    def system(cls, service: str) -> Actor:
+        return cls(type="system", id=service)
+
+
+class Reach(_Frozen):
+    views: NonNegativeInt = 0
+    reposts: NonNegativeInt = 0
+    comments: NonNegativeInt = 0
+    likes: NonNegativeInt = 0
+
+
+class Fact(_Frozen):
+    """A labelled figure a statement states, so later statements can be checked against it."""
+
+    label: str = Field(min_length=1, max_length=200)
+    value: str = Field(max_length=2000)
+
+
+class FiredRule(_Frozen):
+    """One rule of the rulebook that fired, and why, so a reviewer can see how a grade came."""
+
+    rule_id: str
+    reason: str
+
+
+class ApprovalStep(_Frozen):
+    role: str
+    unit_id: str | None = None
+
+
+# --------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type["EventPayload"]] = {}
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def _register(cls: type["EventPayload"]) -> None:  # called as each payload class is declared
+    if cls.EVENT_TYPE in _REGISTRY:
+        raise EventError(f"event type {cls.EVENT_TYPE} declared twice")
+    _REGISTRY[cls.EVENT_TYPE] = cls
+
+
+def register_upcaster(event_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Declare how a payload of `from_version` becomes one of `from_version + 1`."""
+
+    def decorate(fn: Upcaster) -> Upcaster:
+        _UPCASTERS[(event_type, from_version)] = fn
+        return fn
+
+    return decorate
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+class EventPayload(_Frozen):
+    """The typed body of one event. Subclasses set EVENT_TYPE, TOPIC and SCHEMA_VERSION."""
+
+    EVENT_TYPE: ClassVar[str]
+    TOPIC: ClassVar[str]
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "EVENT_TYPE" in cls.__dict__:
+            _register(cls)
+
+
+INTAKE_TOPIC = "intake.events"
+GRADING_TOPIC = "grading.events"
+NOTIFICATION_TOPIC = "notification.events"
+STATEMENT_TOPIC = "statement.events"
+ARCHIVE_TOPIC = "archive.events"
+ALL_TOPICS = (INTAKE_TOPIC, GRADING_TOPIC, NOTIFICATION_TOPIC, STATEMENT_TOPIC, ARCHIVE_TOPIC)
+DEAD_LETTER_TOPIC = "yuqing.deadletter"
+
+
+# intake ---------------------------------------------------------------------
+
+
+class IncidentOpened(EventPayload):
+    EVENT_TYPE = "IncidentOpened"
+    TOPIC = INTAKE_TOPIC
+    title: str
+    unit_ids: tuple[str, ...]
+    first_report_id: str
+
+
+class ReportReceived(EventPayload):
+    EVENT_TYPE = "ReportReceived"
+    TOPIC = INTAKE_TOPIC
+    report_id: str
+    source_type: SourceType
+    source_name: str
+    media_tier: MediaTier
+    url: str
+    normalized_url: str
+    title: str
+    excerpt: str
+    author: str | None
+    published_at: AwareDatetime
+    observed_at: AwareDatetime
+    reach: Reach
+    unit_ids: tuple[str, ...]
+    filed_by: str
+
+
+class ReportAttached(EventPayload):
+    EVENT_TYPE = "ReportAttached"
+    TOPIC = INTAKE_TOPIC
+    report_id: str
+    match: str  # why it belongs here: "same_url", "similar_text", ...
+
+
+class IncidentResolved(EventPayload):
+    EVENT_TYPE = "IncidentResolved"
+    TOPIC = INTAKE_TOPIC
+    reason: str
+
+
+class IncidentDismissed(EventPayload):
+    EVENT_TYPE = "IncidentDismissed"
+    TOPIC = INTAKE_TOPIC
+    reason: str
+
+
+class IncidentReopened(EventPayload):
+    EVENT_TYPE = "IncidentReopened"
+    TOPIC = INTAKE_TOPIC
+    reason: str
+
+
+# grading --------------------------------------------------------------------
+
+
+class IncidentGraded(EventPayload):
+    EVENT_TYPE = "IncidentGraded"
+    TOPIC = GRADING_TOPIC
+    level: Level
+    category: Category
+    rules_fired: tuple[FiredRule, ...]
+    rulebook_version: str
+    sensitive_topics: tuple[str, ...] = ()
+
+
+class IncidentEscalated(EventPayload):
+    EVENT_TYPE = "IncidentEscalated"
+    TOPIC = GRADING_TOPIC
+    from_level: Level
+    to_level: Level
+    category: Category
+    reason: str
+    rules_fired: tuple[FiredRule, ...]
+    rulebook_version: str
+
+
+class GradeOverridden(EventPayload):
+    EVENT_TYPE = "GradeOverridden"
+    TOPIC = GRADING_TOPIC
+    from_level: Level
+    to_level: Level
+    category: Category
+    reason: str
+
+
+# notification ---------------------------------------------------------------
+
+
+class ObligationOpened(EventPayload):
+    EVENT_TYPE = "ObligationOpened"
+    TOPIC = NOTIFICATION_TOPIC
+    obligation_id: str
+    kind: str
+    title: str  # what bureau staff read, in Chinese
+    level: Level
+    owner_role: str
+    recipients: tuple[str, ...]
+    counted_from: AwareDatetime
+    deadline: AwareDatetime
+
+
+class NotificationSent(EventPayload):
+    EVENT_TYPE = "NotificationSent"
+    TOPIC = NOTIFICATION_TOPIC
+    notification_id: str
+    obligation_id: str
+    channel: str
+    recipient: str
+    attempt: int
+
+
+class NotificationFailed(EventPayload):
+    EVENT_TYPE = "NotificationFailed"
+    TOPIC = NOTIFICATION_TOPIC
+    notification_id: str
+    obligation_id: str
+    channel: str
+    recipient: str
+    attempts: int
+    reason: str
+
+
+class NotificationAcknowledged(EventPayload):
+    EVENT_TYPE = "NotificationAcknowledged"
+    TOPIC = NOTIFICATION_TOPIC
+    notification_id: str
+    obligation_id: str
+    acknowledged_by: str
+
+
+class ObligationFulfilled(EventPayload):
+    EVENT_TYPE = "ObligationFulfilled"
+    TOPIC = NOTIFICATION_TOPIC
+    obligation_id: str
+    fulfilled_by: str
+    fulfilled_at: AwareDatetime
+    reference: str | None = None
+    late: bool = False
+
+
+class ObligationClosed(EventPayload):
+    EVENT_TYPE = "ObligationClosed"
+    TOPIC = NOTIFICATION_TOPIC
+    obligation_id: str
+    reason: str
+
+
+class DeadlineMissed(EventPayload):
+    EVENT_TYPE = "DeadlineMissed"
+    TOPIC = NOTIFICATION_TOPIC
+    obligation_id: str
+    kind: str
+    level: Level
+    deadline: AwareDatetime
+    alerted_roles: tuple[str, ...]
+
+
+# statement ------------------------------------------------------------------
+
+
+class StatementDrafted(EventPayload):
+    EVENT_TYPE = "StatementDrafted"
+    TOPIC = STATEMENT_TOPIC
+    statement_id: str
+    kind: StatementKind
+    version: int
+    title: str
+    body: str
+    facts: tuple[Fact, ...] = ()
+    outlets: tuple[str, ...] = ()
+    author: str
+
+
+class StatementRevised(EventPayload):
+    EVENT_TYPE = "StatementRevised"
+    TOPIC = STATEMENT_TOPIC
+    statement_id: str
+    version: int
+    title: str
+    body: str
+    facts: tuple[Fact, ...] = ()
+    outlets: tuple[str, ...] = ()
+    author: str
+
+
+class StatementSubmitted(EventPayload):
+    EVENT_TYPE = "StatementSubmitted"
+    TOPIC = STATEMENT_TOPIC
+    statement_id: str
+    version: int
+    level: Level
+    chain: tuple[ApprovalStep, ...]
+
+
+class StatementApproved(EventPayload):
+    EVENT_TYPE = "StatementApproved"
+    TOPIC = STATEMENT_TOPIC
+    statement_id: str
+    version: int
+    step: ApprovalStep
+    approver: str
+    comment: str = ""
+    fully_approved: bool
+
+
+class StatementRejected(EventPayload):
+    EVENT_TYPE = "StatementRejected"
+    TOPIC = STATEMENT_TOPIC
+    statement_id: str
+    version: int
+    step: ApprovalStep
+    approver: str
+    comment: str
+
+
+class StatementPublished(EventPayload):
+    EVENT_TYPE = "StatementPublished"
+    TOPIC = STATEMENT_TOPIC
+    statement_id: str
+    version: int
+    outlet: str
+    url: str
+    published_by: str
+
+
+# archive --------------------------------------------------------------------
+
+
+class ReviewRecorded(EventPayload):
+    EVENT_TYPE = "ReviewRecorded"
+    TOPIC = ARCHIVE_TOPIC
+    cause: str
+    handling: str
+    lessons: str
+    reviewed_by: str
+
+
+class CaseArchived(EventPayload):
+    EVENT_TYPE = "CaseArchived"
+    TOPIC = ARCHIVE_TOPIC
+    case_id: str
+    figures: dict[str, Any] = Field(default_factory=dict)
+
+
+def payload_class(event_type: str) -> type[EventPayload]:
+    try:
+        return _REGISTRY[event_type]
+    except KeyError:
+        raise EventError(f"unknown event_type {event_type!r}") from None
+
+
+def event_types() -> dict[str, type[EventPayload]]:
+    return dict(_REGISTRY)
+
+
+def upcast(event_type: str, version: int, payload: dict[str, Any]) -> dict[str, Any]:
+    current = payload_class(event_type).SCHEMA_VERSION
+    if version > current:
+        raise EventError(
+            f"{event_type} schema_version {version} is newer than this code knows ({current})"
+        )
+    while version < current:
+        step = _UPCASTERS.get((event_type, version))
+        if step is None:
+            raise EventError(f"no upcaster for {event_type} from schema_version {version}")
+        payload = step(payload)
+        version += 1
+    return payload
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+class Envelope(_Frozen):
+    """What travels on every topic and is stored in every event store."""
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    event_type: str
+    schema_version: int
+    incident_id: str
+    stream_id: str
+    stream_version: int = Field(ge=1)
+    occurred_at: AwareDatetime
+    recorded_at: AwareDatetime | None = None
+    actor: Actor
+    unit_id: str | None = None
+    causation_id: uuid.UUID | None = None
+    correlation_id: uuid.UUID
+    payload: SerializeAsAny[EventPayload]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_payload(cls, data: Any) -> Any:
+        """Turn a stored or received payload into its declared class, upcast to today."""
+        if not isinstance(data, dict) or isinstance(data.get("payload"), EventPayload):
+            return data
+        event_type = data.get("event_type")
+        if not isinstance(event_type, str):
+            return data  # the field validator reports the missing type
+        version = data.get("schema_version", 1)
+        raw = data.get("payload")
+        if not isinstance(raw, dict):
+            raise EventError(f"{event_type}: payload must be an object")
+        target = payload_class(event_type)
+        body = upcast(event_type, int(version), dict(raw))
+        return {
+            **data,
+            "schema_version": target.SCHEMA_VERSION,
+            "payload": target.model_validate(body),
+        }
+
+    @model_validator(mode="after")
+    def _type_matches_payload(self) -> Self:
+        if self.payload.EVENT_TYPE != self.event_type:
+            raise EventError(
+                f"event_type {self.event_type!r} does not match payload "
+                f"{self.payload.EVENT_TYPE!r}"
+            )
+        return self
+
+    @property
+    def topic(self) -> str:
+        return self.payload.TOPIC
+
+    @classmethod
+    def new(
+        cls,
+        payload: EventPayload,
+        *,
+        incident_id: str,
+        stream_id: str,
+        stream_version: int,
+        actor: Actor,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        unit_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Envelope:
+        return cls(
+            event_type=payload.EVENT_TYPE,
+            schema_version=payload.SCHEMA_VERSION,
+            incident_id=incident_id,
+            stream_id=stream_id,
+            stream_version=stream_version,
+            occurred_at=occurred_at or utcnow(),
+            actor=actor,
+            unit_id=unit_id,
+            causation_id=causation_id,
+            correlation_id=correlation_id or uuid.uuid4(),
+            payload=payload,
+        )
+
+    def caused(self, payload: EventPayload, **fields: Any) -> Envelope:
+        """A new event that this one caused: same incident and correlation, this as cause."""
+        fields.setdefault("incident_id", self.incident_id)
+        fields.setdefault("unit_id", self.unit_id)
+        return Envelope.new(
+            payload,
+            correlation_id=self.correlation_id,
+            causation_id=self.event_id,
+            **fields,
+        )
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Envelope:
+        return cls.model_validate_json(data)

@@ -1,0 +1,174 @@
+"""The event store: a service's source of truth, in its own MongoDB database.
+
+Events are appended, never updated, under a unique index on (stream_id, stream_version)
+and another on event_id, so two writers at one version cannot both win. The stored event
+doubles as the outbox entry: `published` stays false until the relay has put it on Kafka.
+Several events are appended in one transaction, with the inbox mark of the message that
+caused them and the projection updates, so nothing half-written is ever stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from shared.events import Envelope, utcnow
+
+EVENTS = "events"
+COUNTERS = "counters"
+INBOX = "inbox"
+
+Document = dict[str, Any]
+T = TypeVar("T")
+
+
+class ConcurrencyConflict(Exception):
+    """Another writer appended to the stream first: reload and decide again."""
+
+    def __init__(self, stream_id: str, expected_version: int) -> None:
+        super().__init__(
+            f"stream {stream_id} moved past version {expected_version}; reload and retry"
+        )
+        self.stream_id = stream_id
+        self.expected_version = expected_version
+
+
+def event_to_document(event: Envelope, seq: int) -> Document:
+    doc = event.model_dump(mode="json")
+    doc["_id"] = doc["event_id"]
+    doc["seq"] = seq
+    doc["published"] = False
+    return doc
+
+
+def document_to_event(doc: Document) -> Envelope:
+    fields = {k: v for k, v in doc.items() if k not in ("_id", "seq", "published")}
+    return Envelope.model_validate(fields)
+
+
+@dataclass
+class UnitOfWork:
+    """One atomic change: events appended, an inbox mark, projection writes."""
+
+    db: AsyncDatabase[Document]
+    session: AsyncClientSession
+    appended: list[Envelope] = field(default_factory=list)
+
+    async def load(self, stream_id: str) -> list[Envelope]:
+        cursor = self.db[EVENTS].find(
+            {"stream_id": stream_id}, sort=[("stream_version", ASCENDING)], session=self.session
+        )
+        return [document_to_event(doc) async for doc in cursor]
+
+    async def append(self, events: Sequence[Envelope], expected_version: int) -> list[Envelope]:
+        """Append events that continue one stream from `expected_version`."""
+        if not events:
+            return []
+        stream_id = events[0].stream_id
+        for offset, event in enumerate(events, start=1):
+            if event.stream_id != stream_id or event.stream_version != expected_version + offset:
+                raise ValueError(
+                    f"events must continue stream {stream_id} from version {expected_version}"
+                )
+        counter = await self.db[COUNTERS].find_one_and_update(
+            {"_id": "events"},
+            {"$inc": {"value": len(events)}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+            session=self.session,
+        )
+        assert counter is not None
+        first_seq = int(counter["value"]) - len(events) + 1
+        now = utcnow()
+        stamped = [e.model_copy(update={"recorded_at": now}) for e in events]
+        docs = [event_to_document(e, first_seq + i) for i, e in enumerate(stamped)]
+        try:
+            await self.db[EVENTS].insert_many(docs, ordered=True, session=self.session)
+        except (DuplicateKeyError, BulkWriteError) as exc:
+            raise ConcurrencyConflict(stream_id, expected_version) from exc
+        self.appended.extend(stamped)
+        return stamped
+
+    async def mark_processed(self, consumer: str, event_id: str) -> bool:
+        """Remember a consumed event; False if this consumer had already processed it."""
+        try:
+            await self.db[INBOX].insert_one(
+                {"_id": f"{consumer}:{event_id}", "at": utcnow()}, session=self.session
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def was_processed(self, consumer: str, event_id: str) -> bool:
+        found = await self.db[INBOX].find_one(
+            {"_id": f"{consumer}:{event_id}"}, session=self.session
+        )
+        return found is not None
+
+
+class EventStore:
+    """A service's database handle: the event log, transactions, and the outbox signal."""
+
+    def __init__(self, client: AsyncMongoClient[Document], database: str) -> None:
+        self.client = client
+        self.db: AsyncDatabase[Document] = client[database]
+        self.appended_signal = asyncio.Event()
+
+    async def ensure_indexes(self) -> None:
+        events = self.db[EVENTS]
+        await events.create_index(
+            [("stream_id", ASCENDING), ("stream_version", ASCENDING)],
+            unique=True,
+            name="stream_version_unique",
+        )
+        await events.create_index([("event_id", ASCENDING)], unique=True, name="event_id_unique")
+        await events.create_index([("published", ASCENDING), ("seq", ASCENDING)], name="outbox")
+        await events.create_index([("incident_id", ASCENDING), ("seq", ASCENDING)])
+
+    async def transaction(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+        """Run `work` in one transaction, retried on transient errors by the driver."""
+        async with self.client.start_session() as session:
+
+            async def run(s: AsyncClientSession) -> tuple[T, list[Envelope]]:
+                uow = UnitOfWork(self.db, s)
+                result = await work(uow)
+                return result, uow.appended
+
+            result, appended = await session.with_transaction(run)
+        if appended:
+            self.appended_signal.set()
+        return result
+
+    async def append(self, events: Sequence[Envelope], expected_version: int) -> list[Envelope]:
+        async def work(uow: UnitOfWork) -> list[Envelope]:
+            return await uow.append(events, expected_version)
+
+        return await self.transaction(work)
+
+    async def load(self, stream_id: str) -> list[Envelope]:
+        cursor = self.db[EVENTS].find(
+            {"stream_id": stream_id}, sort=[("stream_version", ASCENDING)]
+        )
+        return [document_to_event(doc) async for doc in cursor]
+
+    async def unpublished(self, limit: int) -> list[Envelope]:
+        cursor = self.db[EVENTS].find(
+            {"published": False}, sort=[("seq", ASCENDING)], limit=limit
+        )
+        return [document_to_event(doc) async for doc in cursor]
+
+    async def mark_published(self, events: Sequence[Envelope]) -> None:
+        ids = [str(e.event_id) for e in events]
+        await self.db[EVENTS].update_many(
+            {"_id": {"$in": ids}}, {"$set": {"published": True, "published_at": utcnow()}}
+        )
+
+    async def ping(self) -> None:
+        await self.db.command("ping")

@@ -1,0 +1,196 @@
+"""The shared mechanisms against the real MongoDB-protocol server and Kafka-protocol broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared.bus import Handler, ensure_topics
+from shared.events import (
+    DEAD_LETTER_TOPIC,
+    INTAKE_TOPIC,
+    Actor,
+    Envelope,
+    IncidentResolved,
+)
+from shared.service import Context, Service
+from shared.settings import Settings
+from shared.store import ConcurrencyConflict, EventStore, UnitOfWork
+
+pytestmark = pytest.mark.asyncio
+
+
+def resolved(incident: str, version: int, reason: str = "calmed down") -> Envelope:
+    return Envelope.new(
+        IncidentResolved(reason=reason),
+        incident_id=incident,
+        stream_id=f"incident-{incident}",
+        stream_version=version,
+        actor=Actor(type="person", id="leader-zhang"),
+    )
+
+
+@pytest.fixture
+async def store(settings: Settings, mongo_client) -> AsyncIterator[EventStore]:  # type: ignore[no-untyped-def]
+    store = EventStore(mongo_client, settings.database_name("probe"))
+    await store.ensure_indexes()
+    yield store
+    await mongo_client.drop_database(settings.database_name("probe"))
+
+
+async def test_two_appends_at_one_version_one_wins_the_other_conflicts(store: EventStore) -> None:
+    await store.append([resolved("i1", 1)], expected_version=0)
+
+    results = await asyncio.gather(
+        store.append([resolved("i1", 2, "a")], expected_version=1),
+        store.append([resolved("i1", 2, "b")], expected_version=1),
+        return_exceptions=True,
+    )
+
+    conflicts = [r for r in results if isinstance(r, ConcurrencyConflict)]
+    assert len(conflicts) == 1, results
+    stream = await store.load("incident-i1")
+    assert [e.stream_version for e in stream] == [1, 2]
+    assert stream[1].payload.reason in {"a", "b"}  # type: ignore[attr-defined]
+
+
+async def test_a_failed_batch_stores_nothing(store: EventStore) -> None:
+    await store.append([resolved("i2", 1)], expected_version=0)
+
+    async def two_streams(uow: UnitOfWork) -> None:
+        await uow.append([resolved("i3", 1)], expected_version=0)  # new: would succeed
+        await uow.append([resolved("i2", 1)], expected_version=0)  # collides
+
+    with pytest.raises(ConcurrencyConflict):
+        await store.transaction(two_streams)
+    assert await store.load("incident-i3") == []
+    with pytest.raises(ConcurrencyConflict):
+        await store.append([resolved("i2", 1), resolved("i2", 2)], expected_version=0)
+
+    assert [e.stream_version for e in await store.load("incident-i2")] == [1]
+
+
+async def test_events_come_back_as_typed_immutable_models(store: EventStore) -> None:
+    event = resolved("i4", 1)
+    await store.append([event], expected_version=0)
+
+    (loaded,) = await store.load("incident-i4")
+
+    assert loaded.event_id == event.event_id
+    assert isinstance(loaded.payload, IncidentResolved)
+    assert loaded.recorded_at is not None
+    with pytest.raises(Exception, match="frozen"):
+        loaded.payload.reason = "edited"  # type: ignore[misc]
+
+
+class Recorder(Service):
+    """A minimal service that counts the events it consumes in a projection."""
+
+    name = "recorder"
+    prefix = "/recorder/v1"
+    title = "recorder"
+    consumes = (INTAKE_TOPIC,)
+
+    def handlers(self) -> Mapping[str, Handler]:
+        async def count(event: Envelope, uow: UnitOfWork) -> None:
+            if event.payload.reason == "poison":  # type: ignore[attr-defined]
+                raise ValueError("this reason cannot be handled")
+            await self.db["seen"].update_one(
+                {"_id": event.incident_id},
+                {"$inc": {"count": 1}, "$push": {"versions": event.stream_version}},
+                upsert=True,
+                session=uow.session,
+            )
+
+        return {"IncidentResolved": count}
+
+
+async def _wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+async def recorder(settings: Settings) -> AsyncIterator[Recorder]:
+    await ensure_topics(settings)
+    service = Recorder(Context.from_settings(settings))
+    await service.start()
+    yield service
+    await service.stop()
+
+
+async def test_outbox_relays_in_order_and_a_redelivered_event_changes_nothing(
+    recorder: Recorder, settings: Settings
+) -> None:
+    events = [resolved("i5", v) for v in range(1, 6)]
+    await recorder.store.append(events, expected_version=0)
+
+    async def all_seen() -> bool:
+        doc = await recorder.db["seen"].find_one({"_id": "i5"})
+        return doc is not None and doc["count"] == 5
+
+    await _wait_for(all_seen)
+    assert await recorder.store.unpublished(10) == []
+
+    # The same event delivered again, as at-least-once delivery may do.
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.topic(INTAKE_TOPIC), events[2].to_json(), key=b"i5"
+        )
+    finally:
+        await producer.stop()
+    await asyncio.sleep(1.5)
+
+    doc = await recorder.db["seen"].find_one({"_id": "i5"})
+    assert doc is not None
+    assert doc["count"] == 5
+    assert doc["versions"] == [1, 2, 3, 4, 5]
+
+
+async def test_bad_messages_are_dead_lettered_with_the_reason_and_the_consumer_goes_on(
+    recorder: Recorder, settings: Settings
+) -> None:
+    dlq = AIOKafkaConsumer(
+        settings.topic(DEAD_LETTER_TOPIC),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        group_id=f"{settings.db_prefix}-dlq-reader",
+    )
+    await dlq.start()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await producer.start()
+    try:
+        topic = settings.topic(INTAKE_TOPIC)
+        await producer.send_and_wait(topic, b"{not json", key=b"i6")
+        await recorder.store.append([resolved("i6", 1, "poison")], expected_version=0)
+        await recorder.store.append([resolved("i7", 1)], expected_version=0)
+
+        async def good_one_seen() -> bool:
+            return await recorder.db["seen"].find_one({"_id": "i7"}) is not None
+
+        await _wait_for(good_one_seen)
+
+        reasons = []
+        async with asyncio.timeout(15):
+            while len(reasons) < 2:
+                batch = await dlq.getmany(timeout_ms=500)
+                for records in batch.values():
+                    reasons += [json.loads(r.value)["reason"] for r in records]
+    finally:
+        await producer.stop()
+        await dlq.stop()
+
+    assert any("malformed event" in r for r in reasons), reasons
+    assert any("this reason cannot be handled" in r for r in reasons), reasons
+    # The poisoned event left no trace in the projection.
+    assert await recorder.db["seen"].find_one({"_id": "i6"}) is None
