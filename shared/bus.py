@@ -62,8 +62,11 @@ def make_broker(settings: Settings, service: str) -> KafkaBroker:
     )
 
 
-async def ensure_topics(settings: Settings, names: Iterable[str] = ALL_TOPICS) -> None:
-    """Create the topics before anyone subscribes, so consumers never wait on auto-creation."""
+async def ensure_topics(settings: Settings, names: Iterable[str] = ALL_TOPICS) -> bool:
+    """Create the topics before anyone subscribes, so consumers never wait on auto-creation.
+
+    Returns True when none of them existed: a fresh broker, which has none of the history.
+    """
     assert settings.kafka_bootstrap_servers
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
@@ -77,6 +80,7 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = ALL_TOPICS) -
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
+        return len(missing) == len(wanted)
     finally:
         await admin.close()
 

@@ -156,10 +156,14 @@ def secantus_server(port: int, storage: Path, log_dir: Path) -> ChildServer:
         "MongoDB server (SecantusDB)",
         [
             secantus_binary(),
-            "--host", "127.0.0.1",
-            "--port", str(port),
-            "--storage-path", str(storage),
-            "--log-level", "WARNING",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--storage-path",
+            str(storage),
+            "--log-level",
+            "WARNING",
         ],
         port,
         log_dir / "secantusdb.log",
@@ -200,4 +204,3 @@ class EmbeddedInfra:
         for server in reversed(self.servers):
             server.stop()
         self.servers.clear()
-

@@ -130,12 +130,12 @@ class ApprovalStep(_Frozen):
 
 # --------------------------------------------------------------------------- registry
 
-_REGISTRY: dict[str, type["EventPayload"]] = {}
+_REGISTRY: dict[str, type[EventPayload]] = {}
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 _UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
 
-def _register(cls: type["EventPayload"]) -> None:  # called as each payload class is declared
+def _register(cls: type[EventPayload]) -> None:  # called as each payload class is declared
     if cls.EVENT_TYPE in _REGISTRY:
         raise EventError(f"event type {cls.EVENT_TYPE} declared twice")
     _REGISTRY[cls.EVENT_TYPE] = cls
@@ -279,6 +279,7 @@ class ObligationOpened(EventPayload):
     recipients: tuple[str, ...]
     counted_from: AwareDatetime
     deadline: AwareDatetime
+    alert_roles: tuple[str, ...] = ()  # told when the deadline passes unmet, fixed at opening
 
 
 class NotificationSent(EventPayload):
@@ -372,6 +373,7 @@ class StatementSubmitted(EventPayload):
     version: int
     level: Level
     chain: tuple[ApprovalStep, ...]
+    reason: str = ""  # why the chain was set again, e.g. the incident's level changed in review
 
 
 class StatementApproved(EventPayload):
@@ -493,7 +495,7 @@ class Envelope(_Frozen):
 
     @model_validator(mode="after")
     def _type_matches_payload(self) -> Self:
-        if self.payload.EVENT_TYPE != self.event_type:
+        if self.event_type != self.payload.EVENT_TYPE:
             raise EventError(
                 f"event_type {self.event_type!r} does not match payload "
                 f"{self.payload.EVENT_TYPE!r}"

@@ -5,11 +5,13 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_APPENDED = Counter(
-    "yuqing_events_appended_total", "Events appended to a service's event store",
+    "yuqing_events_appended_total",
+    "Events appended to a service's event store",
     ["service", "event_type"],
 )
 EVENTS_PUBLISHED = Counter(
-    "yuqing_events_published_total", "Events relayed from the outbox to Kafka",
+    "yuqing_events_published_total",
+    "Events relayed from the outbox to Kafka",
     ["service", "topic"],
 )
 OUTBOX_BACKLOG = Gauge(
@@ -19,7 +21,8 @@ OUTBOX_ERRORS = Counter(
     "yuqing_outbox_errors_total", "Failed attempts to relay the outbox", ["service"]
 )
 EVENTS_CONSUMED = Counter(
-    "yuqing_events_consumed_total", "Events handled by a consumer, by outcome",
+    "yuqing_events_consumed_total",
+    "Events handled by a consumer, by outcome",
     ["service", "event_type", "outcome"],
 )
 DEAD_LETTERS = Counter(
@@ -29,7 +32,8 @@ CONSUME_SECONDS = Histogram(
     "yuqing_consume_seconds", "Time to handle one consumed event", ["service"]
 )
 HTTP_REQUESTS = Counter(
-    "yuqing_http_requests_total", "HTTP requests served",
+    "yuqing_http_requests_total",
+    "HTTP requests served",
     ["service", "method", "route", "status"],
 )
 HTTP_SECONDS = Histogram(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -19,6 +19,7 @@ from pymongo import AsyncMongoClient
 from shared.api import create_app
 from shared.auth import Directory, TokenService
 from shared.bus import EventConsumer, Handler, OutboxRelay, make_broker
+from shared.events import ALL_TOPICS, Envelope
 from shared.settings import Settings
 from shared.store import Document, EventStore
 
@@ -67,6 +68,14 @@ class Service:
         self.db = self.store.db
         self.broker = make_broker(self.settings, self.name)
         self.relay = OutboxRelay(self.name, self.store, self.broker, self.settings)
+        if self.topic in ALL_TOPICS:
+            # Declared for the AsyncAPI document; the relay publishes what the store holds.
+            self.broker.publisher(
+                self.settings.topic(self.topic),
+                title=self.topic,
+                description=f"Events of the {self.name} service, keyed by incident_id",
+                schema=Envelope,
+            )
         self.consumer: EventConsumer | None = None
         handlers = self.handlers()
         if handlers:
@@ -77,6 +86,10 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
         self.app = self._build_app()
+
+    @property
+    def topic(self) -> str:
+        return f"{self.name}.events"
 
     # hooks ----------------------------------------------------------------------------
 
@@ -91,7 +104,7 @@ class Service:
     async def setup(self) -> None:
         """Create projection indexes, load policies: anything needed before serving."""
 
-    def background(self) -> list[Callable[[], Awaitable[None]]]:
+    def background(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         """Long-running loops (timers, schedulers) started with the service."""
         return []
 

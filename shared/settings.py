@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     embedded_start_timeout: float = 30.0
 
     secret: SecretStr | None = None
-    token_issuer: str = "yuqing"
+    token_issuer: str = "yuqing"  # noqa: S105 - the JWT "iss" claim, not a secret
     token_ttl_seconds: int = 8 * 3600
 
     directory_path: Path = CONFIG_DIR / "directory.yaml"

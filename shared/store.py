@@ -159,9 +159,7 @@ class EventStore:
         return [document_to_event(doc) async for doc in cursor]
 
     async def unpublished(self, limit: int) -> list[Envelope]:
-        cursor = self.db[EVENTS].find(
-            {"published": False}, sort=[("seq", ASCENDING)], limit=limit
-        )
+        cursor = self.db[EVENTS].find({"published": False}, sort=[("seq", ASCENDING)], limit=limit)
         return [document_to_event(doc) async for doc in cursor]
 
     async def mark_published(self, events: Sequence[Envelope]) -> None:
@@ -169,6 +167,10 @@ class EventStore:
         await self.db[EVENTS].update_many(
             {"_id": {"$in": ids}}, {"$set": {"published": True, "published_at": utcnow()}}
         )
+
+    async def republish_all(self) -> None:
+        """Queue every stored event for the relay again (a broker that lost its topics)."""
+        await self.db[EVENTS].update_many({"published": True}, {"$set": {"published": False}})
 
     async def ping(self) -> None:
         await self.db.command("ping")

@@ -61,7 +61,8 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     )
     resolved = embedded.start()
     try:
-        assert resolved.kafka_bootstrap_servers and resolved.mongodb_url
+        assert resolved.kafka_bootstrap_servers
+        assert resolved.mongodb_url
         yield Infra(kafka=resolved.kafka_bootstrap_servers, mongo=resolved.mongodb_url)
     finally:
         embedded.stop()

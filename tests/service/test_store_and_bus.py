@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -109,13 +109,10 @@ class Recorder(Service):
         return {"IncidentResolved": count}
 
 
-async def _wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not met in time")
+async def _wait_for(predicate: Callable[[], Awaitable[bool]]) -> None:
+    async with asyncio.timeout(15):
+        while not await predicate():
+            await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -144,9 +141,7 @@ async def test_outbox_relays_in_order_and_a_redelivered_event_changes_nothing(
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     await producer.start()
     try:
-        await producer.send_and_wait(
-            settings.topic(INTAKE_TOPIC), events[2].to_json(), key=b"i5"
-        )
+        await producer.send_and_wait(settings.topic(INTAKE_TOPIC), events[2].to_json(), key=b"i5")
     finally:
         await producer.stop()
     await asyncio.sleep(1.5)

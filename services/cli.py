@@ -1,0 +1,137 @@
+"""The `yuqing` command: run the whole system, run one service, issue a token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import re
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+
+import uvicorn
+
+from shared.auth import Role
+from shared.embedded import EmbeddedError, EmbeddedInfra
+from shared.gateway import Gateway
+from shared.logging import configure_logging, get_logger
+from shared.service import Context, Service
+from shared.settings import SERVICE_NAMES, Settings
+
+log = get_logger("yuqing.cli")
+
+SERVICE_CLASSES = {
+    "intake": "services.intake.main:IntakeService",
+    "grading": "services.grading.main:GradingService",
+    "notification": "services.notification.main:NotificationService",
+    "statement": "services.statement.main:StatementService",
+    "archive": "services.archive.main:ArchiveService",
+}
+
+
+def service_class(name: str) -> type[Service]:
+    module, _, attr = SERVICE_CLASSES[name].partition(":")
+    cls: type[Service] = getattr(importlib.import_module(module), attr)
+    return cls
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90s', '30m', '8h', '7d' (or a bare number of seconds)."""
+    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30m, 8h, 7d)")
+    amount, unit = int(match.group(1)), match.group(2) or "s"
+    return timedelta(seconds=amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+
+
+def parse_roles(text: str) -> list[Role]:
+    try:
+        return [Role(r.strip()) for r in text.split(",") if r.strip()]
+    except ValueError:
+        valid = ", ".join(r.value for r in Role)
+        raise argparse.ArgumentTypeError(f"unknown role in {text!r}; roles: {valid}") from None
+
+
+async def _serve(names: Sequence[str], settings: Settings, *, announce: bool) -> None:
+    ctx = Context.from_settings(settings)
+    gateway = Gateway([service_class(n)(ctx) for n in names], settings)
+    config = uvicorn.Config(
+        gateway,
+        host=settings.http_host,
+        port=settings.http_port,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn offers no event
+        await asyncio.sleep(0.05)
+    if server.started:
+        print(f"yuqing is up at {settings.base_url} ({', '.join(names)})", flush=True)
+        if announce:
+            token = ctx.tokens.issue("admin", "county", [Role.ADMIN], name="development admin")
+            print(f"YUQING_TOKEN={token}", flush=True)
+    await serving
+    if not server.started:
+        raise SystemExit(f"yuqing could not start on {settings.http_host}:{settings.http_port}")
+
+
+def _run(names: Sequence[str], *, announce: bool) -> int:
+    settings = Settings()
+    configure_logging(settings)
+    infra = EmbeddedInfra(settings)
+    try:
+        resolved = infra.start()
+    except EmbeddedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(names, resolved, announce=announce))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        infra.stop()
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    ctx = Context.from_settings(Settings())
+    if ctx.directory.unit(args.unit) is None:
+        known = ", ".join(u.id for u in ctx.directory.units)
+        print(f"error: unknown unit {args.unit!r}; units: {known}", file=sys.stderr)
+        return 2
+    print(ctx.tokens.issue(args.sub, args.unit, args.roles, ttl=args.ttl, name=args.name))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="yuqing", description="舆情处置平台 yuqing")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "up",
+        help="start the embedded servers where no URL is set, then all five services on one port",
+    )
+    serve = commands.add_parser("serve", help="run one service alone")
+    serve.add_argument("service", choices=SERVICE_NAMES)
+    token = commands.add_parser("token", help="print a bearer token")
+    token.add_argument("--sub", required=True, help="subject: a person's or client's id")
+    token.add_argument("--unit", required=True, help="the unit it belongs to, e.g. county")
+    token.add_argument("--roles", required=True, type=parse_roles, help="e.g. monitor,office")
+    token.add_argument("--ttl", type=parse_duration, default=None, help="e.g. 30m, 8h, 7d")
+    token.add_argument("--name", default=None, help="display name")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "up":
+        return _run(SERVICE_NAMES, announce=True)
+    if args.command == "serve":
+        return _run([args.service], announce=False)
+    return _token(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
