@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     token_ttl_seconds: int = 8 * 3600
 
     directory_path: Path = CONFIG_DIR / "directory.yaml"
+    intake_policy_path: Path = CONFIG_DIR / "intake.yaml"
     rulebook_path: Path = CONFIG_DIR / "rulebook.yaml"
     obligations_policy_path: Path = CONFIG_DIR / "obligations.yaml"
     approval_policy_path: Path = CONFIG_DIR / "approval.yaml"

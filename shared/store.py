@@ -48,8 +48,12 @@ def event_to_document(event: Envelope, seq: int) -> Document:
     return doc
 
 
+# What the store keeps beside the envelope: its position and the outbox's bookkeeping.
+_STORE_FIELDS = frozenset({"_id", "seq", "published", "published_at"})
+
+
 def document_to_event(doc: Document) -> Envelope:
-    fields = {k: v for k, v in doc.items() if k not in ("_id", "seq", "published")}
+    fields = {k: v for k, v in doc.items() if k not in _STORE_FIELDS}
     return Envelope.model_validate(fields)
 
 

@@ -136,6 +136,8 @@ async def test_outbox_relays_in_order_and_a_redelivered_event_changes_nothing(
 
     await _wait_for(all_seen)
     assert await recorder.store.unpublished(10) == []
+    relayed = await recorder.store.load("incident-i5")
+    assert [e.event_id for e in relayed] == [e.event_id for e in events]
 
     # The same event delivered again, as at-least-once delivery may do.
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)

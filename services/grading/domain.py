@@ -1,0 +1,369 @@
+"""Grading's pure rules: the rulebook, what it says about an incident's reports, and the
+decisions to grade, escalate or override. Nothing here does I/O.
+
+Levels count down: 1 is the most severe, so "raising" a level makes the number smaller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from shared.events import (
+    Category,
+    Envelope,
+    EventPayload,
+    FiredRule,
+    GradeOverridden,
+    IncidentEscalated,
+    IncidentGraded,
+    Level,
+    MediaTier,
+    Reach,
+    ReportReceived,
+)
+
+# --------------------------------------------------------------------------- rulebook
+
+Keywords = tuple[str, ...]
+RuleId = str
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: RuleId = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class TierRule(_Rule):
+    """Media tier to level (seed 003, 第三条)."""
+
+    media_tiers: tuple[MediaTier, ...] = Field(min_length=1)
+    level: Level
+
+
+class ReachRule(_Rule):
+    """Reach at or above a bound raises the level (an item that is spreading)."""
+
+    metric: Literal["views", "reposts", "comments", "likes"]
+    at_least: PositiveInt
+    level: Level
+
+
+class CategoryRule(_Rule):
+    """Keywords that decide how an incident is handled (seed 000, 分类处置)."""
+
+    category: Category
+    keywords: Keywords = Field(min_length=1)
+
+
+class SensitiveRule(_Rule):
+    """A sensitive topic; it may also raise the level."""
+
+    topic: str = Field(min_length=1, max_length=100)
+    keywords: Keywords = Field(min_length=1)
+    level: Level | None = None
+
+
+class DefaultLevel(_Rule):
+    level: Level
+
+
+class DefaultCategory(_Rule):
+    category: Category
+
+
+class MishandlingRule(_Rule):
+    """A missed deadline on the incident's current level lets it grow: raise by `steps`."""
+
+    steps: PositiveInt = 1
+
+
+class Rulebook(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str = Field(min_length=1, max_length=100)
+    default_level: DefaultLevel
+    default_category: DefaultCategory
+    tiers: tuple[TierRule, ...] = ()
+    reach: tuple[ReachRule, ...] = ()
+    categories: tuple[CategoryRule, ...] = ()
+    sensitive: tuple[SensitiveRule, ...] = ()
+    mishandling: MishandlingRule | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        seen: set[str] = set()
+        rules: list[_Rule] = [
+            self.default_level,
+            self.default_category,
+            *self.tiers,
+            *self.reach,
+            *self.categories,
+            *self.sensitive,
+            *([self.mishandling] if self.mishandling else []),
+        ]
+        for rule in rules:
+            if rule.id in seen:
+                raise ValueError(f"rule id {rule.id!r} is used twice")
+            seen.add(rule.id)
+        mapped: dict[MediaTier, str] = {}
+        for tier_rule in self.tiers:
+            for tier in tier_rule.media_tiers:
+                if tier in mapped:
+                    twice = f"{mapped[tier]!r} and {tier_rule.id!r}"
+                    raise ValueError(f"media tier {tier.value!r} is in both {twice}")
+                mapped[tier] = tier_rule.id
+        return self
+
+
+class RulebookError(ValueError):
+    """A rulebook that cannot be used; the message names the bad entry."""
+
+
+def parse_rulebook(data: Any, source: str) -> Rulebook:
+    try:
+        return Rulebook.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{_entry_name(data, err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise RulebookError(f"rulebook {source} is invalid: " + "; ".join(problems)) from None
+
+
+def _entry_name(data: Any, loc: tuple[int | str, ...]) -> str:
+    """'reach[1] (reach-views-big).at_least' rather than a bare path, so staff find it."""
+    parts: list[str] = []
+    node = data
+    for key in loc:
+        if isinstance(key, int):
+            parts[-1] += f"[{key}]"
+            node = node[key] if isinstance(node, list) and key < len(node) else None
+            if isinstance(node, dict) and "id" in node:
+                parts[-1] += f" ({node['id']})"
+        else:
+            parts.append(key)
+            node = node.get(key) if isinstance(node, dict) else None
+    return ".".join(parts) or "top level"
+
+
+# --------------------------------------------------------------------------- facts
+
+
+@dataclass(frozen=True)
+class ReportFacts:
+    """What grading keeps of a report: enough to assess the incident again later."""
+
+    report_id: str
+    source_name: str
+    media_tier: MediaTier
+    normalized_url: str
+    reach: Reach
+    text: str
+
+    @classmethod
+    def of(cls, report: ReportReceived) -> ReportFacts:
+        return cls(
+            report_id=report.report_id,
+            source_name=report.source_name,
+            media_tier=report.media_tier,
+            normalized_url=report.normalized_url,
+            reach=report.reach,
+            text=f"{report.title}\n{report.excerpt}",
+        )
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule_id: str
+    reason: str
+    level: Level | None = None
+
+    def fired(self) -> FiredRule:
+        return FiredRule(rule_id=self.rule_id, reason=self.reason)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    level: Level
+    category: Category
+    findings: tuple[Finding, ...]
+    sensitive_topics: tuple[str, ...]
+
+    @property
+    def rules_fired(self) -> tuple[FiredRule, ...]:
+        return tuple(f.fired() for f in self.findings)
+
+
+def incident_reach(reports: Sequence[ReportFacts]) -> Reach:
+    """Reach summed over distinct items: a URL filed twice counts once, at its latest."""
+    latest = {r.normalized_url: r.reach for r in reports}
+    return Reach(
+        views=sum(r.views for r in latest.values()),
+        reposts=sum(r.reposts for r in latest.values()),
+        comments=sum(r.comments for r in latest.values()),
+        likes=sum(r.likes for r in latest.values()),
+    )
+
+
+def _mentions(text: str, keywords: Keywords) -> str | None:
+    lowered = text.casefold()
+    return next((k for k in keywords if k.casefold() in lowered), None)
+
+
+def assess(rulebook: Rulebook, reports: Sequence[ReportFacts]) -> Assessment:
+    """What the rulebook says about an incident with these reports."""
+    findings: list[Finding] = []
+    for rule in rulebook.tiers:
+        sources = [r.source_name for r in reports if r.media_tier in rule.media_tiers]
+        if sources:
+            names = "、".join(dict.fromkeys(sources))
+            findings.append(Finding(rule.id, f"{rule.reason}（{names}）", rule.level))
+    reach = incident_reach(reports)
+    for reach_rule in rulebook.reach:
+        value = getattr(reach, reach_rule.metric)
+        if value >= reach_rule.at_least:
+            reason = f"{reach_rule.reason}（{reach_rule.metric}={value}）"
+            findings.append(Finding(reach_rule.id, reason, reach_rule.level))
+    topics: list[str] = []
+    for sensitive in rulebook.sensitive:
+        word = next(
+            (w for r in reports if (w := _mentions(r.text, sensitive.keywords)) is not None), None
+        )
+        if word is not None:
+            topics.append(sensitive.topic)
+            reason = f"{sensitive.reason}（关键词：{word}）"
+            findings.append(Finding(sensitive.id, reason, sensitive.level))
+    if not any(f.level is not None for f in findings):
+        default = rulebook.default_level
+        findings.append(Finding(default.id, default.reason, default.level))
+    level = min(f.level for f in findings if f.level is not None)
+
+    category_finding = _categorise(rulebook, reports)
+    findings.append(category_finding)
+    category = next(
+        (c.category for c in rulebook.categories if c.id == category_finding.rule_id),
+        rulebook.default_category.category,
+    )
+    return Assessment(Level(level), category, tuple(findings), tuple(topics))
+
+
+def _categorise(rulebook: Rulebook, reports: Sequence[ReportFacts]) -> Finding:
+    """The first category rule, in rulebook order, whose keywords any report mentions."""
+    for rule in rulebook.categories:
+        for report in reports:
+            word = _mentions(report.text, rule.keywords)
+            if word is not None:
+                return Finding(rule.id, f"{rule.reason}（关键词：{word}）")
+    default = rulebook.default_category
+    return Finding(default.id, default.reason)
+
+
+# --------------------------------------------------------------------------- grade
+
+
+def grade_stream(incident_id: str) -> str:
+    return f"grade-{incident_id}"
+
+
+@dataclass(frozen=True)
+class Grade:
+    """An incident's grade as its grade stream tells it."""
+
+    level: Level
+    category: Category
+    version: int
+
+    @classmethod
+    def replay(cls, events: Sequence[Envelope]) -> Grade | None:
+        grade: Grade | None = None
+        for event in events:
+            payload = event.payload
+            if isinstance(payload, IncidentGraded):
+                grade = Grade(payload.level, payload.category, event.stream_version)
+            elif isinstance(payload, IncidentEscalated | GradeOverridden) and grade is not None:
+                grade = Grade(payload.to_level, payload.category, event.stream_version)
+        return grade
+
+
+def on_report(
+    rulebook: Rulebook,
+    grade: Grade | None,
+    prior: Sequence[ReportFacts],
+    new: ReportFacts,
+    dismissed: bool,
+) -> EventPayload | None:
+    """Grade an incident on its first report; escalate it when a later one raises it.
+
+    Escalation compares what the rules said before this report with what they say now,
+    so a leader's override down holds until new facts raise the assessment again, and
+    nothing here ever lowers a level.
+    """
+    now = assess(rulebook, [*prior, new])
+    if grade is None:
+        return IncidentGraded(
+            level=now.level,
+            category=now.category,
+            rules_fired=now.rules_fired,
+            rulebook_version=rulebook.version,
+            sensitive_topics=now.sensitive_topics,
+        )
+    if dismissed:
+        return None
+    before = assess(rulebook, prior)
+    if now.level >= before.level or now.level >= grade.level:
+        return None
+    known = {f.rule_id for f in before.findings}
+    raising = [f for f in now.findings if f.level == now.level and f.rule_id not in known]
+    return IncidentEscalated(
+        from_level=grade.level,
+        to_level=now.level,
+        category=grade.category,
+        reason="；".join(f.reason for f in raising),
+        rules_fired=tuple(f.fired() for f in raising),
+        rulebook_version=rulebook.version,
+    )
+
+
+def on_deadline_missed(
+    rulebook: Rulebook, grade: Grade | None, missed_level: Level, dismissed: bool
+) -> IncidentEscalated | None:
+    """A deadline of the current level missed: the incident was mishandled and grows.
+
+    A deadline of an earlier, lower level says nothing about the handling at this one.
+    """
+    rule = rulebook.mishandling
+    if rule is None or grade is None or dismissed or missed_level != grade.level:
+        return None
+    to_level = Level(max(Level.ONE, grade.level - rule.steps))
+    if to_level == grade.level:
+        return None
+    return IncidentEscalated(
+        from_level=grade.level,
+        to_level=to_level,
+        category=grade.category,
+        reason=rule.reason,
+        rules_fired=(FiredRule(rule_id=rule.id, reason=rule.reason),),
+        rulebook_version=rulebook.version,
+    )
+
+
+class OverrideRefused(Exception):
+    """An override that would change nothing, or of an incident not graded yet."""
+
+
+def override(
+    grade: Grade | None, to_level: Level, category: Category | None, reason: str
+) -> GradeOverridden:
+    if grade is None:
+        raise OverrideRefused("the incident has not been graded yet")
+    new_category = category or grade.category
+    if to_level == grade.level and new_category == grade.category:
+        raise OverrideRefused(
+            f"the incident is already level {int(grade.level)}, {grade.category.value}"
+        )
+    return GradeOverridden(
+        from_level=grade.level, to_level=to_level, category=new_category, reason=reason
+    )

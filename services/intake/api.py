@@ -1,0 +1,257 @@
+"""Intake's HTTP API: file reports, read them back, move incidents through their lifecycle.
+
+Who may do what (DOMAIN.md, "Who uses it"):
+- file a report: the people who watch the net or receive referrals: monitor, office,
+  leader, dept_head, spokesperson, partner (and admin), only for units they act for;
+- resolve, dismiss (网络伪舆情) and reopen: the leading group and its office (leader,
+  office, admin);
+- read: anyone whose units include the incident's; a partner only what it referred.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Header, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from services.intake.domain import (
+    IllegalTransition,
+    Incident,
+    IncidentStatus,
+    new_report_id,
+    normalize_url,
+)
+from services.intake.handlers import Idempotency, IntakeCommands
+from services.intake.projections import IntakeViews
+from shared.auth import CurrentPrincipal, Directory, Principal, Role
+from shared.errors import Conflict, Forbidden, NotFound
+from shared.events import EventPayload, MediaTier, Reach, ReportReceived, SourceType
+from shared.store import Document
+
+FILERS = (
+    Role.MONITOR,
+    Role.OFFICE,
+    Role.LEADER,
+    Role.DEPT_HEAD,
+    Role.SPOKESPERSON,
+    Role.PARTNER,
+)
+LIFECYCLE = (Role.LEADER, Role.OFFICE)
+
+UnitId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+class ReportIn(BaseModel):
+    """One observed online item (舆情件), as a monitor or partner files it."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    source_type: SourceType
+    source_name: str = Field(min_length=1, max_length=200, examples=["人民网"])
+    media_tier: MediaTier
+    url: str = Field(min_length=1, max_length=2048)
+    title: str = Field(min_length=1, max_length=500)
+    excerpt: str = Field(default="", max_length=5000)
+    author: str | None = Field(default=None, max_length=200)
+    published_at: AwareDatetime
+    observed_at: AwareDatetime
+    reach: Reach = Field(default_factory=Reach)
+    unit_ids: list[UnitId] = Field(min_length=1, max_length=20)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL")
+        return value
+
+    @field_validator("published_at", "observed_at")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return _utc(value)
+
+    @field_validator("unit_ids")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _published_before_observed(self) -> ReportIn:
+        if self.published_at > self.observed_at:
+            raise ValueError("published_at is after observed_at: an item is seen once published")
+        return self
+
+
+class ReportAnswer(BaseModel):
+    report_id: str
+    incident_id: str
+    new_incident: bool = Field(description="true when the report opened a new incident")
+
+
+class ReasonIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class IncidentStatusOut(BaseModel):
+    incident_id: str
+    status: IncidentStatus
+    version: int
+
+
+def _fingerprint(body: ReportIn) -> str:
+    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+
+
+def _may_see(directory: Directory, principal: Principal, doc: Document) -> bool:
+    if principal.has(Role.PARTNER) and not principal.has(Role.ADMIN):
+        # A report names one filer, an incident lists all of them.
+        filers = doc.get("filed_by") or []
+        return principal.sub == filers if isinstance(filers, str) else principal.sub in filers
+    visible = directory.visible_units(principal)
+    return visible is None or bool(visible.intersection(doc.get("unit_ids", [])))
+
+
+def _public(doc: Document) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k != "_id"}
+
+
+def build_router(commands: IntakeCommands, views: IntakeViews, directory: Directory) -> APIRouter:
+    router = APIRouter(tags=["intake"])
+
+    @router.post(
+        "/reports",
+        response_model=ReportAnswer,
+        status_code=status.HTTP_201_CREATED,
+        summary="File a report (舆情件)",
+        responses={
+            200: {"model": ReportAnswer, "description": "attached to an incident already open"},
+            201: {"description": "a new incident was opened for it"},
+            403: {
+                "description": "a unit the principal does not act for, or a role that may not file"
+            },
+            409: {"description": "the Idempotency-Key was used for a different report"},
+            422: {"description": "a missing or malformed field, or an unknown unit"},
+        },
+    )
+    async def submit_report(
+        body: ReportIn,
+        principal: CurrentPrincipal,
+        response: Response,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                min_length=1,
+                max_length=200,
+                description="A retry with this key gets the first answer; nothing stored twice.",
+            ),
+        ] = None,
+    ) -> ReportAnswer:
+        principal.require(*FILERS)
+        unknown = [u for u in body.unit_ids if directory.unit(u) is None]
+        if unknown:
+            # Reported like any other bad field, so clients handle one 422 shape.
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("body", "unit_ids"),
+                        "msg": f"unknown units: {', '.join(unknown)}",
+                        "type": "unknown_unit",
+                    }
+                ]
+            )
+        if not directory.can_act_for(principal, body.unit_ids):
+            raise Forbidden(f"{principal.sub} may not file reports for {', '.join(body.unit_ids)}")
+        report = ReportReceived(
+            report_id=new_report_id(),
+            source_type=body.source_type,
+            source_name=body.source_name,
+            media_tier=body.media_tier,
+            url=body.url,
+            normalized_url=normalize_url(body.url, commands.policy.tracking_params),
+            title=body.title,
+            excerpt=body.excerpt,
+            author=body.author,
+            published_at=body.published_at,
+            observed_at=body.observed_at,
+            reach=body.reach,
+            unit_ids=tuple(body.unit_ids),
+            filed_by=principal.sub,
+        )
+        idempotency = (
+            Idempotency(f"{principal.sub}:{idempotency_key}", _fingerprint(body))
+            if idempotency_key
+            else None
+        )
+        answer = await commands.submit(report, principal.actor, idempotency)
+        response.status_code = (
+            status.HTTP_201_CREATED if answer.new_incident else status.HTTP_200_OK
+        )
+        if answer.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return ReportAnswer(**answer.body())
+
+    @router.get("/reports/{report_id}", summary="A report as filed, and its incident")
+    async def get_report(report_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
+        doc = await views.report(report_id)
+        if doc is None or not _may_see(directory, principal, doc):
+            raise NotFound(f"no report {report_id}")
+        return _public(doc)
+
+    @router.get("/incidents/{incident_id}", summary="Intake's view of an incident")
+    async def get_incident(incident_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
+        doc = await views.incident(incident_id)
+        if doc is None or not _may_see(directory, principal, doc):
+            raise NotFound(f"no incident {incident_id}")
+        return _public(doc)
+
+    def lifecycle(
+        action: str, decide: Callable[[Incident, str], list[EventPayload]], summary: str
+    ) -> None:
+        @router.post(
+            f"/incidents/{{incident_id}}/{action}",
+            response_model=IncidentStatusOut,
+            summary=summary,
+            name=f"{action}_incident",
+            responses={409: {"description": "not allowed from the current status (in details)"}},
+        )
+        async def transition(
+            incident_id: str, body: ReasonIn, principal: CurrentPrincipal
+        ) -> IncidentStatusOut:
+            principal.require(*LIFECYCLE)
+
+            def authorize(incident: Incident) -> None:
+                if not directory.can_act_for(principal, incident.unit_ids):
+                    raise Forbidden(f"{principal.sub} may not act for incident {incident_id}")
+
+            def decided(incident: Incident) -> list[EventPayload]:
+                return decide(incident, body.reason)
+
+            try:
+                after = await commands.transition(incident_id, decided, principal.actor, authorize)
+            except IllegalTransition as exc:
+                raise Conflict(
+                    str(exc), {"status": exc.status.value, "action": exc.action}
+                ) from None
+            return IncidentStatusOut(
+                incident_id=after.incident_id, status=after.status, version=after.version
+            )
+
+    lifecycle("resolve", Incident.resolve, "Resolve an incident once the opinion has calmed down")
+    lifecycle(
+        "dismiss", Incident.dismiss, "Dismiss a pseudo-incident (网络伪舆情), with the reason"
+    )
+    lifecycle("reopen", Incident.reopen, "Reopen a resolved or dismissed incident, with the reason")
+    return router

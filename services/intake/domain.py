@@ -1,0 +1,215 @@
+"""Intake's pure rules: URL normalisation, where a report belongs, the incident lifecycle.
+
+Nothing here does I/O. Commands are decided against an `Incident` rebuilt from its
+stream, and the decisions are returned as event payloads for the caller to append.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import Enum
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+
+from shared.events import (
+    Envelope,
+    EventPayload,
+    IncidentDismissed,
+    IncidentOpened,
+    IncidentReopened,
+    IncidentResolved,
+    ReportAttached,
+    ReportReceived,
+)
+
+
+class IntakePolicy(BaseModel):
+    """The deployment's intake policy (config/intake.yaml)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # A resolved incident that gets a new report within this window is reopened;
+    # after it, the report opens a new incident.
+    reopen_window_hours: PositiveFloat = 72
+    # Query parameters that only track who shared a link; shell-style patterns.
+    tracking_params: tuple[str, ...] = Field(default=("utm_*",))
+
+    @property
+    def reopen_window(self) -> timedelta:
+        return timedelta(hours=self.reopen_window_hours)
+
+
+# --------------------------------------------------------------------------- URLs
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_url(url: str, tracking_params: Iterable[str]) -> str:
+    """The form under which two links to one item compare equal.
+
+    Scheme and host are case-insensitive, and http/https serve the same article, so
+    both fold to https. Default ports, fragments, trailing slashes and tracking
+    parameters do not change what is shown; the remaining parameters are sorted
+    because their order does not either.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    port = parts.port
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        host = f"{host}:{port}"
+    if scheme == "http":
+        scheme = "https"
+    patterns = tuple(p.lower() for p in tracking_params)
+    query = sorted(
+        (key, value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        if not any(fnmatch.fnmatchcase(key.lower(), p) for p in patterns)
+    )
+    path = parts.path.rstrip("/")
+    return urlunsplit((scheme, host, path, urlencode(query), ""))
+
+
+# --------------------------------------------------------------------------- ids
+
+
+def new_incident_id() -> str:
+    return f"inc-{uuid.uuid4().hex[:12]}"
+
+
+def new_report_id() -> str:
+    return f"rep-{uuid.uuid4().hex[:12]}"
+
+
+def incident_stream(incident_id: str) -> str:
+    return f"incident-{incident_id}"
+
+
+# --------------------------------------------------------------------------- incident
+
+
+class IncidentStatus(str, Enum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+    DISMISSED = "dismissed"
+
+
+class IllegalTransition(Exception):
+    """The incident is not in a state that allows the command."""
+
+    def __init__(self, incident_id: str, action: str, status: IncidentStatus) -> None:
+        super().__init__(f"incident {incident_id} is {status.value}: it cannot be {action}")
+        self.incident_id = incident_id
+        self.action = action
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Incident:
+    """The incident aggregate as its stream tells it."""
+
+    incident_id: str
+    version: int
+    status: IncidentStatus
+    title: str
+    unit_ids: tuple[str, ...]
+    report_ids: tuple[str, ...]
+    status_changed_at: datetime
+
+    @classmethod
+    def replay(cls, events: Sequence[Envelope]) -> Incident | None:
+        incident: Incident | None = None
+        for event in events:
+            incident = evolve(incident, event)
+        return incident
+
+    def resolve(self, reason: str) -> list[EventPayload]:
+        self._require(IncidentStatus.OPEN, action="resolved")
+        return [IncidentResolved(reason=reason)]
+
+    def dismiss(self, reason: str) -> list[EventPayload]:
+        self._require(IncidentStatus.OPEN, action="dismissed")
+        return [IncidentDismissed(reason=reason)]
+
+    def reopen(self, reason: str) -> list[EventPayload]:
+        self._require(IncidentStatus.RESOLVED, IncidentStatus.DISMISSED, action="reopened")
+        return [IncidentReopened(reason=reason)]
+
+    def _require(self, *allowed: IncidentStatus, action: str) -> None:
+        if self.status not in allowed:
+            raise IllegalTransition(self.incident_id, action, self.status)
+
+
+def evolve(incident: Incident | None, event: Envelope) -> Incident:
+    """The incident after one of its events."""
+    payload = event.payload
+    if incident is None:
+        if not isinstance(payload, IncidentOpened):
+            raise ValueError(f"stream {event.stream_id} does not start with IncidentOpened")
+        return Incident(
+            incident_id=event.incident_id,
+            version=event.stream_version,
+            status=IncidentStatus.OPEN,
+            title=payload.title,
+            unit_ids=payload.unit_ids,
+            report_ids=(),
+            status_changed_at=event.occurred_at,
+        )
+    incident = replace(incident, version=event.stream_version)
+    if isinstance(payload, ReportReceived):
+        units = incident.unit_ids + tuple(u for u in payload.unit_ids if u not in incident.unit_ids)
+        return replace(
+            incident, unit_ids=units, report_ids=(*incident.report_ids, payload.report_id)
+        )
+    status = {
+        IncidentResolved: IncidentStatus.RESOLVED,
+        IncidentDismissed: IncidentStatus.DISMISSED,
+        IncidentReopened: IncidentStatus.OPEN,
+    }.get(type(payload))
+    if status is not None:
+        return replace(incident, status=status, status_changed_at=event.occurred_at)
+    return incident
+
+
+# --------------------------------------------------------------------------- routing
+
+
+class Routing(str, Enum):
+    """What a new report does to the incident its URL already belongs to, if any."""
+
+    OPEN_NEW = "open_new"
+    ATTACH = "attach"
+    REOPEN_AND_ATTACH = "reopen_and_attach"
+
+
+def route_report(existing: Incident | None, now: datetime, policy: IntakePolicy) -> Routing:
+    """A dismissed pseudo-incident stays dismissed and keeps what is filed about it; a
+    resolved one comes back to life only while the matter is recent."""
+    if existing is None:
+        return Routing.OPEN_NEW
+    if existing.status is IncidentStatus.RESOLVED:
+        if now - existing.status_changed_at <= policy.reopen_window:
+            return Routing.REOPEN_AND_ATTACH
+        return Routing.OPEN_NEW
+    return Routing.ATTACH
+
+
+REOPEN_REASON = "已办结事件在复开期限内收到新的舆情件，自动重新打开"
+
+
+def place_report(routing: Routing, report: ReportReceived, match: str) -> list[EventPayload]:
+    """The events that put `report` where `routing` says; `match` says why it belongs."""
+    if routing is Routing.OPEN_NEW:
+        opened = IncidentOpened(
+            title=report.title, unit_ids=report.unit_ids, first_report_id=report.report_id
+        )
+        return [opened, report]
+    attached: list[EventPayload] = [report, ReportAttached(report_id=report.report_id, match=match)]
+    if routing is Routing.REOPEN_AND_ATTACH:
+        return [IncidentReopened(reason=REOPEN_REASON), *attached]
+    return attached

@@ -1,0 +1,196 @@
+"""Intake's read models, written in the transaction that appends the events they show.
+
+- `reports`: one document per report, as filed, with the incident it went to.
+- `incidents`: intake's view of an incident: status, units, its reports, status history.
+- `url_claims`: which incident a normalised URL currently belongs to. Its `_id` is the
+  URL, so two requests racing to open an incident for one URL cannot both win.
+- `idempotency`: the first answer given to an Idempotency-Key, stored with the events.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from shared.events import (
+    Envelope,
+    IncidentDismissed,
+    IncidentOpened,
+    IncidentReopened,
+    IncidentResolved,
+    ReportAttached,
+    ReportReceived,
+)
+from shared.store import Document
+
+REPORTS = "reports"
+INCIDENTS = "incidents"
+URL_CLAIMS = "url_claims"
+IDEMPOTENCY = "idempotency"
+
+
+class UrlClaimLost(Exception):
+    """Another request claimed the URL since it was read: decide again."""
+
+
+class IntakeViews:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.db = db
+
+    async def ensure_indexes(self) -> None:
+        await self.db[REPORTS].create_index([("incident_id", ASCENDING)])
+        await self.db[INCIDENTS].create_index([("unit_ids", ASCENDING)])
+
+    # ------------------------------------------------------------------ projection
+
+    async def apply(self, event: Envelope, session: AsyncClientSession) -> None:
+        payload = event.payload
+        at = event.occurred_at
+        incidents = self.db[INCIDENTS]
+        if isinstance(payload, IncidentOpened):
+            await incidents.insert_one(
+                {
+                    "_id": event.incident_id,
+                    "incident_id": event.incident_id,
+                    "status": "open",
+                    "title": payload.title,
+                    "unit_ids": list(payload.unit_ids),
+                    "reports": [],
+                    "filed_by": [],
+                    "history": [_history("opened", event, None)],
+                    "opened_at": at,
+                    "updated_at": at,
+                    "version": event.stream_version,
+                },
+                session=session,
+            )
+        elif isinstance(payload, ReportReceived):
+            report = payload.model_dump(mode="python")
+            report.update(
+                _id=payload.report_id,
+                incident_id=event.incident_id,
+                unit_ids=list(payload.unit_ids),
+                match=None,
+                received_at=at,
+                actor=event.actor.model_dump(),
+            )
+            await self.db[REPORTS].insert_one(report, session=session)
+            summary = {
+                "report_id": payload.report_id,
+                "title": payload.title,
+                "source_name": payload.source_name,
+                "media_tier": payload.media_tier.value,
+                "url": payload.url,
+                "filed_by": payload.filed_by,
+                "received_at": at,
+                "match": None,
+            }
+            await incidents.update_one(
+                {"_id": event.incident_id},
+                {
+                    "$push": {"reports": summary},
+                    "$addToSet": {
+                        "unit_ids": {"$each": list(payload.unit_ids)},
+                        "filed_by": payload.filed_by,
+                    },
+                    "$set": {"updated_at": at, "version": event.stream_version},
+                },
+                session=session,
+            )
+        elif isinstance(payload, ReportAttached):
+            await self.db[REPORTS].update_one(
+                {"_id": payload.report_id}, {"$set": {"match": payload.match}}, session=session
+            )
+            await incidents.update_one(
+                {"_id": event.incident_id, "reports.report_id": payload.report_id},
+                {
+                    "$set": {
+                        "reports.$.match": payload.match,
+                        "updated_at": at,
+                        "version": event.stream_version,
+                    }
+                },
+                session=session,
+            )
+        elif isinstance(payload, IncidentResolved | IncidentDismissed | IncidentReopened):
+            status = {
+                IncidentResolved: "resolved",
+                IncidentDismissed: "dismissed",
+                IncidentReopened: "open",
+            }[type(payload)]
+            await incidents.update_one(
+                {"_id": event.incident_id},
+                {
+                    "$set": {"status": status, "updated_at": at, "version": event.stream_version},
+                    "$push": {"history": _history(status, event, payload.reason)},
+                },
+                session=session,
+            )
+
+    # ------------------------------------------------------------------ URL claims
+
+    async def claimed_by(self, normalized_url: str, session: AsyncClientSession) -> str | None:
+        doc = await self.db[URL_CLAIMS].find_one({"_id": normalized_url}, session=session)
+        return None if doc is None else str(doc["incident_id"])
+
+    async def claim(
+        self,
+        normalized_url: str,
+        incident_id: str,
+        previous: str | None,
+        session: AsyncClientSession,
+    ) -> None:
+        """Point the URL at `incident_id`, provided it still points at `previous`."""
+        claims = self.db[URL_CLAIMS]
+        if previous is None:
+            try:
+                await claims.insert_one(
+                    {"_id": normalized_url, "incident_id": incident_id}, session=session
+                )
+            except DuplicateKeyError:
+                raise UrlClaimLost(normalized_url) from None
+            return
+        result = await claims.update_one(
+            {"_id": normalized_url, "incident_id": previous},
+            {"$set": {"incident_id": incident_id}},
+            session=session,
+        )
+        if result.matched_count != 1:
+            raise UrlClaimLost(normalized_url)
+
+    # ------------------------------------------------------------------ idempotency
+
+    async def remembered(
+        self, scope_key: str, session: AsyncClientSession | None = None
+    ) -> Document | None:
+        return await self.db[IDEMPOTENCY].find_one({"_id": scope_key}, session=session)
+
+    async def remember(
+        self, scope_key: str, fingerprint: str, answer: dict[str, Any], session: AsyncClientSession
+    ) -> None:
+        """Raises DuplicateKeyError when a racing request with the key committed first."""
+        await self.db[IDEMPOTENCY].insert_one(
+            {"_id": scope_key, "fingerprint": fingerprint, "answer": answer}, session=session
+        )
+
+    # ------------------------------------------------------------------ queries
+
+    async def report(self, report_id: str) -> Document | None:
+        return await self.db[REPORTS].find_one({"_id": report_id})
+
+    async def incident(self, incident_id: str) -> Document | None:
+        return await self.db[INCIDENTS].find_one({"_id": incident_id})
+
+
+def _history(status: str, event: Envelope, reason: str | None) -> Document:
+    return {
+        "status": status,
+        "reason": reason,
+        "at": event.occurred_at,
+        "actor": event.actor.model_dump(),
+        "event_id": str(event.event_id),
+    }

@@ -1,0 +1,281 @@
+"""The intake service on the real broker and database, through its HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from services.intake.main import IntakeService
+from shared.bus import ensure_topics
+from shared.service import Context
+from shared.settings import Settings
+
+pytestmark = pytest.mark.asyncio
+
+
+def report(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "source_type": "news",
+        "source_name": "人民网",
+        "media_tier": "central",
+        "url": "https://news.example.com/2026/1121/a1.html",
+        "title": "某校食堂饭菜变质引发家长质疑",
+        "excerpt": "有家长在网上反映……",
+        "author": "网友甲",
+        "published_at": "2026-11-21T08:00:00+08:00",
+        "observed_at": "2026-11-21T08:05:00+08:00",
+        "reach": {"views": 120000, "reposts": 3400, "comments": 800, "likes": 5000},
+        "unit_ids": ["school-a"],
+    }
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[IntakeService]:
+    await ensure_topics(settings)
+    service = IntakeService(Context.from_settings(settings))
+    await service.start()
+    yield service
+    await service.stop()
+
+
+@pytest.fixture
+async def api(service: IntakeService) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=service.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+def auth(service: IntakeService, sub: str, unit: str, *roles: str) -> dict[str, str]:
+    token = service.ctx.tokens.issue(sub, unit, list(roles))
+    return {"Authorization": f"Bearer {token}"}
+
+
+def monitor(service: IntakeService) -> dict[str, str]:
+    return auth(service, "monitor-chen", "school-a", "monitor")
+
+
+def leader(service: IntakeService) -> dict[str, str]:
+    return auth(service, "leader-zhang", "county", "leader")
+
+
+async def stream(service: IntakeService, incident_id: str) -> list[dict[str, Any]]:
+    cursor = service.db["events"].find(
+        {"stream_id": f"incident-{incident_id}"}, sort=[("stream_version", 1)]
+    )
+    return [doc async for doc in cursor]
+
+
+async def event_types(service: IntakeService, incident_id: str) -> list[str]:
+    return [doc["event_type"] for doc in await stream(service, incident_id)]
+
+
+async def stored_events(service: IntakeService) -> int:
+    return await service.db["events"].count_documents({})
+
+
+async def test_a_report_opens_an_incident_and_can_be_read_back(
+    service: IntakeService, api: httpx.AsyncClient
+) -> None:
+    resp = await api.post("/intake/v1/reports", json=report(), headers=monitor(service))
+
+    assert resp.status_code == 201, resp.text
+    answer = resp.json()
+    assert answer["new_incident"] is True
+    assert answer["incident_id"].startswith("inc-")
+    assert await event_types(service, answer["incident_id"]) == [
+        "IncidentOpened",
+        "ReportReceived",
+    ]
+    got = await api.get(f"/intake/v1/reports/{answer['report_id']}", headers=monitor(service))
+    assert got.status_code == 200
+    assert got.json()["filed_by"] == "monitor-chen"
+    assert got.json()["incident_id"] == answer["incident_id"]
+    assert got.json()["published_at"].startswith("2026-11-21T00:00:00")  # kept in UTC
+    incident = await api.get(
+        f"/intake/v1/incidents/{answer['incident_id']}", headers=leader(service)
+    )
+    assert incident.json()["status"] == "open"
+    assert [r["report_id"] for r in incident.json()["reports"]] == [answer["report_id"]]
+    # Another school's monitor cannot see it.
+    other = auth(service, "monitor-b", "school-b", "monitor")
+    hidden = await api.get(f"/intake/v1/incidents/{answer['incident_id']}", headers=other)
+    assert hidden.status_code == 404
+
+
+async def test_the_same_item_under_another_link_form_is_attached(
+    service: IntakeService, api: httpx.AsyncClient
+) -> None:
+    first = (await api.post("/intake/v1/reports", json=report(), headers=monitor(service))).json()
+    again = report(
+        url="HTTPS://NEWS.example.com/2026/1121/a1.html/?utm_source=weibo#comments",
+        source_name="微博转载",
+        media_tier="self_media",
+    )
+    resp = await api.post("/intake/v1/reports", json=again, headers=leader(service))
+
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["incident_id"] == first["incident_id"]
+    assert resp.json()["new_incident"] is False
+    assert await event_types(service, first["incident_id"]) == [
+        "IncidentOpened",
+        "ReportReceived",
+        "ReportReceived",
+        "ReportAttached",
+    ]
+    view = await api.get(f"/intake/v1/incidents/{first['incident_id']}", headers=leader(service))
+    assert [r["match"] for r in view.json()["reports"]] == [None, "same_url"]
+    other = await api.post(
+        "/intake/v1/reports",
+        json=report(url="https://news.example.com/2026/1121/a2.html"),
+        headers=monitor(service),
+    )
+    assert other.json()["new_incident"] is True
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"title": None}, "title"),
+        ({"media_tier": "tabloid"}, "media_tier"),
+        ({"source_type": "radio"}, "source_type"),
+        ({"url": "not a url"}, "url"),
+        ({"published_at": "2026-11-21T08:00:00"}, "published_at"),
+        ({"reach": {"views": -1}}, "reach.views"),
+        ({"unit_ids": []}, "unit_ids"),
+        ({"title": "长" * 501}, "title"),
+        ({"unit_ids": ["no-such-unit"]}, "unit_ids"),
+    ],
+)
+async def test_bad_input_gets_422_naming_the_field_and_stores_nothing(
+    service: IntakeService, api: httpx.AsyncClient, change: dict[str, Any], field: str
+) -> None:
+    body = {k: v for k, v in report(**change).items() if v is not None}
+
+    resp = await api.post("/intake/v1/reports", json=body, headers=leader(service))
+
+    assert resp.status_code == 422, resp.text
+    assert field in [d["field"] for d in resp.json()["error"]["details"]]
+    assert await stored_events(service) == 0
+
+
+async def test_who_may_file(service: IntakeService, api: httpx.AsyncClient) -> None:
+    no_token = await api.post("/intake/v1/reports", json=report())
+    assert no_token.status_code == 401
+    other_unit = await api.post(
+        "/intake/v1/reports", json=report(unit_ids=["school-b"]), headers=monitor(service)
+    )
+    assert other_unit.status_code == 403
+    analyst = auth(service, "analyst-zhao", "county", "analyst")
+    read_only = await api.post("/intake/v1/reports", json=report(), headers=analyst)
+    assert read_only.status_code == 403
+    assert await stored_events(service) == 0
+    partner = auth(service, "partner-wxb", "county", "partner")
+    referred = await api.post(
+        "/intake/v1/reports", json=report(source_type="referral"), headers=partner
+    )
+    assert referred.status_code == 201
+    (event,) = [
+        e
+        for e in await stream(service, referred.json()["incident_id"])
+        if e["event_type"] == "ReportReceived"
+    ]
+    assert event["actor"]["type"] == "client"
+    assert event["payload"]["filed_by"] == "partner-wxb"
+
+
+async def test_ten_racing_retries_with_one_key_store_one_report(
+    service: IntakeService, api: httpx.AsyncClient
+) -> None:
+    headers = {**monitor(service), "Idempotency-Key": "retry-1"}
+
+    responses = await asyncio.gather(
+        *(api.post("/intake/v1/reports", json=report(), headers=headers) for _ in range(10))
+    )
+
+    assert {r.status_code for r in responses} == {201}, [r.text for r in responses]
+    assert len({r.json()["report_id"] for r in responses}) == 1
+    assert await stored_events(service) == 2  # IncidentOpened + ReportReceived, once
+    reused = await api.post("/intake/v1/reports", json=report(title="另一件事"), headers=headers)
+    assert reused.status_code == 409
+    # The key is the filer's: another principal's same key is another request.
+    other = {**leader(service), "Idempotency-Key": "retry-1"}
+    assert (await api.post("/intake/v1/reports", json=report(), headers=other)).status_code == 200
+
+
+async def test_lifecycle_and_illegal_transitions(
+    service: IntakeService, api: httpx.AsyncClient
+) -> None:
+    incident = (
+        await api.post("/intake/v1/reports", json=report(), headers=monitor(service))
+    ).json()["incident_id"]
+    base = f"/intake/v1/incidents/{incident}"
+
+    by_monitor = await api.post(f"{base}/resolve", json={"reason": "x"}, headers=monitor(service))
+    assert by_monitor.status_code == 403
+    no_reason = await api.post(f"{base}/dismiss", json={"reason": " "}, headers=leader(service))
+    assert no_reason.status_code == 422
+
+    resolved = await api.post(f"{base}/resolve", json={"reason": "已平息"}, headers=leader(service))
+    assert resolved.status_code == 200
+    assert resolved.json()["status"] == "resolved"
+    twice = await api.post(f"{base}/dismiss", json={"reason": "伪"}, headers=leader(service))
+    assert twice.status_code == 409
+    assert twice.json()["error"]["details"]["status"] == "resolved"
+
+    reopened = await api.post(
+        f"{base}/reopen", json={"reason": "再次发酵"}, headers=leader(service)
+    )
+    assert reopened.json()["status"] == "open"
+    office = auth(service, "office-li", "county", "office")
+    dismissed = await api.post(f"{base}/dismiss", json={"reason": "网络伪舆情"}, headers=office)
+    assert dismissed.json()["status"] == "dismissed"
+
+    # A dismissed pseudo-incident stays dismissed when the same item is filed again.
+    again = await api.post("/intake/v1/reports", json=report(), headers=monitor(service))
+    assert again.json()["incident_id"] == incident
+    assert again.json()["new_incident"] is False
+    view = (await api.get(base, headers=leader(service))).json()
+    assert view["status"] == "dismissed"
+    assert [h["status"] for h in view["history"]] == ["opened", "resolved", "open", "dismissed"]
+    missing = await api.post(
+        "/intake/v1/incidents/inc-none/resolve", json={"reason": "x"}, headers=leader(service)
+    )
+    assert missing.status_code == 404
+
+
+async def test_a_recently_resolved_incident_reopens_when_the_item_is_filed_again(
+    service: IntakeService, api: httpx.AsyncClient
+) -> None:
+    incident = (
+        await api.post("/intake/v1/reports", json=report(), headers=monitor(service))
+    ).json()["incident_id"]
+    await api.post(
+        f"/intake/v1/incidents/{incident}/resolve",
+        json={"reason": "已平息"},
+        headers=leader(service),
+    )
+
+    again = await api.post("/intake/v1/reports", json=report(), headers=monitor(service))
+
+    assert again.json()["incident_id"] == incident
+    assert (await event_types(service, incident))[-4:] == [
+        "IncidentResolved",
+        "IncidentReopened",
+        "ReportReceived",
+        "ReportAttached",
+    ]
+
+
+async def test_stored_events_are_relayed_to_kafka(
+    service: IntakeService, api: httpx.AsyncClient
+) -> None:
+    await api.post("/intake/v1/reports", json=report(), headers=monitor(service))
+    async with asyncio.timeout(10):
+        while await service.store.unpublished(10):
+            await asyncio.sleep(0.1)

@@ -1,0 +1,302 @@
+"""The rulebook, table by table: tiers, reach thresholds, categories, sensitive topics,
+escalation that never lowers, missed deadlines, and the leader's override."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from services.grading.domain import (
+    Grade,
+    OverrideRefused,
+    ReportFacts,
+    Rulebook,
+    RulebookError,
+    assess,
+    on_deadline_missed,
+    on_report,
+    override,
+    parse_rulebook,
+)
+from services.grading.main import load_rulebook
+from shared.events import (
+    Category,
+    GradeOverridden,
+    IncidentEscalated,
+    IncidentGraded,
+    Level,
+    MediaTier,
+    Reach,
+)
+from shared.settings import CONFIG_DIR
+
+RULEBOOK = load_rulebook(CONFIG_DIR / "rulebook.yaml")
+
+
+def facts(
+    tier: MediaTier = MediaTier.COUNTY,
+    text: str = "道路积水",
+    url: str = "https://a.example.com/1",
+    **reach: int,
+) -> ReportFacts:
+    return ReportFacts(
+        report_id=f"rep-{url}-{tier.value}",
+        source_name=f"{tier.value}-site",
+        media_tier=tier,
+        normalized_url=url,
+        reach=Reach(**reach),
+        text=text,
+    )
+
+
+def ids(assessment_rules: Any) -> set[str]:
+    return {r.rule_id for r in assessment_rules}
+
+
+# --------------------------------------------------------------------------- tiers
+
+
+@pytest.mark.parametrize(
+    ("tier", "level"),
+    [
+        (MediaTier.CENTRAL, Level.ONE),
+        (MediaTier.NATIONAL_PORTAL, Level.ONE),
+        (MediaTier.PROVINCIAL, Level.TWO),
+        (MediaTier.MUNICIPAL, Level.THREE),
+        (MediaTier.COUNTY, Level.THREE),
+        (MediaTier.SELF_MEDIA, Level.THREE),
+    ],
+)
+def test_each_media_tier_gets_its_level(tier: MediaTier, level: Level) -> None:
+    assessment = assess(RULEBOOK, [facts(tier)])
+    assert assessment.level is level
+    assert all(r.reason for r in assessment.rules_fired)
+
+
+def test_the_grade_names_the_rule_and_the_source() -> None:
+    assessment = assess(RULEBOOK, [facts(MediaTier.CENTRAL)])
+    fired = {r.rule_id: r.reason for r in assessment.rules_fired}
+    assert "tier-central" in fired
+    assert "central-site" in fired["tier-central"]
+    assert "level-default" not in fired
+
+
+# --------------------------------------------------------------------------- reach
+
+
+@pytest.mark.parametrize(
+    ("reach", "level", "rule"),
+    [
+        ({"views": 99_999}, Level.THREE, "level-default"),
+        ({"views": 100_000}, Level.TWO, "reach-views-100k"),
+        ({"views": 999_999}, Level.TWO, "reach-views-100k"),
+        ({"views": 1_000_000}, Level.ONE, "reach-views-1m"),
+        ({"reposts": 4_999}, Level.THREE, "level-default"),
+        ({"reposts": 5_000}, Level.TWO, "reach-reposts-5k"),
+        ({"reposts": 50_000}, Level.ONE, "reach-reposts-50k"),
+        ({"comments": 10_000_000}, Level.THREE, "level-default"),  # no rule on comments
+    ],
+)
+def test_reach_thresholds_at_their_edges(reach: dict[str, int], level: Level, rule: str) -> None:
+    assessment = assess(RULEBOOK, [replace(facts(), reach=Reach(**reach))])
+    assert assessment.level is level
+    assert rule in ids(assessment.rules_fired)
+
+
+def test_reach_adds_up_over_items_but_counts_one_item_once() -> None:
+    two_items = [facts(url="https://a/1", views=60_000), facts(url="https://a/2", views=40_000)]
+    assert assess(RULEBOOK, two_items).level is Level.TWO
+    refiled = [facts(url="https://a/1", views=60_000), facts(url="https://a/1", views=70_000)]
+    assert assess(RULEBOOK, refiled).level is Level.THREE
+
+
+# --------------------------------------------------------------------------- categories
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("网传某校发生事故，系造谣", Category.RUMOR),
+        ("有人恶意炒作此事", Category.HYPE),
+        ("家长建议增加校车线路", Category.SUGGESTION),
+        ("请问学校为什么收费", Category.INQUIRY),
+        ("路面有坑", Category.INQUIRY),  # nothing matches: the default
+        ("有人炒作谣言", Category.RUMOR),  # rulebook order decides between two
+    ],
+)
+def test_keywords_set_the_category(text: str, category: Category) -> None:
+    assert assess(RULEBOOK, [facts(text=text)]).category is category
+
+
+def test_the_default_category_says_so() -> None:
+    assert "category-default" in ids(assess(RULEBOOK, [facts(text="路面有坑")]).rules_fired)
+
+
+# --------------------------------------------------------------------------- sensitive
+
+
+def test_sensitive_topics_are_flagged_and_may_raise_the_level() -> None:
+    assessment = assess(RULEBOOK, [facts(text="学生在食堂食物中毒")])
+    assert set(assessment.sensitive_topics) == {"minors", "food_safety"}
+    assert assessment.level is Level.TWO
+    only_flag = assess(RULEBOOK, [facts(text="高考加分政策")])
+    assert only_flag.sensitive_topics == ("exam_fairness",)
+    assert only_flag.level is Level.THREE
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def test_the_first_report_grades_the_incident() -> None:
+    decision = on_report(RULEBOOK, None, [], facts(MediaTier.PROVINCIAL), dismissed=False)
+    assert isinstance(decision, IncidentGraded)
+    assert decision.level is Level.TWO
+    assert decision.rulebook_version == RULEBOOK.version
+    assert "tier-provincial" in ids(decision.rules_fired)
+
+
+def test_a_central_report_after_a_provincial_one_escalates_with_the_reason() -> None:
+    first = facts(MediaTier.PROVINCIAL, url="https://p/1")
+    decision = on_report(
+        RULEBOOK,
+        Grade(Level.TWO, Category.INQUIRY, 1),
+        [first],
+        facts(MediaTier.CENTRAL),
+        dismissed=False,
+    )
+    assert isinstance(decision, IncidentEscalated)
+    assert (decision.from_level, decision.to_level) == (Level.TWO, Level.ONE)
+    assert ids(decision.rules_fired) == {"tier-central"}
+    assert "中央级媒体" in decision.reason
+
+
+def test_reach_growing_over_a_bound_escalates() -> None:
+    first = facts(url="https://x/1", views=50_000)
+    grown = facts(url="https://x/1", views=150_000)
+    decision = on_report(RULEBOOK, Grade(Level.THREE, Category.INQUIRY, 1), [first], grown, False)
+    assert isinstance(decision, IncidentEscalated)
+    assert decision.to_level is Level.TWO
+    assert ids(decision.rules_fired) == {"reach-views-100k"}
+
+
+def test_a_lesser_report_never_lowers_the_level() -> None:
+    first = facts(MediaTier.CENTRAL, url="https://c/1")
+    grade = Grade(Level.ONE, Category.INQUIRY, 1)
+    assert on_report(RULEBOOK, grade, [first], facts(MediaTier.COUNTY), False) is None
+    assert on_report(RULEBOOK, grade, [first], facts(MediaTier.PROVINCIAL), False) is None
+
+
+def test_a_dismissed_incident_is_not_escalated() -> None:
+    first = facts(MediaTier.COUNTY, url="https://c/1")
+    grade = Grade(Level.THREE, Category.INQUIRY, 1)
+    assert on_report(RULEBOOK, grade, [first], facts(MediaTier.CENTRAL), dismissed=True) is None
+    assert on_deadline_missed(RULEBOOK, grade, Level.THREE, dismissed=True) is None
+
+
+def test_an_override_down_holds_until_new_facts_raise_the_assessment() -> None:
+    central = facts(MediaTier.CENTRAL, url="https://c/1")
+    overridden = Grade(Level.THREE, Category.INQUIRY, 2)  # leader lowered it from 1
+    assert (
+        on_report(
+            RULEBOOK, overridden, [central], facts(MediaTier.CENTRAL, url="https://c/2"), False
+        )
+        is None
+    )
+
+    provincial = facts(MediaTier.PROVINCIAL, url="https://p/1")
+    lowered = Grade(Level.THREE, Category.INQUIRY, 2)  # leader lowered it from 2
+    decision = on_report(RULEBOOK, lowered, [provincial], facts(MediaTier.CENTRAL), False)
+    assert isinstance(decision, IncidentEscalated)
+    assert decision.to_level is Level.ONE
+
+
+def test_an_override_up_is_not_undone_by_a_weaker_escalation() -> None:
+    raised = Grade(Level.ONE, Category.INQUIRY, 2)  # leader raised a level-3 to 1
+    decision = on_report(RULEBOOK, raised, [facts()], facts(MediaTier.PROVINCIAL), False)
+    assert decision is None
+
+
+def test_a_missed_deadline_at_the_current_level_raises_one_step() -> None:
+    grade = Grade(Level.THREE, Category.INQUIRY, 1)
+    decision = on_deadline_missed(RULEBOOK, grade, Level.THREE, dismissed=False)
+    assert isinstance(decision, IncidentEscalated)
+    assert (decision.from_level, decision.to_level) == (Level.THREE, Level.TWO)
+    assert ids(decision.rules_fired) == {"mishandling-deadline-missed"}
+    # A deadline of a level the incident has left, or level 1 itself, changes nothing.
+    assert (
+        on_deadline_missed(RULEBOOK, Grade(Level.TWO, Category.INQUIRY, 2), Level.THREE, False)
+        is None
+    )
+    assert (
+        on_deadline_missed(RULEBOOK, Grade(Level.ONE, Category.INQUIRY, 2), Level.ONE, False)
+        is None
+    )
+
+
+def test_override_goes_up_or_down_and_refuses_a_no_op() -> None:
+    grade = Grade(Level.ONE, Category.INQUIRY, 1)
+    down = override(grade, Level.THREE, None, "经核实影响较小")
+    assert down == GradeOverridden(
+        from_level=Level.ONE,
+        to_level=Level.THREE,
+        category=Category.INQUIRY,
+        reason="经核实影响较小",
+    )
+    recategorised = override(grade, Level.ONE, Category.RUMOR, "系谣言")
+    assert recategorised.category is Category.RUMOR
+    with pytest.raises(OverrideRefused):
+        override(grade, Level.ONE, None, "same")
+    with pytest.raises(OverrideRefused):
+        override(None, Level.ONE, None, "not graded")
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def _shipped() -> dict[str, Any]:
+    data = yaml.safe_load((CONFIG_DIR / "rulebook.yaml").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def test_a_bad_entry_is_named_in_the_error() -> None:
+    data = _shipped()
+    data["reach"][1]["level"] = 4
+    with pytest.raises(RulebookError, match=r"reach\[1\] \(reach-reposts-5k\)\.level"):
+        parse_rulebook(data, "rulebook.yaml")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["tiers"][1]["media_tiers"].append("central"), "media tier 'central'"),
+        (lambda d: d["categories"][0].update(id="tier-central"), "used twice"),
+        (lambda d: d["categories"][0].update(category="gossip"), r"categories\[0\]"),
+        (
+            lambda d: d["categories"][2].update(keywords=[]),
+            r"categories\[2\] \(category-suggestion\)",
+        ),
+        (lambda d: d.pop("version"), "version"),
+    ],
+)
+def test_malformed_rulebooks_are_refused(mutate: Any, message: str) -> None:
+    data = _shipped()
+    mutate(data)
+    with pytest.raises(RulebookError, match=message):
+        parse_rulebook(data, "rulebook.yaml")
+
+
+def test_an_unreadable_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rulebook.yaml"
+    path.write_text("version: [unclosed\n")
+    with pytest.raises(RulebookError, match=str(path)):
+        load_rulebook(path)
+
+
+def test_the_shipped_rulebook_is_valid() -> None:
+    assert isinstance(RULEBOOK, Rulebook)
+    assert RULEBOOK.version

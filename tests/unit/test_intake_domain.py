@@ -1,0 +1,223 @@
+"""Intake's pure rules: URL normalisation, routing a report, the incident lifecycle."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from services.intake.domain import (
+    IllegalTransition,
+    Incident,
+    IncidentStatus,
+    IntakePolicy,
+    Routing,
+    incident_stream,
+    normalize_url,
+    place_report,
+    route_report,
+)
+from services.intake.main import load_policy
+from shared.events import (
+    Actor,
+    Envelope,
+    EventPayload,
+    IncidentDismissed,
+    IncidentOpened,
+    IncidentReopened,
+    IncidentResolved,
+    MediaTier,
+    Reach,
+    ReportAttached,
+    ReportReceived,
+    SourceType,
+)
+from shared.settings import CONFIG_DIR
+
+POLICY = load_policy(CONFIG_DIR / "intake.yaml")
+T0 = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("HTTPS://News.Example.COM/a/1", "https://news.example.com/a/1"),
+        ("https://news.example.com/a/1/", "https://news.example.com/a/1"),
+        ("https://news.example.com/a/1#comments", "https://news.example.com/a/1"),
+        ("http://news.example.com/a/1", "https://news.example.com/a/1"),
+        ("https://news.example.com:443/a/1", "https://news.example.com/a/1"),
+        ("https://news.example.com/a/1?utm_source=wx&utm_MEDIUM=x", "https://news.example.com/a/1"),
+        (
+            "https://news.example.com/a?id=7&spm=abc&from=timeline",
+            "https://news.example.com/a?id=7",
+        ),
+        ("https://bbs.example.com/t?page=2&tid=9", "https://bbs.example.com/t?tid=9&page=2"),
+        (
+            "https://mp.weixin.qq.com/s?__biz=M&sn=1&chksm=zz&scene=21#wechat_redirect",
+            "https://mp.weixin.qq.com/s?sn=1&__biz=M",
+        ),
+    ],
+)
+def test_links_to_one_item_normalise_alike(a: str, b: str) -> None:
+    assert normalize_url(a, POLICY.tracking_params) == normalize_url(b, POLICY.tracking_params)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("https://news.example.com/a/1", "https://news.example.com/a/2"),
+        ("https://news.example.com/a?id=7", "https://news.example.com/a?id=8"),
+        (
+            "https://news.example.com/A/1",
+            "https://news.example.com/a/1",
+        ),  # paths are case-sensitive
+        ("https://news.example.com:8080/a", "https://news.example.com/a"),
+        ("https://a.example.com/x", "https://b.example.com/x"),
+    ],
+)
+def test_different_items_stay_different(a: str, b: str) -> None:
+    assert normalize_url(a, POLICY.tracking_params) != normalize_url(b, POLICY.tracking_params)
+
+
+def test_normalised_form_is_readable() -> None:
+    url = "HTTP://WWW.Example.com:80/news/2026/1121/?utm_campaign=x&id=3#top"
+    assert normalize_url(url, ["utm_*"]) == "https://www.example.com/news/2026/1121?id=3"
+
+
+def report(report_id: str = "rep-1", units: tuple[str, ...] = ("school-a",)) -> ReportReceived:
+    return ReportReceived(
+        report_id=report_id,
+        source_type=SourceType.NEWS,
+        source_name="人民网",
+        media_tier=MediaTier.CENTRAL,
+        url="https://news.example.com/a/1",
+        normalized_url="https://news.example.com/a/1",
+        title="某校食堂饭菜变质",
+        excerpt="网友反映",
+        author=None,
+        published_at=T0,
+        observed_at=T0,
+        reach=Reach(),
+        unit_ids=units,
+        filed_by="monitor-chen",
+    )
+
+
+def stream(*payloads: EventPayload, at: datetime = T0) -> list[Envelope]:
+    return [
+        Envelope.new(
+            p,
+            incident_id="inc-1",
+            stream_id=incident_stream("inc-1"),
+            stream_version=v,
+            actor=Actor(type="person", id="x"),
+            occurred_at=at,
+        )
+        for v, p in enumerate(payloads, start=1)
+    ]
+
+
+def opened() -> Incident:
+    incident = Incident.replay(stream(*place_report(Routing.OPEN_NEW, report(), "same_url")))
+    assert incident is not None
+    return incident
+
+
+def test_a_new_report_opens_an_incident_then_records_the_report() -> None:
+    payloads = place_report(Routing.OPEN_NEW, report(), "same_url")
+    assert [type(p) for p in payloads] == [IncidentOpened, ReportReceived]
+    incident = opened()
+    assert incident.status is IncidentStatus.OPEN
+    assert incident.report_ids == ("rep-1",)
+    assert incident.version == 2
+
+
+def test_a_report_on_an_open_incident_is_attached_with_the_reason() -> None:
+    payloads = place_report(Routing.ATTACH, report("rep-2"), "same_url")
+    assert [type(p) for p in payloads] == [ReportReceived, ReportAttached]
+    assert payloads[1] == ReportAttached(report_id="rep-2", match="same_url")
+
+
+def test_attached_reports_add_their_units_to_the_incident() -> None:
+    events = stream(
+        *place_report(Routing.OPEN_NEW, report(), "same_url"),
+        *place_report(Routing.ATTACH, report("rep-2", ("school-a", "road-1")), "same_url"),
+    )
+    incident = Incident.replay(events)
+    assert incident is not None
+    assert incident.unit_ids == ("school-a", "road-1")
+    assert incident.report_ids == ("rep-1", "rep-2")
+
+
+def test_routing_follows_the_status_of_the_incident_that_holds_the_url() -> None:
+    incident = opened()
+    later = T0 + timedelta(days=30)
+    assert route_report(None, T0, POLICY) is Routing.OPEN_NEW
+    assert route_report(incident, later, POLICY) is Routing.ATTACH
+    dismissed = Incident.replay(stream(*opened_payloads(), IncidentDismissed(reason="伪舆情")))
+    assert route_report(dismissed, later, POLICY) is Routing.ATTACH
+
+
+def opened_payloads() -> list[EventPayload]:
+    return place_report(Routing.OPEN_NEW, report(), "same_url")
+
+
+def test_a_resolved_incident_reopens_within_the_window_and_not_after() -> None:
+    policy = IntakePolicy(reopen_window_hours=72)
+    resolved = Incident.replay(stream(*opened_payloads(), IncidentResolved(reason="平息")))
+    assert resolved is not None
+    inside = T0 + timedelta(hours=72)
+    outside = T0 + timedelta(hours=72, seconds=1)
+    assert route_report(resolved, inside, policy) is Routing.REOPEN_AND_ATTACH
+    assert route_report(resolved, outside, policy) is Routing.OPEN_NEW
+    payloads = place_report(Routing.REOPEN_AND_ATTACH, report("rep-2"), "same_url")
+    assert [type(p) for p in payloads] == [IncidentReopened, ReportReceived, ReportAttached]
+    after = Incident.replay(stream(*opened_payloads(), IncidentResolved(reason="x"), *payloads))
+    assert after is not None
+    assert after.status is IncidentStatus.OPEN
+
+
+def test_lifecycle_transitions() -> None:
+    incident = opened()
+    assert incident.resolve("平息") == [IncidentResolved(reason="平息")]
+    assert incident.dismiss("网络伪舆情") == [IncidentDismissed(reason="网络伪舆情")]
+    resolved = Incident.replay(stream(*opened_payloads(), *incident.resolve("平息")))
+    assert resolved is not None
+    assert resolved.status is IncidentStatus.RESOLVED
+    assert resolved.reopen("再次发酵") == [IncidentReopened(reason="再次发酵")]
+    dismissed = Incident.replay(stream(*opened_payloads(), *incident.dismiss("伪")))
+    assert dismissed is not None
+    assert dismissed.reopen("误判") == [IncidentReopened(reason="误判")]
+
+
+@pytest.mark.parametrize(
+    ("history", "action", "status"),
+    [
+        ((), "reopen", IncidentStatus.OPEN),
+        ((IncidentResolved(reason="x"),), "resolve", IncidentStatus.RESOLVED),
+        ((IncidentResolved(reason="x"),), "dismiss", IncidentStatus.RESOLVED),
+        ((IncidentDismissed(reason="x"),), "resolve", IncidentStatus.DISMISSED),
+        ((IncidentDismissed(reason="x"),), "dismiss", IncidentStatus.DISMISSED),
+    ],
+)
+def test_illegal_transitions_name_the_current_status(
+    history: tuple[EventPayload, ...], action: str, status: IncidentStatus
+) -> None:
+    incident = Incident.replay(stream(*opened_payloads(), *history))
+    assert incident is not None
+    with pytest.raises(IllegalTransition) as err:
+        getattr(incident, action)("reason")
+    assert err.value.status is status
+
+
+def test_a_stream_must_start_with_the_opening() -> None:
+    with pytest.raises(ValueError, match="IncidentOpened"):
+        Incident.replay(stream(IncidentResolved(reason="x")))
+
+
+def test_a_bad_policy_file_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    bad = tmp_path / "intake.yaml"
+    bad.write_text("reopen_window_hours: -1\n")
+    with pytest.raises(ValueError, match="reopen_window_hours"):
+        load_policy(bad)
