@@ -1,0 +1,615 @@
+"""The archive's pure core: the incident view folded from a scripted incident that touches
+every service, out-of-order arrival, time travel, the Chinese timeline and the hash chain."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.archive.domain import (
+    GENESIS,
+    ChainLink,
+    Logged,
+    fold,
+    link_hash,
+    timeline,
+    verify_chain,
+)
+from shared.events import (
+    Actor,
+    ApprovalStep,
+    CaseArchived,
+    Category,
+    DeadlineMissed,
+    Envelope,
+    EventPayload,
+    FiredRule,
+    IncidentDismissed,
+    IncidentEscalated,
+    IncidentGraded,
+    IncidentOpened,
+    IncidentReopened,
+    IncidentResolved,
+    Level,
+    MediaTier,
+    NotificationAcknowledged,
+    NotificationSent,
+    ObligationClosed,
+    ObligationFulfilled,
+    ObligationOpened,
+    Reach,
+    ReportAttached,
+    ReportReceived,
+    ReviewRecorded,
+    SourceType,
+    StatementApproved,
+    StatementDrafted,
+    StatementKind,
+    StatementPublished,
+    StatementRejected,
+    StatementRevised,
+    StatementSubmitted,
+)
+
+T0 = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)  # 08:00 in the bureau's time zone
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+INCIDENT = "inc-1"
+MONITOR = Actor(type="person", id="monitor-chen", unit_id="school-a")
+
+
+def at(**delta: float) -> datetime:
+    return T0 + timedelta(**delta)
+
+
+class Script:
+    """Builds one incident's events as the five services would publish them."""
+
+    def __init__(self, incident_id: str = INCIDENT) -> None:
+        self.incident_id = incident_id
+        self.events: list[Envelope] = []
+        self.versions: dict[str, int] = {}
+
+    def add(
+        self,
+        payload: EventPayload,
+        stream: str,
+        when: datetime,
+        cause: Envelope | None = None,
+        actor: Actor = MONITOR,
+    ) -> Envelope:
+        version = self.versions.get(stream, 0) + 1
+        self.versions[stream] = version
+        fields = {
+            "stream_id": stream,
+            "stream_version": version,
+            "actor": actor,
+            "occurred_at": when,
+        }
+        if cause is not None:
+            event = cause.caused(payload, **fields)
+        else:
+            event = Envelope.new(
+                payload, incident_id=self.incident_id, unit_id="school-a", **fields
+            )
+        self.events.append(event)
+        return event
+
+    def logged(self, order: list[int] | None = None) -> list[Logged]:
+        """The events as the archive would have stored them, ingested in `order`."""
+        indexes = order if order is not None else list(range(len(self.events)))
+        return [Logged(seq=seq, event=self.events[i]) for seq, i in enumerate(indexes, start=1)]
+
+
+def report(report_id: str, tier: MediaTier, source: str, title: str) -> ReportReceived:
+    return ReportReceived(
+        report_id=report_id,
+        source_type=SourceType.NEWS,
+        source_name=source,
+        media_tier=tier,
+        url=f"https://news.example/{report_id}",
+        normalized_url=f"news.example/{report_id}",
+        title=title,
+        excerpt="家长反映食堂饭菜质量问题",
+        author=None,
+        published_at=T0 - timedelta(minutes=30),
+        observed_at=T0 - timedelta(minutes=5),
+        reach=Reach(views=120000, reposts=3400),
+        unit_ids=("school-a",),
+        filed_by="monitor-chen",
+    )
+
+
+def obligation(ob_id: str, kind: str, title: str, level: Level, due: datetime) -> ObligationOpened:
+    return ObligationOpened(
+        obligation_id=ob_id,
+        kind=kind,
+        title=title,
+        level=level,
+        owner_role="office",
+        recipients=("leader-zhang",),
+        counted_from=due - timedelta(minutes=30),
+        deadline=due,
+    )
+
+
+def full_incident() -> Script:
+    """A level-2 inquiry that grows to level 1, with obligations met, missed and closed,
+    a statement rejected then revised, approved and published, then resolved and archived.
+    """
+    s = Script()
+    rule = Actor.rule("rulebook")
+    intake = f"incident-{INCIDENT}"
+    grades = f"grading-{INCIDENT}"
+    r1 = s.add(
+        report("r1", MediaTier.PROVINCIAL, "大河网", "实验小学食堂饭菜变质"), "report-r1", at()
+    )
+    opened = s.add(
+        IncidentOpened(title="实验小学食堂饭菜变质", unit_ids=("school-a",), first_report_id="r1"),
+        intake,
+        at(seconds=1),
+        r1,
+    )
+    graded = s.add(
+        IncidentGraded(
+            level=Level.TWO,
+            category=Category.INQUIRY,
+            rules_fired=(FiredRule(rule_id="tier-provincial", reason="省级媒体报道"),),
+            rulebook_version="1",
+        ),
+        grades,
+        at(seconds=2),
+        opened,
+        rule,
+    )
+    s.add(
+        obligation("ob-bulletin", "bulletin", "《网上舆情》报送", Level.TWO, at(hours=4)),
+        "obligation-ob-bulletin",
+        at(seconds=3),
+        graded,
+        rule,
+    )
+    r2 = s.add(
+        report("r2", MediaTier.CENTRAL, "人民网", "实验小学食堂问题引关注"),
+        "report-r2",
+        at(minutes=10),
+    )
+    s.add(
+        ReportAttached(report_id="r2", match="similar_text"), intake, at(minutes=10, seconds=1), r2
+    )
+    escalated = s.add(
+        IncidentEscalated(
+            from_level=Level.TWO,
+            to_level=Level.ONE,
+            category=Category.INQUIRY,
+            reason="中央媒体报道",
+            rules_fired=(FiredRule(rule_id="tier-central", reason="中央媒体报道"),),
+            rulebook_version="1",
+        ),
+        grades,
+        at(minutes=10, seconds=2),
+        r2,
+        rule,
+    )
+    phone = s.add(
+        obligation("ob-phone", "phone_quick_report", "手机快报", Level.ONE, at(minutes=40)),
+        "obligation-ob-phone",
+        at(minutes=10, seconds=3),
+        escalated,
+        rule,
+    )
+    s.add(
+        obligation("ob-written", "written_quick_report", "纸质快报", Level.ONE, at(minutes=70)),
+        "obligation-ob-written",
+        at(minutes=10, seconds=4),
+        escalated,
+        rule,
+    )
+    sent = s.add(
+        NotificationSent(
+            notification_id="n1",
+            obligation_id="ob-phone",
+            channel="sms",
+            recipient="leader-zhang",
+            attempt=1,
+        ),
+        "obligation-ob-phone",
+        at(minutes=10, seconds=5),
+        phone,
+    )
+    s.add(
+        NotificationAcknowledged(
+            notification_id="n1", obligation_id="ob-phone", acknowledged_by="leader-zhang"
+        ),
+        "obligation-ob-phone",
+        at(minutes=12),
+        sent,
+    )
+    s.add(
+        ObligationFulfilled(
+            obligation_id="ob-phone", fulfilled_by="office-li", fulfilled_at=at(minutes=20)
+        ),
+        "obligation-ob-phone",
+        at(minutes=20),
+    )
+    statement = "statement-s1"
+    s.add(
+        StatementDrafted(
+            statement_id="s1",
+            kind=StatementKind.ONLINE_REPLY,
+            version=1,
+            title="关于实验小学食堂问题的回复",
+            body="初稿",
+            author="spokesperson-sun",
+        ),
+        statement,
+        at(minutes=30),
+    )
+    chain = (ApprovalStep(role="propaganda"),)
+    s.add(
+        StatementSubmitted(statement_id="s1", version=1, level=Level.ONE, chain=chain),
+        statement,
+        at(minutes=31),
+    )
+    s.add(
+        StatementRejected(
+            statement_id="s1",
+            version=1,
+            step=chain[0],
+            approver="propaganda-wang",
+            comment="数据不准",
+        ),
+        statement,
+        at(minutes=32),
+    )
+    s.add(
+        StatementRevised(
+            statement_id="s1",
+            version=2,
+            title="关于实验小学食堂问题的回复",
+            body="修改稿",
+            author="spokesperson-sun",
+        ),
+        statement,
+        at(minutes=33),
+    )
+    s.add(
+        StatementSubmitted(statement_id="s1", version=2, level=Level.ONE, chain=chain),
+        statement,
+        at(minutes=34),
+    )
+    s.add(
+        StatementApproved(
+            statement_id="s1",
+            version=2,
+            step=chain[0],
+            approver="propaganda-wang",
+            fully_approved=True,
+        ),
+        statement,
+        at(minutes=40),
+    )
+    s.add(
+        StatementPublished(
+            statement_id="s1",
+            version=2,
+            outlet="weibo",
+            url="https://weibo.example/1",
+            published_by="spokesperson-sun",
+        ),
+        statement,
+        at(minutes=45),
+    )
+    s.add(
+        StatementDrafted(
+            statement_id="s2",
+            kind=StatementKind.PRESS_RELEASE,
+            version=1,
+            title="情况说明",
+            body="草稿",
+            author="spokesperson-sun",
+        ),
+        "statement-s2",
+        at(minutes=50),
+    )
+    s.add(
+        DeadlineMissed(
+            obligation_id="ob-written",
+            kind="written_quick_report",
+            level=Level.ONE,
+            deadline=at(minutes=70),
+            alerted_roles=("leader",),
+        ),
+        "obligation-ob-written",
+        at(minutes=70, seconds=1),
+        actor=Actor.rule("deadline-watch"),
+    )
+    s.add(
+        ObligationClosed(obligation_id="ob-bulletin", reason="已升为一级，改为快报"),
+        "obligation-ob-bulletin",
+        at(minutes=71),
+    )
+    s.add(IncidentResolved(reason="舆情平息"), intake, at(hours=5))
+    s.add(
+        ReviewRecorded(
+            cause="供货商问题", handling="当日回复", lessons="加强抽检", reviewed_by="leader-zhang"
+        ),
+        "case-inc-1",
+        at(hours=6),
+    )
+    s.add(CaseArchived(case_id="case-1"), "case-inc-1", at(hours=6, seconds=1))
+    return s
+
+
+def test_the_view_shows_the_grade_after_escalation_and_how_it_came() -> None:
+    view = fold(INCIDENT, full_incident().logged())
+
+    assert view.level == Level.ONE
+    assert view.category == Category.INQUIRY
+    assert [(g.change, g.level, g.from_level) for g in view.grade_history] == [
+        ("graded", Level.TWO, None),
+        ("escalated", Level.ONE, Level.TWO),
+    ]
+    assert view.title == "实验小学食堂饭菜变质"
+    assert view.unit_ids == ["school-a"]
+    assert [(r.report_id, r.match) for r in view.reports] == [("r1", None), ("r2", "similar_text")]
+    assert view.opened_at == at(seconds=1)
+    assert view.complete
+
+
+def test_obligations_are_fulfilled_missed_or_closed_with_their_deadlines() -> None:
+    view = fold(INCIDENT, full_incident().logged())
+
+    states = {o.obligation_id: (o.state, o.deadline, o.fulfilled_at) for o in view.obligations}
+    assert states == {
+        "ob-bulletin": ("closed", at(hours=4), None),
+        "ob-phone": ("fulfilled", at(minutes=40), at(minutes=20)),
+        "ob-written": ("missed", at(minutes=70), None),
+    }
+    phone = next(o for o in view.obligations if o.obligation_id == "ob-phone")
+    assert not phone.late
+    assert [(n.notification_id, n.state) for n in phone.notifications] == [("n1", "acknowledged")]
+
+
+def test_a_report_filed_after_the_miss_is_fulfilled_late_and_the_miss_stays_on_record() -> None:
+    s = full_incident()
+    s.add(
+        ObligationFulfilled(
+            obligation_id="ob-written", fulfilled_by="office-li", fulfilled_at=at(minutes=80)
+        ),
+        "obligation-ob-written",
+        at(minutes=80),
+    )
+
+    written = next(
+        o for o in fold(INCIDENT, s.logged()).obligations if o.obligation_id == "ob-written"
+    )
+
+    assert (written.state, written.late, written.missed_at) == (
+        "fulfilled",
+        True,
+        at(minutes=70, seconds=1),
+    )
+
+
+def test_statements_carry_their_state_version_and_clearance() -> None:
+    view = fold(INCIDENT, full_incident().logged())
+
+    s1, s2 = view.statements
+    assert (s1.statement_id, s1.state, s1.version, s1.body) == ("s1", "published", 2, "修改稿")
+    assert [(a.version, a.decision) for a in s1.approvals] == [(1, "rejected"), (2, "approved")]
+    assert s1.approved_at == at(minutes=40)
+    assert [(p.outlet, p.version) for p in s1.publications] == [("weibo", 2)]
+    assert (s2.statement_id, s2.state, s2.kind) == ("s2", "draft", StatementKind.PRESS_RELEASE)
+
+
+def test_status_follows_resolve_review_and_archive() -> None:
+    view = fold(INCIDENT, full_incident().logged())
+
+    assert view.status == "archived"
+    assert view.resolved_at == at(hours=5)
+    assert view.case_id == "case-1"
+    assert view.review is not None
+    assert view.review.lessons == "加强抽检"
+
+
+def test_dismissed_and_reopened_incidents() -> None:
+    s = Script()
+    r1 = s.add(report("r1", MediaTier.SELF_MEDIA, "某论坛", "传言"), "report-r1", at())
+    s.add(
+        IncidentOpened(title="传言", unit_ids=("school-a",), first_report_id="r1"),
+        "incident-x",
+        at(seconds=1),
+        r1,
+    )
+    s.add(IncidentDismissed(reason="网络伪舆情"), "incident-x", at(minutes=5))
+    assert (fold(INCIDENT, s.logged()).status, fold(INCIDENT, s.logged()).status_reason) == (
+        "dismissed",
+        "网络伪舆情",
+    )
+
+    s.add(IncidentReopened(reason="出现新情况"), "incident-x", at(minutes=9))
+    assert fold(INCIDENT, s.logged()).status == "open"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_any_ingest_order_across_streams_gives_the_same_view(seed: int) -> None:
+    s = full_incident()
+    in_order = fold(INCIDENT, s.logged())
+    shuffled = list(range(len(s.events)))
+    random.Random(seed).shuffle(shuffled)
+
+    assert fold(INCIDENT, s.logged(shuffled)).model_dump() == in_order.model_dump()
+    assert [e.event_id for e in timeline(s.logged(shuffled), SHANGHAI)] == [
+        e.event_id for e in s.events
+    ]
+
+
+def test_a_grade_ingested_before_the_opening_is_right_once_both_are_in() -> None:
+    s = full_incident()
+    grade_only = fold(INCIDENT, [Logged(seq=1, event=s.events[2])])
+    assert (grade_only.level, grade_only.opened_at, grade_only.complete) == (Level.TWO, None, False)
+
+    # the grading topic is ahead: grade first, then the intake events
+    view = fold(INCIDENT, s.logged([2, 0, 1]))
+
+    assert (view.level, view.title, view.opened_at, view.status) == (
+        Level.TWO,
+        "实验小学食堂饭菜变质",
+        at(seconds=1),
+        "open",
+    )
+    assert view.complete
+
+
+def test_an_event_from_a_slow_clock_still_follows_its_cause() -> None:
+    s = Script()
+    r1 = s.add(report("r1", MediaTier.CENTRAL, "人民网", "标题"), "report-r1", at())
+    graded = s.add(
+        IncidentGraded(
+            level=Level.ONE, category=Category.HYPE, rules_fired=(), rulebook_version="1"
+        ),
+        "grading-x",
+        at(minutes=1),
+        r1,
+    )
+    # the notification host's clock is two minutes behind grading's
+    s.add(
+        obligation("ob", "phone_quick_report", "手机快报", Level.ONE, at(minutes=31)),
+        "obligation-ob",
+        at(seconds=-60),
+        graded,
+    )
+    s.add(
+        ObligationFulfilled(
+            obligation_id="ob", fulfilled_by="office-li", fulfilled_at=at(minutes=5)
+        ),
+        "obligation-ob",
+        at(seconds=-90),
+    )
+
+    entries = timeline(s.logged([3, 2, 1, 0]), SHANGHAI)
+
+    order = [e.event_type for e in entries if e.event_type != "ObligationFulfilled"]
+    assert order == ["ReportReceived", "IncidentGraded", "ObligationOpened"]
+    # sorted before the obligation it is about, the fulfilment waits for it instead of vanishing
+    (ob,) = fold(INCIDENT, s.logged([3, 2, 1, 0])).obligations
+    assert ob.state == "fulfilled"
+
+
+def test_as_of_shows_the_incident_as_it_stood_then() -> None:
+    records = full_incident().logged()
+
+    early = fold(INCIDENT, records, as_of=at(minutes=5))
+    assert (early.level, early.status, len(early.reports)) == (Level.TWO, "open", 1)
+    assert [(o.obligation_id, o.state) for o in early.obligations] == [("ob-bulletin", "open")]
+    assert early.statements == []
+
+    middle = fold(INCIDENT, records, as_of=at(minutes=50))
+    assert middle.level == Level.ONE
+    assert {o.obligation_id: o.state for o in middle.obligations} == {
+        "ob-bulletin": "open",
+        "ob-phone": "fulfilled",
+        "ob-written": "open",
+    }
+    assert [(st.statement_id, st.state) for st in middle.statements] == [
+        ("s1", "published"),
+        ("s2", "draft"),
+    ]
+    assert middle.as_of == at(minutes=50)
+
+    late = fold(INCIDENT, records, as_of=at(hours=5, seconds=1))
+    assert (late.status, late.case_id) == ("resolved", None)
+    assert {o.obligation_id: o.state for o in late.obligations}["ob-written"] == "missed"
+
+
+def test_a_skipped_stream_version_marks_the_incident_incomplete_until_it_arrives() -> None:
+    s = full_incident()
+    missing = next(i for i, e in enumerate(s.events) if e.event_type == "StatementRejected")
+    without = [i for i in range(len(s.events)) if i != missing]
+
+    view = fold(INCIDENT, s.logged(without))
+    assert not view.complete
+    assert [(g.stream_id, g.missing_versions) for g in view.gaps] == [("statement-s1", [3])]
+
+    assert fold(INCIDENT, s.logged([*without, missing])).complete
+
+
+def test_the_timeline_reads_in_chinese() -> None:
+    lines = {
+        e.event_type: e.summary for e in reversed(timeline(full_incident().logged(), SHANGHAI))
+    }
+
+    assert lines["ReportReceived"] == "舆情件来自 大河网（省级媒体）：实验小学食堂饭菜变质"
+    assert lines["IncidentGraded"] == "研判为二级（严重），类别：询问（依据：省级媒体报道）"
+    assert lines["IncidentEscalated"].startswith("级别由二级（严重）升为一级（重大）")
+    assert (
+        lines["ObligationOpened"]
+        == "开启报送义务：《网上舆情》报送，截止 2026-11-21 12:00（责任：领导小组办公室）"
+    )
+    assert (
+        lines["DeadlineMissed"]
+        == "报送义务「纸质快报」超时未完成（截止 2026-11-21 09:10），已提醒：领导小组"
+    )
+    assert lines["ObligationFulfilled"] == "报送义务「手机快报」已完成，2026-11-21 08:20，office-li"
+    assert lines["StatementRejected"] == (
+        "propaganda-wang（宣传部/处置专班）退回「关于实验小学食堂问题的回复」第 1 版：数据不准"
+    )
+    assert lines["IncidentResolved"] == "事件处置完毕：舆情平息"
+
+
+def test_the_timeline_can_be_limited_to_some_event_types() -> None:
+    entries = timeline(full_incident().logged(), SHANGHAI, ["ObligationOpened", "DeadlineMissed"])
+
+    assert [e.event_type for e in entries] == ["ObligationOpened"] * 3 + ["DeadlineMissed"]
+
+
+def chain_of(events: list[Envelope]) -> list[ChainLink]:
+    links, prev = [], GENESIS
+    for position, event in enumerate(events, start=1):
+        envelope = event.model_dump(mode="json")
+        digest = link_hash(prev, envelope)
+        links.append(ChainLink(position, str(event.event_id), envelope, prev, digest))
+        prev = digest
+    return links
+
+
+def test_an_untouched_chain_verifies() -> None:
+    links = chain_of(full_incident().events)
+
+    report = verify_chain(INCIDENT, links, expected_length=len(links))
+
+    assert (report.ok, report.length, report.head, report.broken) == (
+        True,
+        len(links),
+        links[-1].hash,
+        None,
+    )
+
+
+def test_an_edited_event_is_named_as_the_first_broken_link() -> None:
+    links = chain_of(full_incident().events)
+    edited = dict(links[4].envelope)
+    edited["payload"] = {**edited["payload"], "title": "改过的标题"}
+    links[4] = ChainLink(5, links[4].event_id, edited, links[4].prev_hash, links[4].hash)
+
+    report = verify_chain(INCIDENT, links, expected_length=len(links))
+
+    assert not report.ok
+    assert report.broken is not None
+    assert (report.broken.position, report.broken.event_id) == (5, links[4].event_id)
+    assert "altered" in report.broken.reason
+
+
+def test_a_removed_event_breaks_the_chain() -> None:
+    links = chain_of(full_incident().events)
+
+    middle = verify_chain(INCIDENT, links[:3] + links[4:], expected_length=len(links))
+    tail = verify_chain(INCIDENT, links[:-1], expected_length=len(links))
+
+    assert middle.broken is not None
+    assert middle.broken.position == 4
+    assert tail.broken is not None
+    assert tail.broken.position == len(links)
