@@ -1,0 +1,321 @@
+"""Reporting obligations (报送/处置义务) and their deadlines. Pure: no I/O, time is passed in.
+
+An incident's obligations form one aggregate, folded from its events: which duties are
+owed, by when, and whether each was met, missed or closed. Every decision here returns
+the event payloads that record it; the caller stores them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
+from enum import Enum
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from shared.auth import Role
+from shared.errors import Conflict, NotFound
+from shared.events import (
+    Category,
+    DeadlineMissed,
+    Envelope,
+    Level,
+    ObligationClosed,
+    ObligationFulfilled,
+    ObligationOpened,
+)
+from shared.policy import parse_clock_time, parse_duration
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+ClockTime = Annotated[time, BeforeValidator(parse_clock_time)]
+
+
+def stream_id(incident_id: str) -> str:
+    return f"obligations-{incident_id}"
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SameDay(_Strict):
+    """当日回复: due at `due` local time on the day of grading; a case graded at or after
+    `cutoff` (late evening) is due at `rollover_to` the next day instead."""
+
+    due: ClockTime
+    cutoff: ClockTime
+    rollover_to: ClockTime
+
+    @model_validator(mode="after")
+    def _cutoff_not_after_due(self) -> SameDay:
+        if self.cutoff > self.due:
+            raise ValueError("cutoff must not be later than due, or some deadlines would be past")
+        return self
+
+    def deadline(self, counted_from: datetime, tz: ZoneInfo) -> datetime:
+        local = counted_from.astimezone(tz)
+        day: date = local.date()
+        at = self.due
+        if local.time() >= self.cutoff:
+            day, at = day + timedelta(days=1), self.rollover_to
+        return datetime.combine(day, at, tzinfo=tz).astimezone(UTC)
+
+
+class ObligationRule(_Strict):
+    kind: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$")
+    title: str = Field(min_length=1)
+    owner_role: Role
+    recipients: tuple[Role, ...] = Field(min_length=1)
+    within: Duration | None = None
+    same_day: SameDay | None = None
+    alert_roles: tuple[Role, ...] | None = None
+
+    @model_validator(mode="after")
+    def _one_deadline(self) -> ObligationRule:
+        if (self.within is None) == (self.same_day is None):
+            raise ValueError(f"{self.kind}: give exactly one of 'within' or 'same_day'")
+        return self
+
+    def deadline(self, counted_from: datetime, tz: ZoneInfo) -> datetime:
+        if self.same_day is not None:
+            return self.same_day.deadline(counted_from, tz)
+        assert self.within is not None
+        return counted_from + self.within
+
+
+class ObligationPolicy(_Strict):
+    """What each level and category obliges, from config/obligations.yaml."""
+
+    version: str
+    alert_roles: tuple[Role, ...] = Field(min_length=1)
+    levels: dict[Level, tuple[ObligationRule, ...]]
+    categories: dict[Category, tuple[ObligationRule, ...]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _kinds_unique(self) -> ObligationPolicy:
+        # A kind names one duty of an incident: two rules with one kind could never both open.
+        seen: dict[str, str] = {}
+        for where, rule in self._all_rules():
+            if rule.kind in seen:
+                raise ValueError(f"kind {rule.kind!r} appears in {seen[rule.kind]} and {where}")
+            seen[rule.kind] = where
+        return self
+
+    def _all_rules(self) -> Iterable[tuple[str, ObligationRule]]:
+        for level, rules in self.levels.items():
+            for rule in rules:
+                yield f"levels.{int(level)}", rule
+        for category, rules in self.categories.items():
+            for rule in rules:
+                yield f"categories.{category.value}", rule
+
+    def rules_for(self, level: Level | None, category: Category | None) -> list[ObligationRule]:
+        by_level = list(self.levels.get(level, ())) if level is not None else []
+        by_category = list(self.categories.get(category, ())) if category is not None else []
+        return by_level + by_category
+
+
+# --------------------------------------------------------------------------- the aggregate
+
+
+class ObligationState(str, Enum):
+    OPEN = "open"
+    FULFILLED = "fulfilled"
+    MISSED = "missed"
+    CLOSED = "closed"
+
+
+LIVE_STATES = frozenset({ObligationState.OPEN, ObligationState.MISSED, ObligationState.FULFILLED})
+OWED_STATES = frozenset({ObligationState.OPEN, ObligationState.MISSED})
+
+
+def seconds_left(state: ObligationState, deadline: datetime, now: datetime) -> float | None:
+    """Time left to meet a duty still owed (negative once overdue); None once settled."""
+    if state not in OWED_STATES:
+        return None
+    return (deadline - now).total_seconds()
+
+
+@dataclass(frozen=True)
+class Obligation:
+    obligation_id: str
+    kind: str
+    title: str
+    level: Level
+    owner_role: str
+    recipients: tuple[str, ...]
+    alert_roles: tuple[str, ...]
+    counted_from: datetime
+    deadline: datetime
+    opened_event_id: uuid.UUID
+    correlation_id: uuid.UUID
+    state: ObligationState = ObligationState.OPEN
+    missed: bool = False
+    fulfilled_by: str | None = None
+    fulfilled_at: datetime | None = None
+    reference: str | None = None
+    late: bool = False
+    closed_reason: str | None = None
+
+    def seconds_left(self, now: datetime) -> float | None:
+        return seconds_left(self.state, self.deadline, now)
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """One incident's obligations, as its stream says."""
+
+    incident_id: str
+    version: int = 0
+    obligations: dict[str, Obligation] = field(default_factory=dict)
+
+    @classmethod
+    def fold(cls, incident_id: str, events: Sequence[Envelope]) -> Ledger:
+        ledger = cls(incident_id)
+        for event in events:
+            ledger = ledger.apply(event)
+        return ledger
+
+    def apply(self, event: Envelope) -> Ledger:
+        obligations = dict(self.obligations)
+        p = event.payload
+        match p:
+            case ObligationOpened():
+                obligations[p.obligation_id] = Obligation(
+                    obligation_id=p.obligation_id,
+                    kind=p.kind,
+                    title=p.title,
+                    level=p.level,
+                    owner_role=p.owner_role,
+                    recipients=p.recipients,
+                    alert_roles=p.alert_roles,
+                    counted_from=p.counted_from,
+                    deadline=p.deadline,
+                    opened_event_id=event.event_id,
+                    correlation_id=event.correlation_id,
+                )
+            case ObligationFulfilled():
+                obligations[p.obligation_id] = replace(
+                    obligations[p.obligation_id],
+                    state=ObligationState.FULFILLED,
+                    fulfilled_by=p.fulfilled_by,
+                    fulfilled_at=p.fulfilled_at,
+                    reference=p.reference,
+                    late=p.late,
+                )
+            case DeadlineMissed():
+                obligations[p.obligation_id] = replace(
+                    obligations[p.obligation_id], state=ObligationState.MISSED, missed=True
+                )
+            case ObligationClosed():
+                obligations[p.obligation_id] = replace(
+                    obligations[p.obligation_id],
+                    state=ObligationState.CLOSED,
+                    closed_reason=p.reason,
+                )
+        return Ledger(self.incident_id, event.stream_version, obligations)
+
+    def get(self, obligation_id: str) -> Obligation:
+        try:
+            return self.obligations[obligation_id]
+        except KeyError:
+            raise NotFound(f"没有编号为 {obligation_id} 的报送义务") from None
+
+    def live_kinds(self) -> set[str]:
+        return {o.kind for o in self.obligations.values() if o.state in LIVE_STATES}
+
+    # decisions ------------------------------------------------------------------------
+
+    def open_for_grade(
+        self,
+        policy: ObligationPolicy,
+        *,
+        level: Level,
+        category: Category | None,
+        graded_at: datetime,
+        tz: ZoneInfo,
+        include_level_duties: bool,
+    ) -> list[ObligationOpened]:
+        """Open the duties a grading creates that are not already owed or met.
+
+        `include_level_duties` is false when the level went down: a milder level owes
+        nothing new, while a category's duties (e.g. the same-day reply) still apply.
+        """
+        rules = policy.rules_for(level if include_level_duties else None, category)
+        live = self.live_kinds()
+        return [
+            ObligationOpened(
+                obligation_id=uuid.uuid4().hex,
+                kind=rule.kind,
+                title=rule.title,
+                level=level,
+                owner_role=rule.owner_role.value,
+                recipients=tuple(r.value for r in rule.recipients),
+                counted_from=graded_at,
+                deadline=rule.deadline(graded_at, tz),
+                alert_roles=tuple(r.value for r in (rule.alert_roles or policy.alert_roles)),
+            )
+            for rule in rules
+            if rule.kind not in live
+        ]
+
+    def close_owed(self, reason: str) -> list[ObligationClosed]:
+        """Resolving or dismissing ends what is still pending; missed duties stay missed."""
+        return [
+            ObligationClosed(obligation_id=o.obligation_id, reason=reason)
+            for o in self.obligations.values()
+            if o.state is ObligationState.OPEN
+        ]
+
+    def fulfil(
+        self,
+        obligation_id: str,
+        *,
+        by: str,
+        at: datetime,
+        reference: str | None,
+    ) -> ObligationFulfilled:
+        obligation = self.get(obligation_id)
+        if obligation.state is ObligationState.FULFILLED:
+            raise Conflict(
+                f"“{obligation.title}”已由 {obligation.fulfilled_by} 报送，不能重复报送",
+                {
+                    "obligation_id": obligation_id,
+                    "state": obligation.state.value,
+                    "fulfilled_at": obligation.fulfilled_at,
+                },
+            )
+        if obligation.state is ObligationState.CLOSED:
+            raise Conflict(
+                f"“{obligation.title}”已关闭（{obligation.closed_reason}），无需报送",
+                {"obligation_id": obligation_id, "state": obligation.state.value},
+            )
+        return ObligationFulfilled(
+            obligation_id=obligation_id,
+            fulfilled_by=by,
+            fulfilled_at=at,
+            reference=reference,
+            late=at > obligation.deadline,
+        )
+
+    def missed_by(self, obligation_id: str, now: datetime) -> DeadlineMissed | None:
+        """The miss to record if this duty is still open past its deadline, else nothing."""
+        obligation = self.obligations.get(obligation_id)
+        if obligation is None or obligation.state is not ObligationState.OPEN:
+            return None
+        if now < obligation.deadline:
+            return None
+        return DeadlineMissed(
+            obligation_id=obligation_id,
+            kind=obligation.kind,
+            level=obligation.level,
+            deadline=obligation.deadline,
+            alerted_roles=obligation.alert_roles,
+        )

@@ -1,0 +1,57 @@
+"""Loading a deployment's policy files (YAML) into typed models, failing at start-up with a
+message that names the file and the entry at fault rather than a bare validation dump.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_CLOCK_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used as written."""
+
+
+def parse_duration(value: Any) -> timedelta:
+    """'30m', '4h', '1d', '10s': the way a policy states a deadline."""
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError(f"{value!r} is not a positive duration like '30m', '4h', '1d' or '10s'")
+    return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def parse_clock_time(value: Any) -> time:
+    """'HH:MM' in quotes: YAML reads an unquoted 23:59 as the number 1439."""
+    match = _CLOCK_TIME.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"{value!r} is not a time of day written in quotes, like '23:59'")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+def load_policy(path: Path, model: type[M]) -> M:
+    try:
+        with path.open(encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise PolicyError(f"policy file {path} cannot be read: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"policy file {path} is not valid YAML: {exc}") from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise PolicyError(f"policy file {path}: {problems}") from exc

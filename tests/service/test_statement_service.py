@@ -1,0 +1,208 @@
+"""The statement service against the real embedded broker and database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from services.statement.main import StatementService
+from shared.bus import ensure_topics
+from shared.events import Level
+from shared.service import Context
+from shared.settings import Settings
+from tests.service.upstream_events import bearer, client, escalated, feed, graded, opened, wait_for
+
+pytestmark = pytest.mark.asyncio
+
+RELEASE = {
+    "kind": "press_release",
+    "title": "关于网传某校食堂问题的情况通报",
+    "body": "经核实，网传情况不属实……",
+    "facts": [{"label": "就医学生人数", "value": "0"}],
+    "outlets": ["官方微博", "县教育局官网"],
+}
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[StatementService]:
+    await ensure_topics(settings)
+    service = StatementService(Context.from_settings(settings))
+    await service.start()
+    yield service
+    await service.stop()
+
+
+class People:
+    def __init__(self, settings: Settings) -> None:
+        self.author = bearer(settings, "spokesperson-sun", "school-a", "spokesperson")
+        self.office = bearer(settings, "office-li", "county", "office")
+        self.propaganda = bearer(settings, "propaganda-wang", "county", "propaganda")
+        self.head = bearer(settings, "head-liu", "school-a", "dept_head")
+        self.other_school = bearer(settings, "spokesperson-b", "school-b", "spokesperson")
+
+
+async def draft_when_known(
+    http: httpx.AsyncClient, incident: str, headers: dict[str, str], body: dict[str, Any] = RELEASE
+) -> dict[str, Any]:
+    """Drafting waits until the service has heard of the incident from intake."""
+    created: dict[str, Any] = {}
+
+    async def drafted() -> bool:
+        r = await http.post(
+            f"/statements/v1/incidents/{incident}/statements", json=body, headers=headers
+        )
+        created.update(r.json() if r.status_code == 201 else {})
+        return r.status_code == 201
+
+    await wait_for(drafted)
+    return created
+
+
+async def submit_when_graded(
+    http: httpx.AsyncClient, statement_id: str, headers: dict[str, str]
+) -> None:
+    """Submitting answers 409 until grading has reached the service."""
+
+    async def accepted() -> bool:
+        r = await http.post(f"/statements/v1/statements/{statement_id}/submit", headers=headers)
+        return r.status_code == 200
+
+    await wait_for(accepted)
+
+
+async def test_a_level_one_release_needs_the_office_then_the_task_force_before_publishing(
+    service: StatementService, settings: Settings
+) -> None:
+    who = People(settings)
+    await feed(settings, opened("inc-1"), graded("inc-1", Level.ONE))
+
+    async with client(service) as http:
+        statement = await draft_when_known(http, "inc-1", who.author)
+        sid = statement["statement_id"]
+        base = f"/statements/v1/statements/{sid}"
+        assert statement["state"] == "draft"
+        assert statement["versions"][0]["facts"] == RELEASE["facts"]
+        await submit_when_graded(http, sid, who.author)
+
+        own = await http.post(f"{base}/approve", json={}, headers=who.author)
+        assert own.status_code == 403
+        early = await http.post(f"{base}/approve", json={}, headers=who.propaganda)
+        assert early.status_code == 409
+        assert "领导小组办公室" in early.json()["error"]["message"]
+
+        r = await http.post(f"{base}/approve", json={"comment": "同意"}, headers=who.office)
+        assert r.status_code == 200, r.text
+        blocked = await http.post(
+            f"{base}/publish",
+            json={"outlet": "官方微博", "url": "https://weibo.example/1"},
+            headers=who.author,
+        )
+        assert blocked.status_code == 409
+        assert "宣传部（处置专班）" in blocked.json()["error"]["message"]
+
+        r = await http.post(f"{base}/approve", json={"comment": "可发"}, headers=who.propaganda)
+        assert r.json()["state"] == "approved"
+        published = await http.post(
+            f"{base}/publish",
+            json={"outlet": "官方微博", "url": "https://weibo.example/1"},
+            headers=who.author,
+        )
+        assert published.status_code == 200, published.text
+
+        view = (await http.get(base, headers=who.office)).json()
+        assert view["state"] == "published"
+        assert view["level"] == 1
+        assert [(s["role"], s["approved_by"]) for s in view["chain"]] == [
+            ("office", "office-li"),
+            ("propaganda", "propaganda-wang"),
+        ]
+        assert all(s["approved_at"] for s in view["chain"])
+        assert view["missing"] == []
+        assert view["publications"][0]["url"] == "https://weibo.example/1"
+        hidden = await http.get(base, headers=who.other_school)
+        assert hidden.status_code == 403
+        assert (await http.get(base)).status_code == 401
+
+
+async def test_a_revision_restarts_the_chain_and_a_rejection_needs_a_comment(
+    service: StatementService, settings: Settings
+) -> None:
+    who = People(settings)
+    await feed(settings, opened("inc-2"), graded("inc-2", Level.THREE))
+
+    async with client(service) as http:
+        reply = {**RELEASE, "kind": "online_reply", "outlets": []}
+        sid = (await draft_when_known(http, "inc-2", who.author, reply))["statement_id"]
+        base = f"/statements/v1/statements/{sid}"
+        await submit_when_graded(http, sid, who.author)
+
+        no_reason = await http.post(f"{base}/reject", json={"comment": " "}, headers=who.head)
+        assert no_reason.status_code == 422
+        rejected = await http.post(
+            f"{base}/reject", json={"comment": "数据待核实"}, headers=who.head
+        )
+        assert rejected.json()["state"] == "rejected"
+
+        revised = await http.put(base, json={**reply, "body": "更正后的回复"}, headers=who.author)
+        assert revised.json()["current_version"] == 2
+        assert revised.json()["state"] == "draft"
+        r = await http.post(f"{base}/submit", headers=who.author)
+        assert r.json()["missing"] == [
+            {"role": "dept_head", "unit_id": "school-a", "name": "部门分管领导（school-a）"}
+        ]
+        approved = await http.post(f"{base}/approve", json={}, headers=who.head)
+        assert approved.json()["state"] == "approved"
+        done = await http.post(
+            f"{base}/publish", json={"outlet": "留言板", "url": "ref-1"}, headers=who.author
+        )
+        assert done.status_code == 200
+        assert done.json()["publications"][0]["version"] == 2
+
+
+async def test_an_ungraded_incident_takes_drafts_but_not_submissions(
+    service: StatementService, settings: Settings
+) -> None:
+    who = People(settings)
+    await feed(settings, opened("inc-3"))
+
+    async with client(service) as http:
+        sid = (await draft_when_known(http, "inc-3", who.author))["statement_id"]
+        r = await http.post(f"/statements/v1/statements/{sid}/submit", headers=who.author)
+        assert r.status_code == 409
+        assert "尚未定级" in r.json()["error"]["message"]
+        missing = await http.post(
+            "/statements/v1/incidents/nobody-knows/statements", json=RELEASE, headers=who.author
+        )
+        assert missing.status_code == 404
+
+
+async def test_an_escalation_mid_review_asks_for_the_new_levels_chain(
+    service: StatementService, settings: Settings
+) -> None:
+    who = People(settings)
+    await feed(settings, opened("inc-4"), graded("inc-4", Level.TWO))
+
+    async with client(service) as http:
+        sid = (await draft_when_known(http, "inc-4", who.author))["statement_id"]
+        base = f"/statements/v1/statements/{sid}"
+        await submit_when_graded(http, sid, who.author)
+        r = await http.post(f"{base}/approve", json={}, headers=who.office)
+        assert r.json()["state"] == "approved"
+
+        await feed(settings, escalated("inc-4", Level.TWO, Level.ONE))
+
+        async def back_in_review() -> bool:
+            return (await http.get(base, headers=who.office)).json()["state"] == "in_review"
+
+        await wait_for(back_in_review)
+        view = (await http.get(base, headers=who.office)).json()
+        assert view["level"] == 1
+        assert [s["role"] for s in view["missing"]] == ["propaganda"]
+        assert view["chain"][0]["approved_by"] == "office-li"  # still counts
+        blocked = await http.post(
+            f"{base}/publish", json={"outlet": "官方微博", "url": "u"}, headers=who.author
+        )
+        assert blocked.status_code == 409

@@ -1,0 +1,252 @@
+"""Obligations and their deadlines, with time given explicitly (no clock, no sleeping)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.notification.domain import Ledger, ObligationPolicy, ObligationState, stream_id
+from shared.errors import Conflict
+from shared.events import (
+    Actor,
+    Category,
+    DeadlineMissed,
+    Envelope,
+    EventPayload,
+    Level,
+    ObligationFulfilled,
+    ObligationOpened,
+)
+from shared.policy import PolicyError, load_policy
+from shared.settings import CONFIG_DIR
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+POLICY = load_policy(CONFIG_DIR / "obligations.yaml", ObligationPolicy)
+GRADED = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
+
+
+def record(ledger: Ledger, payloads: list[EventPayload] | list[ObligationOpened]) -> Ledger:
+    for payload in payloads:
+        ledger = ledger.apply(
+            Envelope.new(
+                payload,
+                incident_id=ledger.incident_id,
+                stream_id=stream_id(ledger.incident_id),
+                stream_version=ledger.version + 1,
+                actor=Actor.system("test"),
+            )
+        )
+    return ledger
+
+
+def graded(
+    ledger: Ledger,
+    level: Level,
+    category: Category = Category.HYPE,
+    at: datetime = GRADED,
+    upwards: bool = True,
+) -> list[ObligationOpened]:
+    return ledger.open_for_grade(
+        POLICY,
+        level=level,
+        category=category,
+        graded_at=at,
+        tz=SHANGHAI,
+        include_level_duties=upwards,
+    )
+
+
+def deadlines(opened: list[ObligationOpened]) -> dict[str, timedelta]:
+    return {o.kind: o.deadline - o.counted_from for o in opened}
+
+
+def test_level_one_owes_the_phone_report_in_30_minutes_and_the_written_one_in_an_hour() -> None:
+    opened = graded(Ledger("i1"), Level.ONE)
+
+    assert deadlines(opened) == {
+        "phone_quick_report": timedelta(minutes=30),
+        "written_quick_report": timedelta(minutes=60),
+    }
+    assert {o.title for o in opened} == {
+        "一级舆情手机快报（半小时内报上级主要领导）",
+        "一级舆情纸质快报（一小时内送达上级主要领导）",
+    }
+    assert all(o.recipients == ("leader",) and o.alert_roles == ("leader",) for o in opened)
+
+
+def test_level_two_owes_the_bulletin_in_4_hours_and_level_three_direct_handling_in_24() -> None:
+    assert deadlines(graded(Ledger("i2"), Level.TWO)) == {
+        "online_opinion_bulletin": timedelta(hours=4)
+    }
+    assert deadlines(graded(Ledger("i3"), Level.THREE)) == {"direct_handling": timedelta(hours=24)}
+
+
+def test_an_inquiry_is_answered_the_same_local_day_in_shanghai() -> None:
+    # 22:30 UTC on the 20th is 06:30 on the 21st in Shanghai: due 23:59 on the 21st local.
+    at = datetime(2026, 11, 20, 22, 30, tzinfo=UTC)
+    opened = graded(Ledger("i4"), Level.THREE, Category.INQUIRY, at=at)
+
+    reply = next(o for o in opened if o.kind == "same_day_reply")
+    assert reply.deadline.astimezone(SHANGHAI) == datetime(2026, 11, 21, 23, 59, tzinfo=SHANGHAI)
+    assert {o.kind for o in opened} == {"direct_handling", "same_day_reply"}
+
+
+def test_an_inquiry_graded_after_the_evening_cut_off_rolls_to_noon_next_day() -> None:
+    at = datetime(2026, 11, 21, 21, 15, tzinfo=SHANGHAI)
+    (reply,) = [
+        o
+        for o in graded(Ledger("i5"), Level.THREE, Category.INQUIRY, at=at)
+        if o.kind == "same_day_reply"
+    ]
+
+    assert reply.deadline.astimezone(SHANGHAI) == datetime(2026, 11, 22, 12, 0, tzinfo=SHANGHAI)
+
+
+def test_escalation_opens_the_new_levels_duties_and_keeps_met_ones_met() -> None:
+    ledger = record(Ledger("i6"), graded(Ledger("i6"), Level.THREE))
+    (direct,) = ledger.obligations.values()
+    ledger = record(
+        ledger,
+        [
+            ledger.fulfil(
+                direct.obligation_id,
+                by="head-liu",
+                at=GRADED + timedelta(hours=1),
+                reference="直办-001",
+            )
+        ],
+    )
+
+    escalated_at = GRADED + timedelta(hours=2)
+    opened = graded(ledger, Level.ONE, at=escalated_at)
+    ledger = record(ledger, opened)
+
+    assert {o.kind for o in opened} == {"phone_quick_report", "written_quick_report"}
+    assert all(o.counted_from == escalated_at for o in opened)  # counted from the new grading
+    assert ledger.get(direct.obligation_id).state is ObligationState.FULFILLED
+    # Grading again at the same level owes nothing new.
+    assert graded(ledger, Level.ONE, at=escalated_at + timedelta(minutes=5)) == []
+
+
+def test_a_downward_override_opens_no_level_duties_but_a_new_category_still_counts() -> None:
+    ledger = record(Ledger("i7"), graded(Ledger("i7"), Level.TWO))
+
+    opened = graded(ledger, Level.THREE, Category.INQUIRY, upwards=False)
+
+    assert [o.kind for o in opened] == ["same_day_reply"]
+
+
+def test_resolving_closes_what_is_pending_but_a_missed_duty_stays_missed() -> None:
+    ledger = record(Ledger("i8"), graded(Ledger("i8"), Level.ONE))
+    by_kind = {o.kind: o for o in ledger.obligations.values()}
+    phone = by_kind["phone_quick_report"]
+    missed = ledger.missed_by(phone.obligation_id, GRADED + timedelta(minutes=31))
+    assert missed is not None
+    ledger = record(ledger, [missed])
+
+    closed = ledger.close_owed("事件已办结")
+    ledger = record(ledger, closed)
+
+    assert [c.obligation_id for c in closed] == [by_kind["written_quick_report"].obligation_id]
+    assert ledger.get(phone.obligation_id).state is ObligationState.MISSED
+    assert ledger.get(by_kind["written_quick_report"].obligation_id).state is ObligationState.CLOSED
+    with pytest.raises(Conflict, match="已关闭"):
+        ledger.fulfil(closed[0].obligation_id, by="office-li", at=GRADED, reference=None)
+
+
+def test_a_deadline_is_missed_only_once_it_has_passed_and_only_once() -> None:
+    ledger = record(Ledger("i9"), graded(Ledger("i9"), Level.TWO))
+    (bulletin,) = ledger.obligations.values()
+
+    assert (
+        ledger.missed_by(bulletin.obligation_id, bulletin.deadline - timedelta(seconds=1)) is None
+    )
+    missed = ledger.missed_by(bulletin.obligation_id, bulletin.deadline + timedelta(hours=5))
+    assert isinstance(missed, DeadlineMissed)
+    assert missed.deadline == bulletin.deadline  # the true deadline, not when it was noticed
+    ledger = record(ledger, [missed])
+    assert ledger.missed_by(bulletin.obligation_id, bulletin.deadline + timedelta(hours=6)) is None
+
+
+def test_fulfilling_twice_conflicts_and_late_fulfilment_is_flagged() -> None:
+    ledger = record(Ledger("i10"), graded(Ledger("i10"), Level.TWO))
+    (bulletin,) = ledger.obligations.values()
+
+    done = ledger.fulfil(
+        bulletin.obligation_id,
+        by="office-li",
+        at=bulletin.deadline + timedelta(minutes=1),
+        reference="网上舆情第3期",
+    )
+    ledger = record(ledger, [done])
+
+    assert isinstance(done, ObligationFulfilled)
+    assert done.late
+    with pytest.raises(Conflict, match="不能重复报送"):
+        ledger.fulfil(bulletin.obligation_id, by="office-li", at=GRADED, reference=None)
+
+
+def test_closing_an_incident_with_nothing_pending_records_nothing() -> None:
+    ledger = record(Ledger("i11"), graded(Ledger("i11"), Level.TWO))
+    (bulletin,) = ledger.obligations.values()
+    ledger = record(
+        ledger, [ledger.fulfil(bulletin.obligation_id, by="office-li", at=GRADED, reference=None)]
+    )
+
+    assert ledger.close_owed("事件已办结") == []
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("within: 30x", "levels.1.0.within"),
+        ('same_day: {due: "12:00", cutoff: "21:00", rollover_to: "12:00"}', "cutoff"),
+        (
+            "within: 30m\n      same_day: {due: '23:59', cutoff: '21:00', rollover_to: '12:00'}",
+            "exactly one",
+        ),
+        ("within: 30m\n      owner_role: nobody", "owner_role"),
+    ],
+)
+def test_a_bad_policy_entry_is_named_at_load(tmp_path: Path, entry: str, message: str) -> None:
+    path = tmp_path / "obligations.yaml"
+    owner = "" if "owner_role" in entry else "      owner_role: office\n"
+    path.write_text(
+        "version: t\nalert_roles: [leader]\nlevels:\n  1:\n"
+        "    - kind: phone_quick_report\n      title: 手机快报\n"
+        f"{owner}      recipients: [leader]\n      {entry}\n",
+        encoding="utf-8",
+    )
+
+    with pytest.raises(PolicyError, match=message) as err:
+        load_policy(path, ObligationPolicy)
+    assert str(path) in str(err.value)
+
+
+def test_an_unquoted_clock_time_is_refused_rather_than_read_as_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "obligations.yaml"
+    path.write_text(
+        "version: t\nalert_roles: [leader]\nlevels: {}\ncategories:\n  inquiry:\n"
+        "    - {kind: same_day_reply, title: 当日回复, owner_role: spokesperson,\n"
+        "       recipients: [dept_head], same_day: {due: 23:59, cutoff: '21:00',"
+        " rollover_to: '12:00'}}\n",
+        encoding="utf-8",
+    )
+
+    with pytest.raises(PolicyError, match=r"categories\.inquiry\.0\.same_day\.due.*in quotes"):
+        load_policy(path, ObligationPolicy)
+
+
+def test_the_same_kind_twice_in_a_policy_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "obligations.yaml"
+    rule = "{kind: bulletin, title: 通报, owner_role: office, recipients: [leader], within: 4h}"
+    path.write_text(
+        f"version: t\nalert_roles: [leader]\nlevels:\n  2: [{rule}]\n  3: [{rule}]\n",
+        encoding="utf-8",
+    )
+
+    with pytest.raises(PolicyError, match=r"'bulletin' appears in levels\.2 and levels\.3"):
+        load_policy(path, ObligationPolicy)

@@ -1,0 +1,218 @@
+"""Approval chains and the rules of clearing a statement, without I/O."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.statement.domain import (
+    ApprovalPolicy,
+    Statement,
+    StatementState,
+    draft,
+    stream_id,
+)
+from shared.auth import Principal, Role
+from shared.errors import Conflict, Forbidden
+from shared.events import (
+    Actor,
+    ApprovalStep,
+    Envelope,
+    EventPayload,
+    Fact,
+    Level,
+    StatementKind,
+)
+from shared.policy import PolicyError, load_policy
+from shared.settings import CONFIG_DIR
+
+POLICY = load_policy(CONFIG_DIR / "approval.yaml", ApprovalPolicy)
+
+AUTHOR = Principal(sub="spokesperson-sun", unit="school-a", roles=frozenset({Role.SPOKESPERSON}))
+OFFICE = Principal(sub="office-li", unit="county", roles=frozenset({Role.OFFICE}))
+PROPAGANDA = Principal(sub="propaganda-wang", unit="county", roles=frozenset({Role.PROPAGANDA}))
+HEAD_A = Principal(sub="head-liu", unit="school-a", roles=frozenset({Role.DEPT_HEAD}))
+HEAD_B = Principal(sub="head-wu", unit="school-b", roles=frozenset({Role.DEPT_HEAD}))
+BOTH = Principal(sub="li-and-wang", unit="county", roles=frozenset({Role.OFFICE, Role.PROPAGANDA}))
+ADMIN = Principal(sub="admin", unit="county", roles=frozenset({Role.ADMIN}))
+
+
+def record(statement: Statement | None, payload: EventPayload) -> Statement:
+    version = statement.stream_version + 1 if statement else 1
+    event = Envelope.new(
+        payload,
+        incident_id="inc-1",
+        stream_id=stream_id("s1"),
+        stream_version=version,
+        actor=Actor.system("test"),
+    )
+    return statement.apply(event) if statement else Statement.fold([event])
+
+
+def drafted(author: str = AUTHOR.sub) -> Statement:
+    return record(
+        None,
+        draft(
+            "s1",
+            kind=StatementKind.PRESS_RELEASE,
+            title="关于网传信息的情况通报",
+            body="经核实……",
+            facts=(Fact(label="受伤人数", value="0"),),
+            outlets=("官方微博", "官网"),
+            by=author,
+        ),
+    )
+
+
+def submitted(level: Level, units: tuple[str, ...] = ("school-a",)) -> Statement:
+    statement = drafted()
+    return record(statement, statement.submit(level, POLICY, units))
+
+
+def approved_by(statement: Statement, *who: Principal) -> Statement:
+    for principal in who:
+        statement = record(statement, statement.approve(principal, "同意", POLICY))
+    return statement
+
+
+def test_each_level_has_its_chain_from_the_policy() -> None:
+    assert POLICY.chain(Level.ONE, ["school-a"]) == (
+        ApprovalStep(role="office"),
+        ApprovalStep(role="propaganda"),
+    )
+    assert POLICY.chain(Level.TWO, ["school-a"]) == (ApprovalStep(role="office"),)
+    assert POLICY.chain(Level.THREE, ["school-a", "school-b"]) == (
+        ApprovalStep(role="dept_head", unit_id="school-a"),
+        ApprovalStep(role="dept_head", unit_id="school-b"),
+    )
+
+
+def test_level_one_needs_the_office_then_the_task_force_in_that_order() -> None:
+    statement = submitted(Level.ONE)
+
+    with pytest.raises(Conflict, match="须先由领导小组办公室审批"):
+        statement.approve(PROPAGANDA, "", POLICY)
+    statement = approved_by(statement, OFFICE)
+    assert statement.state is StatementState.IN_REVIEW
+    assert statement.missing() == [ApprovalStep(role="propaganda")]
+    with pytest.raises(Conflict, match=r"缺少：宣传部（处置专班）"):
+        statement.publish(outlet="官网", url="https://example.org/1", by=AUTHOR.sub, policy=POLICY)
+
+    statement = approved_by(statement, PROPAGANDA)
+    assert statement.state is StatementState.APPROVED
+    published = statement.publish(
+        outlet="官网", url="https://example.org/1", by=AUTHOR.sub, policy=POLICY
+    )
+    assert published.version == 1
+
+
+def test_level_three_is_cleared_by_the_head_of_the_unit_concerned_only() -> None:
+    statement = submitted(Level.THREE, ("school-a",))
+
+    with pytest.raises(Forbidden, match=r"部门分管领导（school-a）"):
+        statement.approve(HEAD_B, "", POLICY)
+    assert approved_by(statement, HEAD_A).state is StatementState.APPROVED
+
+
+def test_the_author_cannot_approve_their_own_version() -> None:
+    statement = drafted(author=OFFICE.sub)
+    statement = record(statement, statement.submit(Level.TWO, POLICY, ["school-a"]))
+
+    with pytest.raises(Forbidden, match="不能审批自己起草的版本"):
+        statement.approve(OFFICE, "", POLICY)
+
+
+def test_one_person_cannot_fill_two_steps_of_a_chain() -> None:
+    statement = approved_by(submitted(Level.ONE), BOTH)
+
+    with pytest.raises(Forbidden, match="两个环节"):
+        statement.approve(BOTH, "", POLICY)
+
+
+def test_an_admin_account_does_not_stand_in_for_the_chain() -> None:
+    with pytest.raises(Forbidden):
+        submitted(Level.TWO).approve(ADMIN, "", POLICY)
+
+
+def test_a_revision_restarts_the_chain_and_old_approvals_stop_counting() -> None:
+    statement = approved_by(submitted(Level.TWO), OFFICE)
+    assert statement.state is StatementState.APPROVED
+
+    statement = record(
+        statement,
+        statement.revise(title="更正", body="新的表述", facts=(), outlets=("官网",), by=AUTHOR.sub),
+    )
+
+    assert statement.current.version == 2
+    assert statement.state is StatementState.DRAFT
+    with pytest.raises(Conflict, match="尚未提交审批"):
+        statement.publish(outlet="官网", url="u", by=AUTHOR.sub, policy=POLICY)
+    statement = record(statement, statement.submit(Level.TWO, POLICY, ["school-a"]))
+    assert statement.missing() == [ApprovalStep(role="office")]
+    assert len(statement.approvals) == 1  # the old approval stays on the record
+
+
+def test_the_reviser_of_a_version_cannot_approve_it() -> None:
+    statement = approved_by(submitted(Level.TWO), OFFICE)
+    statement = record(
+        statement, statement.revise(title="t", body="b", facts=(), outlets=(), by=OFFICE.sub)
+    )
+    statement = record(statement, statement.submit(Level.TWO, POLICY, ["school-a"]))
+
+    with pytest.raises(Forbidden, match="不能审批自己起草的版本"):
+        statement.approve(OFFICE, "", POLICY)
+
+
+def test_a_rejected_version_cannot_be_published_or_resubmitted_unchanged() -> None:
+    statement = submitted(Level.TWO)
+    statement = record(statement, statement.reject(OFFICE, "数据未核实", POLICY))
+
+    assert statement.state is StatementState.REJECTED
+    with pytest.raises(Conflict, match="已被退回"):
+        statement.publish(outlet="官网", url="u", by=AUTHOR.sub, policy=POLICY)
+    with pytest.raises(Conflict, match="请修改后再提交"):
+        statement.submit(Level.TWO, POLICY, ["school-a"])
+
+
+def test_publishing_goes_only_to_the_approved_outlets_and_once_per_outlet() -> None:
+    statement = approved_by(submitted(Level.TWO), OFFICE)
+
+    with pytest.raises(Conflict, match="不在审批通过的渠道之内"):
+        statement.publish(outlet="抖音", url="u", by=AUTHOR.sub, policy=POLICY)
+    statement = record(
+        statement, statement.publish(outlet="官网", url="u", by=AUTHOR.sub, policy=POLICY)
+    )
+    assert statement.state is StatementState.PUBLISHED
+    with pytest.raises(Conflict, match="已在“官网”发布"):
+        statement.publish(outlet="官网", url="u", by=AUTHOR.sub, policy=POLICY)
+    statement.publish(outlet="官方微博", url="u2", by=AUTHOR.sub, policy=POLICY)
+
+
+def test_a_statement_of_an_ungraded_incident_cannot_be_submitted() -> None:
+    with pytest.raises(Conflict, match="尚未定级"):
+        drafted().submit(None, POLICY, ["school-a"])
+
+
+def test_an_escalation_mid_review_keeps_approvals_the_new_chain_also_needs() -> None:
+    statement = approved_by(submitted(Level.TWO), OFFICE)
+
+    rechained = statement.rechain(Level.ONE, POLICY, ["school-a"], "升级")
+    assert rechained is not None
+    statement = record(statement, rechained)
+
+    assert statement.state is StatementState.IN_REVIEW
+    assert statement.missing() == [ApprovalStep(role="propaganda")]
+    assert statement.rechain(Level.ONE, POLICY, ["school-a"], "again") is None
+
+
+def test_a_policy_level_without_steps_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "approval.yaml"
+    path.write_text(
+        "version: t\nrole_names: {office: 办公室}\n"
+        "levels:\n  1: [{role: office}]\n  2: [{role: office}]\n  3: []\n",
+        encoding="utf-8",
+    )
+
+    with pytest.raises(PolicyError, match=r"levels\.3: every level needs at least one step"):
+        load_policy(path, ApprovalPolicy)
