@@ -138,15 +138,18 @@ def test_a_statement_is_published_only_after_the_level_1_chain_approves_it(
             json=report(url="https://news.example.cn/a/1", title="实验小学校门口交通事故"),
         ).json()["incident_id"]
     with system.client(author) as api:
-        drafted = api.post(
-            f"/statements/v1/incidents/{incident_id}/statements",
-            json={
-                "kind": "press_release",
-                "title": "关于实验小学门口交通事故的情况通报",
-                "body": "11月21日上午，实验小学门口发生一起交通事故……",
-                "facts": [{"label": "受伤人数", "value": "2"}],
-                "outlets": ["县政府网站"],
-            },
+        draft = {
+            "kind": "press_release",
+            "title": "关于实验小学门口交通事故的情况通报",
+            "body": "11月21日上午，实验小学门口发生一起交通事故……",
+            "facts": [{"label": "受伤人数", "value": "2"}],
+            "outlets": ["县政府网站"],
+        }
+        # The statement service learns of the incident from intake's events, over Kafka.
+        drafted = wait_for(
+            lambda: api.post(f"/statements/v1/incidents/{incident_id}/statements", json=draft),
+            lambda response: response.status_code != 404,
+            what="the statement service knowing the incident",
         )
         assert drafted.status_code == 201, drafted.text
         statement_id = drafted.json()["statement_id"]
