@@ -497,8 +497,7 @@ class Envelope(_Frozen):
     def _type_matches_payload(self) -> Self:
         if self.event_type != self.payload.EVENT_TYPE:
             raise EventError(
-                f"event_type {self.event_type!r} does not match payload "
-                f"{self.payload.EVENT_TYPE!r}"
+                f"event_type {self.event_type!r} does not match payload {self.payload.EVENT_TYPE!r}"
             )
         return self
 
