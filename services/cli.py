@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import re
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -16,6 +15,7 @@ from shared.auth import Role
 from shared.embedded import EmbeddedError, EmbeddedInfra
 from shared.gateway import Gateway
 from shared.logging import configure_logging, get_logger
+from shared.policy import parse_duration as policy_duration
 from shared.service import Context, Service
 from shared.settings import SERVICE_NAMES, Settings
 
@@ -37,12 +37,11 @@ def service_class(name: str) -> type[Service]:
 
 
 def parse_duration(text: str) -> timedelta:
-    """'90s', '30m', '8h', '7d' (or a bare number of seconds)."""
-    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30m, 8h, 7d)")
-    amount, unit = int(match.group(1)), match.group(2) or "s"
-    return timedelta(seconds=amount * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
+    """'90s', '30m', '8h', '7d': written as the policy files write durations."""
+    try:
+        return policy_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a duration: {exc}") from None
 
 
 def parse_roles(text: str) -> list[Role]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -59,6 +60,10 @@ def make_broker(settings: Settings, service: str) -> KafkaBroker:
         acks="all",
         graceful_timeout=10.0,
         description=f"yuqing {service} service",
+        # Through the process's structlog handler (JSON in production); one line per
+        # consumed message belongs at DEBUG, the handlers log what they decide.
+        logger=logging.getLogger(f"yuqing.{service}.kafka"),
+        log_level=logging.DEBUG,
     )
 
 

@@ -10,6 +10,14 @@ import structlog
 from shared.settings import Settings
 
 
+def _drop_color_message(
+    _: object, __: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    # uvicorn adds an ANSI-coloured copy of each message for its own formatter.
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
 def configure_logging(settings: Settings) -> None:
     fmt = settings.log_format
     if fmt == "auto":
@@ -24,6 +32,7 @@ def configure_logging(settings: Settings) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.stdlib.ExtraAdder(),
+        _drop_color_message,
     ]
     structlog.configure(
         processors=[

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import yaml
 from fastapi import APIRouter
-from pydantic import ValidationError
 
 from services.intake.api import build_router
 from services.intake.domain import IntakePolicy
 from services.intake.handlers import IntakeCommands
 from services.intake.projections import IntakeViews
 from shared.events import INTAKE_TOPIC
+from shared.policy import load_policy
 from shared.service import Context, Service
-
-
-def load_policy(path: Path) -> IntakePolicy:
-    try:
-        with path.open(encoding="utf-8") as fh:
-            return IntakePolicy.model_validate(yaml.safe_load(fh) or {})
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise ValueError(f"intake policy {path} cannot be used: {exc}") from exc
 
 
 class IntakeService(Service):
@@ -38,7 +27,7 @@ class IntakeService(Service):
     commands: IntakeCommands
 
     def __init__(self, ctx: Context) -> None:
-        self.policy = load_policy(ctx.settings.intake_policy_path)
+        self.policy = load_policy(ctx.settings.intake_policy_path, IntakePolicy)
         super().__init__(ctx)
 
     def routes(self) -> APIRouter:

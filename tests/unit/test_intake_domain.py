@@ -18,7 +18,6 @@ from services.intake.domain import (
     place_report,
     route_report,
 )
-from services.intake.main import load_policy
 from shared.events import (
     Actor,
     Envelope,
@@ -33,9 +32,10 @@ from shared.events import (
     ReportReceived,
     SourceType,
 )
+from shared.policy import load_policy
 from shared.settings import CONFIG_DIR
 
-POLICY = load_policy(CONFIG_DIR / "intake.yaml")
+POLICY = load_policy(CONFIG_DIR / "intake.yaml", IntakePolicy)
 T0 = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)
 
 
@@ -220,4 +220,4 @@ def test_a_bad_policy_file_is_refused_naming_the_setting(tmp_path: Path) -> None
     bad = tmp_path / "intake.yaml"
     bad.write_text("reopen_window_hours: -1\n")
     with pytest.raises(ValueError, match="reopen_window_hours"):
-        load_policy(bad)
+        load_policy(bad, IntakePolicy)
