@@ -188,6 +188,16 @@ class IncidentOpened(EventPayload):
     first_report_id: str
 
 
+class Attachment(_Frozen):
+    """What a filer says about a file kept with a report (screenshot, video): not the file."""
+
+    name: str = Field(min_length=1, max_length=255)
+    content_type: str = Field(max_length=255, pattern=r"^[A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+$")
+    size: int = Field(ge=0, le=10 * 1024**3)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    url: str | None = Field(default=None, max_length=2048)
+
+
 class ReportReceived(EventPayload):
     EVENT_TYPE = "ReportReceived"
     TOPIC = INTAKE_TOPIC
@@ -205,6 +215,7 @@ class ReportReceived(EventPayload):
     reach: Reach
     unit_ids: tuple[str, ...]
     filed_by: str
+    attachments: tuple[Attachment, ...] = ()
 
 
 class ReportAttached(EventPayload):
@@ -212,6 +223,7 @@ class ReportAttached(EventPayload):
     TOPIC = INTAKE_TOPIC
     report_id: str
     match: str  # why it belongs here: "same_url", "similar_text", ...
+    score: float | None = None  # how alike the texts were (0..1), for "similar_text"
 
 
 class IncidentResolved(EventPayload):
@@ -341,6 +353,23 @@ class DeadlineMissed(EventPayload):
 # statement ------------------------------------------------------------------
 
 
+class FactConflict(_Frozen):
+    """A figure a version states differently from the incident's published line."""
+
+    label: str
+    published_value: str
+    new_value: str
+    published_in: str  # the statement that published the figure
+    published_version: int
+
+
+class FactChangeAcknowledgement(_Frozen):
+    """An approver clearing figures that differ from the published line, and why."""
+
+    reason: str
+    changes: tuple[FactConflict, ...]
+
+
 class StatementDrafted(EventPayload):
     EVENT_TYPE = "StatementDrafted"
     TOPIC = STATEMENT_TOPIC
@@ -374,6 +403,7 @@ class StatementSubmitted(EventPayload):
     level: Level
     chain: tuple[ApprovalStep, ...]
     reason: str = ""  # why the chain was set again, e.g. the incident's level changed in review
+    fact_conflicts: tuple[FactConflict, ...] = ()  # figures contradicting the published line
 
 
 class StatementApproved(EventPayload):
@@ -385,6 +415,7 @@ class StatementApproved(EventPayload):
     approver: str
     comment: str = ""
     fully_approved: bool
+    fact_changes_acknowledged: FactChangeAcknowledgement | None = None
 
 
 class StatementRejected(EventPayload):
@@ -405,6 +436,15 @@ class StatementPublished(EventPayload):
     outlet: str
     url: str
     published_by: str
+
+
+class StatementWithdrawn(EventPayload):
+    EVENT_TYPE = "StatementWithdrawn"
+    TOPIC = STATEMENT_TOPIC
+    statement_id: str
+    version: int
+    withdrawn_by: str
+    reason: str
 
 
 # archive --------------------------------------------------------------------

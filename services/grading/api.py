@@ -67,7 +67,7 @@ def build_router(
         "/incidents/{incident_id}/override",
         response_model=OverrideOut,
         summary="Set the level by hand (leading group), up or down, with the reason",
-        responses={409: {"description": "not graded yet, or nothing would change"}},
+        responses={409: {"description": "not graded yet, dismissed, or nothing would change"}},
     )
     async def override_grade(
         incident_id: str, body: OverrideIn, principal: CurrentPrincipal

@@ -299,8 +299,11 @@ def on_report(
 
     Escalation compares what the rules said before this report with what they say now,
     so a leader's override down holds until new facts raise the assessment again, and
-    nothing here ever lowers a level.
+    nothing here ever lowers a level. A dismissed pseudo-incident is neither graded nor
+    escalated, whatever is filed about it: a grade would open reporting obligations.
     """
+    if dismissed:
+        return None
     now = assess(rulebook, [*prior, new])
     if grade is None:
         return IncidentGraded(
@@ -310,8 +313,6 @@ def on_report(
             rulebook_version=rulebook.version,
             sensitive_topics=now.sensitive_topics,
         )
-    if dismissed:
-        return None
     before = assess(rulebook, prior)
     if now.level >= before.level or now.level >= grade.level:
         return None
@@ -351,14 +352,18 @@ def on_deadline_missed(
 
 
 class OverrideRefused(Exception):
-    """An override that would change nothing, or of an incident not graded yet."""
+    """An override that would change nothing, of an incident not graded yet, or of a
+    dismissed pseudo-incident."""
 
 
 def override(
-    grade: Grade | None, to_level: Level, category: Category | None, reason: str
+    grade: Grade | None, to_level: Level, category: Category | None, reason: str, dismissed: bool
 ) -> GradeOverridden:
     if grade is None:
         raise OverrideRefused("the incident has not been graded yet")
+    if dismissed:
+        # A grade on a pseudo-incident would open reporting obligations; reopen it first.
+        raise OverrideRefused("the incident was dismissed as a pseudo-incident; reopen it first")
     new_category = category or grade.category
     if to_level == grade.level and new_category == grade.category:
         raise OverrideRefused(

@@ -122,8 +122,9 @@ class GradingCommands:
 
         async def work(uow: UnitOfWork) -> Envelope:
             grade, version = await _load_grade(incident_id, uow)
+            facts = await self.views.facts(incident_id, uow.session)
             event = Envelope.new(
-                override(grade, level, category, reason),
+                override(grade, level, category, reason, facts.dismissed),
                 incident_id=incident_id,
                 stream_id=grade_stream(incident_id),
                 stream_version=version + 1,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Header, Response, status
@@ -31,7 +31,15 @@ from services.intake.handlers import Idempotency, IntakeCommands
 from services.intake.projections import IntakeViews
 from shared.auth import CurrentPrincipal, Directory, Principal, Role
 from shared.errors import Conflict, Forbidden, NotFound
-from shared.events import EventPayload, MediaTier, Reach, ReportReceived, SourceType
+from shared.events import (
+    Attachment,
+    EventPayload,
+    MediaTier,
+    Reach,
+    ReportReceived,
+    SourceType,
+    utcnow,
+)
 from shared.store import Document
 
 FILERS = (
@@ -45,10 +53,19 @@ FILERS = (
 LIFECYCLE = (Role.LEADER, Role.OFFICE)
 
 UnitId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+# Far above any real count, and within the 64-bit integers the database stores.
+MAX_REACH = 10**12
 
 
 def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
+
+
+def _absolute_http(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL")
+    return value
 
 
 class ReportIn(BaseModel):
@@ -67,13 +84,31 @@ class ReportIn(BaseModel):
     observed_at: AwareDatetime
     reach: Reach = Field(default_factory=Reach)
     unit_ids: list[UnitId] = Field(min_length=1, max_length=20)
+    attachments: list[Attachment] = Field(
+        default_factory=list,
+        max_length=20,
+        description="what is known of files kept with the report (screenshots, videos); "
+        "sha256 in lower-case hex, size in bytes",
+    )
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an absolute http(s) URL")
+        return _absolute_http(value)
+
+    @field_validator("attachments")
+    @classmethod
+    def _attachment_urls(cls, value: list[Attachment]) -> list[Attachment]:
+        for attachment in value:
+            if attachment.url is not None:
+                _absolute_http(attachment.url)
+        return value
+
+    @field_validator("reach")
+    @classmethod
+    def _bounded_reach(cls, value: Reach) -> Reach:
+        if max(value.model_dump().values()) > MAX_REACH:
+            raise ValueError(f"each figure must be at most {MAX_REACH}")
         return value
 
     @field_validator("published_at", "observed_at")
@@ -88,6 +123,8 @@ class ReportIn(BaseModel):
 
     @model_validator(mode="after")
     def _published_before_observed(self) -> ReportIn:
+        # An item cannot be seen before it appears: such a pair has a wrong time zone,
+        # and these times are the evidence a review checks for late reporting (迟报).
         if self.published_at > self.observed_at:
             raise ValueError("published_at is after observed_at: an item is seen once published")
         return self
@@ -111,6 +148,12 @@ class IncidentStatusOut(BaseModel):
     version: int
 
 
+def _refuse(field: str, message: str, kind: str) -> NoReturn:
+    """A refusal decided after parsing, reported like any other bad field so that
+    clients handle one 422 shape."""
+    raise RequestValidationError([{"loc": ("body", field), "msg": message, "type": kind}])
+
+
 def _fingerprint(body: ReportIn) -> str:
     return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
 
@@ -125,7 +168,8 @@ def _may_see(directory: Directory, principal: Principal, doc: Document) -> bool:
 
 
 def _public(doc: Document) -> dict[str, Any]:
-    return {k: v for k, v in doc.items() if k != "_id"}
+    # `text` is the normalised form kept for matching, not something a reader filed.
+    return {k: v for k, v in doc.items() if k not in ("_id", "text")}
 
 
 def build_router(commands: IntakeCommands, views: IntakeViews, directory: Directory) -> APIRouter:
@@ -162,16 +206,9 @@ def build_router(commands: IntakeCommands, views: IntakeViews, directory: Direct
         principal.require(*FILERS)
         unknown = [u for u in body.unit_ids if directory.unit(u) is None]
         if unknown:
-            # Reported like any other bad field, so clients handle one 422 shape.
-            raise RequestValidationError(
-                [
-                    {
-                        "loc": ("body", "unit_ids"),
-                        "msg": f"unknown units: {', '.join(unknown)}",
-                        "type": "unknown_unit",
-                    }
-                ]
-            )
+            _refuse("unit_ids", f"unknown units: {', '.join(unknown)}", "unknown_unit")
+        if body.observed_at > utcnow() + commands.policy.clock_skew:
+            _refuse("observed_at", "is in the future: check the clock and time zone", "future")
         if not directory.can_act_for(principal, body.unit_ids):
             raise Forbidden(f"{principal.sub} may not file reports for {', '.join(body.unit_ids)}")
         report = ReportReceived(
@@ -189,6 +226,7 @@ def build_router(commands: IntakeCommands, views: IntakeViews, directory: Direct
             reach=body.reach,
             unit_ids=tuple(body.unit_ids),
             filed_by=principal.sub,
+            attachments=tuple(body.attachments),
         )
         idempotency = (
             Idempotency(f"{principal.sub}:{idempotency_key}", _fingerprint(body))

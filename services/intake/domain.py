@@ -1,4 +1,5 @@
-"""Intake's pure rules: URL normalisation, where a report belongs, the incident lifecycle.
+"""Intake's pure rules: URL normalisation, near-identical text, where a report belongs, the
+incident lifecycle.
 
 Nothing here does I/O. Commands are decided against an `Incident` rebuilt from its
 stream, and the decisions are returned as event payloads for the caller to append.
@@ -7,6 +8,7 @@ stream, and the decisions are returned as event payloads for the caller to appen
 from __future__ import annotations
 
 import fnmatch
+import unicodedata
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -14,7 +16,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from shared.events import (
     Envelope,
@@ -28,6 +30,26 @@ from shared.events import (
 )
 
 
+class TextMatching(BaseModel):
+    """When two reports' texts say the same thing (config/intake.yaml, `similar_text`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Dice similarity of the character n-grams at or above which the texts match.
+    threshold: float = Field(default=0.85, gt=0, le=1)
+    # Only reports filed this recently are compared: an old look-alike is another matter.
+    window_hours: PositiveFloat = 72
+    ngram: int = Field(default=2, ge=1, le=4)
+    # Texts shorter than this (normalised) say too little to identify a matter.
+    min_chars: PositiveInt = 12
+    # The most recent reports compared per filing, so one filing stays cheap.
+    max_compared: PositiveInt = 300
+
+    @property
+    def window(self) -> timedelta:
+        return timedelta(hours=self.window_hours)
+
+
 class IntakePolicy(BaseModel):
     """The deployment's intake policy (config/intake.yaml)."""
 
@@ -38,10 +60,17 @@ class IntakePolicy(BaseModel):
     reopen_window_hours: PositiveFloat = 72
     # Query parameters that only track who shared a link; shell-style patterns.
     tracking_params: tuple[str, ...] = Field(default=("utm_*",))
+    similar_text: TextMatching = Field(default_factory=TextMatching)
+    # How far in the future an observed_at may lie before it is refused as a wrong clock.
+    clock_skew_minutes: PositiveFloat = 5
 
     @property
     def reopen_window(self) -> timedelta:
         return timedelta(hours=self.reopen_window_hours)
+
+    @property
+    def clock_skew(self) -> timedelta:
+        return timedelta(minutes=self.clock_skew_minutes)
 
 
 # --------------------------------------------------------------------------- URLs
@@ -73,6 +102,64 @@ def normalize_url(url: str, tracking_params: Iterable[str]) -> str:
     )
     path = parts.path.rstrip("/")
     return urlunsplit((scheme, host, path, urlencode(query), ""))
+
+
+# --------------------------------------------------------------------------- text
+
+
+def normalize_text(text: str) -> str:
+    """The letters and digits of `text`, so that reposts differing only in punctuation,
+    spacing, full/half width or letter case read alike. NFKC folds full-width forms
+    (ＡＢＣ１２３，) to their ASCII counterparts before the rest is dropped."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in folded if unicodedata.category(ch)[0] in "LN")
+
+
+def report_text(report: ReportReceived) -> str:
+    """What a report says, normalised: the title and excerpt it was filed with."""
+    return normalize_text(f"{report.title}{report.excerpt}")
+
+
+def _ngrams(text: str, n: int) -> frozenset[str]:
+    return frozenset(text[i : i + n] for i in range(max(len(text) - n + 1, 1)))
+
+
+def text_similarity(a: str, b: str, n: int) -> float:
+    """Dice coefficient of the character n-grams of two normalised texts (0..1).
+
+    Character n-grams need no word segmentation, which Chinese text lacks."""
+    grams_a, grams_b = _ngrams(a, n), _ngrams(b, n)
+    return 2 * len(grams_a & grams_b) / (len(grams_a) + len(grams_b))
+
+
+@dataclass(frozen=True)
+class TextCandidate:
+    """A recent report of a unit concerned, and the incident it went to."""
+
+    incident_id: str
+    text: str  # normalised
+
+
+@dataclass(frozen=True)
+class TextMatch:
+    incident_id: str
+    score: float
+
+
+def best_text_match(
+    text: str, candidates: Iterable[TextCandidate], matching: TextMatching
+) -> TextMatch | None:
+    """The incident whose report reads most like `text`, if any reads alike enough.
+
+    Candidates come most recent first, so of two equally close the newer one wins."""
+    if len(text) < matching.min_chars:
+        return None
+    best: tuple[float, str] | None = None
+    for candidate in candidates:
+        score = text_similarity(text, candidate.text, matching.ngram)
+        if score >= matching.threshold and (best is None or score > best[0]):
+            best = (score, candidate.incident_id)
+    return None if best is None else TextMatch(best[1], round(best[0], 3))
 
 
 # --------------------------------------------------------------------------- ids
@@ -180,7 +267,7 @@ def evolve(incident: Incident | None, event: Envelope) -> Incident:
 
 
 class Routing(str, Enum):
-    """What a new report does to the incident its URL already belongs to, if any."""
+    """What a new report does to the incident it matched (same URL or similar text), if any."""
 
     OPEN_NEW = "open_new"
     ATTACH = "attach"
@@ -202,14 +289,24 @@ def route_report(existing: Incident | None, now: datetime, policy: IntakePolicy)
 REOPEN_REASON = "已办结事件在复开期限内收到新的舆情件，自动重新打开"
 
 
-def place_report(routing: Routing, report: ReportReceived, match: str) -> list[EventPayload]:
-    """The events that put `report` where `routing` says; `match` says why it belongs."""
+MATCH_SAME_URL = "same_url"
+MATCH_SIMILAR_TEXT = "similar_text"
+
+
+def place_report(
+    routing: Routing, report: ReportReceived, match: str, score: float | None = None
+) -> list[EventPayload]:
+    """The events that put `report` where `routing` says; `match` says why it belongs,
+    `score` how alike the texts were when that is why."""
     if routing is Routing.OPEN_NEW:
         opened = IncidentOpened(
             title=report.title, unit_ids=report.unit_ids, first_report_id=report.report_id
         )
         return [opened, report]
-    attached: list[EventPayload] = [report, ReportAttached(report_id=report.report_id, match=match)]
+    attached: list[EventPayload] = [
+        report,
+        ReportAttached(report_id=report.report_id, match=match, score=score),
+    ]
     if routing is Routing.REOPEN_AND_ATTACH:
         return [IncidentReopened(reason=REOPEN_REASON), *attached]
     return attached

@@ -2,7 +2,11 @@
 and appends the resulting events together with the read-model writes.
 
 Two writers deciding on one incident, or racing to open one for one URL, collide on a
-unique index; the loser decides again against what the winner stored.
+unique index; the loser decides again against what the winner stored. Near-identical
+texts under different URLs have no index to collide on; they still meet because every
+append bumps the store's one sequence document in the same transaction, so two filings
+at once conflict and the loser is run again against the winner's report (the service
+test `..._filed_at_once_make_one_incident` holds us to it).
 """
 
 from __future__ import annotations
@@ -10,18 +14,24 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import structlog
 from pymongo.errors import DuplicateKeyError
 
 from services.intake.domain import (
+    MATCH_SAME_URL,
+    MATCH_SIMILAR_TEXT,
     Incident,
     IntakePolicy,
     Routing,
+    TextMatch,
+    best_text_match,
     incident_stream,
     new_incident_id,
     place_report,
+    report_text,
     route_report,
 )
 from services.intake.projections import IntakeViews, UrlClaimLost
@@ -77,18 +87,29 @@ class IntakeCommands:
                 found = await self.views.remembered(idempotency.scope_key, uow.session)
                 if found is not None:
                     return _replay(found, idempotency)
+            now = utcnow()
             claimed = await self.views.claimed_by(report.normalized_url, uow.session)
+            match, score, belongs_to = MATCH_SAME_URL, None, claimed
+            if claimed is None:
+                similar = await self._similar(report, now, uow)
+                if similar is not None:
+                    match, score, belongs_to = (
+                        MATCH_SIMILAR_TEXT,
+                        similar.score,
+                        similar.incident_id,
+                    )
             existing = None
-            if claimed is not None:
-                existing = Incident.replay(await uow.load(incident_stream(claimed)))
-            routing = route_report(existing, utcnow(), self.policy)
+            if belongs_to is not None:
+                existing = Incident.replay(await uow.load(incident_stream(belongs_to)))
+            routing = route_report(existing, now, self.policy)
             if routing is Routing.OPEN_NEW or existing is None:
                 incident_id, version = new_incident_id(), 0
             else:
                 incident_id, version = existing.incident_id, existing.version
-            payloads = place_report(routing, report, match="same_url")
+            payloads = place_report(routing, report, match, score)
             await self._append(uow, incident_id, version, payloads, actor, report.unit_ids[0])
-            if routing is Routing.OPEN_NEW:
+            if routing is Routing.OPEN_NEW or claimed is None:
+                # A URL first seen on a look-alike now leads straight to its incident.
                 await self.views.claim(report.normalized_url, incident_id, claimed, uow.session)
             answer = SubmitAnswer(report.report_id, incident_id, routing is Routing.OPEN_NEW)
             if idempotency is not None:
@@ -111,6 +132,15 @@ class IntakeCommands:
                 if found is not None:
                     return _replay(found, idempotency)
         raise Conflict("the incident kept changing while the report was filed; retry")
+
+    async def _similar(
+        self, report: ReportReceived, now: datetime, uow: UnitOfWork
+    ) -> TextMatch | None:
+        matching = self.policy.similar_text
+        candidates = await self.views.text_candidates(
+            report.unit_ids, now - matching.window, matching.max_compared, uow.session
+        )
+        return best_text_match(report_text(report), candidates, matching)
 
     async def transition(
         self,

@@ -1,6 +1,7 @@
 """Intake's read models, written in the transaction that appends the events they show.
 
-- `reports`: one document per report, as filed, with the incident it went to.
+- `reports`: one document per report, as filed, with the incident it went to and its
+  normalised text (`text`), which later reports about its units are compared with.
 - `incidents`: intake's view of an incident: status, units, its reports, status history.
 - `url_claims`: which incident a normalised URL currently belongs to. Its `_id` is the
   URL, so two requests racing to open an incident for one URL cannot both win.
@@ -9,13 +10,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from services.intake.domain import TextCandidate, report_text
 from shared.events import (
     Envelope,
     IncidentDismissed,
@@ -43,6 +47,7 @@ class IntakeViews:
 
     async def ensure_indexes(self) -> None:
         await self.db[REPORTS].create_index([("incident_id", ASCENDING)])
+        await self.db[REPORTS].create_index([("unit_ids", ASCENDING), ("received_at", DESCENDING)])
         await self.db[INCIDENTS].create_index([("unit_ids", ASCENDING)])
 
     # ------------------------------------------------------------------ projection
@@ -75,6 +80,8 @@ class IntakeViews:
                 incident_id=event.incident_id,
                 unit_ids=list(payload.unit_ids),
                 match=None,
+                score=None,
+                text=report_text(payload),
                 received_at=at,
                 actor=event.actor.model_dump(),
             )
@@ -88,6 +95,7 @@ class IntakeViews:
                 "filed_by": payload.filed_by,
                 "received_at": at,
                 "match": None,
+                "score": None,
             }
             await incidents.update_one(
                 {"_id": event.incident_id},
@@ -103,13 +111,16 @@ class IntakeViews:
             )
         elif isinstance(payload, ReportAttached):
             await self.db[REPORTS].update_one(
-                {"_id": payload.report_id}, {"$set": {"match": payload.match}}, session=session
+                {"_id": payload.report_id},
+                {"$set": {"match": payload.match, "score": payload.score}},
+                session=session,
             )
             await incidents.update_one(
                 {"_id": event.incident_id, "reports.report_id": payload.report_id},
                 {
                     "$set": {
                         "reports.$.match": payload.match,
+                        "reports.$.score": payload.score,
                         "updated_at": at,
                         "version": event.stream_version,
                     }
@@ -130,6 +141,35 @@ class IntakeViews:
                 },
                 session=session,
             )
+
+    # ------------------------------------------------------------------ text matching
+
+    async def text_candidates(
+        self,
+        unit_ids: Sequence[str],
+        since: datetime,
+        limit: int,
+        session: AsyncClientSession,
+    ) -> list[TextCandidate]:
+        """The reports about any of `unit_ids` filed since `since`, most recent first, at
+        most `limit` of them: the only ones a new report's text is compared with.
+
+        Reports projected before texts were kept have none and are not compared."""
+        cursor = (
+            self.db[REPORTS]
+            .find(
+                {
+                    "unit_ids": {"$in": list(unit_ids)},
+                    "received_at": {"$gte": since},
+                    "text": {"$exists": True},
+                },
+                {"incident_id": 1, "text": 1},
+                session=session,
+            )
+            .sort("received_at", DESCENDING)
+            .limit(limit)
+        )
+        return [TextCandidate(doc["incident_id"], doc["text"]) async for doc in cursor]
 
     # ------------------------------------------------------------------ URL claims
 

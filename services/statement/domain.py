@@ -4,11 +4,18 @@ A statement is one aggregate folded from its stream: its versions, the chain its
 version must pass for the incident's level, the approvals given (to which version, for
 which step, by whom, when), rejections and publications. Only approvals of the current
 version count; older ones stay on the record.
+
+The figures of published statements are the incident's official line (口径): a version
+that states a published label with another value is flagged at submit, and an approver
+clears it only by acknowledging the change with a reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
@@ -16,11 +23,13 @@ from enum import Enum
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.auth import Principal, Role
-from shared.errors import Conflict, Forbidden
+from shared.errors import Conflict, Forbidden, NotFound
 from shared.events import (
     ApprovalStep,
     Envelope,
     Fact,
+    FactChangeAcknowledgement,
+    FactConflict,
     Level,
     StatementApproved,
     StatementDrafted,
@@ -29,6 +38,7 @@ from shared.events import (
     StatementRejected,
     StatementRevised,
     StatementSubmitted,
+    StatementWithdrawn,
 )
 
 INCIDENT_UNIT = "incident"  # in the policy: the unit(s) the incident concerns
@@ -97,7 +107,18 @@ class StatementState(str, Enum):
     IN_REVIEW = "in_review"
     APPROVED = "approved"
     REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
     PUBLISHED = "published"
+
+
+# Why a version in each state cannot take the decision asked for; staff read these.
+_NOT_IN_REVIEW = {
+    StatementState.DRAFT: "当前版本尚未提交审批",
+    StatementState.APPROVED: "当前版本已审批通过",
+    StatementState.REJECTED: "当前版本已被退回",
+    StatementState.WITHDRAWN: "当前版本已撤回",
+    StatementState.PUBLISHED: "当前版本已发布",
+}
 
 
 @dataclass(frozen=True)
@@ -118,6 +139,7 @@ class Approval:
     approver: str
     comment: str
     at: datetime
+    acknowledgement: FactChangeAcknowledgement | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +156,15 @@ class Submission:
     version: int
     level: Level
     chain: tuple[ApprovalStep, ...]
+    reason: str
+    at: datetime
+    fact_conflicts: tuple[FactConflict, ...] = ()
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    version: int
+    withdrawn_by: str
     reason: str
     at: datetime
 
@@ -164,6 +195,7 @@ class Statement:
     approvals: tuple[Approval, ...] = ()
     rejections: tuple[Rejection, ...] = ()
     publications: tuple[Publication, ...] = ()
+    withdrawals: tuple[Withdrawal, ...] = ()
 
     # folding ----------------------------------------------------------------------------
 
@@ -191,10 +223,12 @@ class Statement:
                 version = Version(p.version, p.title, p.body, p.facts, p.outlets, p.author, at)
                 return replace(s, versions=(*s.versions, version))
             case StatementSubmitted():
-                submission = Submission(p.version, p.level, p.chain, p.reason, at)
+                submission = Submission(p.version, p.level, p.chain, p.reason, at, p.fact_conflicts)
                 return replace(s, submissions=(*s.submissions, submission))
             case StatementApproved():
-                approval = Approval(p.version, p.step, p.approver, p.comment, at)
+                approval = Approval(
+                    p.version, p.step, p.approver, p.comment, at, p.fact_changes_acknowledged
+                )
                 return replace(s, approvals=(*s.approvals, approval))
             case StatementRejected():
                 rejection = Rejection(p.version, p.step, p.approver, p.comment, at)
@@ -202,6 +236,9 @@ class Statement:
             case StatementPublished():
                 publication = Publication(p.version, p.outlet, p.url, p.published_by, at)
                 return replace(s, publications=(*s.publications, publication))
+            case StatementWithdrawn():
+                withdrawal = Withdrawal(p.version, p.withdrawn_by, p.reason, at)
+                return replace(s, withdrawals=(*s.withdrawals, withdrawal))
         return s
 
     # reading ----------------------------------------------------------------------------
@@ -210,22 +247,33 @@ class Statement:
     def current(self) -> Version:
         return self.versions[-1]
 
+    def version(self, number: int) -> Version:
+        for version in self.versions:
+            if version.version == number:
+                return version
+        raise NotFound(f"稿件没有第{number}版", {"versions": [v.version for v in self.versions]})
+
     @property
     def submission(self) -> Submission | None:
         """The chain the current version is under, if it was submitted."""
+        return self._submission_of(self.current.version)
+
+    def _submission_of(self, version: int) -> Submission | None:
         for submission in reversed(self.submissions):
-            if submission.version == self.current.version:
+            if submission.version == version:
                 return submission
         return None
 
-    def progress(self) -> list[StepProgress]:
-        """Each step of the current chain with the approval of the current version that
-        fills it. An approval counts for a step of the same role and unit, so approvals
-        given before the chain changed (the level moved) still count where they fit."""
-        submission = self.submission
+    def progress(self, version: int | None = None) -> list[StepProgress]:
+        """Each step of the chain of a version (the current one by default) with the
+        approval of that version that fills it. An approval counts for a step of the same
+        role and unit, so approvals given before the chain changed (the level moved) still
+        count where they fit."""
+        number = self.current.version if version is None else version
+        submission = self._submission_of(number)
         if submission is None:
             return []
-        unused = [a for a in self.approvals if a.version == self.current.version]
+        unused = [a for a in self.approvals if a.version == number]
         filled: list[StepProgress] = []
         for step in submission.chain:
             match = next((a for a in unused if a.step == step), None)
@@ -242,6 +290,8 @@ class Statement:
         version = self.current.version
         if any(p.version == version for p in self.publications):
             return StatementState.PUBLISHED
+        if any(w.version == version for w in self.withdrawals):
+            return StatementState.WITHDRAWN
         if any(r.version == version for r in self.rejections):
             return StatementState.REJECTED
         if self.submission is None:
@@ -265,14 +315,21 @@ class Statement:
         )
 
     def submit(
-        self, level: Level | None, policy: ApprovalPolicy, unit_ids: Sequence[str]
+        self,
+        level: Level | None,
+        policy: ApprovalPolicy,
+        unit_ids: Sequence[str],
+        official: OfficialLine | None = None,
     ) -> StatementSubmitted:
+        """Into the chain of the incident's level, with the figures that contradict the
+        published line flagged for the approvers."""
         state = self.state
         if state is not StatementState.DRAFT:
             reasons = {
                 StatementState.IN_REVIEW: "当前版本已提交审批",
                 StatementState.APPROVED: "当前版本已审批通过",
                 StatementState.REJECTED: "当前版本已被退回，请修改后再提交",
+                StatementState.WITHDRAWN: "当前版本已撤回，请修改后再提交",
                 StatementState.PUBLISHED: "当前版本已发布",
             }
             raise Conflict(reasons[state], {"state": state.value})
@@ -283,6 +340,7 @@ class Statement:
             version=self.current.version,
             level=level,
             chain=policy.chain(level, unit_ids),
+            fact_conflicts=fact_conflicts(self.current.facts, official),
         )
 
     def rechain(
@@ -303,19 +361,14 @@ class Statement:
             level=level,
             chain=chain,
             reason=reason,
+            fact_conflicts=submission.fact_conflicts,
         )
 
     def _step_for(self, principal: Principal, policy: ApprovalPolicy) -> ApprovalStep:
         """The step this person may act on now, or why not."""
         state = self.state
         if state is not StatementState.IN_REVIEW:
-            reasons = {
-                StatementState.DRAFT: "当前版本尚未提交审批",
-                StatementState.APPROVED: "当前版本已审批通过",
-                StatementState.REJECTED: "当前版本已被退回",
-                StatementState.PUBLISHED: "当前版本已发布",
-            }
-            raise Conflict(reasons[state], {"state": state.value})
+            raise Conflict(_NOT_IN_REVIEW[state], {"state": state.value})
         if principal.sub == self.current.author:
             raise Forbidden("不能审批自己起草的版本", {"author": self.current.author})
         progress = self.progress()
@@ -336,9 +389,25 @@ class Statement:
         )
 
     def approve(
-        self, principal: Principal, comment: str, policy: ApprovalPolicy
+        self,
+        principal: Principal,
+        comment: str,
+        policy: ApprovalPolicy,
+        *,
+        official: OfficialLine | None = None,
+        acknowledgement: str | None = None,
     ) -> StatementApproved:
+        """Fill the caller's step. Figures that contradict the published line as it is now
+        (it may have moved since the submit) are cleared only with a reason, which goes on
+        the record with the figures it covers."""
         step = self._step_for(principal, policy)
+        conflicts = fact_conflicts(self.current.facts, official)
+        if conflicts and not acknowledgement:
+            raise Conflict(
+                f"本稿数据与已发布口径不一致：{describe_conflicts(conflicts)}；"
+                "审批须确认变更并说明理由",
+                {"fact_conflicts": [c.model_dump() for c in conflicts]},
+            )
         return StatementApproved(
             statement_id=self.statement_id,
             version=self.current.version,
@@ -346,6 +415,11 @@ class Statement:
             approver=principal.sub,
             comment=comment,
             fully_approved=len(self.missing()) == 1,
+            fact_changes_acknowledged=(
+                FactChangeAcknowledgement(reason=acknowledgement, changes=conflicts)
+                if conflicts and acknowledgement
+                else None
+            ),
         )
 
     def reject(
@@ -359,6 +433,30 @@ class Statement:
             approver=principal.sub,
             comment=comment,
         )
+
+    def withdraw(self, principal: Principal, reason: str) -> StatementWithdrawn:
+        """The author of any version, or the office, takes the current version back. It
+        can then be neither approved nor published; a revision starts it over."""
+        if principal.sub not in {v.author for v in self.versions} and not principal.has(
+            Role.OFFICE
+        ):
+            raise Forbidden("只有起草人或领导小组办公室可以撤回稿件")
+        state = self.state
+        if state in (StatementState.WITHDRAWN, StatementState.PUBLISHED):
+            reasons = {
+                StatementState.WITHDRAWN: "当前版本已撤回",
+                StatementState.PUBLISHED: "当前版本已发布，不能撤回；如需更正请另发澄清说明",
+            }
+            raise Conflict(reasons[state], {"state": state.value})
+        return StatementWithdrawn(
+            statement_id=self.statement_id,
+            version=self.current.version,
+            withdrawn_by=principal.sub,
+            reason=reason,
+        )
+
+    def diff(self, from_version: int, to_version: int) -> VersionDiff:
+        return diff_versions(self.version(from_version), self.version(to_version))
 
     def publish(
         self, *, outlet: str, url: str, by: str, policy: ApprovalPolicy
@@ -376,6 +474,7 @@ class Statement:
             reasons = {
                 StatementState.DRAFT: "当前版本尚未提交审批，不能发布",
                 StatementState.REJECTED: "当前版本已被退回，不能发布",
+                StatementState.WITHDRAWN: "当前版本已撤回，不能发布",
             }
             raise Conflict(reasons[state], {"state": state.value})
         if version.outlets and outlet not in version.outlets:
@@ -420,4 +519,139 @@ def draft(
         facts=facts,
         outlets=outlets,
         author=by,
+    )
+
+
+# --------------------------------------------------------------------------- the official line
+
+
+def normalise(text: str) -> str:
+    """What two figures are compared as: full-width digits and letters folded (NFKC),
+    whitespace dropped, case ignored, so "３ 人" and "3人" state the same thing."""
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).casefold()
+
+
+@dataclass(frozen=True)
+class PublishedFigure:
+    fact: Fact
+    statement_id: str
+    version: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class OfficialLine:
+    """The incident's current official line: its latest publication, and for each label
+    the value most recently published (a later cleared change supersedes an earlier one)."""
+
+    statement: Statement
+    publication: Publication
+    figures: tuple[PublishedFigure, ...]
+
+    @property
+    def version(self) -> Version:
+        return self.statement.version(self.publication.version)
+
+    def cleared_by(self) -> list[StepProgress]:
+        return self.statement.progress(self.publication.version)
+
+
+def official_line(statements: Iterable[Statement]) -> OfficialLine | None:
+    published = sorted(
+        ((s, p) for s in statements for p in s.publications), key=lambda sp: sp[1].at
+    )
+    if not published:
+        return None
+    figures: dict[str, PublishedFigure] = {}
+    for statement, publication in published:
+        for fact in statement.version(publication.version).facts:
+            figure = PublishedFigure(
+                fact, statement.statement_id, publication.version, publication.at
+            )
+            figures[normalise(fact.label)] = figure
+    latest_statement, latest = published[-1]
+    return OfficialLine(latest_statement, latest, tuple(figures.values()))
+
+
+def fact_conflicts(
+    facts: Sequence[Fact], official: OfficialLine | None
+) -> tuple[FactConflict, ...]:
+    """The facts stating a published label with another value."""
+    if official is None:
+        return ()
+    published = {normalise(f.fact.label): f for f in official.figures}
+    conflicts: list[FactConflict] = []
+    for fact in facts:
+        figure = published.get(normalise(fact.label))
+        if figure is not None and normalise(figure.fact.value) != normalise(fact.value):
+            conflicts.append(
+                FactConflict(
+                    label=fact.label,
+                    published_value=figure.fact.value,
+                    new_value=fact.value,
+                    published_in=figure.statement_id,
+                    published_version=figure.version,
+                )
+            )
+    return tuple(conflicts)
+
+
+def describe_conflicts(conflicts: Sequence[FactConflict]) -> str:
+    return "；".join(
+        f"{c.label}（已发布：{c.published_value}，本稿：{c.new_value}）" for c in conflicts
+    )
+
+
+# --------------------------------------------------------------------------- diffs
+
+
+@dataclass(frozen=True)
+class FactChange:
+    label: str
+    before: str
+    after: str
+
+
+@dataclass(frozen=True)
+class FactsDiff:
+    added: tuple[Fact, ...]
+    removed: tuple[Fact, ...]
+    changed: tuple[FactChange, ...]
+
+
+@dataclass(frozen=True)
+class VersionDiff:
+    from_version: int
+    to_version: int
+    title: str  # unified diff, empty when unchanged
+    body: str
+    facts: FactsDiff
+
+
+def _unified(before: str, after: str, old: int, new: int) -> str:
+    lines = difflib.unified_diff(
+        before.splitlines(), after.splitlines(), f"第{old}版", f"第{new}版", lineterm=""
+    )
+    return "\n".join(lines)
+
+
+def diff_versions(old: Version, new: Version) -> VersionDiff:
+    """Title and body as unified diffs; facts by label, compared as the check compares them."""
+    before = {normalise(f.label): f for f in old.facts}
+    after = {normalise(f.label): f for f in new.facts}
+    changed = tuple(
+        FactChange(label=after[k].label, before=before[k].value, after=after[k].value)
+        for k in after
+        if k in before and normalise(before[k].value) != normalise(after[k].value)
+    )
+    return VersionDiff(
+        from_version=old.version,
+        to_version=new.version,
+        title=_unified(old.title, new.title, old.version, new.version),
+        body=_unified(old.body, new.body, old.version, new.version),
+        facts=FactsDiff(
+            added=tuple(f for k, f in after.items() if k not in before),
+            removed=tuple(f for k, f in before.items() if k not in after),
+            changed=changed,
+        ),
     )

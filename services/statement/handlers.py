@@ -2,15 +2,26 @@
 
 Each change loads the statement's stream in a transaction, decides with the domain,
 appends at the expected version (a concurrent decision on the same statement gets 409)
-and rewrites the statement's view in the same transaction.
+and rewrites the statement's view in the same transaction. A decision sees the incident
+and its official line (口径), folded from the streams of its published statements.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from services.statement.domain import ApprovalPolicy, Statement, draft, stream_id
+from pymongo.asynchronous.client_session import AsyncClientSession
+
+from services.statement.domain import (
+    ApprovalPolicy,
+    OfficialLine,
+    Statement,
+    draft,
+    official_line,
+    stream_id,
+)
 from services.statement.projections import StatementProjections
 from shared.auth import Directory, Principal, Role
 from shared.errors import Forbidden, NotFound
@@ -30,8 +41,18 @@ from shared.store import Document, EventStore, UnitOfWork
 WRITER_ROLES = (Role.SPOKESPERSON, Role.OFFICE, Role.PROPAGANDA, Role.DEPT_HEAD, Role.LEADER)
 PUBLISHER_ROLES = (Role.SPOKESPERSON, Role.OFFICE, Role.PROPAGANDA, Role.LEADER)
 CHAIN_RULE = Actor.rule("approval-policy")
+Loader = Callable[[str], Awaitable[list[Envelope]]]
 
-Decision = Callable[[Statement, IncidentSnapshot], EventPayload]
+
+@dataclass(frozen=True)
+class Situation:
+    """What a decision on a statement sees besides the statement."""
+
+    incident: IncidentSnapshot
+    official: OfficialLine | None
+
+
+Decision = Callable[[Statement, Situation], EventPayload]
 
 
 class StatementWorkflow:
@@ -123,7 +144,8 @@ class StatementWorkflow:
         async def work(uow: UnitOfWork) -> None:
             statement = await self._load(statement_id, uow)
             incident = await self._incident(statement.incident_id, uow, principal)
-            payload = decision(statement, incident)
+            official = await self._official_line(incident.incident_id, uow.load, uow.session)
+            payload = decision(statement, Situation(incident, official))
             event = self._envelope(
                 payload, incident, statement_id, statement.stream_version + 1, principal
             )
@@ -132,17 +154,48 @@ class StatementWorkflow:
         await self.store.transaction(work)
         return await self.view(statement_id, principal)
 
+    # reads ------------------------------------------------------------------------------
+
     async def view(self, statement_id: str, principal: Principal) -> Document:
         doc = await self.projections.get(statement_id)
         if doc is None:
             raise NotFound(f"没有编号为 {statement_id} 的稿件")
-        incident = await self.projections.incidents.get(doc["incident_id"])
-        units = incident.unit_ids if incident else ()
-        if principal.has(Role.PARTNER) or not self.directory.can_act_for(principal, units):
-            raise Forbidden("无权查看其他单位的稿件")
+        await self._may_read(doc["incident_id"], principal)
         return doc
 
+    async def statement(self, statement_id: str, principal: Principal) -> Statement:
+        """The statement folded from its stream, for reads the view does not hold."""
+        await self.view(statement_id, principal)
+        events = await self.store.load(stream_id(statement_id))
+        return Statement.fold(events)
+
+    async def incident_statements(self, incident_id: str, principal: Principal) -> list[Document]:
+        await self._may_read(incident_id, principal)
+        return await self.projections.of_incident(incident_id)
+
+    async def official_line(self, incident_id: str, principal: Principal) -> OfficialLine:
+        await self._may_read(incident_id, principal)
+        official = await self._official_line(incident_id, self.store.load)
+        if official is None:
+            raise NotFound("该事件尚无已发布的口径", {"incident_id": incident_id})
+        return official
+
     # ------------------------------------------------------------------------------------
+
+    async def _may_read(self, incident_id: str, principal: Principal) -> None:
+        incident = await self.projections.incidents.get(incident_id)
+        if incident is None:
+            raise NotFound(f"尚未收到事件 {incident_id}")
+        if principal.has(Role.PARTNER) or not self.directory.can_act_for(
+            principal, incident.unit_ids
+        ):
+            raise Forbidden("无权查看其他单位的稿件")
+
+    async def _official_line(
+        self, incident_id: str, load: Loader, session: AsyncClientSession | None = None
+    ) -> OfficialLine | None:
+        ids = await self.projections.published(incident_id, session)
+        return official_line([Statement.fold(await load(stream_id(i))) for i in ids])
 
     async def _incident(
         self, incident_id: str, uow: UnitOfWork, principal: Principal

@@ -1,109 +1,332 @@
 """The statement service's read models: incidents (shared shape) and statement views.
 
-Written in the transaction of the events they reflect; rebuildable from the log.
+Written in the transaction of the events they reflect; rebuildable from the log. The
+views are pydantic models so that what is stored, what the API returns and what its
+OpenAPI describes are one shape.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from itertools import pairwise
 
+from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.statement.domain import ApprovalPolicy, Statement, StatementState
-from shared.events import ApprovalStep
+from services.statement.domain import (
+    ApprovalPolicy,
+    OfficialLine,
+    Statement,
+    StatementState,
+    StepProgress,
+    Version,
+    VersionDiff,
+    diff_versions,
+)
+from shared.events import (
+    ApprovalStep,
+    Fact,
+    FactChangeAcknowledgement,
+    FactConflict,
+    StatementKind,
+)
 from shared.incident_context import IncidentContext
 from shared.store import Document
 
 STATEMENTS = "statements"
 
 
-def _step(step: ApprovalStep, policy: ApprovalPolicy) -> dict[str, Any]:
-    return {"role": step.role, "unit_id": step.unit_id, "name": policy.describe(step)}
+class _View(BaseModel):
+    # Enum values stored as plain strings, so the database holds what the API shows.
+    model_config = ConfigDict(use_enum_values=True)
 
 
-def statement_view(statement: Statement, policy: ApprovalPolicy) -> Document:
-    """What a person reads: every version, the chain of the current one with who approved
-    which step and when, what is missing, and the full record of decisions."""
+class StepView(_View):
+    role: str
+    unit_id: str | None
+    name: str  # as staff read it, e.g. 部门分管领导（school-a）
+
+
+class ChainStepView(StepView):
+    approved_by: str | None
+    approved_at: datetime | None
+    comment: str | None
+    fact_changes_acknowledged: FactChangeAcknowledgement | None = None
+
+
+class VersionView(_View):
+    version: int
+    title: str
+    body: str
+    facts: list[Fact]
+    outlets: list[str]
+    author: str
+    at: datetime
+
+
+class ApprovalView(StepView):
+    version: int
+    approver: str
+    comment: str
+    at: datetime
+    counts: bool  # false once the version or the chain it filled has moved on
+    fact_changes_acknowledged: FactChangeAcknowledgement | None = None
+
+
+class RejectionView(StepView):
+    version: int
+    approver: str
+    comment: str
+    at: datetime
+
+
+class WithdrawalView(_View):
+    version: int
+    withdrawn_by: str
+    reason: str
+    at: datetime
+
+
+class SubmissionView(_View):
+    version: int
+    level: int
+    chain: list[StepView]
+    reason: str
+    at: datetime
+    fact_conflicts: list[FactConflict]
+
+
+class PublicationView(_View):
+    version: int
+    outlet: str
+    url: str
+    published_by: str
+    at: datetime
+
+
+class FactChangeView(_View):
+    label: str
+    before: str
+    after: str
+
+
+class FactsDiffView(_View):
+    added: list[Fact]
+    removed: list[Fact]
+    changed: list[FactChangeView]
+
+
+class VersionDiffView(_View):
+    from_version: int
+    to_version: int
+    title: str  # unified diff; empty when unchanged
+    body: str
+    facts: FactsDiffView
+
+    @classmethod
+    def of(cls, diff: VersionDiff) -> VersionDiffView:
+        facts = diff.facts
+        return cls(
+            from_version=diff.from_version,
+            to_version=diff.to_version,
+            title=diff.title,
+            body=diff.body,
+            facts=FactsDiffView(
+                added=list(facts.added),
+                removed=list(facts.removed),
+                changed=[
+                    FactChangeView(label=c.label, before=c.before, after=c.after)
+                    for c in facts.changed
+                ],
+            ),
+        )
+
+
+class StatementSummary(_View):
+    statement_id: str
+    incident_id: str
+    kind: StatementKind
+    state: StatementState
+    current_version: int
+    author: str
+    title: str
+    level: int | None
+    drafted_at: datetime
+
+
+class StatementView(StatementSummary):
+    """Every version, the chain of the current one with who approved which step and when,
+    what is missing, figures contradicting the published line, and the full record."""
+
+    fact_conflicts: list[FactConflict]
+    versions: list[VersionView]
+    chain: list[ChainStepView]
+    missing: list[StepView]
+    approvals: list[ApprovalView]
+    rejections: list[RejectionView]
+    withdrawals: list[WithdrawalView]
+    submissions: list[SubmissionView]
+    publications: list[PublicationView]
+    diffs: list[VersionDiffView]  # each version against the one before it
+
+
+class OfficialFigureView(_View):
+    label: str
+    value: str
+    statement_id: str
+    version: int
+    published_at: datetime
+
+
+class OfficialLineView(_View):
+    """The incident's current official line (口径): its latest publication, who cleared
+    it, and every figure as last published."""
+
+    incident_id: str
+    statement_id: str
+    kind: StatementKind
+    version: int
+    title: str
+    body: str
+    facts: list[Fact]
+    outlet: str
+    url: str
+    published_by: str
+    published_at: datetime
+    cleared_by: list[ChainStepView]
+    figures: list[OfficialFigureView]
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _step(step: ApprovalStep, policy: ApprovalPolicy) -> StepView:
+    return StepView(role=step.role, unit_id=step.unit_id, name=policy.describe(step))
+
+
+def _chain(progress: list[StepProgress], policy: ApprovalPolicy) -> list[ChainStepView]:
+    return [
+        ChainStepView(
+            **_step(p.step, policy).model_dump(),
+            approved_by=p.approval.approver if p.approval else None,
+            approved_at=p.approval.at if p.approval else None,
+            comment=p.approval.comment if p.approval else None,
+            fact_changes_acknowledged=p.approval.acknowledgement if p.approval else None,
+        )
+        for p in progress
+    ]
+
+
+def _version(v: Version) -> VersionView:
+    return VersionView(
+        version=v.version,
+        title=v.title,
+        body=v.body,
+        facts=list(v.facts),
+        outlets=list(v.outlets),
+        author=v.author,
+        at=v.at,
+    )
+
+
+def statement_view(statement: Statement, policy: ApprovalPolicy) -> StatementView:
     current = statement.current
     submission = statement.submission
     progress = statement.progress()
     counted = [p.approval for p in progress if p.approval is not None]
-    return {
-        "_id": statement.statement_id,
-        "statement_id": statement.statement_id,
-        "incident_id": statement.incident_id,
-        "kind": statement.kind.value,
-        "state": statement.state.value,
-        "current_version": current.version,
-        "author": current.author,
-        "title": current.title,
-        "level": int(submission.level) if submission else None,
-        "versions": [
-            {
-                "version": v.version,
-                "title": v.title,
-                "body": v.body,
-                "facts": [f.model_dump() for f in v.facts],
-                "outlets": list(v.outlets),
-                "author": v.author,
-                "at": v.at,
-            }
-            for v in statement.versions
-        ],
-        "chain": [
-            {
-                **_step(p.step, policy),
-                "approved_by": p.approval.approver if p.approval else None,
-                "approved_at": p.approval.at if p.approval else None,
-                "comment": p.approval.comment if p.approval else None,
-            }
-            for p in progress
-        ],
-        "missing": [_step(p.step, policy) for p in progress if p.approval is None],
-        "approvals": [
-            {
-                "version": a.version,
-                **_step(a.step, policy),
-                "approver": a.approver,
-                "comment": a.comment,
-                "at": a.at,
-                "counts": a in counted,
-            }
+    versions = statement.versions
+    return StatementView(
+        statement_id=statement.statement_id,
+        incident_id=statement.incident_id,
+        kind=statement.kind,
+        state=statement.state,
+        current_version=current.version,
+        author=current.author,
+        title=current.title,
+        level=int(submission.level) if submission else None,
+        drafted_at=versions[0].at,
+        fact_conflicts=list(submission.fact_conflicts) if submission else [],
+        versions=[_version(v) for v in versions],
+        chain=_chain(progress, policy),
+        missing=[_step(p.step, policy) for p in progress if p.approval is None],
+        approvals=[
+            ApprovalView(
+                **_step(a.step, policy).model_dump(),
+                version=a.version,
+                approver=a.approver,
+                comment=a.comment,
+                at=a.at,
+                counts=a in counted,
+                fact_changes_acknowledged=a.acknowledgement,
+            )
             for a in statement.approvals
         ],
-        "rejections": [
-            {
-                "version": r.version,
-                **_step(r.step, policy),
-                "approver": r.approver,
-                "comment": r.comment,
-                "at": r.at,
-            }
+        rejections=[
+            RejectionView(
+                **_step(r.step, policy).model_dump(),
+                version=r.version,
+                approver=r.approver,
+                comment=r.comment,
+                at=r.at,
+            )
             for r in statement.rejections
         ],
-        "submissions": [
-            {
-                "version": s.version,
-                "level": int(s.level),
-                "chain": [_step(step, policy) for step in s.chain],
-                "reason": s.reason,
-                "at": s.at,
-            }
+        withdrawals=[
+            WithdrawalView(version=w.version, withdrawn_by=w.withdrawn_by, reason=w.reason, at=w.at)
+            for w in statement.withdrawals
+        ],
+        submissions=[
+            SubmissionView(
+                version=s.version,
+                level=int(s.level),
+                chain=[_step(step, policy) for step in s.chain],
+                reason=s.reason,
+                at=s.at,
+                fact_conflicts=list(s.fact_conflicts),
+            )
             for s in statement.submissions
         ],
-        "publications": [
-            {
-                "version": p.version,
-                "outlet": p.outlet,
-                "url": p.url,
-                "published_by": p.published_by,
-                "at": p.at,
-            }
+        publications=[
+            PublicationView(
+                version=p.version, outlet=p.outlet, url=p.url, published_by=p.published_by, at=p.at
+            )
             for p in statement.publications
         ],
-    }
+        diffs=[VersionDiffView.of(diff_versions(old, new)) for old, new in pairwise(versions)],
+    )
+
+
+def official_line_view(official: OfficialLine, policy: ApprovalPolicy) -> OfficialLineView:
+    statement, publication, version = official.statement, official.publication, official.version
+    return OfficialLineView(
+        incident_id=statement.incident_id,
+        statement_id=statement.statement_id,
+        kind=statement.kind,
+        version=version.version,
+        title=version.title,
+        body=version.body,
+        facts=list(version.facts),
+        outlet=publication.outlet,
+        url=publication.url,
+        published_by=publication.published_by,
+        published_at=publication.at,
+        cleared_by=_chain(official.cleared_by(), policy),
+        figures=[
+            OfficialFigureView(
+                label=f.fact.label,
+                value=f.fact.value,
+                statement_id=f.statement_id,
+                version=f.version,
+                published_at=f.at,
+            )
+            for f in official.figures
+        ],
+    )
+
+
+# --------------------------------------------------------------------------- storing
 
 
 class StatementProjections:
@@ -116,15 +339,31 @@ class StatementProjections:
         await self.statements.create_index([("incident_id", ASCENDING), ("state", ASCENDING)])
 
     async def write(self, statement: Statement, session: AsyncClientSession) -> None:
+        view = statement_view(statement, self.policy)
         await self.statements.replace_one(
             {"_id": statement.statement_id},
-            statement_view(statement, self.policy),
+            {"_id": statement.statement_id, **view.model_dump()},
             upsert=True,
             session=session,
         )
 
     async def get(self, statement_id: str) -> Document | None:
         return await self.statements.find_one({"_id": statement_id})
+
+    async def of_incident(self, incident_id: str) -> list[Document]:
+        cursor = self.statements.find({"incident_id": incident_id}).sort("drafted_at", ASCENDING)
+        return [doc async for doc in cursor]
+
+    async def published(
+        self, incident_id: str, session: AsyncClientSession | None = None
+    ) -> list[str]:
+        """Statements of an incident with at least one publication: its official line."""
+        cursor = self.statements.find(
+            {"incident_id": incident_id, "publications.0": {"$exists": True}},
+            projection={"_id": 1},
+            session=session,
+        )
+        return [doc["_id"] async for doc in cursor]
 
     async def under_review(self, incident_id: str, session: AsyncClientSession) -> list[str]:
         """Statements of an incident whose chain follows its level: not yet out."""

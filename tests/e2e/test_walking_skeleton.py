@@ -84,11 +84,17 @@ def test_a_level_1_report_is_graded_given_deadlines_and_told_in_order(
 
 def test_the_same_url_again_joins_the_open_incident(system: RunningSystem) -> None:
     url = "https://weibo.example.com/u/77/status/4999?utm_medium=share"
+    # A matter of its own: the same text under another URL would join another test's.
+    text = {"title": "实验小学操场塑胶跑道异味", "excerpt": "家长称跑道气味刺鼻，孩子咳嗽。"}
     with system.client() as api:
-        first = api.post("/intake/v1/reports", json=report(url=url, media_tier="provincial")).json()
+        first = api.post(
+            "/intake/v1/reports", json=report(url=url, media_tier="provincial", **text)
+        ).json()
         again = api.post(
             "/intake/v1/reports",
-            json=report(url="HTTPS://Weibo.Example.com/u/77/status/4999/", media_tier="county"),
+            json=report(
+                url="HTTPS://Weibo.Example.com/u/77/status/4999/", media_tier="county", **text
+            ),
         ).json()
 
         assert again["new_incident"] is False

@@ -20,6 +20,7 @@ from shared.events import (
     EventPayload,
     IncidentDismissed,
     IncidentOpened,
+    IncidentReopened,
     MediaTier,
     Reach,
     ReportReceived,
@@ -191,6 +192,33 @@ async def test_a_dismissed_incident_is_not_escalated(
     facts = await service.db["facts"].find_one({"_id": "inc-d"})
     assert facts is not None
     assert len(facts["reports"]) == 2
+
+
+async def test_a_dismissed_incident_is_not_regraded_by_hand_until_reopened(
+    service: GradingService, intake: Intake, api: httpx.AsyncClient
+) -> None:
+    await intake.report("inc-q", MediaTier.COUNTY)
+    await grade_count(service, "inc-q", 1)
+    await intake.emit("inc-q", IncidentDismissed(reason="网络伪舆情"))
+    url = "/grading/v1/incidents/inc-q/override"
+
+    async def dismissed_seen() -> bool:
+        facts = await service.db["facts"].find_one({"_id": "inc-q"})
+        return bool(facts and facts.get("dismissed"))
+
+    await until(dismissed_seen)
+    refused = await api.post(url, json={"level": 1, "reason": "上级关注"}, headers=leader(service))
+    assert refused.status_code == 409
+    assert "dismissed" in refused.json()["error"]["message"]
+
+    await intake.emit("inc-q", IncidentReopened(reason="再次发酵"))
+
+    async def reopened_seen() -> bool:
+        return not await dismissed_seen()
+
+    await until(reopened_seen)
+    raised = await api.post(url, json={"level": 1, "reason": "上级关注"}, headers=leader(service))
+    assert raised.status_code == 200, raised.text
 
 
 async def test_the_leader_overrides_with_a_reason(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 
 from services.intake.main import IntakeService
 from shared.bus import ensure_topics
+from shared.events import utcnow
 from shared.service import Context
 from shared.settings import Settings
 
@@ -79,6 +81,21 @@ async def stored_events(service: IntakeService) -> int:
     return await service.db["events"].count_documents({})
 
 
+ATTACHMENT = {
+    "name": "截图1.png",
+    "content_type": "image/png",
+    "size": 204800,
+    "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "url": "https://files.example.com/s/1.png",
+}
+# A text of its own, so that matching by text does not join it to report()'s matter.
+OTHER_MATTER = {"title": "县道养护施工路段夜间无警示灯", "excerpt": "有司机反映夜间行车险些追尾。"}
+SIMILAR = {
+    "title": "【转】某校食堂饭菜变质，引发家长质疑！",
+    "excerpt": "有家长在网上反映……",
+}
+
+
 async def test_a_report_opens_an_incident_and_can_be_read_back(
     service: IntakeService, api: httpx.AsyncClient
 ) -> None:
@@ -132,7 +149,7 @@ async def test_the_same_item_under_another_link_form_is_attached(
     assert [r["match"] for r in view.json()["reports"]] == [None, "same_url"]
     other = await api.post(
         "/intake/v1/reports",
-        json=report(url="https://news.example.com/2026/1121/a2.html"),
+        json=report(url="https://news.example.com/2026/1121/a2.html", **OTHER_MATTER),
         headers=monitor(service),
     )
     assert other.json()["new_incident"] is True
@@ -150,6 +167,18 @@ async def test_the_same_item_under_another_link_form_is_attached(
         ({"unit_ids": []}, "unit_ids"),
         ({"title": "长" * 501}, "title"),
         ({"unit_ids": ["no-such-unit"]}, "unit_ids"),
+        ({"excerpt": "长" * 5001}, "excerpt"),
+        ({"unit_ids": [f"u{i}" for i in range(21)]}, "unit_ids"),
+        ({"reach": {"views": 10**13}}, "reach"),
+        (
+            {"observed_at": "2099-01-01T00:00:00Z", "published_at": "2099-01-01T00:00:00Z"},
+            "observed_at",
+        ),
+        ({"observed_at": "2026-11-21T07:59:00+08:00"}, "body"),  # seen before published
+        ({"attachments": [{**ATTACHMENT, "sha256": "x" * 64}]}, "attachments.0.sha256"),
+        ({"attachments": [{**ATTACHMENT, "size": -1}]}, "attachments.0.size"),
+        ({"attachments": [{**ATTACHMENT, "url": "file:///etc/passwd"}]}, "attachments"),
+        ({"attachments": [ATTACHMENT] * 21}, "attachments"),
     ],
 )
 async def test_bad_input_gets_422_naming_the_field_and_stores_nothing(
@@ -162,6 +191,20 @@ async def test_bad_input_gets_422_naming_the_field_and_stores_nothing(
     assert resp.status_code == 422, resp.text
     assert field in [d["field"] for d in resp.json()["error"]["details"]]
     assert await stored_events(service) == 0
+
+
+async def test_attachment_metadata_is_kept_with_the_report(
+    service: IntakeService, api: httpx.AsyncClient
+) -> None:
+    answer = await api.post(
+        "/intake/v1/reports", json=report(attachments=[ATTACHMENT]), headers=monitor(service)
+    )
+
+    assert answer.status_code == 201, answer.text
+    stored = await api.get(
+        f"/intake/v1/reports/{answer.json()['report_id']}", headers=monitor(service)
+    )
+    assert stored.json()["attachments"] == [ATTACHMENT]
 
 
 async def test_who_may_file(service: IntakeService, api: httpx.AsyncClient) -> None:
@@ -279,3 +322,122 @@ async def test_stored_events_are_relayed_to_kafka(
     async with asyncio.timeout(10):
         while await service.store.unpublished(10):
             await asyncio.sleep(0.1)
+
+
+async def test_a_near_identical_text_from_another_site_joins_the_incident(
+    service: IntakeService, api: httpx.AsyncClient
+) -> None:
+    first = (await api.post("/intake/v1/reports", json=report(), headers=monitor(service))).json()
+    repost = report(url="https://bbs.example.org/t/991", source_name="某论坛", **SIMILAR)
+
+    resp = await api.post("/intake/v1/reports", json=repost, headers=monitor(service))
+
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["incident_id"] == first["incident_id"]
+    view = await api.get(f"/intake/v1/incidents/{first['incident_id']}", headers=leader(service))
+    first_seen, attached = view.json()["reports"]
+    assert first_seen["match"] is None
+    assert attached["match"] == "similar_text"
+    assert service.policy.similar_text.threshold <= attached["score"] < 1
+    # The repost's own link now leads to the incident too.
+    again = await api.post(
+        "/intake/v1/reports",
+        json=report(url="https://bbs.example.org/t/991/?from=share", **OTHER_MATTER),
+        headers=leader(service),
+    )
+    assert again.json()["incident_id"] == first["incident_id"]
+
+
+async def test_the_same_text_about_another_unit_or_another_matter_opens_its_own(
+    service: IntakeService, api: httpx.AsyncClient
+) -> None:
+    first = (await api.post("/intake/v1/reports", json=report(), headers=monitor(service))).json()
+    other_unit = await api.post(
+        "/intake/v1/reports",
+        json=report(url="https://news.example.com/b/1", unit_ids=["school-b"]),
+        headers=leader(service),
+    )
+    other_matter = await api.post(
+        "/intake/v1/reports",
+        json=report(url="https://news.example.com/b/2", **OTHER_MATTER),
+        headers=monitor(service),
+    )
+
+    assert other_unit.json()["new_incident"] is True
+    assert other_matter.json()["new_incident"] is True
+    assert (
+        len(
+            {
+                first["incident_id"],
+                other_unit.json()["incident_id"],
+                other_matter.json()["incident_id"],
+            }
+        )
+        == 3
+    )
+
+
+async def test_a_look_alike_filed_after_the_window_opens_a_new_incident(
+    service: IntakeService, api: httpx.AsyncClient
+) -> None:
+    first = (await api.post("/intake/v1/reports", json=report(), headers=monitor(service))).json()
+    window = service.policy.similar_text.window
+    # As if the first report had been filed just before the window began.
+    await service.db["reports"].update_one(
+        {"_id": first["report_id"]},
+        {"$set": {"received_at": utcnow() - window - timedelta(minutes=1)}},
+    )
+
+    late = await api.post(
+        "/intake/v1/reports",
+        json=report(url="https://bbs.example.org/t/992", **SIMILAR),
+        headers=monitor(service),
+    )
+
+    assert late.json()["new_incident"] is True
+    assert late.json()["incident_id"] != first["incident_id"]
+
+
+async def test_a_look_alike_of_a_dismissed_pseudo_incident_joins_it_without_reopening(
+    service: IntakeService, api: httpx.AsyncClient
+) -> None:
+    incident = (
+        await api.post("/intake/v1/reports", json=report(), headers=monitor(service))
+    ).json()["incident_id"]
+    await api.post(
+        f"/intake/v1/incidents/{incident}/dismiss",
+        json={"reason": "网络伪舆情：图片系旧图"},
+        headers=leader(service),
+    )
+
+    repost = await api.post(
+        "/intake/v1/reports",
+        json=report(url="https://bbs.example.org/t/993", **SIMILAR),
+        headers=monitor(service),
+    )
+
+    assert repost.json()["incident_id"] == incident
+    assert repost.json()["new_incident"] is False
+    view = (await api.get(f"/intake/v1/incidents/{incident}", headers=leader(service))).json()
+    assert view["status"] == "dismissed"
+    assert (await event_types(service, incident))[-2:] == ["ReportReceived", "ReportAttached"]
+
+
+async def test_near_identical_reports_filed_at_once_make_one_incident(
+    service: IntakeService, api: httpx.AsyncClient
+) -> None:
+    sites = ["a", "b", "c", "d", "e"]
+
+    answers = await asyncio.gather(
+        *(
+            api.post(
+                "/intake/v1/reports",
+                json=report(url=f"https://{site}.example.org/t/1", **SIMILAR),
+                headers=monitor(service),
+            )
+            for site in sites
+        )
+    )
+
+    assert len({a.json()["incident_id"] for a in answers}) == 1, [a.text for a in answers]
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 200, 201]

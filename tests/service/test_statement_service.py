@@ -206,3 +206,157 @@ async def test_an_escalation_mid_review_asks_for_the_new_levels_chain(
             f"{base}/publish", json={"outlet": "官方微博", "url": "u"}, headers=who.author
         )
         assert blocked.status_code == 409
+
+
+async def publish_release(
+    http: httpx.AsyncClient, who: People, incident: str, body: dict[str, Any] = RELEASE
+) -> str:
+    """A level-2 release cleared by the office and published on the official Weibo."""
+    sid = (await draft_when_known(http, incident, who.author, body))["statement_id"]
+    await submit_when_graded(http, sid, who.author)
+    base = f"/statements/v1/statements/{sid}"
+    assert (await http.post(f"{base}/approve", json={}, headers=who.office)).status_code == 200
+    r = await http.post(
+        f"{base}/publish",
+        json={"outlet": "官方微博", "url": f"https://weibo.example/{sid}"},
+        headers=who.author,
+    )
+    assert r.status_code == 200, r.text
+    return sid
+
+
+async def test_publishing_sets_the_official_line_and_a_contradiction_needs_acknowledging(
+    service: StatementService, settings: Settings
+) -> None:
+    who = People(settings)
+    await feed(settings, opened("inc-5"), graded("inc-5", Level.TWO))
+
+    async with client(service) as http:
+        incident = "/statements/v1/incidents/inc-5"
+        await wait_for(lambda: _known(http, incident, who.office))
+        none_yet = await http.get(f"{incident}/official-line", headers=who.office)
+        assert none_yet.status_code == 404
+        assert "尚无已发布的口径" in none_yet.json()["error"]["message"]
+
+        first = await publish_release(http, who, "inc-5")
+        line = (await http.get(f"{incident}/official-line", headers=who.office)).json()
+        assert (line["statement_id"], line["version"]) == (first, 1)
+        assert line["url"] == f"https://weibo.example/{first}"
+        assert line["facts"] == RELEASE["facts"]
+        assert [(s["role"], s["approved_by"]) for s in line["cleared_by"]] == [
+            ("office", "office-li")
+        ]
+        assert line["cleared_by"][0]["approved_at"]
+
+        update = {**RELEASE, "facts": [{"label": "就医学生人数", "value": "２ 人"}]}
+        second = (await draft_when_known(http, "inc-5", who.author, update))["statement_id"]
+        base = f"/statements/v1/statements/{second}"
+        submitted = await http.post(f"{base}/submit", headers=who.author)
+        assert submitted.json()["fact_conflicts"] == [
+            {
+                "label": "就医学生人数",
+                "published_value": "0",
+                "new_value": "２ 人",
+                "published_in": first,
+                "published_version": 1,
+            }
+        ]
+
+        bare = await http.post(f"{base}/approve", json={"comment": "同意"}, headers=who.office)
+        assert bare.status_code == 409
+        assert "就医学生人数（已发布：0，本稿：２ 人）" in bare.json()["error"]["message"]
+        blank = await http.post(
+            f"{base}/approve",
+            json={"acknowledge_fact_changes": {"reason": " "}},
+            headers=who.office,
+        )
+        assert blank.status_code == 422
+        reason = "医院通报新增2名学生就医观察"
+        ok = await http.post(
+            f"{base}/approve",
+            json={"comment": "同意", "acknowledge_fact_changes": {"reason": reason}},
+            headers=who.office,
+        )
+        assert ok.status_code == 200, ok.text
+        acknowledged = ok.json()["chain"][0]["fact_changes_acknowledged"]
+        assert acknowledged["reason"] == reason
+        assert acknowledged["changes"][0]["new_value"] == "２ 人"
+
+        listed = (await http.get(f"{incident}/statements", headers=who.office)).json()
+        assert [(s["statement_id"], s["state"]) for s in listed] == [
+            (first, "published"),
+            (second, "approved"),
+        ]
+        hidden = await http.get(f"{incident}/official-line", headers=who.other_school)
+        assert hidden.status_code == 403
+
+
+async def _known(http: httpx.AsyncClient, incident: str, headers: dict[str, str]) -> bool:
+    return (await http.get(f"{incident}/statements", headers=headers)).status_code == 200
+
+
+async def test_a_statement_shows_the_diff_between_its_versions_and_any_two_on_request(
+    service: StatementService, settings: Settings
+) -> None:
+    who = People(settings)
+    await feed(settings, opened("inc-6"), graded("inc-6", Level.TWO))
+
+    async with client(service) as http:
+        sid = (await draft_when_known(http, "inc-6", who.author))["statement_id"]
+        base = f"/statements/v1/statements/{sid}"
+        second = {**RELEASE, "body": "经核实，网传情况不属实。\n学校已整改。", "facts": []}
+        await http.put(base, json=second, headers=who.author)
+        third = {**second, "title": "关于某校食堂问题的说明"}
+        await http.put(base, json=third, headers=who.author)
+
+        view = (await http.get(base, headers=who.office)).json()
+        assert [(d["from_version"], d["to_version"]) for d in view["diffs"]] == [(1, 2), (2, 3)]
+        assert "+学校已整改。" in view["diffs"][0]["body"]
+        assert view["diffs"][0]["facts"]["removed"] == RELEASE["facts"]
+        assert view["diffs"][1]["body"] == ""
+
+        whole = (await http.get(f"{base}/diff?from=1", headers=who.office)).json()
+        assert (whole["from_version"], whole["to_version"]) == (1, 3)
+        assert "+关于某校食堂问题的说明" in whole["title"]
+        missing = await http.get(f"{base}/diff?from=1&to=9", headers=who.office)
+        assert missing.status_code == 404
+
+
+async def test_a_withdrawn_statement_is_not_approved_until_revised_and_resubmitted(
+    service: StatementService, settings: Settings
+) -> None:
+    who = People(settings)
+    await feed(settings, opened("inc-7"), graded("inc-7", Level.TWO))
+
+    async with client(service) as http:
+        sid = (await draft_when_known(http, "inc-7", who.author))["statement_id"]
+        base = f"/statements/v1/statements/{sid}"
+        await submit_when_graded(http, sid, who.author)
+
+        not_theirs = await http.post(
+            f"{base}/withdraw", json={"reason": "不同意"}, headers=who.propaganda
+        )
+        assert not_theirs.status_code == 403
+        r = await http.post(f"{base}/withdraw", json={"reason": "情况有变"}, headers=who.author)
+        assert r.json()["state"] == "withdrawn"
+        assert r.json()["withdrawals"][0]["reason"] == "情况有变"
+        late = await http.post(f"{base}/approve", json={}, headers=who.office)
+        assert late.status_code == 409
+        assert "已撤回" in late.json()["error"]["message"]
+
+        await http.put(base, json={**RELEASE, "body": "更新后的通报"}, headers=who.author)
+        await http.post(f"{base}/submit", headers=who.author)
+        r = await http.post(f"{base}/approve", json={}, headers=who.office)
+        assert r.json()["state"] == "approved"
+
+
+async def test_the_openapi_describes_the_statement_view(
+    service: StatementService, settings: Settings
+) -> None:
+    async with client(service) as http:
+        spec = (await http.get("/statements/v1/openapi.json")).json()
+    route = spec["paths"]["/statements/v1/statements/{statement_id}"]["get"]
+    schema = route["responses"]["200"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/StatementView"}
+    fields = spec["components"]["schemas"]["StatementView"]["properties"]
+    assert {"chain", "missing", "diffs", "fact_conflicts", "withdrawals"} <= set(fields)

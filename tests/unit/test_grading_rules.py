@@ -197,6 +197,11 @@ def test_a_dismissed_incident_is_not_escalated() -> None:
     assert on_deadline_missed(RULEBOOK, grade, Level.THREE, dismissed=True) is None
 
 
+def test_a_dismissed_incident_is_not_graded_either() -> None:
+    # A grade would open reporting obligations for what was judged a pseudo-incident.
+    assert on_report(RULEBOOK, None, [], facts(MediaTier.CENTRAL), dismissed=True) is None
+
+
 def test_an_override_down_holds_until_new_facts_raise_the_assessment() -> None:
     central = facts(MediaTier.CENTRAL, url="https://c/1")
     overridden = Grade(Level.THREE, Category.INQUIRY, 2)  # leader lowered it from 1
@@ -239,19 +244,25 @@ def test_a_missed_deadline_at_the_current_level_raises_one_step() -> None:
 
 def test_override_goes_up_or_down_and_refuses_a_no_op() -> None:
     grade = Grade(Level.ONE, Category.INQUIRY, 1)
-    down = override(grade, Level.THREE, None, "经核实影响较小")
+    down = override(grade, Level.THREE, None, "经核实影响较小", dismissed=False)
     assert down == GradeOverridden(
         from_level=Level.ONE,
         to_level=Level.THREE,
         category=Category.INQUIRY,
         reason="经核实影响较小",
     )
-    recategorised = override(grade, Level.ONE, Category.RUMOR, "系谣言")
+    recategorised = override(grade, Level.ONE, Category.RUMOR, "系谣言", dismissed=False)
     assert recategorised.category is Category.RUMOR
     with pytest.raises(OverrideRefused):
-        override(grade, Level.ONE, None, "same")
+        override(grade, Level.ONE, None, "same", dismissed=False)
     with pytest.raises(OverrideRefused):
-        override(None, Level.ONE, None, "not graded")
+        override(None, Level.ONE, None, "not graded", dismissed=False)
+
+
+def test_a_dismissed_pseudo_incident_cannot_be_regraded_by_hand() -> None:
+    grade = Grade(Level.THREE, Category.INQUIRY, 1)
+    with pytest.raises(OverrideRefused, match="dismissed"):
+        override(grade, Level.ONE, None, "上级关注", dismissed=True)
 
 
 # --------------------------------------------------------------------------- the file

@@ -1,4 +1,5 @@
-"""Intake's pure rules: URL normalisation, routing a report, the incident lifecycle."""
+"""Intake's pure rules: URL and text normalisation, matching and routing a report, the
+incident lifecycle."""
 
 from __future__ import annotations
 
@@ -13,10 +14,16 @@ from services.intake.domain import (
     IncidentStatus,
     IntakePolicy,
     Routing,
+    TextCandidate,
+    TextMatch,
+    TextMatching,
+    best_text_match,
     incident_stream,
+    normalize_text,
     normalize_url,
     place_report,
     route_report,
+    text_similarity,
 )
 from shared.events import (
     Actor,
@@ -220,4 +227,83 @@ def test_a_bad_policy_file_is_refused_naming_the_setting(tmp_path: Path) -> None
     bad = tmp_path / "intake.yaml"
     bad.write_text("reopen_window_hours: -1\n")
     with pytest.raises(ValueError, match="reopen_window_hours"):
+        load_policy(bad, IntakePolicy)
+
+
+# --------------------------------------------------------------------------- text
+
+MATCHING = POLICY.similar_text
+ORIGINAL = (
+    "县第二中学食堂饭菜发霉变质，多名学生腹痛就医"
+    "网友爆料称，该校食堂近日供应的午餐出现发霉现象，家长要求彻查。"
+)
+
+
+def test_text_normalisation_drops_punctuation_and_spacing_and_folds_width_and_case() -> None:
+    assert normalize_text("ＡＢＣ１２３，Hello　World!") == "abc123helloworld"
+    assert normalize_text("食堂 饭菜，发霉！") == normalize_text("食堂饭菜,发霉!") == "食堂饭菜发霉"
+
+
+@pytest.mark.parametrize(
+    "repost",
+    [
+        # half-width punctuation
+        "县第二中学食堂饭菜发霉变质,多名学生腹痛就医"
+        "网友爆料称:该校食堂近日供应的午餐出现发霉现象,家长要求彻查!",
+        # spaces instead of punctuation
+        "县第二中学食堂饭菜发霉变质 多名学生腹痛就医 "
+        "网友爆料称 该校食堂近日供应的午餐出现发霉现象 家长要求彻查",
+        # a repost marker and a source line
+        "【转】" + ORIGINAL + "（来源：某论坛）",
+    ],
+)
+def test_reposts_of_one_text_match(repost: str) -> None:
+    candidates = [TextCandidate("inc-1", normalize_text(ORIGINAL))]
+    match = best_text_match(normalize_text(repost), candidates, MATCHING)
+    assert match is not None
+    assert match.incident_id == "inc-1"
+    assert MATCHING.threshold <= match.score <= 1
+
+
+def test_another_matter_of_the_same_unit_does_not_match() -> None:
+    other = "县第二中学运动会圆满落幕该校秋季运动会昨日闭幕，多名学生打破校纪录。"
+    candidates = [TextCandidate("inc-1", normalize_text(ORIGINAL))]
+    assert best_text_match(normalize_text(other), candidates, MATCHING) is None
+
+
+def test_the_threshold_is_inclusive() -> None:
+    a, b = normalize_text(ORIGINAL), normalize_text("【转】" + ORIGINAL)
+    score = text_similarity(a, b, MATCHING.ngram)
+    candidates = [TextCandidate("inc-1", b)]
+    at_score = MATCHING.model_copy(update={"threshold": score})
+    above = MATCHING.model_copy(update={"threshold": min(1.0, score + 0.001)})
+    assert best_text_match(a, candidates, at_score) is not None
+    assert best_text_match(a, candidates, above) is None
+
+
+def test_the_closest_incident_wins_and_the_newer_on_a_tie() -> None:
+    text = normalize_text(ORIGINAL)
+    candidates = [
+        TextCandidate("inc-newer", normalize_text("【转】" + ORIGINAL)),
+        TextCandidate("inc-exact", text),
+        TextCandidate("inc-exact-older", text),
+    ]
+    assert best_text_match(text, candidates, MATCHING) == TextMatch("inc-exact", 1.0)
+
+
+def test_short_texts_never_match_by_text() -> None:
+    short = normalize_text("求助！！")
+    matching = TextMatching(min_chars=12)
+    assert best_text_match(short, [TextCandidate("inc-1", short)], matching) is None
+
+
+def test_a_report_joined_by_its_text_says_so_with_the_score() -> None:
+    payloads = place_report(Routing.ATTACH, report("rep-2"), "similar_text", 0.93)
+    assert payloads[1] == ReportAttached(report_id="rep-2", match="similar_text", score=0.93)
+
+
+def test_a_bad_text_matching_setting_is_refused_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "intake.yaml"
+    bad.write_text("similar_text:\n  threshold: 1.5\n")
+    with pytest.raises(ValueError, match="threshold"):
         load_policy(bad, IntakePolicy)

@@ -11,10 +11,11 @@ from services.statement.domain import (
     Statement,
     StatementState,
     draft,
+    official_line,
     stream_id,
 )
 from shared.auth import Principal, Role
-from shared.errors import Conflict, Forbidden
+from shared.errors import Conflict, Forbidden, NotFound
 from shared.events import (
     Actor,
     ApprovalStep,
@@ -50,15 +51,19 @@ def record(statement: Statement | None, payload: EventPayload) -> Statement:
     return statement.apply(event) if statement else Statement.fold([event])
 
 
-def drafted(author: str = AUTHOR.sub) -> Statement:
+def drafted(
+    author: str = AUTHOR.sub,
+    facts: tuple[Fact, ...] = (Fact(label="受伤人数", value="0"),),
+    statement_id: str = "s1",
+) -> Statement:
     return record(
         None,
         draft(
-            "s1",
+            statement_id,
             kind=StatementKind.PRESS_RELEASE,
             title="关于网传信息的情况通报",
             body="经核实……",
-            facts=(Fact(label="受伤人数", value="0"),),
+            facts=facts,
             outlets=("官方微博", "官网"),
             by=author,
         ),
@@ -216,3 +221,178 @@ def test_a_policy_level_without_steps_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(PolicyError, match=r"levels\.3: every level needs at least one step"):
         load_policy(path, ApprovalPolicy)
+
+
+# --------------------------------------------------------------------------- withdraw
+
+
+def withdrawn() -> Statement:
+    statement = submitted(Level.TWO)
+    return record(statement, statement.withdraw(AUTHOR, "情况有变，暂不发布"))
+
+
+def test_a_withdrawn_version_can_be_neither_approved_published_nor_resubmitted() -> None:
+    statement = withdrawn()
+
+    assert statement.state is StatementState.WITHDRAWN
+    assert statement.withdrawals[0].withdrawn_by == AUTHOR.sub
+    with pytest.raises(Conflict, match="已撤回"):
+        statement.approve(OFFICE, "同意", POLICY)
+    with pytest.raises(Conflict, match="已撤回，不能发布"):
+        statement.publish(outlet="官网", url="u", by=AUTHOR.sub, policy=POLICY)
+    with pytest.raises(Conflict, match="已撤回，请修改后再提交"):
+        statement.submit(Level.TWO, POLICY, ["school-a"])
+    with pytest.raises(Conflict, match="已撤回"):
+        statement.withdraw(AUTHOR, "again")
+
+
+def test_a_withdrawn_statement_comes_back_as_a_new_version() -> None:
+    statement = withdrawn()
+    statement = record(
+        statement, statement.revise(title="t", body="b", facts=(), outlets=(), by=AUTHOR.sub)
+    )
+    assert statement.state is StatementState.DRAFT
+
+    statement = record(statement, statement.submit(Level.TWO, POLICY, ["school-a"]))
+    assert approved_by(statement, OFFICE).state is StatementState.APPROVED
+
+
+def test_only_an_author_or_the_office_may_withdraw() -> None:
+    statement = approved_by(submitted(Level.ONE), OFFICE)
+
+    with pytest.raises(Forbidden, match="起草人或领导小组办公室"):
+        statement.withdraw(PROPAGANDA, "不同意")
+    by_office = record(statement, statement.withdraw(OFFICE, "口径调整"))
+    assert by_office.state is StatementState.WITHDRAWN
+
+
+def test_a_published_version_cannot_be_withdrawn() -> None:
+    statement = approved_by(submitted(Level.TWO), OFFICE)
+    statement = record(
+        statement, statement.publish(outlet="官网", url="u", by=AUTHOR.sub, policy=POLICY)
+    )
+
+    with pytest.raises(Conflict, match="已发布，不能撤回"):
+        statement.withdraw(AUTHOR, "撤稿")
+
+
+# --------------------------------------------------------------------------- the official line
+
+
+def published(statement_id: str, *facts: Fact) -> Statement:
+    statement = drafted(facts=facts, statement_id=statement_id)
+    statement = record(statement, statement.submit(Level.TWO, POLICY, ["school-a"]))
+    statement = approved_by(statement, OFFICE)
+    return record(
+        statement, statement.publish(outlet="官网", url="u", by=AUTHOR.sub, policy=POLICY)
+    )
+
+
+FIRST = published("first", Fact(label="受伤人数", value="3人"), Fact(label="涉事车辆", value="1"))
+
+
+def submitted_against(*facts: Fact) -> Statement:
+    statement = drafted(facts=facts, statement_id="second")
+    return record(
+        statement, statement.submit(Level.TWO, POLICY, ["school-a"], official_line([FIRST]))
+    )
+
+
+def test_a_draft_contradicting_a_published_figure_is_flagged_at_submit() -> None:
+    statement = submitted_against(
+        Fact(label="受伤人数", value="5人"), Fact(label="事发时间", value="10时")
+    )
+
+    (conflict,) = statement.submissions[-1].fact_conflicts
+    assert (conflict.label, conflict.published_value, conflict.new_value) == (
+        "受伤人数",
+        "3人",
+        "5人",
+    )
+    assert (conflict.published_in, conflict.published_version) == ("first", 1)
+
+
+def test_full_width_digits_and_whitespace_do_not_make_a_contradiction() -> None:
+    statement = submitted_against(
+        Fact(label=" 受伤人数", value="３ 人"), Fact(label="涉事车辆", value="１")
+    )
+
+    assert statement.submissions[-1].fact_conflicts == ()
+    assert approved_by(statement, OFFICE).state is StatementState.APPROVED
+
+
+def test_approving_a_contradiction_needs_an_acknowledged_reason_which_is_recorded() -> None:
+    statement = submitted_against(Fact(label="受伤人数", value="5人"))
+    official = official_line([FIRST])
+
+    with pytest.raises(Conflict, match=r"受伤人数（已发布：3人，本稿：5人）") as refused:
+        statement.approve(OFFICE, "同意", POLICY, official=official)
+    assert refused.value.details["fact_conflicts"][0]["label"] == "受伤人数"
+
+    approval = statement.approve(
+        OFFICE, "同意", POLICY, official=official, acknowledgement="经医院复核，新增2人就医"
+    )
+    assert approval.fact_changes_acknowledged is not None
+    assert approval.fact_changes_acknowledged.reason == "经医院复核，新增2人就医"
+    assert [c.new_value for c in approval.fact_changes_acknowledged.changes] == ["5人"]
+    statement = record(statement, approval)
+    assert statement.state is StatementState.APPROVED
+    recorded = statement.progress()[0].approval
+    assert recorded is not None
+    assert recorded.acknowledgement == approval.fact_changes_acknowledged
+
+
+def test_the_latest_publication_is_the_official_line_and_its_figures_supersede() -> None:
+    statement = submitted_against(Fact(label="受伤人数", value="5人"))
+    statement = record(
+        statement,
+        statement.approve(
+            OFFICE, "", POLICY, official=official_line([FIRST]), acknowledgement="复核"
+        ),
+    )
+    second = record(
+        statement, statement.publish(outlet="官网", url="u2", by=AUTHOR.sub, policy=POLICY)
+    )
+
+    line = official_line([FIRST, second])
+    assert line is not None
+    assert line.statement.statement_id == "second"
+    assert {f.fact.label: f.fact.value for f in line.figures} == {
+        "受伤人数": "5人",
+        "涉事车辆": "1",
+    }
+    assert [p.approval.approver for p in line.cleared_by() if p.approval] == [OFFICE.sub]
+    third = submitted_against(Fact(label="受伤人数", value="5人"))
+    assert third.approve(OFFICE, "", POLICY, official=line).fact_changes_acknowledged is None
+    assert official_line([drafted()]) is None
+
+
+# --------------------------------------------------------------------------- diffs
+
+
+def test_a_diff_shows_the_wording_and_facts_that_changed() -> None:
+    statement = drafted(facts=(Fact(label="受伤人数", value="0"), Fact(label="车辆", value="1")))
+    statement = record(
+        statement,
+        statement.revise(
+            title="关于网传信息的情况通报（更新）",
+            body="经核实……\n已妥善处置。",
+            facts=(Fact(label="受伤人数", value="2"), Fact(label="事发时间", value="10时")),
+            outlets=(),
+            by=AUTHOR.sub,
+        ),
+    )
+
+    diff = statement.diff(1, 2)
+    assert "-关于网传信息的情况通报\n+关于网传信息的情况通报（更新）" in diff.title
+    assert "+已妥善处置。" in diff.body
+    assert diff.body.startswith("--- 第1版\n+++ 第2版")
+    assert [(c.label, c.before, c.after) for c in diff.facts.changed] == [("受伤人数", "0", "2")]
+    assert diff.facts.added == (Fact(label="事发时间", value="10时"),)
+    assert diff.facts.removed == (Fact(label="车辆", value="1"),)
+    assert statement.diff(2, 2).body == ""
+
+
+def test_a_diff_with_a_version_that_does_not_exist_is_not_found() -> None:
+    with pytest.raises(NotFound, match="没有第3版"):
+        drafted().diff(1, 3)
