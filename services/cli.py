@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import importlib
 import sys
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 
+import httpx
 import uvicorn
 
 from shared.auth import Role
@@ -105,6 +107,39 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    """Ask the running archive to replay its log, and follow the job until it ends: the
+    archive does the work so that its API keeps serving and swaps the models in itself.
+    """
+    settings = Settings()
+    ctx = Context.from_settings(settings)
+    token = ctx.tokens.issue("cli-replay", "county", [Role.ADMIN], name="yuqing replay")
+    base = (args.url or settings.base_url).rstrip("/") + "/archive/v1/replay"
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=30.0) as http:
+        try:
+            started = http.post(base)
+        except httpx.HTTPError as exc:
+            print(f"error: the archive at {base} is not reachable: {exc}", file=sys.stderr)
+            return 2
+        if started.status_code != 202:
+            print(f"error: {started.status_code} {started.text}", file=sys.stderr)
+            return 1
+        job = started.json()
+        while job["state"] == "running":
+            print(f"replay {job['job_id']}: {job['processed']}/{job['total']}", flush=True)
+            time.sleep(args.poll)
+            job = http.get(f"{base}/{job['job_id']}").raise_for_status().json()
+    if job["state"] != "completed":
+        print(f"replay {job['job_id']} failed: {job['error']}", file=sys.stderr)
+        return 1
+    models = job["collections"]
+    print(
+        f"replay {job['job_id']} completed: {job['processed']}/{job['total']} incidents; "
+        f"serving {models['incidents']} and {models['cases']}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="yuqing", description="舆情处置平台 yuqing")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--roles", required=True, type=parse_roles, help="e.g. monitor,office")
     token.add_argument("--ttl", type=parse_duration, default=None, help="e.g. 30m, 8h, 7d")
     token.add_argument("--name", default=None, help="display name")
+    replay = commands.add_parser(
+        "replay", help="rebuild the archive's read models from its log, then swap them in"
+    )
+    replay.add_argument("--url", default=None, help="the system's base URL (default: settings)")
+    replay.add_argument("--poll", type=float, default=1.0, help="seconds between progress lines")
     return parser
 
 
@@ -129,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(SERVICE_NAMES, announce=True)
     if args.command == "serve":
         return _run([args.service], announce=False)
+    if args.command == "replay":
+        return _replay(args)
     return _token(args)
 
 

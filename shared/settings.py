@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     rulebook_path: Path = CONFIG_DIR / "rulebook.yaml"
     obligations_policy_path: Path = CONFIG_DIR / "obligations.yaml"
     approval_policy_path: Path = CONFIG_DIR / "approval.yaml"
+    archive_report_template: Path = CONFIG_DIR / "templates" / "archive_case_report.md.j2"
+    archive_replay_batch_size: int = Field(default=200, ge=1)
     timezone: str = "Asia/Shanghai"
 
     outbox_poll_seconds: float = Field(default=0.5, gt=0)

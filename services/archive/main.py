@@ -9,6 +9,7 @@ from fastapi import APIRouter
 
 from services.archive import api, projections
 from services.archive.handlers import handlers as archive_handlers
+from services.archive.report import CaseReport
 from shared.bus import Handler
 from shared.events import ALL_TOPICS
 from shared.service import Service
@@ -20,7 +21,8 @@ class ArchiveService(Service):
     title = "yuqing archive"
     description = (
         "Every event of every topic, hash-chained per incident; the incident list, the "
-        "incident view (also as it stood at any past time), the timeline and chain checks."
+        "incident view (also as it stood at any past time), the timeline and chain checks; "
+        "the review of resolved incidents, the case library, the assessment (考评) and replay."
     )
     consumes = ALL_TOPICS
 
@@ -28,7 +30,12 @@ class ArchiveService(Service):
         return archive_handlers()
 
     def routes(self) -> APIRouter:
-        return api.routes(self.db, self.directory, ZoneInfo(self.settings.timezone))
+        tz = ZoneInfo(self.settings.timezone)
+        report = CaseReport(self.settings.archive_report_template, self.directory, tz)
+        return api.routes(
+            self.store, self.directory, tz, report, self.settings.archive_replay_batch_size
+        )
 
     async def setup(self) -> None:
         await projections.ensure_indexes(self.db)
+        await projections.abandon_interrupted_replays(self.db)

@@ -24,6 +24,7 @@ from shared.events import (
     FiredRule,
     IncidentGraded,
     IncidentOpened,
+    IncidentResolved,
     Level,
     MediaTier,
     ObligationOpened,
@@ -372,3 +373,168 @@ async def test_principals_see_only_their_units_incidents_in_stable_pages(
     too_big = await client.get("/archive/v1/incidents", params={"limit": 1000}, headers=admin)
     assert too_big.status_code == 422
     assert too_big.json()["error"]["details"][0]["field"] == "limit"
+
+
+def resolution(events: list[Envelope], when: datetime) -> Envelope:
+    opened = events[1]
+    return event(
+        IncidentResolved(reason="舆情平息"),
+        opened.incident_id,
+        opened.stream_id,
+        2,
+        when,
+        str(opened.unit_id),
+        actor=Actor(type="person", id="leader-zhang", unit_id="county"),
+    )
+
+
+async def until_status(
+    client: httpx.AsyncClient, headers: dict[str, str], incident: str, status: str
+) -> dict[str, Any]:
+    async with asyncio.timeout(20):
+        while True:
+            response = await client.get(f"/archive/v1/incidents/{incident}", headers=headers)
+            if response.status_code == 200 and response.json()["status"] == status:
+                body: dict[str, Any] = response.json()
+                return body
+            await asyncio.sleep(0.2)
+
+
+async def test_a_resolved_incident_is_reviewed_into_a_case_with_a_chinese_report(
+    archive: ArchiveService,
+    client: httpx.AsyncClient,
+    produce: Callable[[list[Envelope]], Awaitable[None]],
+    settings: Settings,
+) -> None:
+    office = auth(settings, "office-li", "county", ["office"])
+    monitor = auth(settings, "monitor-chen", "school-a", ["monitor"])
+    body = {
+        "cause": "食堂供货商以次充好",
+        "handling": "当日回复，更换供货商",
+        "lessons": "加强抽检",
+    }
+    events = incident_events("inc-r", "school-a", MediaTier.CENTRAL)
+    await produce(events)
+    await until_ingested(client, office, "inc-r", 6)
+
+    early = await client.post("/archive/v1/incidents/inc-r/review", json=body, headers=office)
+    assert early.status_code == 409
+    assert early.json()["error"]["details"] == {"status": "open"}
+
+    await produce([resolution(events, T0 + timedelta(minutes=50))])
+    await until_status(client, office, "inc-r", "resolved")
+    refused = await client.post("/archive/v1/incidents/inc-r/review", json=body, headers=monitor)
+    assert refused.status_code == 403
+
+    accepted = await client.post("/archive/v1/incidents/inc-r/review", json=body, headers=office)
+    assert accepted.status_code == 202, accepted.text
+    figures = accepted.json()["figures"]
+    assert figures["seconds_to_grade"] == 2
+    assert [(o["title"], o["outcome"]) for o in figures["obligations"]] == [
+        ("手机快报", "missed"),  # not met by its deadline, 30 minutes after the grade
+        ("纸质快报", "missed"),
+    ]
+    again = await client.post("/archive/v1/incidents/inc-r/review", json=body, headers=office)
+    assert again.status_code == 409
+
+    # The review reaches the view through Kafka and the log, as every event does.
+    view = await until_status(client, office, "inc-r", "archived")
+    assert view["review"]["cause"] == "食堂供货商以次充好"
+    assert view["case_id"] == accepted.json()["case_id"]
+    timeline = (await client.get("/archive/v1/incidents/inc-r/timeline", headers=office)).json()
+    assert [e["event_type"] for e in timeline["events"]][-2:] == ["ReviewRecorded", "CaseArchived"]
+
+    found = await client.get("/archive/v1/cases", params={"q": "供货商"}, headers=office)
+    assert [c["incident_id"] for c in found.json()["items"]] == ["inc-r"]
+    none = await client.get("/archive/v1/cases", params={"unit": "school-b"}, headers=office)
+    assert none.json()["items"] == []
+    case_id = view["case_id"]
+    case = await client.get(f"/archive/v1/cases/{case_id}", headers=monitor)
+    assert case.json()["figures"] == figures
+    school_b = auth(settings, "monitor-li", "school-b", ["monitor"])
+    assert (await client.get(f"/archive/v1/cases/{case_id}", headers=school_b)).status_code == 404
+
+    markdown = await client.get(f"/archive/v1/cases/{case_id}/report", headers=office)
+    assert markdown.headers["content-type"].startswith("text/markdown")
+    assert "## 三、经验教训\n\n加强抽检" in markdown.text
+    html = await client.get(
+        f"/archive/v1/cases/{case_id}/report", headers={**office, "Accept": "text/html"}
+    )
+    assert html.headers["content-type"].startswith("text/html")
+    assert "<h2>一、事件起因</h2>" in html.text
+
+    period = {"from": (T0 - timedelta(hours=1)).isoformat(), "to": T0.isoformat()}
+    assessed = await client.get(
+        "/archive/v1/accountability",
+        params={**period, "to": (T0 + timedelta(hours=1)).isoformat()},
+        headers=office,
+    )
+    assert assessed.status_code == 200, assessed.text
+    [unit] = assessed.json()["units"]
+    assert (unit["unit_id"], unit["totals"]["missed"]) == ("school-a", 2)
+    before = await client.get("/archive/v1/accountability", params=period, headers=office)
+    assert before.json()["units"] == []
+    outside = await client.get(
+        "/archive/v1/accountability", params={**period, "unit": "school-b"}, headers=monitor
+    )
+    assert outside.status_code == 403
+
+
+async def read_model_documents(archive: ArchiveService, collection: str) -> list[dict[str, Any]]:
+    return [doc async for doc in archive.db[collection].find({}, sort=[("_id", 1)])]
+
+
+async def test_replay_rebuilds_the_read_models_in_fresh_collections_and_swaps_them_in(
+    archive: ArchiveService,
+    client: httpx.AsyncClient,
+    produce: Callable[[list[Envelope]], Awaitable[None]],
+    settings: Settings,
+) -> None:
+    admin = auth(settings, "admin", "county", ["admin"])
+    analyst = auth(settings, "analyst-zhao", "county", ["analyst"])
+    for incident, unit in (("inc-1", "school-a"), ("inc-2", "school-b"), ("inc-3", "road-1")):
+        await produce(incident_events(incident, unit, MediaTier.PROVINCIAL))
+        await until_ingested(client, admin, incident, 6)
+    live = await read_model_documents(archive, projections.VIEWS)
+    listed = (await client.get("/archive/v1/incidents", headers=admin)).json()
+
+    assert (await client.post("/archive/v1/replay", headers=analyst)).status_code == 403
+    started = await client.post("/archive/v1/replay", headers=admin)
+    assert started.status_code == 202, started.text
+    job = started.json()
+    async with asyncio.timeout(20):
+        while job["state"] == "running":
+            await asyncio.sleep(0.2)
+            progress = await client.get(f"/archive/v1/replay/{job['job_id']}", headers=admin)
+            job = progress.json()
+    assert (job["state"], job["processed"], job["total"]) == ("completed", 3, 3)
+    fresh = job["collections"]["incidents"]
+    assert fresh != projections.VIEWS
+    assert await read_model_documents(archive, fresh) == live
+    assert (await client.get("/archive/v1/incidents", headers=admin)).json() == listed
+    assert projections.VIEWS not in await archive.db.list_collection_names()
+
+
+async def test_events_ingested_while_a_replay_builds_are_in_the_models_it_swaps_in(
+    archive: ArchiveService,
+    client: httpx.AsyncClient,
+    produce: Callable[[list[Envelope]], Awaitable[None]],
+    settings: Settings,
+) -> None:
+    admin = auth(settings, "admin", "county", ["admin"])
+    events = incident_events("inc-d", "school-a", MediaTier.CENTRAL)
+    await produce(events[:3])
+    await until_ingested(client, admin, "inc-d", 3)
+
+    job = await projections.start_replay(archive.db, "admin")
+    second = await client.post("/archive/v1/replay", headers=admin)
+    assert second.status_code == 409
+    # Ingested while the replay is under way: the API still serves the old collections.
+    await produce(events[3:])
+    await until_ingested(client, admin, "inc-d", 6)
+    finished = await projections.run_replay(archive.db, job.job_id, batch_size=1)
+
+    assert finished.state == "completed"
+    view = (await client.get("/archive/v1/incidents/inc-d", headers=admin)).json()
+    assert view["event_count"] == 6
+    assert [s["statement_id"] for s in view["statements"]] == ["inc-d-s1"]
