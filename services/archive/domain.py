@@ -63,6 +63,7 @@ from shared.events import (
     StatementRejected,
     StatementRevised,
     StatementSubmitted,
+    StatementWithdrawn,
 )
 
 # --------------------------------------------------------------------------- log records
@@ -107,7 +108,7 @@ def causal_order(records: Iterable[Logged]) -> list[Logged]:
 
 Status = Literal["open", "resolved", "dismissed", "archived"]
 ObligationState = Literal["open", "fulfilled", "missed", "closed"]
-StatementState = Literal["draft", "submitted", "approved", "rejected", "published"]
+StatementState = Literal["draft", "submitted", "approved", "rejected", "withdrawn", "published"]
 
 
 class ReportView(BaseModel):
@@ -427,6 +428,7 @@ class _Folder:
                 | StatementSubmitted()
                 | StatementApproved()
                 | StatementRejected()
+                | StatementWithdrawn()
                 | StatementPublished()
             ) as p:
                 found_statement = self.statements.get(p.statement_id)
@@ -573,6 +575,8 @@ def _apply_to_statement(statement: StatementView, event: Envelope) -> None:
                 )
             )
             statement.state = "rejected"
+        case StatementWithdrawn():
+            statement.state, statement.approved_at = "withdrawn", None
         case StatementPublished() as p:
             statement.publications.append(
                 PublicationView(
@@ -774,6 +778,10 @@ def summarize(event: Envelope, names: Mapping[str, str], tz: tzinfo) -> str:
             return (
                 f"{p.approver}（{_role(p.step.role)}）退回"
                 f"{statement(p.statement_id, p.version)}：{_short(p.comment)}"
+            )
+        case StatementWithdrawn() as p:
+            return (
+                f"{p.withdrawn_by} 撤回{statement(p.statement_id, p.version)}：{_short(p.reason)}"
             )
         case StatementPublished() as p:
             return f"{statement(p.statement_id, p.version)}已在 {p.outlet} 发布：{p.url}"

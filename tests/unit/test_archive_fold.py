@@ -52,6 +52,7 @@ from shared.events import (
     StatementRejected,
     StatementRevised,
     StatementSubmitted,
+    StatementWithdrawn,
 )
 
 T0 = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)  # 08:00 in the bureau's time zone
@@ -613,3 +614,24 @@ def test_a_removed_event_breaks_the_chain() -> None:
     assert middle.broken.position == 4
     assert tail.broken is not None
     assert tail.broken.position == len(links)
+
+
+def test_a_withdrawn_statement_shows_as_withdrawn_and_says_why() -> None:
+    s = full_incident()
+    s.add(
+        StatementWithdrawn(
+            statement_id="s2", version=1, withdrawn_by="spokesperson-sun", reason="口径待统一"
+        ),
+        "statement-s2",
+        at(hours=4, minutes=30),
+    )
+
+    view = fold(INCIDENT, s.logged())
+    lines = {e.event_type: e.summary for e in timeline(s.logged(), SHANGHAI)}
+
+    assert {st.statement_id: st.state for st in view.statements} == {
+        "s1": "published",
+        "s2": "withdrawn",
+    }
+    assert lines["StatementWithdrawn"].startswith("spokesperson-sun 撤回")
+    assert lines["StatementWithdrawn"].endswith("：口径待统一")
