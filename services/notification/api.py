@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from services.notification.domain import ObligationState, seconds_left
 from services.notification.projections import ObligationFilter
 from shared.auth import CurrentPrincipal, Principal, Role
-from shared.errors import BadRequest, Forbidden, NotFound
+from shared.errors import BadRequest, Forbidden
 from shared.events import Level
 from shared.store import Document
 
@@ -55,6 +55,15 @@ class FulfilRequest(BaseModel):
     fulfilled_at: AwareDatetime | None = Field(
         default=None, description="when it was met, if earlier than now (e.g. the phone call)"
     )
+
+
+class AckView(BaseModel):
+    notification_id: str
+    obligation_id: str
+    recipient: str
+    channel: str
+    state: str
+    acknowledged_at: datetime
 
 
 def _spell(seconds: int) -> str:
@@ -126,11 +135,19 @@ def build_router(service: NotificationService) -> APIRouter:
         )
         return _view(doc, service.clock())
 
-    @router.post("/notifications/{notification_id}/ack", tags=["notifications"])
-    async def acknowledge(notification_id: str, principal: CurrentPrincipal) -> None:
-        """Acknowledge a delivered notification. Delivery channels are not running yet, so
-        no notification exists to acknowledge."""
+    @router.post(
+        "/notifications/{notification_id}/ack",
+        tags=["notifications"],
+        response_model=AckView,
+    )
+    async def acknowledge(notification_id: str, principal: CurrentPrincipal) -> AckView:
+        """The recipient (or an admin) confirms a delivered notification was seen: the page
+        stops re-notifying and escalating. A second acknowledgement is 409."""
         _no_partners(principal)
-        raise NotFound(f"没有编号为 {notification_id} 的通知（通知渠道尚未启用）")
+        await service.dispatcher.acknowledge(notification_id, principal, service.clock())
+        doc = await service.dispatcher.get(notification_id)
+        assert doc is not None
+        fields = {k: v for k, v in doc.items() if k in AckView.model_fields}
+        return AckView(notification_id=notification_id, **fields)
 
     return router

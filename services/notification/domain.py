@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from services.notification.delivery import DeliveryPolicy
 from shared.auth import Role
 from shared.errors import Conflict, NotFound
 from shared.events import (
@@ -76,6 +77,9 @@ class ObligationRule(_Strict):
     within: Duration | None = None
     same_day: SameDay | None = None
     alert_roles: tuple[Role, ...] | None = None
+    # A duty that recurs while the incident is open (动态跟踪): each round met or missed
+    # opens the next, due this long after the last round's deadline.
+    every: Duration | None = None
 
     @model_validator(mode="after")
     def _one_deadline(self) -> ObligationRule:
@@ -97,6 +101,7 @@ class ObligationPolicy(_Strict):
     alert_roles: tuple[Role, ...] = Field(min_length=1)
     levels: dict[Level, tuple[ObligationRule, ...]]
     categories: dict[Category, tuple[ObligationRule, ...]] = Field(default_factory=dict)
+    delivery: DeliveryPolicy = DeliveryPolicy()
 
     @model_validator(mode="after")
     def _kinds_unique(self) -> ObligationPolicy:
@@ -115,6 +120,9 @@ class ObligationPolicy(_Strict):
         for category, rules in self.categories.items():
             for rule in rules:
                 yield f"categories.{category.value}", rule
+
+    def rule(self, kind: str) -> ObligationRule | None:
+        return next((rule for _, rule in self._all_rules() if rule.kind == kind), None)
 
     def rules_for(self, level: Level | None, category: Category | None) -> list[ObligationRule]:
         by_level = list(self.levels.get(level, ())) if level is not None else []
@@ -303,6 +311,33 @@ class Ledger:
             fulfilled_at=at,
             reference=reference,
             late=at > obligation.deadline,
+        )
+
+    def next_round(self, obligation_id: str, policy: ObligationPolicy) -> ObligationOpened | None:
+        """The next round of a recurring duty whose current round was just met or missed.
+
+        Counted from the last deadline, not from when it was met, so the rhythm the policy
+        sets (every N hours from grading) holds however early or late a round was filed.
+        """
+        obligation = self.get(obligation_id)
+        rule = policy.rule(obligation.kind)
+        if rule is None or rule.every is None:
+            return None
+        if any(
+            o.kind == obligation.kind and o.state is ObligationState.OPEN
+            for o in self.obligations.values()
+        ):
+            return None  # a missed round filed late: its successor is already owed
+        return ObligationOpened(
+            obligation_id=uuid.uuid4().hex,
+            kind=obligation.kind,
+            title=obligation.title,
+            level=obligation.level,
+            owner_role=obligation.owner_role,
+            recipients=obligation.recipients,
+            counted_from=obligation.deadline,
+            deadline=obligation.deadline + rule.every,
+            alert_roles=obligation.alert_roles,
         )
 
     def missed_by(self, obligation_id: str, now: datetime) -> DeadlineMissed | None:

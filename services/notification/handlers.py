@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
+from services.notification.dispatch import Dispatcher
 from services.notification.domain import Ledger, ObligationPolicy, stream_id
 from services.notification.projections import NotificationProjections
 from shared.auth import Directory, Principal, Role
@@ -46,7 +47,9 @@ class ObligationWorkflow:
         policy: ObligationPolicy,
         tz: ZoneInfo,
         directory: Directory,
+        dispatcher: Dispatcher,
     ) -> None:
+        self.dispatcher = dispatcher
         self.actor = Actor.system(service)
         self.store = store
         self.projections = projections
@@ -131,7 +134,8 @@ class ObligationWorkflow:
                 unit_id=_first(incident),
                 occurred_at=at,
             )
-            await self._record(uow, ledger, [event], incident)
+            events = self._with_next_round(ledger, event, obligation_id, incident)
+            await self._record(uow, ledger, events, incident)
 
         await self.store.transaction(work)
         updated = await self.projections.get(obligation_id)
@@ -181,12 +185,29 @@ class ObligationWorkflow:
                 # service was down then and notices only now.
                 occurred_at=obligation.deadline,
             )
-            await self._record(uow, ledger, [event], incident)
+            events = self._with_next_round(ledger, event, obligation_id, incident)
+            await self._record(uow, ledger, events, incident)
             return True
 
         return await self.store.transaction(work)
 
     # ------------------------------------------------------------------------------------
+
+    def _with_next_round(
+        self, ledger: Ledger, settled: Envelope, obligation_id: str, incident: IncidentSnapshot
+    ) -> list[Envelope]:
+        """A recurring duty met or missed opens its next round in the same change, while
+        the incident is open; resolving it closes the round then owed, ending the series."""
+        following = ledger.apply(settled).next_round(obligation_id, self.policy)
+        if following is None or incident.closed:
+            return [settled]
+        opened = settled.caused(
+            following,
+            stream_id=settled.stream_id,
+            stream_version=settled.stream_version + 1,
+            actor=self.actor,
+        )
+        return [settled, opened]
 
     async def _incident(self, incident_id: str, uow: UnitOfWork) -> IncidentSnapshot:
         found = await self.projections.incidents.get(incident_id, session=uow.session)
@@ -205,6 +226,8 @@ class ObligationWorkflow:
         for event in stored:
             ledger = ledger.apply(event)
         await self.projections.write_ledger(ledger, incident.unit_ids, uow.session)
+        # Who is told is decided with the fact, so a page is started once and never lost.
+        await self.dispatcher.on_recorded(stored, ledger, incident, uow.session)
 
 
 def _first(incident: IncidentSnapshot) -> str | None:

@@ -262,3 +262,65 @@ def test_a_bad_policy_stops_the_start_naming_the_entry(settings: Settings, tmp_p
         NotificationService(
             Context.from_settings(settings.model_copy(update={"obligations_policy_path": path}))
         )
+
+
+TRACKING_POLICY = """\
+version: test
+alert_roles: [leader]
+levels:
+  1:
+    - {kind: tracking_update, title: 动态跟踪, owner_role: office, recipients: [leader],
+       within: 1h, every: 1h}
+"""
+
+
+async def test_tracking_updates_recur_every_period_while_open_and_stop_when_resolved(
+    settings: Settings, tmp_path: Path, start: Callable[..., Awaitable[NotificationService]]
+) -> None:
+    path = tmp_path / "tracking.yaml"
+    path.write_text(TRACKING_POLICY, encoding="utf-8")
+    await ensure_topics(settings)
+    tracking = settings.model_copy(
+        update={"obligations_policy_path": path, "deadline_poll_seconds": 0.2}
+    )
+    graded_at = now_ms()
+    clock = FakeClock(graded_at)
+    service = await start(tracking, clock=clock)
+    await feed(tracking, opened("inc-t"), graded("inc-t", Level.ONE, at=graded_at))
+    office = bearer(tracking, "office-li", "county", "office")
+
+    async with client(service) as http:
+
+        async def rounds() -> list[tuple[str, timedelta]]:
+            r = await http.get("/notifications/v1/obligations?incident_id=inc-t", headers=office)
+            return [
+                (o["state"], datetime.fromisoformat(o["deadline"]) - graded_at)
+                for o in r.json()["obligations"]
+            ]
+
+        async def first_open() -> bool:
+            return await rounds() == [("open", timedelta(hours=1))]
+
+        await wait_for(first_open)
+        # Down or idle for two and a half hours: both rounds due meanwhile are missed.
+        clock.now = graded_at + timedelta(hours=2, minutes=30)
+
+        async def caught_up() -> bool:
+            return len(await rounds()) == 3
+
+        await wait_for(caught_up)
+        assert await rounds() == [
+            ("missed", timedelta(hours=1)),
+            ("missed", timedelta(hours=2)),
+            ("open", timedelta(hours=3)),
+        ]
+
+        await feed(tracking, resolved("inc-t"))
+
+        async def closed() -> bool:
+            return (await rounds())[-1][0] == "closed"
+
+        await wait_for(closed)
+        clock.now = graded_at + timedelta(hours=5)
+        await asyncio.sleep(1.0)  # five passes of the watch: a resolved incident owes no more
+        assert len(await rounds()) == 3

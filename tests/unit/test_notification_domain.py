@@ -69,10 +69,12 @@ def test_level_one_owes_the_phone_report_in_30_minutes_and_the_written_one_in_an
     assert deadlines(opened) == {
         "phone_quick_report": timedelta(minutes=30),
         "written_quick_report": timedelta(minutes=60),
+        "tracking_update": timedelta(hours=24),
     }
     assert {o.title for o in opened} == {
         "一级舆情手机快报（半小时内报上级主要领导）",
         "一级舆情纸质快报（一小时内送达上级主要领导）",
+        "一级舆情动态跟踪（每24小时报送事态进展）",
     }
     assert all(o.recipients == ("leader",) and o.alert_roles == ("leader",) for o in opened)
 
@@ -124,7 +126,11 @@ def test_escalation_opens_the_new_levels_duties_and_keeps_met_ones_met() -> None
     opened = graded(ledger, Level.ONE, at=escalated_at)
     ledger = record(ledger, opened)
 
-    assert {o.kind for o in opened} == {"phone_quick_report", "written_quick_report"}
+    assert {o.kind for o in opened} == {
+        "phone_quick_report",
+        "written_quick_report",
+        "tracking_update",
+    }
     assert all(o.counted_from == escalated_at for o in opened)  # counted from the new grading
     assert ledger.get(direct.obligation_id).state is ObligationState.FULFILLED
     # Grading again at the same level owes nothing new.
@@ -150,7 +156,10 @@ def test_resolving_closes_what_is_pending_but_a_missed_duty_stays_missed() -> No
     closed = ledger.close_owed("事件已办结")
     ledger = record(ledger, closed)
 
-    assert [c.obligation_id for c in closed] == [by_kind["written_quick_report"].obligation_id]
+    assert {c.obligation_id for c in closed} == {
+        by_kind["written_quick_report"].obligation_id,
+        by_kind["tracking_update"].obligation_id,
+    }
     assert ledger.get(phone.obligation_id).state is ObligationState.MISSED
     assert ledger.get(by_kind["written_quick_report"].obligation_id).state is ObligationState.CLOSED
     with pytest.raises(Conflict, match="已关闭"):
@@ -250,3 +259,44 @@ def test_the_same_kind_twice_in_a_policy_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(PolicyError, match=r"'bulletin' appears in levels\.2 and levels\.3"):
         load_policy(path, ObligationPolicy)
+
+
+# --------------------------------------------------------------------------- 动态跟踪
+
+
+def test_a_tracking_round_met_or_missed_opens_the_next_counted_from_its_deadline() -> None:
+    ledger = record(Ledger("inc-t"), graded(Ledger("inc-t"), Level.ONE))
+    (first,) = [o for o in ledger.obligations.values() if o.kind == "tracking_update"]
+    assert first.deadline == GRADED + timedelta(hours=24)
+
+    # Met early, at hour 5: the next is still due at hour 48, the policy's rhythm.
+    ledger = record(
+        ledger,
+        [
+            ledger.fulfil(
+                first.obligation_id, by="office-li", at=GRADED + timedelta(hours=5), reference=None
+            )
+        ],
+    )
+    second = ledger.next_round(first.obligation_id, POLICY)
+    assert second is not None
+    assert second.deadline == GRADED + timedelta(hours=48)
+    ledger = record(ledger, [second])
+
+    # Missed: the round after it is due 24 hours after the missed deadline.
+    missed = ledger.missed_by(second.obligation_id, GRADED + timedelta(hours=49))
+    assert missed is not None
+    ledger = record(ledger, [missed])
+    third = ledger.next_round(second.obligation_id, POLICY)
+    assert third is not None
+    assert third.deadline == GRADED + timedelta(hours=72)
+    ledger = record(ledger, [third])
+
+    # Filing the missed round late does not open a fourth beside the third already owed.
+    assert ledger.next_round(second.obligation_id, POLICY) is None
+
+
+def test_a_one_off_duty_has_no_next_round() -> None:
+    ledger = record(Ledger("inc-u"), graded(Ledger("inc-u"), Level.ONE))
+    phone = next(o for o in ledger.obligations.values() if o.kind == "phone_quick_report")
+    assert ledger.next_round(phone.obligation_id, POLICY) is None
