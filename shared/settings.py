@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     outbox_batch_size: int = Field(default=200, ge=1)
     consumer_retry_max_seconds: float = Field(default=30.0, gt=0)
     deadline_poll_seconds: float = Field(default=1.0, gt=0)
+    delivery_poll_seconds: float = Field(default=1.0, gt=0)
 
     @property
     def base_url(self) -> str:

@@ -112,7 +112,7 @@ class NotificationService(Service):
         retries and escalates them, and picks up after a restart where it left off."""
         while True:
             await self._guarded("delivery pass", self.dispatcher.run_once)
-            await asyncio.sleep(self.settings.deadline_poll_seconds)
+            await asyncio.sleep(self.settings.delivery_poll_seconds)
 
     async def watch_deadlines(self) -> None:
         """Deadlines live in the database, not in timers: a pass after a restart records
