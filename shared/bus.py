@@ -13,10 +13,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import time
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -42,6 +46,7 @@ from shared.store import ConcurrencyConflict, EventStore, UnitOfWork
 log = structlog.get_logger("yuqing.bus")
 
 Handler = Callable[[Envelope, UnitOfWork], Awaitable[None]]
+OUTBOX_LEASE = "outbox-relay"
 
 
 class Rejected(Exception):
@@ -101,6 +106,9 @@ class OutboxRelay:
         self.broker = broker
         self.settings = settings
         self.last_error: str | None = None
+        self.active = False  # holds the lease: the one relay of this service that publishes
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lease = timedelta(seconds=settings.outbox_lease_seconds)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -111,6 +119,11 @@ class OutboxRelay:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.active:
+            # A standby replica takes over at once instead of after the lease expires.
+            with contextlib.suppress(PyMongoError):
+                await self.store.release_lease(OUTBOX_LEASE, self._owner)
+            self.active = False
 
     @property
     def healthy(self) -> bool:
@@ -118,9 +131,12 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         backoff = self.settings.outbox_poll_seconds
+        # Renew well before expiry, however long the relay waits between batches.
+        renew_every = self._lease.total_seconds() / 3
         while True:
             try:
-                sent = await self.relay_once()
+                self.active = await self.store.hold_lease(OUTBOX_LEASE, self._owner, self._lease)
+                sent = await self.relay_once() if self.active else 0
                 self.last_error = None
                 backoff = self.settings.outbox_poll_seconds
                 if sent:
@@ -131,8 +147,9 @@ class OutboxRelay:
                 log.warning("outbox relay failed", service=self.service, error=self.last_error)
                 backoff = min(backoff * 2, 10.0)
             self.store.appended_signal.clear()
+            wait = min(backoff, renew_every) if self.active else renew_every
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.store.appended_signal.wait(), timeout=backoff)
+                await asyncio.wait_for(self.store.appended_signal.wait(), timeout=wait)
 
     async def relay_once(self) -> int:
         events = await self.store.unpublished(self.settings.outbox_batch_size)

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
 
     outbox_poll_seconds: float = Field(default=0.5, gt=0)
     outbox_batch_size: int = Field(default=200, ge=1)
+    # How long a service's active outbox relay may go silent before a replica takes over.
+    outbox_lease_seconds: float = Field(default=15.0, gt=0)
     consumer_retry_max_seconds: float = Field(default=30.0, gt=0)
     deadline_poll_seconds: float = Field(default=1.0, gt=0)
     delivery_poll_seconds: float = Field(default=1.0, gt=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
@@ -24,6 +25,7 @@ from shared.events import Envelope, utcnow
 EVENTS = "events"
 COUNTERS = "counters"
 INBOX = "inbox"
+LEASES = "leases"
 
 Document = dict[str, Any]
 T = TypeVar("T")
@@ -171,6 +173,28 @@ class EventStore:
         await self.db[EVENTS].update_many(
             {"_id": {"$in": ids}}, {"$set": {"published": True, "published_at": utcnow()}}
         )
+
+    async def hold_lease(self, name: str, owner: str, ttl: timedelta) -> bool:
+        """Take or renew the lease `name` for `owner`; False while another owner holds it.
+
+        Replicas of one service share its database, and some work (relaying the outbox in
+        order) must be done by one of them at a time; a holder that dies loses the lease
+        when it expires.
+        """
+        now = utcnow()
+        try:
+            held = await self.db[LEASES].find_one_and_update(
+                {"_id": name, "$or": [{"owner": owner}, {"expires_at": {"$lt": now}}]},
+                {"$set": {"owner": owner, "expires_at": now + ttl}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError:
+            return False  # the lease exists, held by someone else
+        return held is not None and held["owner"] == owner
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        await self.db[LEASES].delete_one({"_id": name, "owner": owner})
 
     async def republish_all(self) -> None:
         """Queue every stored event for the relay again (a broker that lost its topics)."""

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from shared.bus import Handler, ensure_topics
+from shared.bus import Handler, OutboxRelay, ensure_topics, make_broker
 from shared.events import (
     DEAD_LETTER_TOPIC,
     INTAKE_TOPIC,
@@ -191,3 +191,59 @@ async def test_bad_messages_are_dead_lettered_with_the_reason_and_the_consumer_g
     assert any("this reason cannot be handled" in r for r in reasons), reasons
     # The poisoned event left no trace in the projection.
     assert await recorder.db["seen"].find_one({"_id": "i6"}) is None
+
+
+async def _topic_messages(settings: Settings, expected: int) -> list[bytes]:
+    """Everything on the intake topic, read until `expected` arrived and a moment after."""
+    reader = AIOKafkaConsumer(
+        settings.topic(INTAKE_TOPIC),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        group_id=f"{settings.db_prefix}-topic-reader-{expected}",
+    )
+    await reader.start()
+    values: list[bytes] = []
+    try:
+        async with asyncio.timeout(20):
+            while len(values) < expected:
+                for records in (await reader.getmany(timeout_ms=300)).values():
+                    values += [r.value for r in records]
+        for records in (await reader.getmany(timeout_ms=1500)).values():
+            values += [r.value for r in records]  # anything published twice shows up here
+    finally:
+        await reader.stop()
+    return values
+
+
+async def test_two_replicas_relay_each_event_once_and_a_standby_takes_over(
+    settings: Settings, store: EventStore
+) -> None:
+    await ensure_topics(settings)
+    brokers = [make_broker(settings, "probe"), make_broker(settings, "probe")]
+    relays = [OutboxRelay("probe", store, b, settings) for b in brokers]
+    for broker in brokers:
+        await broker.connect()
+    for relay in relays:
+        relay.start()
+    try:
+        for n in range(20):
+            await store.append([resolved(f"r{n}", 1)], expected_version=0)
+
+        first = await _topic_messages(settings, 20)
+        assert len(first) == 20, "each stored event is published exactly once"
+        assert sum(r.active for r in relays) == 1
+
+        holder = next(r for r in relays if r.active)
+        standby = next(r for r in relays if not r.active)
+        await holder.stop()
+        for n in range(20, 25):
+            await store.append([resolved(f"r{n}", 1)], expected_version=0)
+        # The stopped relay gave the lease up, so the standby relays without waiting it out.
+        everything = await _topic_messages(settings, 25)
+        assert len(everything) == 25
+        assert standby.active
+    finally:
+        for relay in relays:
+            await relay.stop()
+        for broker in brokers:
+            await broker.stop()
