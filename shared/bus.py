@@ -41,7 +41,7 @@ from shared.metrics import (
     OUTBOX_ERRORS,
 )
 from shared.settings import Settings
-from shared.store import ConcurrencyConflict, EventStore, UnitOfWork
+from shared.store import ConcurrencyConflict, EventStore, InboxRace, UnitOfWork
 
 log = structlog.get_logger("yuqing.bus")
 
@@ -173,7 +173,7 @@ class OutboxRelay:
         return len(events)
 
 
-_TRANSIENT = (ConnectionFailure, ConcurrencyConflict)
+_TRANSIENT = (ConnectionFailure, ConcurrencyConflict, InboxRace)
 
 
 @dataclass

@@ -42,6 +42,10 @@ class ConcurrencyConflict(Exception):
         self.expected_version = expected_version
 
 
+class InboxRace(Exception):
+    """Another consumer marked the same event processed first: retry, and it is a duplicate."""
+
+
 def event_to_document(event: Envelope, seq: int) -> Document:
     doc = event.model_dump(mode="json")
     doc["_id"] = doc["event_id"]
@@ -103,20 +107,20 @@ class UnitOfWork:
         return stamped
 
     async def mark_processed(self, consumer: str, event_id: str) -> bool:
-        """Remember a consumed event; False if this consumer had already processed it."""
-        try:
-            await self.db[INBOX].insert_one(
-                {"_id": f"{consumer}:{event_id}", "at": utcnow()}, session=self.session
-            )
-        except DuplicateKeyError:
-            return False
-        return True
+        """Remember a consumed event; False if this consumer had already processed it.
 
-    async def was_processed(self, consumer: str, event_id: str) -> bool:
-        found = await self.db[INBOX].find_one(
-            {"_id": f"{consumer}:{event_id}"}, session=self.session
-        )
-        return found is not None
+        Looked up before it is inserted: a write error aborts a MongoDB transaction, so a
+        duplicate insert cannot be caught and carried on from. Two consumers racing on one
+        event make the later insert fail with InboxRace, and the retry finds the mark.
+        """
+        key = f"{consumer}:{event_id}"
+        if await self.db[INBOX].find_one({"_id": key}, session=self.session) is not None:
+            return False
+        try:
+            await self.db[INBOX].insert_one({"_id": key, "at": utcnow()}, session=self.session)
+        except DuplicateKeyError as exc:
+            raise InboxRace(key) from exc
+        return True
 
 
 class EventStore:

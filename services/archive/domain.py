@@ -493,9 +493,15 @@ def _apply_to_obligation(obligation: ObligationView, event: Envelope) -> None:
             obligation.fulfilled_at = p.fulfilled_at
             obligation.fulfilled_by = p.fulfilled_by
             obligation.reference = p.reference
-            obligation.late = p.late or p.fulfilled_at > obligation.deadline
+            # A miss on record makes the report late whatever fulfilled_at claims: the watch
+            # records a miss only while the duty is still open, so the report came after it.
+            obligation.late = (
+                p.late or obligation.missed_at is not None or p.fulfilled_at > obligation.deadline
+            )
         case DeadlineMissed():
             obligation.missed_at = obligation.missed_at or at
+            # A backdated report sorts before the miss (by occurred_at) yet was filed after it.
+            obligation.late = obligation.late or obligation.fulfilled_at is not None
         case ObligationClosed() as p:
             obligation.closed_at, obligation.closed_reason = at, p.reason
         case _:

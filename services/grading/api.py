@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.grading.domain import OverrideRefused, Rulebook
 from services.grading.handlers import GradingCommands
-from services.grading.projections import GradingViews
+from services.grading.projections import FACTS, GradingViews
 from shared.auth import CurrentPrincipal, Directory, Principal, Role
 from shared.errors import Conflict, Forbidden, NotFound
 from shared.events import Category, GradeOverridden, Level
@@ -73,7 +73,11 @@ def build_router(
         incident_id: str, body: OverrideIn, principal: CurrentPrincipal
     ) -> OverrideOut:
         principal.require(Role.LEADER)
-        doc = await visible_grade(incident_id, principal)
+        # An incident grading knows of but has not graded has facts and no grade yet: it
+        # is judged on its facts, so the domain refuses it with 409 rather than a 404.
+        doc = await views.grade(incident_id) or await views.db[FACTS].find_one({"_id": incident_id})
+        if doc is None or not _may_see(directory, principal, doc):
+            raise NotFound(f"no incident {incident_id} that you may see")
         if not directory.can_act_for(principal, doc.get("unit_ids", [])):
             raise Forbidden(f"{principal.sub} may not act for incident {incident_id}")
         units = doc.get("unit_ids") or [None]

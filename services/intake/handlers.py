@@ -88,7 +88,10 @@ class IntakeCommands:
                 if found is not None:
                     return _replay(found, idempotency)
             now = utcnow()
-            claimed = await self.views.claimed_by(report.normalized_url, uow.session)
+            # Claims are per unit, so a URL only leads to an incident about one of the
+            # report's own units; the first unit with a claim decides.
+            claims = await self.views.claims(report.normalized_url, report.unit_ids, uow.session)
+            claimed = next((claims[u] for u in report.unit_ids if u in claims), None)
             match, score, belongs_to = MATCH_SAME_URL, None, claimed
             if claimed is None:
                 similar = await self._similar(report, now, uow)
@@ -108,9 +111,14 @@ class IntakeCommands:
                 incident_id, version = existing.incident_id, existing.version
             payloads = place_report(routing, report, match, score)
             await self._append(uow, incident_id, version, payloads, actor, report.unit_ids[0])
-            if routing is Routing.OPEN_NEW or claimed is None:
-                # A URL first seen on a look-alike now leads straight to its incident.
-                await self.views.claim(report.normalized_url, incident_id, claimed, uow.session)
+            for unit_id in report.unit_ids:
+                previous = claims.get(unit_id)
+                if routing is Routing.OPEN_NEW or previous is None:
+                    # A URL first seen on a look-alike, or about a unit the incident did
+                    # not cover yet, now leads straight to its incident for that unit.
+                    await self.views.claim(
+                        report.normalized_url, unit_id, incident_id, previous, uow.session
+                    )
             answer = SubmitAnswer(report.report_id, incident_id, routing is Routing.OPEN_NEW)
             if idempotency is not None:
                 try:

@@ -3,8 +3,10 @@
 - `reports`: one document per report, as filed, with the incident it went to and its
   normalised text (`text`), which later reports about its units are compared with.
 - `incidents`: intake's view of an incident: status, units, its reports, status history.
-- `url_claims`: which incident a normalised URL currently belongs to. Its `_id` is the
-  URL, so two requests racing to open an incident for one URL cannot both win.
+- `url_claims`: which incident a normalised URL currently belongs to, for one unit. Its
+  `_id` is the unit and the URL, so two requests racing to open an incident for one URL
+  about one unit cannot both win, while the same URL filed about another unit opens or
+  finds that unit's own incident instead of joining (and exposing) this one.
 - `idempotency`: the first answer given to an Idempotency-Key, stored with the events.
 """
 
@@ -173,34 +175,42 @@ class IntakeViews:
 
     # ------------------------------------------------------------------ URL claims
 
-    async def claimed_by(self, normalized_url: str, session: AsyncClientSession) -> str | None:
-        doc = await self.db[URL_CLAIMS].find_one({"_id": normalized_url}, session=session)
-        return None if doc is None else str(doc["incident_id"])
+    async def claims(
+        self, normalized_url: str, unit_ids: Sequence[str], session: AsyncClientSession
+    ) -> dict[str, str]:
+        """The incident the URL belongs to for each of `unit_ids` that has one, by unit."""
+        keys = [_claim_key(unit_id, normalized_url) for unit_id in unit_ids]
+        cursor = self.db[URL_CLAIMS].find({"_id": {"$in": keys}}, session=session)
+        return {doc["unit_id"]: str(doc["incident_id"]) async for doc in cursor}
 
     async def claim(
         self,
         normalized_url: str,
+        unit_id: str,
         incident_id: str,
         previous: str | None,
         session: AsyncClientSession,
     ) -> None:
-        """Point the URL at `incident_id`, provided it still points at `previous`."""
+        """Point the URL at `incident_id` for `unit_id`, provided it still points at
+        `previous`."""
         claims = self.db[URL_CLAIMS]
+        key = _claim_key(unit_id, normalized_url)
         if previous is None:
             try:
                 await claims.insert_one(
-                    {"_id": normalized_url, "incident_id": incident_id}, session=session
+                    {"_id": key, "unit_id": unit_id, "incident_id": incident_id},
+                    session=session,
                 )
             except DuplicateKeyError:
-                raise UrlClaimLost(normalized_url) from None
+                raise UrlClaimLost(key) from None
             return
         result = await claims.update_one(
-            {"_id": normalized_url, "incident_id": previous},
+            {"_id": key, "incident_id": previous},
             {"$set": {"incident_id": incident_id}},
             session=session,
         )
         if result.matched_count != 1:
-            raise UrlClaimLost(normalized_url)
+            raise UrlClaimLost(key)
 
     # ------------------------------------------------------------------ idempotency
 
@@ -224,6 +234,12 @@ class IntakeViews:
 
     async def incident(self, incident_id: str) -> Document | None:
         return await self.db[INCIDENTS].find_one({"_id": incident_id})
+
+
+def _claim_key(unit_id: str, normalized_url: str) -> str:
+    # Unit ids hold no space (the API's UnitId pattern), so no two (unit, URL) pairs
+    # share a key.
+    return f"{unit_id} {normalized_url}"
 
 
 def _history(status: str, event: Envelope, reason: str | None) -> Document:

@@ -152,19 +152,42 @@ class DeliveryPolicy(_Strict):
 
 
 def page_steps(
-    directory: Directory, roles: Sequence[str], escalation_roles: Sequence[Role]
+    directory: Directory,
+    roles: Sequence[str],
+    escalation_roles: Sequence[Role],
+    unit_ids: Sequence[str],
 ) -> list[list[str]]:
     """Who is paged at each step: everyone holding the target roles, then each escalation
-    role in turn; a person appears once, at the first step that reaches them."""
+    role in turn; a person appears once, at the first step that reaches them.
+
+    Only people of the incident's units or the units above them are paged: another
+    school's head has no business with this incident.
+    """
+    reach = _units_and_ancestors(directory, unit_ids)
     seen: set[str] = set()
     steps: list[list[str]] = []
     for group in [[Role(r) for r in roles], *[[r] for r in escalation_roles]]:
-        people = [p.id for role in group for p in directory.people_with(role)]
+        people = [p.id for role in group for p in directory.people_with(role) if p.unit in reach]
         step = [pid for pid in dict.fromkeys(people) if pid not in seen]
         seen.update(step)
         if step:
             steps.append(step)
     return steps
+
+
+def _units_and_ancestors(directory: Directory, unit_ids: Sequence[str]) -> set[str]:
+    """The units and every unit above them. With no unit known yet (grading seen before
+    intake), only the top of the tree, which is above whatever units the incident has."""
+    if not unit_ids:
+        return {u.id for u in directory.units if u.parent is None}
+    found: set[str] = set()
+    for unit_id in unit_ids:
+        current: str | None = unit_id
+        while current is not None and current not in found:
+            found.add(current)
+            unit = directory.unit(current)
+            current = unit.parent if unit else None
+    return found
 
 
 class PageMove(str, Enum):

@@ -139,7 +139,9 @@ class Dispatcher:
                 "obligation_id": p.obligation_id,
                 "kind": p.kind,
                 "correlation_id": str(event.correlation_id),
-                "steps": page_steps(self.directory, roles, self.policy.escalation_roles),
+                "steps": page_steps(
+                    self.directory, roles, self.policy.escalation_roles, incident.unit_ids
+                ),
                 "step": 0,
                 "renotified": 0,
                 "state": PAGE_OPEN,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from services.notification.delivery import DeliveryPolicy
 from shared.auth import Role
-from shared.errors import Conflict, NotFound
+from shared.errors import Conflict, NotFound, ServiceError
 from shared.events import (
     Category,
     DeadlineMissed,
@@ -131,6 +131,14 @@ class ObligationPolicy(_Strict):
 
 
 # --------------------------------------------------------------------------- the aggregate
+
+
+class Unprocessable(ServiceError):
+    """A well-formed request the record cannot take; shaped like a bad field, so clients
+    handle one 422 form."""
+
+    status = 422
+    code = "validation_error"
 
 
 class ObligationState(str, Enum):
@@ -257,22 +265,27 @@ class Ledger:
         nothing new, while a category's duties (e.g. the same-day reply) still apply.
         """
         rules = policy.rules_for(level if include_level_duties else None, category)
-        live = self.live_kinds()
-        return [
-            ObligationOpened(
-                obligation_id=uuid.uuid4().hex,
-                kind=rule.kind,
-                title=rule.title,
-                level=level,
-                owner_role=rule.owner_role.value,
-                recipients=tuple(r.value for r in rule.recipients),
-                counted_from=graded_at,
-                deadline=rule.deadline(graded_at, tz),
-                alert_roles=tuple(r.value for r in (rule.alert_roles or policy.alert_roles)),
-            )
-            for rule in rules
-            if rule.kind not in live
-        ]
+        return _opened(policy, rules, level, graded_at, tz, skip=self.live_kinds())
+
+    def open_for_reopen(
+        self,
+        policy: ObligationPolicy,
+        *,
+        level: Level | None,
+        category: Category | None,
+        reopened_at: datetime,
+        tz: ZoneInfo,
+    ) -> list[ObligationOpened]:
+        """A reopened incident owes its level's and category's duties afresh, counted from
+        the reopening: resolving closed what was pending, and a report met before then says
+        nothing about the incident flaring up again. A duty still owed (open or missed) is
+        not opened twice; an incident never graded owes nothing yet.
+        """
+        if level is None:
+            return []
+        owed = {o.kind for o in self.obligations.values() if o.state in OWED_STATES}
+        rules = policy.rules_for(level, category)
+        return _opened(policy, rules, level, reopened_at, tz, skip=owed)
 
     def close_owed(self, reason: str) -> list[ObligationClosed]:
         """Resolving or dismissing ends what is still pending; missed duties stay missed."""
@@ -305,12 +318,26 @@ class Ledger:
                 f"“{obligation.title}”已关闭（{obligation.closed_reason}），无需报送",
                 {"obligation_id": obligation_id, "state": obligation.state.value},
             )
+        if at < obligation.counted_from:
+            raise Unprocessable(
+                f"fulfilled_at 不能早于“{obligation.title}”的起算时间",
+                [
+                    {
+                        "field": "fulfilled_at",
+                        "reason": "before the obligation was counted from "
+                        f"{obligation.counted_from.isoformat()}",
+                        "type": "before_counted_from",
+                    }
+                ],
+            )
         return ObligationFulfilled(
             obligation_id=obligation_id,
             fulfilled_by=by,
             fulfilled_at=at,
             reference=reference,
-            late=at > obligation.deadline,
+            # fulfilled_at is the filer's word; a miss already on record is not, so a duty
+            # filed after its miss is late whatever earlier time is claimed (考评).
+            late=obligation.missed or at > obligation.deadline,
         )
 
     def next_round(self, obligation_id: str, policy: ObligationPolicy) -> ObligationOpened | None:
@@ -354,3 +381,29 @@ class Ledger:
             deadline=obligation.deadline,
             alerted_roles=obligation.alert_roles,
         )
+
+
+def _opened(
+    policy: ObligationPolicy,
+    rules: Iterable[ObligationRule],
+    level: Level,
+    counted_from: datetime,
+    tz: ZoneInfo,
+    *,
+    skip: set[str],
+) -> list[ObligationOpened]:
+    return [
+        ObligationOpened(
+            obligation_id=uuid.uuid4().hex,
+            kind=rule.kind,
+            title=rule.title,
+            level=level,
+            owner_role=rule.owner_role.value,
+            recipients=tuple(r.value for r in rule.recipients),
+            counted_from=counted_from,
+            deadline=rule.deadline(counted_from, tz),
+            alert_roles=tuple(r.value for r in (rule.alert_roles or policy.alert_roles)),
+        )
+        for rule in rules
+        if rule.kind not in skip
+    ]

@@ -28,6 +28,7 @@ from shared.events import (
     IncidentEscalated,
     IncidentGraded,
     IncidentOpened,
+    IncidentReopened,
     IncidentResolved,
 )
 from shared.incident_context import IncidentSnapshot
@@ -85,6 +86,15 @@ class ObligationWorkflow:
             payloads = ledger.close_owed(f"事件已办结：{p.reason}")
         elif isinstance(p, IncidentDismissed):
             payloads = ledger.close_owed(f"事件已排除：{p.reason}")
+        elif isinstance(p, IncidentReopened):
+            # Grading does not regrade a reopened incident, so its standing grade decides.
+            payloads = ledger.open_for_reopen(
+                self.policy,
+                level=incident.level,
+                category=incident.category,
+                reopened_at=event.occurred_at,
+                tz=self.tz,
+            )
         envelopes = [
             event.caused(
                 payload,

@@ -351,6 +351,12 @@ async def test_principals_see_only_their_units_incidents_in_stable_pages(
     partner = auth(settings, "partner-wxb", "county", ["partner"])
     referred = await client.get("/archive/v1/incidents", headers=partner)
     assert [i["incident_id"] for i in referred.json()["items"]] == ["inc-b"]
+    # A second role does not widen a partner's view to every incident.
+    partner_analyst = auth(settings, "partner-wxb", "county", ["partner", "analyst"])
+    listed = await client.get("/archive/v1/incidents", headers=partner_analyst)
+    assert [i["incident_id"] for i in listed.json()["items"]] == ["inc-b"]
+    other = await client.get("/archive/v1/incidents/inc-a", headers=partner_analyst)
+    assert other.status_code == 404
 
     level_one = await client.get("/archive/v1/incidents", params={"level": 1}, headers=admin)
     assert [i["incident_id"] for i in level_one.json()["items"]] == ["inc-a"]

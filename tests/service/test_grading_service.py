@@ -147,8 +147,14 @@ async def test_a_provincial_then_a_central_report_ends_at_level_one_with_the_rea
     second = await intake.report("inc-a", MediaTier.CENTRAL)
     await grade_count(service, "inc-a", 2)
     await intake.report("inc-a", MediaTier.COUNTY)  # weaker: changes nothing
-    await intake.report("inc-b", MediaTier.COUNTY)  # a later incident, to know inc-a is done
-    await grade_count(service, "inc-b", 1)
+
+    async def third_report_counted() -> bool:
+        # The facts are written in the transaction that would have escalated, so once
+        # they hold the third report its (absent) grade event is settled too.
+        facts = await service.db["facts"].find_one({"_id": "inc-a"})
+        return facts is not None and len(facts["reports"]) == 3
+
+    await until(third_report_counted)
 
     graded, escalated = await grade_events(service, "inc-a")
     assert graded["event_type"] == "IncidentGraded"
@@ -262,6 +268,31 @@ async def test_the_leader_overrides_with_a_reason(
         headers=leader(service),
     )
     assert missing.status_code == 404
+
+
+async def test_overriding_an_incident_not_graded_yet_is_a_conflict(
+    service: GradingService, intake: Intake, api: httpx.AsyncClient
+) -> None:
+    # Dismissed before its report reached grading: known from its facts, never graded.
+    await intake.emit("inc-u", IncidentDismissed(reason="网络伪舆情"))
+    await intake.report("inc-u", MediaTier.COUNTY)
+
+    async def report_counted() -> bool:
+        facts = await service.db["facts"].find_one({"_id": "inc-u"})
+        return facts is not None and len(facts["reports"]) == 1
+
+    await until(report_counted)
+    assert await grade_events(service, "inc-u") == []
+    body = {"level": 1, "reason": "上级关注"}
+    url = "/grading/v1/incidents/inc-u/override"
+    ungraded = await api.post(url, json=body, headers=leader(service))
+    assert ungraded.status_code == 409, ungraded.text
+    assert "not been graded" in ungraded.json()["error"]["message"]
+    # Another unit's leader still learns nothing about it.
+    school_b = auth(service, "leader-b", "school-b", "leader")
+    assert (await api.post(url, json=body, headers=school_b)).status_code == 404
+    unknown = "/grading/v1/incidents/inc-none/override"
+    assert (await api.post(unknown, json=body, headers=leader(service))).status_code == 404
 
 
 async def test_the_rulebook_in_force_is_served(

@@ -9,10 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from services.intake.main import IntakeService
 from shared.bus import ensure_topics
-from shared.events import utcnow
+from shared.events import INTAKE_TOPIC, Envelope, utcnow
 from shared.service import Context
 from shared.settings import Settings
 
@@ -316,12 +317,28 @@ async def test_a_recently_resolved_incident_reopens_when_the_item_is_filed_again
 
 
 async def test_stored_events_are_relayed_to_kafka(
-    service: IntakeService, api: httpx.AsyncClient
+    service: IntakeService, api: httpx.AsyncClient, settings: Settings
 ) -> None:
-    await api.post("/intake/v1/reports", json=report(), headers=monitor(service))
-    async with asyncio.timeout(10):
-        while await service.store.unpublished(10):
-            await asyncio.sleep(0.1)
+    resp = await api.post("/intake/v1/reports", json=report(), headers=monitor(service))
+    assert resp.status_code == 201, resp.text
+    stored = {doc["event_id"] for doc in await stream(service, resp.json()["incident_id"])}
+    assert stored
+
+    reader = AIOKafkaConsumer(
+        settings.topic(INTAKE_TOPIC),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        group_id=f"{settings.db_prefix}-relay-reader",
+    )
+    await reader.start()
+    relayed: set[str] = set()
+    try:
+        async with asyncio.timeout(20):
+            while not stored <= relayed:
+                for records in (await reader.getmany(timeout_ms=300)).values():
+                    relayed |= {str(Envelope.from_json(r.value).event_id) for r in records}
+    finally:
+        await reader.stop()
 
 
 async def test_a_near_identical_text_from_another_site_joins_the_incident(
@@ -375,6 +392,34 @@ async def test_the_same_text_about_another_unit_or_another_matter_opens_its_own(
         )
         == 3
     )
+
+
+async def test_the_same_url_about_another_unit_opens_that_units_own_incident(
+    service: IntakeService, api: httpx.AsyncClient
+) -> None:
+    first = (await api.post("/intake/v1/reports", json=report(), headers=monitor(service))).json()
+    school_b = auth(service, "monitor-b", "school-b", "monitor")
+
+    other_unit = await api.post(
+        "/intake/v1/reports", json=report(unit_ids=["school-b"]), headers=school_b
+    )
+
+    assert other_unit.status_code == 201, other_unit.text
+    own = other_unit.json()["incident_id"]
+    assert own != first["incident_id"]
+    view = await api.get(f"/intake/v1/incidents/{first['incident_id']}", headers=leader(service))
+    assert view.json()["unit_ids"] == ["school-a"]
+    hidden = await api.get(f"/intake/v1/incidents/{first['incident_id']}", headers=school_b)
+    assert hidden.status_code == 404
+    # The URL is now claimed for school-b as well: another text under it joins school-b's.
+    again = await api.post(
+        "/intake/v1/reports",
+        json=report(unit_ids=["school-b"], **OTHER_MATTER),
+        headers=school_b,
+    )
+    assert again.json()["incident_id"] == own
+    joined = await api.get(f"/intake/v1/incidents/{own}", headers=school_b)
+    assert [r["match"] for r in joined.json()["reports"]] == [None, "same_url"]
 
 
 async def test_a_look_alike_filed_after_the_window_opens_a_new_incident(

@@ -12,7 +12,15 @@ import pytest
 
 from services.notification.main import NotificationService
 from shared.bus import ensure_topics
-from shared.events import DeadlineMissed, Level, ObligationOpened, utcnow
+from shared.events import (
+    Actor,
+    DeadlineMissed,
+    Envelope,
+    IncidentReopened,
+    Level,
+    ObligationOpened,
+    utcnow,
+)
 from shared.service import Context
 from shared.settings import Settings
 from tests.service.upstream_events import (
@@ -252,6 +260,51 @@ async def test_escalation_adds_duties_and_resolving_closes_what_is_pending(
                 "/notifications/v1/obligations?incident_id=inc-4&state=open", headers=office
             )
         ).json()["count"] == 0
+
+
+async def test_a_reopened_incident_owes_its_duties_again_and_none_before_they_were_owed(
+    fast_settings: Settings, start: Callable[..., Awaitable[NotificationService]]
+) -> None:
+    service = await start(fast_settings)
+    await feed(fast_settings, opened("inc-r"), graded("inc-r", Level.TWO), resolved("inc-r"))
+    office = bearer(fast_settings, "office-li", "county", "office")
+    url = "/notifications/v1/obligations?incident_id=inc-r"
+
+    async with client(service) as http:
+
+        async def bulletins() -> list[dict[str, Any]]:
+            r = await http.get(url, headers=office)
+            return [o for o in r.json()["obligations"] if o["kind"] == "online_opinion_bulletin"]
+
+        async def closed() -> bool:
+            return [b["state"] for b in await bulletins()] == ["closed"]
+
+        await wait_for(closed)
+        reopened_at = now_ms()
+        reopen = Envelope.new(
+            IncidentReopened(reason="舆情反弹"),
+            incident_id="inc-r",
+            stream_id="incident-inc-r",
+            stream_version=3,
+            actor=Actor(type="person", id="office-li", unit_id="county"),
+            occurred_at=reopened_at,
+        )
+        await feed(fast_settings, reopen)
+
+        async def owed_again() -> bool:
+            return len(await bulletins()) == 2
+
+        await wait_for(owed_again)
+        (again,) = [b for b in await bulletins() if b["state"] == "open"]
+        assert datetime.fromisoformat(again["counted_from"]) == reopened_at
+
+        early = await http.post(
+            f"/notifications/v1/obligations/{again['obligation_id']}/fulfil",
+            json={"fulfilled_at": (reopened_at - timedelta(minutes=1)).isoformat()},
+            headers=office,
+        )
+        assert early.status_code == 422, early.text
+        assert early.json()["error"]["details"][0]["field"] == "fulfilled_at"
 
 
 def test_a_bad_policy_stops_the_start_naming_the_entry(settings: Settings, tmp_path: Path) -> None:

@@ -395,6 +395,31 @@ def test_a_report_filed_after_the_miss_is_fulfilled_late_and_the_miss_stays_on_r
     )
 
 
+@pytest.mark.parametrize("recorded_at", [at(minutes=60), at(minutes=80)])
+def test_a_report_filed_after_the_miss_is_late_whatever_time_it_claims(
+    recorded_at: datetime,
+) -> None:
+    # An old event says late=False and claims a time before the deadline; the miss is on
+    # record, so it was filed after it. Backdated (occurred_at before the miss) or not.
+    s = full_incident()
+    s.add(
+        ObligationFulfilled(
+            obligation_id="ob-written",
+            fulfilled_by="office-li",
+            fulfilled_at=at(minutes=60),
+            late=False,
+        ),
+        "obligation-ob-written",
+        recorded_at,
+    )
+
+    written = next(
+        o for o in fold(INCIDENT, s.logged()).obligations if o.obligation_id == "ob-written"
+    )
+
+    assert (written.state, written.late) == ("fulfilled", True)
+
+
 def test_statements_carry_their_state_version_and_clearance() -> None:
     view = fold(INCIDENT, full_incident().logged())
 

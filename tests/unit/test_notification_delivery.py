@@ -151,9 +151,37 @@ def _directory() -> Directory:
 
 
 def test_page_steps_reach_everyone_once_in_the_order_of_the_chain() -> None:
-    steps = page_steps(_directory(), ["leader"], [Role.OFFICE, Role.ADMIN])
+    steps = page_steps(_directory(), ["leader"], [Role.OFFICE, Role.ADMIN], ["county"])
     # office-c already got it as a leader, so the office step is empty and left out.
     assert steps == [["leader-a", "leader-b", "office-c"], ["admin-d"]]
+
+
+def _schools() -> Directory:
+    units = [
+        Unit(id="county", name="县局"),
+        Unit(id="school-a", name="实验小学", parent="county"),
+        Unit(id="school-b", name="第二中学", parent="county"),
+    ]
+    people = [
+        Person(id="head-a", name="甲", unit="school-a", roles=[Role.DEPT_HEAD]),
+        Person(id="head-b", name="乙", unit="school-b", roles=[Role.DEPT_HEAD]),
+        Person(id="head-county", name="丙", unit="county", roles=[Role.DEPT_HEAD]),
+        Person(id="leader-c", name="丁", unit="county", roles=[Role.LEADER]),
+        Person(id="leader-b", name="戊", unit="school-b", roles=[Role.LEADER]),
+    ]
+    return Directory(units=units, people=people)
+
+
+def test_only_the_incidents_units_and_those_above_them_are_paged() -> None:
+    steps = page_steps(_schools(), ["dept_head"], [Role.LEADER], ["school-a"])
+
+    assert steps == [["head-a", "head-county"], ["leader-c"]]
+
+
+def test_with_no_unit_known_only_the_county_is_paged() -> None:
+    steps = page_steps(_schools(), ["dept_head", "leader"], [], [])
+
+    assert steps == [["head-county", "leader-c"]]
 
 
 def test_an_unacknowledged_page_is_renotified_then_escalated_then_gives_up() -> None:

@@ -8,7 +8,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.notification.domain import Ledger, ObligationPolicy, ObligationState, stream_id
+from services.notification.domain import (
+    Ledger,
+    ObligationPolicy,
+    ObligationState,
+    Unprocessable,
+    stream_id,
+)
 from shared.errors import Conflict
 from shared.events import (
     Actor,
@@ -17,6 +23,7 @@ from shared.events import (
     Envelope,
     EventPayload,
     Level,
+    ObligationClosed,
     ObligationFulfilled,
     ObligationOpened,
 )
@@ -196,6 +203,88 @@ def test_fulfilling_twice_conflicts_and_late_fulfilment_is_flagged() -> None:
     assert done.late
     with pytest.raises(Conflict, match="不能重复报送"):
         ledger.fulfil(bulletin.obligation_id, by="office-li", at=GRADED, reference=None)
+
+
+def test_a_missed_duty_filed_with_an_earlier_time_is_still_late() -> None:
+    ledger = record(Ledger("i12"), graded(Ledger("i12"), Level.TWO))
+    (bulletin,) = ledger.obligations.values()
+    missed = ledger.missed_by(bulletin.obligation_id, bulletin.deadline + timedelta(hours=1))
+    assert missed is not None
+    ledger = record(ledger, [missed])
+
+    done = ledger.fulfil(
+        bulletin.obligation_id,
+        by="office-li",
+        at=bulletin.deadline - timedelta(hours=1),
+        reference=None,
+    )
+
+    assert done.late
+
+
+def test_a_duty_cannot_be_met_before_it_was_owed() -> None:
+    ledger = record(Ledger("i13"), graded(Ledger("i13"), Level.TWO))
+    (bulletin,) = ledger.obligations.values()
+
+    with pytest.raises(Unprocessable, match="起算时间") as err:
+        ledger.fulfil(
+            bulletin.obligation_id,
+            by="office-li",
+            at=bulletin.counted_from - timedelta(seconds=1),
+            reference=None,
+        )
+
+    assert err.value.status == 422
+    assert err.value.details[0]["field"] == "fulfilled_at"
+    on_the_dot = ledger.fulfil(
+        bulletin.obligation_id, by="office-li", at=bulletin.counted_from, reference=None
+    )
+    assert not on_the_dot.late
+
+
+def test_a_reopened_incident_owes_its_duties_again_from_the_reopening() -> None:
+    ledger = record(Ledger("i14"), graded(Ledger("i14"), Level.ONE))
+    by_kind = {o.kind: o for o in ledger.obligations.values()}
+    phone, written = by_kind["phone_quick_report"], by_kind["written_quick_report"]
+    ledger = record(
+        ledger,
+        [
+            ledger.fulfil(
+                phone.obligation_id,
+                by="office-li",
+                at=GRADED + timedelta(minutes=10),
+                reference=None,
+            )
+        ],
+    )
+    missed = ledger.missed_by(written.obligation_id, written.deadline)
+    assert missed is not None
+    ledger = record(ledger, [missed])
+    closed: list[ObligationClosed] = ledger.close_owed("事件已办结")
+    ledger = record(ledger, closed)
+    reopened_at = GRADED + timedelta(days=2)
+
+    opened = ledger.open_for_reopen(
+        POLICY, level=Level.ONE, category=Category.HYPE, reopened_at=reopened_at, tz=SHANGHAI
+    )
+
+    # The missed written report is still owed, so it is not opened a second time.
+    assert deadlines(opened) == {
+        "phone_quick_report": timedelta(minutes=30),
+        "tracking_update": timedelta(hours=24),
+    }
+    assert all(o.counted_from == reopened_at for o in opened)
+    ledger = record(ledger, opened)
+    again = ledger.open_for_reopen(
+        POLICY, level=Level.ONE, category=Category.HYPE, reopened_at=reopened_at, tz=SHANGHAI
+    )
+    assert again == []
+    assert (
+        Ledger("i15").open_for_reopen(
+            POLICY, level=None, category=None, reopened_at=reopened_at, tz=SHANGHAI
+        )
+        == []
+    )
 
 
 def test_closing_an_incident_with_nothing_pending_records_nothing() -> None:
