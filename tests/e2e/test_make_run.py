@@ -31,10 +31,18 @@ def test_an_incident_survives_stopping_and_starting_the_system(tmp_path: Path) -
     try:
         with first.client() as api:
             incident_id = api.post("/intake/v1/reports", json=report()).json()["incident_id"]
+            owed = wait_for(
+                lambda: api.get(
+                    "/notifications/v1/obligations", params={"incident_id": incident_id}
+                ).json()["count"],
+                lambda count: count >= 2,
+                what="the level-1 duties opened",
+            )
+            # Every duty in the archive too, so the view is complete before the stop.
             before = wait_for(
                 lambda: incident_view(api, incident_id),
-                lambda v: v.get("level") == 1 and len(v.get("obligations", [])) >= 2,
-                what="graded incident",
+                lambda v: v.get("level") == 1 and len(v.get("obligations", [])) == owed,
+                what="graded incident with all its duties",
             )
     finally:
         first.stop()
