@@ -200,16 +200,27 @@ def auth(settings: Settings, sub: str, unit: str, roles: list[str]) -> dict[str,
     return {"Authorization": f"Bearer {token}"}
 
 
-async def until_ingested(
-    client: httpx.AsyncClient, headers: dict[str, str], incident: str, count: int
+async def until_view(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    incident: str,
+    holds: Callable[[dict[str, Any]], bool],
 ) -> dict[str, Any]:
+    """The incident's view once `holds` is true of it (the archive is fed over Kafka)."""
     async with asyncio.timeout(20):
         while True:
             response = await client.get(f"/archive/v1/incidents/{incident}", headers=headers)
-            if response.status_code == 200 and response.json()["event_count"] >= count:
+            if response.status_code == 200:
                 body: dict[str, Any] = response.json()
-                return body
+                if holds(body):
+                    return body
             await asyncio.sleep(0.2)
+
+
+async def until_ingested(
+    client: httpx.AsyncClient, headers: dict[str, str], incident: str, count: int
+) -> dict[str, Any]:
+    return await until_view(client, headers, incident, lambda v: v["event_count"] >= count)
 
 
 async def test_events_from_all_topics_become_the_incident_view_and_timeline(
@@ -397,13 +408,7 @@ def resolution(events: list[Envelope], when: datetime) -> Envelope:
 async def until_status(
     client: httpx.AsyncClient, headers: dict[str, str], incident: str, status: str
 ) -> dict[str, Any]:
-    async with asyncio.timeout(20):
-        while True:
-            response = await client.get(f"/archive/v1/incidents/{incident}", headers=headers)
-            if response.status_code == 200 and response.json()["status"] == status:
-                body: dict[str, Any] = response.json()
-                return body
-            await asyncio.sleep(0.2)
+    return await until_view(client, headers, incident, lambda v: v["status"] == status)
 
 
 async def test_a_resolved_incident_is_reviewed_into_a_case_with_a_chinese_report(

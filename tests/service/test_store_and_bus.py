@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -20,6 +20,7 @@ from shared.events import (
 from shared.service import Context, Service
 from shared.settings import Settings
 from shared.store import ConcurrencyConflict, EventStore, UnitOfWork
+from tests.service.upstream_events import wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -109,12 +110,6 @@ class Recorder(Service):
         return {"IncidentResolved": count}
 
 
-async def _wait_for(predicate: Callable[[], Awaitable[bool]]) -> None:
-    async with asyncio.timeout(15):
-        while not await predicate():
-            await asyncio.sleep(0.1)
-
-
 @pytest.fixture
 async def recorder(settings: Settings) -> AsyncIterator[Recorder]:
     await ensure_topics(settings)
@@ -134,7 +129,7 @@ async def test_outbox_relays_in_order_and_a_redelivered_event_changes_nothing(
         doc = await recorder.db["seen"].find_one({"_id": "i5"})
         return doc is not None and doc["count"] == 5
 
-    await _wait_for(all_seen)
+    await wait_for(all_seen)
     assert await recorder.store.unpublished(10) == []
     # A relayed stream still loads: the outbox's bookkeeping stays out of the events.
     relayed = await recorder.store.load("incident-i5")
@@ -155,7 +150,7 @@ async def test_outbox_relays_in_order_and_a_redelivered_event_changes_nothing(
         doc = await recorder.db["seen"].find_one({"_id": "i5"})
         return doc is not None and 6 in doc["versions"]
 
-    await _wait_for(sentinel_seen)
+    await wait_for(sentinel_seen)
     doc = await recorder.db["seen"].find_one({"_id": "i5"})
     assert doc is not None
     assert doc["count"] == 6
@@ -183,7 +178,7 @@ async def test_bad_messages_are_dead_lettered_with_the_reason_and_the_consumer_g
         async def good_one_seen() -> bool:
             return await recorder.db["seen"].find_one({"_id": "i7"}) is not None
 
-        await _wait_for(good_one_seen)
+        await wait_for(good_one_seen)
 
         reasons = []
         async with asyncio.timeout(15):
