@@ -105,7 +105,7 @@ async def pipeline(base_url: str, token: str, reports: int, concurrency: int) ->
 
 async def store_appends(mongo_url: str, events: int) -> dict[str, Any]:
     client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_url, tz_aware=True)
-    store = EventStore(client, f"bench_{uuid.uuid4().hex[:8]}")
+    store = EventStore.on(client, f"bench_{uuid.uuid4().hex[:8]}", "bench")
     await store.ensure_indexes()
     actor = Actor(type="system", id="bench")
     started = time.perf_counter()

@@ -13,29 +13,21 @@ from datetime import timedelta
 import httpx
 import uvicorn
 
-from shared.auth import Role
 from shared.embedded import EmbeddedError, EmbeddedInfra
 from shared.gateway import Gateway
+from shared.identity import Role
 from shared.logging import configure_logging, get_logger
 from shared.policy import parse_duration as policy_duration
-from shared.service import Context, Service
+from shared.service import Build, Context, ServiceParts, ServiceRunner
 from shared.settings import SERVICE_NAMES, Settings
 
 log = get_logger("yuqing.cli")
 
-SERVICE_CLASSES = {
-    "intake": "services.intake.main:IntakeService",
-    "grading": "services.grading.main:GradingService",
-    "notification": "services.notification.main:NotificationService",
-    "statement": "services.statement.main:StatementService",
-    "archive": "services.archive.main:ArchiveService",
-}
 
-
-def service_class(name: str) -> type[Service]:
-    module, _, attr = SERVICE_CLASSES[name].partition(":")
-    cls: type[Service] = getattr(importlib.import_module(module), attr)
-    return cls
+def composition_root(name: str) -> Build[ServiceParts]:
+    """The `build` of services/<name>/bootstrap.py: where that service is assembled."""
+    build: Build[ServiceParts] = importlib.import_module(f"services.{name}.bootstrap").build
+    return build
 
 
 def parse_duration(text: str) -> timedelta:
@@ -56,7 +48,8 @@ def parse_roles(text: str) -> list[Role]:
 
 async def _serve(names: Sequence[str], settings: Settings, *, announce: bool) -> None:
     ctx = Context.from_settings(settings)
-    gateway = Gateway([service_class(n)(ctx) for n in names], settings)
+    runners = [ServiceRunner.connect(n, composition_root(n), ctx) for n in names]
+    gateway = Gateway(runners, settings)
     config = uvicorn.Config(
         gateway,
         host=settings.http_host,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -16,7 +15,15 @@ from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.errors import ServiceError
+from shared.errors import (
+    BadRequest,
+    Conflict,
+    DomainError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Unauthorized,
+)
 from shared.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from shared.store import ConcurrencyConflict
 
@@ -33,6 +40,25 @@ _STATUS_CODES = {
     429: "too_many_requests",
     503: "unavailable",
 }
+
+
+# The one place where a kind of domain error becomes an HTTP status. A subclass answers with
+# its base's status and its own code (SelfApproval: 403, "self_approval").
+ERROR_STATUS: tuple[tuple[type[DomainError], int], ...] = (
+    (BadRequest, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (Conflict, 409),
+    (Invalid, 422),
+)
+
+
+def status_of(error: DomainError) -> int:
+    for kind, status in ERROR_STATUS:
+        if isinstance(error, kind):
+            return status
+    return 500
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -52,9 +78,9 @@ def _field_path(loc: tuple[Any, ...] | list[Any]) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ServiceError)
-    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+    @app.exception_handler(DomainError)
+    async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        return error_response(status_of(exc), exc.code, exc.message, exc.details)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -155,6 +181,3 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(RequestMetrics, service=service)
     return app
-
-
-ReadinessCheck = Callable[[], Awaitable[dict[str, str]]]

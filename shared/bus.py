@@ -18,7 +18,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -31,7 +31,9 @@ from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
+from shared.errors import StillConflicting
 from shared.events import ALL_TOPICS, DEAD_LETTER_TOPIC, Envelope, EventError, utcnow
+from shared.handlers import Handler, HandlerMap
 from shared.metrics import (
     CONSUME_SECONDS,
     DEAD_LETTERS,
@@ -41,11 +43,10 @@ from shared.metrics import (
     OUTBOX_ERRORS,
 )
 from shared.settings import Settings
-from shared.store import ConcurrencyConflict, EventStore, InboxRace, UnitOfWork
+from shared.store import DecideAgain, EventStore, UnitOfWork
 
 log = structlog.get_logger("yuqing.bus")
 
-Handler = Callable[[Envelope, UnitOfWork], Awaitable[None]]
 OUTBOX_LEASE = "outbox-relay"
 
 
@@ -148,8 +149,11 @@ class OutboxRelay:
                 backoff = min(backoff * 2, 10.0)
             self.store.appended_signal.clear()
             wait = min(backoff, renew_every) if self.active else renew_every
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel
+            # that arrives as the signal is set, and stop() would then wait for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.store.appended_signal.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self.store.appended_signal.wait()
 
     async def relay_once(self) -> int:
         events = await self.store.unpublished(self.settings.outbox_batch_size)
@@ -173,7 +177,7 @@ class OutboxRelay:
         return len(events)
 
 
-_TRANSIENT = (ConnectionFailure, ConcurrencyConflict, InboxRace)
+_TRANSIENT = (ConnectionFailure, DecideAgain, StillConflicting)
 
 
 @dataclass
@@ -189,7 +193,7 @@ class EventConsumer:
     store: EventStore
     broker: KafkaBroker
     settings: Settings
-    handlers: Mapping[str, Handler]
+    handlers: HandlerMap
 
     @property
     def name(self) -> str:
@@ -213,12 +217,14 @@ class EventConsumer:
         except (ValidationError, EventError, ValueError) as exc:
             await self.dead_letter(message.body, topic, f"malformed event: {exc}")
             return
-        if event.event_type not in self.handlers:
+        if self.handlers.handler_for(event) is None:
             return  # not this service's business
         await self.handle(event, raw=message.body, topic=topic)
 
     async def handle(self, event: Envelope, *, raw: bytes | None = None, topic: str = "") -> None:
-        handler = self.handlers[event.event_type]
+        handler = self.handlers.handler_for(event)
+        if handler is None:
+            return
         bound = structlog.contextvars.bound_contextvars(
             service=self.service,
             event_id=str(event.event_id),

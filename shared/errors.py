@@ -1,13 +1,14 @@
-"""Errors a service raises on purpose, each with its HTTP status and a stable code."""
+"""Errors the domains raise on purpose, each with a stable code. No HTTP here: the one
+table in `shared.api` decides the status each kind of error answers with.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
-class ServiceError(Exception):
-    status = 500
-    code = "internal_error"
+class DomainError(Exception):
+    code: ClassVar[str] = "error"
 
     def __init__(self, message: str, details: Any = None) -> None:
         super().__init__(message)
@@ -15,33 +16,44 @@ class ServiceError(Exception):
         self.details = details
 
 
-class BadRequest(ServiceError):
-    status = 400
+class BadRequest(DomainError):
+    """A request that cannot be read as asked (a cursor this API never gave out)."""
+
     code = "bad_request"
 
 
-class Unauthorized(ServiceError):
-    status = 401
+class Invalid(DomainError):
+    """A well-formed request the record cannot take, named by field: shaped like a bad
+    field so clients handle one form. `details` is a list of {field, reason, type}."""
+
+    code = "validation_error"
+
+    def __init__(self, field: str, reason: str, kind: str, message: str | None = None) -> None:
+        super().__init__(
+            message or f"invalid input: {field} ({reason})",
+            [{"field": field, "reason": reason, "type": kind}],
+        )
+
+
+class Unauthorized(DomainError):
     code = "unauthorized"
 
 
-class Forbidden(ServiceError):
-    status = 403
+class Forbidden(DomainError):
     code = "forbidden"
 
 
-class NotFound(ServiceError):
-    status = 404
+class NotFound(DomainError):
     code = "not_found"
 
 
-class Conflict(ServiceError):
+class Conflict(DomainError):
     """Wrong state, stale version or duplicate."""
 
-    status = 409
     code = "conflict"
 
 
-class Unavailable(ServiceError):
-    status = 503
-    code = "unavailable"
+class StillConflicting(Conflict):
+    """Other writers kept changing the record while the command was decided again."""
+
+    code = "conflict_retry_exhausted"

@@ -9,27 +9,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum, IntEnum
 from typing import Any, ClassVar, Literal, Self
 
 from pydantic import (
     AwareDatetime,
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeInt,
     SerializeAsAny,
     model_validator,
 )
 
+from shared.clock import utcnow as utcnow  # the one clock, re-exported for event stamps
+from shared.models import FrozenModel
+
 
 class EventError(ValueError):
     """An event that cannot be understood (unknown type or version, malformed payload)."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # --------------------------------------------------------------------------- vocabulary
@@ -75,6 +72,35 @@ class SourceType(str, Enum):
     OTHER = "other"
 
 
+class IncidentStatus(str, Enum):
+    """Where an incident stands: intake decides the first three, the archive's review the last."""
+
+    OPEN = "open"
+    RESOLVED = "resolved"
+    DISMISSED = "dismissed"
+    ARCHIVED = "archived"
+
+
+class ObligationState(str, Enum):
+    """What notification recorded of a duty: the archive shows it, never re-decides it."""
+
+    OPEN = "open"
+    FULFILLED = "fulfilled"
+    MISSED = "missed"
+    CLOSED = "closed"
+
+
+class StatementState(str, Enum):
+    """Where a statement's current version stands, as the statement service decides it."""
+
+    DRAFT = "draft"
+    IN_REVIEW = "in_review"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    WITHDRAWN = "withdrawn"
+    PUBLISHED = "published"
+
+
 class StatementKind(str, Enum):
     PRESS_RELEASE = "press_release"
     ONLINE_REPLY = "online_reply"
@@ -82,11 +108,7 @@ class StatementKind(str, Enum):
     BULLETIN = "bulletin"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Actor(_Frozen):
+class Actor(FrozenModel):
     """Who caused an event: a person, a partner's client, a rule or the system itself."""
 
     type: Literal["person", "client", "rule", "system"]
@@ -102,28 +124,28 @@ class Actor(_Frozen):
         return cls(type="system", id=service)
 
 
-class Reach(_Frozen):
+class Reach(FrozenModel):
     views: NonNegativeInt = 0
     reposts: NonNegativeInt = 0
     comments: NonNegativeInt = 0
     likes: NonNegativeInt = 0
 
 
-class Fact(_Frozen):
+class Fact(FrozenModel):
     """A labelled figure a statement states, so later statements can be checked against it."""
 
     label: str = Field(min_length=1, max_length=200)
     value: str = Field(max_length=2000)
 
 
-class FiredRule(_Frozen):
+class FiredRule(FrozenModel):
     """One rule of the rulebook that fired, and why, so a reviewer can see how a grade came."""
 
     rule_id: str
     reason: str
 
 
-class ApprovalStep(_Frozen):
+class ApprovalStep(FrozenModel):
     role: str
     unit_id: str | None = None
 
@@ -154,7 +176,7 @@ def register_upcaster(event_type: str, from_version: int) -> Callable[[Upcaster]
 # --------------------------------------------------------------------------- payloads
 
 
-class EventPayload(_Frozen):
+class EventPayload(FrozenModel):
     """The typed body of one event. Subclasses set EVENT_TYPE, TOPIC and SCHEMA_VERSION."""
 
     EVENT_TYPE: ClassVar[str]
@@ -188,7 +210,7 @@ class IncidentOpened(EventPayload):
     first_report_id: str
 
 
-class Attachment(_Frozen):
+class Attachment(FrozenModel):
     """What a filer says about a file kept with a report (screenshot, video): not the file."""
 
     name: str = Field(min_length=1, max_length=255)
@@ -353,7 +375,7 @@ class DeadlineMissed(EventPayload):
 # statement ------------------------------------------------------------------
 
 
-class FactConflict(_Frozen):
+class FactConflict(FrozenModel):
     """A figure a version states differently from the incident's published line."""
 
     label: str
@@ -363,7 +385,7 @@ class FactConflict(_Frozen):
     published_version: int
 
 
-class FactChangeAcknowledgement(_Frozen):
+class FactChangeAcknowledgement(FrozenModel):
     """An approver clearing figures that differ from the published line, and why."""
 
     reason: str
@@ -398,24 +420,44 @@ class StatementRevised(EventPayload):
 class StatementSubmitted(EventPayload):
     EVENT_TYPE = "StatementSubmitted"
     TOPIC = STATEMENT_TOPIC
+    SCHEMA_VERSION = 2
     statement_id: str
     version: int
     level: Level
     chain: tuple[ApprovalStep, ...]
+    # The steps of `chain` no approval of this version fills yet. Empty when a new chain
+    # (the level changed in review) is already covered by the approvals given: cleared.
+    missing: tuple[ApprovalStep, ...]
     reason: str = ""  # why the chain was set again, e.g. the incident's level changed in review
     fact_conflicts: tuple[FactConflict, ...] = ()  # figures contradicting the published line
+
+
+@register_upcaster("StatementSubmitted", 1)
+def _submitted_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    # Version 1 did not say what was missing; a first submission misses its whole chain.
+    return {**payload, "missing": payload.get("chain", [])}
 
 
 class StatementApproved(EventPayload):
     EVENT_TYPE = "StatementApproved"
     TOPIC = STATEMENT_TOPIC
+    SCHEMA_VERSION = 2
     statement_id: str
     version: int
     step: ApprovalStep
     approver: str
     comment: str = ""
     fully_approved: bool
+    missing: tuple[ApprovalStep, ...]  # the steps still to fill after this one
     fact_changes_acknowledged: FactChangeAcknowledgement | None = None
+
+
+@register_upcaster("StatementApproved", 1)
+def _approved_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    # Version 1 said only whether the chain was complete; an incomplete one misses at least
+    # a step, which is all that can be told of it now.
+    missing = [] if payload.get("fully_approved") else [payload["step"]]
+    return {**payload, "missing": missing}
 
 
 class StatementRejected(EventPayload):
@@ -495,7 +537,7 @@ def upcast(event_type: str, version: int, payload: dict[str, Any]) -> dict[str, 
 # --------------------------------------------------------------------------- envelope
 
 
-class Envelope(_Frozen):
+class Envelope(FrozenModel):
     """What travels on every topic and is stored in every event store."""
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)

@@ -21,14 +21,14 @@ from starlette.types import Receive, Scope, Send
 
 from shared.api import install_error_handlers
 from shared.bus import ensure_topics
-from shared.service import Service
+from shared.service import ServiceRunner
 from shared.settings import Settings
 
 log = structlog.get_logger("yuqing.gateway")
 
 
 class Gateway:
-    def __init__(self, services: Sequence[Service], settings: Settings) -> None:
+    def __init__(self, services: Sequence[ServiceRunner[Any]], settings: Settings) -> None:
         if not services:
             raise ValueError("a gateway needs at least one service")
         self.services = list(services)

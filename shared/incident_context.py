@@ -9,8 +9,8 @@ that touches only the fields its event knows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
-from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -27,30 +27,14 @@ from shared.events import (
     IncidentOpened,
     IncidentReopened,
     IncidentResolved,
+    IncidentStatus,
     Level,
+    ReportReceived,
 )
 from shared.store import Document
+from shared.visibility import IncidentScope
 
 INCIDENTS = "incidents"
-
-UPSTREAM_EVENT_TYPES = tuple(
-    cls.EVENT_TYPE
-    for cls in (
-        IncidentOpened,
-        IncidentResolved,
-        IncidentDismissed,
-        IncidentReopened,
-        IncidentGraded,
-        IncidentEscalated,
-        GradeOverridden,
-    )
-)
-
-
-class IncidentStatus(str, Enum):
-    OPEN = "open"
-    RESOLVED = "resolved"
-    DISMISSED = "dismissed"
 
 
 class IncidentSnapshot(BaseModel):
@@ -63,10 +47,15 @@ class IncidentSnapshot(BaseModel):
     category: Category | None = None
     status: IncidentStatus = IncidentStatus.OPEN
     graded_at: datetime | None = None
+    filed_by: tuple[str, ...] = ()
 
     @property
     def closed(self) -> bool:
         return self.status is not IncidentStatus.OPEN
+
+    @property
+    def scope(self) -> IncidentScope:
+        return IncidentScope(self.incident_id, self.unit_ids, self.filed_by)
 
 
 class IncidentChange(BaseModel):
@@ -78,10 +67,6 @@ class IncidentChange(BaseModel):
     after: IncidentSnapshot
 
     @property
-    def level_changed(self) -> bool:
-        return self.before is None or self.before.level != self.after.level
-
-    @property
     def more_severe(self) -> bool:
         """Level 1 is the most severe, so a smaller number is a step up."""
         after = self.after.level
@@ -89,30 +74,54 @@ class IncidentChange(BaseModel):
         return after is not None and (before is None or after < before)
 
 
-def _changes(event: Envelope) -> dict[str, Any]:
-    payload = event.payload
-    match payload:
-        case IncidentOpened():
-            return {"title": payload.title, "unit_ids": list(payload.unit_ids)}
-        case IncidentResolved():
-            return {"status": IncidentStatus.RESOLVED.value}
-        case IncidentDismissed():
-            return {"status": IncidentStatus.DISMISSED.value}
-        case IncidentReopened():
-            return {"status": IncidentStatus.OPEN.value}
-        case IncidentGraded():
-            return {
-                "level": int(payload.level),
-                "category": payload.category.value,
-                "graded_at": event.occurred_at,
-            }
-        case IncidentEscalated() | GradeOverridden():
-            return {
-                "level": int(payload.to_level),
-                "category": payload.category.value,
-                "graded_at": event.occurred_at,
-            }
-    raise ValueError(f"{event.event_type} does not describe an incident")
+Change = dict[str, Any]
+
+
+def _opened(event: Envelope, p: IncidentOpened) -> Change:
+    return {"$set": {"title": p.title}, "$addToSet": {"unit_ids": {"$each": list(p.unit_ids)}}}
+
+
+def _report(event: Envelope, p: ReportReceived) -> Change:
+    # A report may name further units, and its filer may see the incident it referred.
+    return {
+        "$addToSet": {"unit_ids": {"$each": list(p.unit_ids)}, "filed_by": p.filed_by},
+    }
+
+
+def _status(status: IncidentStatus) -> Callable[[Envelope, Any], Change]:
+    def change(event: Envelope, _: Any) -> Change:
+        return {"$set": {"status": status.value}}
+
+    return change
+
+
+def _graded(event: Envelope, p: IncidentGraded) -> Change:
+    at = event.occurred_at
+    return {"$set": {"level": int(p.level), "category": p.category.value, "graded_at": at}}
+
+
+def _regraded(event: Envelope, p: IncidentEscalated | GradeOverridden) -> Change:
+    return {
+        "$set": {
+            "level": int(p.to_level),
+            "category": p.category.value,
+            "graded_at": event.occurred_at,
+        }
+    }
+
+
+# Each upstream event type and the update it makes to the incident's snapshot.
+CHANGES: dict[type[Any], Callable[[Envelope, Any], Change]] = {
+    IncidentOpened: _opened,
+    ReportReceived: _report,
+    IncidentResolved: _status(IncidentStatus.RESOLVED),
+    IncidentDismissed: _status(IncidentStatus.DISMISSED),
+    IncidentReopened: _status(IncidentStatus.OPEN),
+    IncidentGraded: _graded,
+    IncidentEscalated: _regraded,
+    GradeOverridden: _regraded,
+}
+UPSTREAM_TYPES = tuple(CHANGES)
 
 
 class IncidentContext:
@@ -121,11 +130,13 @@ class IncidentContext:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.collection = db[INCIDENTS]
 
-    async def apply(self, event: Envelope, session: AsyncClientSession) -> IncidentChange:
-        changes = _changes(event)
+    async def apply(self, event: Envelope, session: AsyncClientSession | None) -> IncidentChange:
+        change = CHANGES.get(type(event.payload))
+        if change is None:
+            raise ValueError(f"{event.event_type} does not describe an incident")
+        update = change(event, event.payload)
         before = await self.get(event.incident_id, session=session)
-        update: dict[str, Any] = {"$set": changes}
-        if "status" not in changes:
+        if "status" not in update.get("$set", {}):
             update["$setOnInsert"] = {"status": IncidentStatus.OPEN.value}
         await self.collection.update_one(
             {"_id": event.incident_id}, update, upsert=True, session=session
@@ -140,5 +151,5 @@ class IncidentContext:
         doc = await self.collection.find_one({"_id": incident_id}, session=session)
         if doc is None:
             return None
-        fields = {k: v for k, v in doc.items() if k != "_id"}
-        return IncidentSnapshot(incident_id=incident_id, **fields)
+        fields = {k: v for k, v in doc.items() if k in IncidentSnapshot.model_fields}
+        return IncidentSnapshot(**{**fields, "incident_id": incident_id})

@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 from datetime import time, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -37,6 +37,11 @@ def parse_clock_time(value: Any) -> time:
     if match is None:
         raise ValueError(f"{value!r} is not a time of day written in quotes, like '23:59'")
     return time(int(match.group(1)), int(match.group(2)))
+
+
+# How a policy file writes a duration ('30m') and a local time of day ('23:59').
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+ClockTime = Annotated[time, BeforeValidator(parse_clock_time)]
 
 
 def load_policy(path: Path, model: type[M]) -> M:

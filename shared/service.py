@@ -1,29 +1,43 @@
-"""What every service is made of: its database, its broker connection, its outbox relay,
-its consumer and its HTTP app. A service subclass supplies routes, handlers and set-up.
+"""Running a service from the parts its composition root built.
+
+Each service's `bootstrap.build(deps)` assembles, in one readable function, its store's
+repositories, projections, domain collaborators, handler map, router and background
+loops, from the dependencies it is given (tests give fakes). `ServiceRunner` only runs
+those parts: the HTTP app around the router, the consumer around the handler map, the
+outbox relay around the store, and the loops; it decides nothing about the service.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
+from faststream.kafka import KafkaBroker
 from pymongo import AsyncMongoClient
 
 from shared.api import create_app
-from shared.auth import Directory, TokenService
-from shared.bus import EventConsumer, Handler, OutboxRelay, make_broker
+from shared.auth import TokenService
+from shared.bus import EventConsumer, OutboxRelay, make_broker
+from shared.catalogue import Catalogue
+from shared.clock import Clock, utcnow
+from shared.directory import Directory
 from shared.events import ALL_TOPICS, Envelope
+from shared.handlers import HandlerMap
+from shared.repository import CommandRunner, RetryPolicy
 from shared.settings import Settings
 from shared.store import Document, EventStore
+from shared.visibility import Visibility
 
 log = structlog.get_logger("yuqing.service")
+
+Loop = Callable[[], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,7 @@ class Context:
     settings: Settings
     tokens: TokenService
     directory: Directory
+    catalogue: Catalogue
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:
@@ -44,81 +59,122 @@ class Context:
                 timedelta(seconds=settings.token_ttl_seconds),
             ),
             directory=Directory.load(settings.directory_path),
+            catalogue=Catalogue.load(settings.catalogue_path),
         )
 
 
-class Service:
-    """Base of the five services. Subclasses set the class attributes and override hooks."""
+@dataclass(frozen=True)
+class Dependencies:
+    """What a composition root builds a service from."""
 
-    name: ClassVar[str]
-    prefix: ClassVar[str]
-    title: ClassVar[str]
-    description: ClassVar[str] = ""
-    consumes: ClassVar[tuple[str, ...]] = ()
+    settings: Settings
+    directory: Directory
+    catalogue: Catalogue
+    store: EventStore
+    clock: Clock = utcnow
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.settings = ctx.settings
-        self.directory = ctx.directory
-        assert self.settings.mongodb_url, "MongoDB URL must be resolved first"
-        self.client: AsyncMongoClient[Document] = AsyncMongoClient(
-            self.settings.mongodb_url, tz_aware=True, appname=f"yuqing-{self.name}"
+    @property
+    def visibility(self) -> Visibility:
+        return Visibility(self.directory)
+
+    def command_runner(self) -> CommandRunner:
+        s = self.settings
+        return CommandRunner(
+            self.store,
+            RetryPolicy(
+                attempts=s.conflict_retry_attempts,
+                first_backoff=s.conflict_retry_backoff_seconds,
+                max_backoff=s.conflict_retry_max_backoff_seconds,
+            ),
         )
-        self.store = EventStore(self.client, self.settings.database_name(self.name))
-        self.db = self.store.db
-        self.broker = make_broker(self.settings, self.name)
-        self.relay = OutboxRelay(self.name, self.store, self.broker, self.settings)
-        if self.topic in ALL_TOPICS:
-            # Declared for the AsyncAPI document; the relay publishes what the store holds.
-            self.broker.publisher(
-                self.settings.topic(self.topic),
-                title=self.topic,
-                description=f"Events of the {self.name} service, keyed by incident_id",
-                schema=Envelope,
-            )
-        self.consumer: EventConsumer | None = None
-        handlers = self.handlers()
-        if handlers:
-            self.consumer = EventConsumer(
-                self.name, self.store, self.broker, self.settings, handlers
-            )
-            self.consumer.subscribe(self.consumes)
-        self._tasks: list[asyncio.Task[None]] = []
-        self.started = False
-        self.app = self._build_app()
+
+
+@dataclass
+class ServiceParts:
+    """One service, assembled: what it serves, what it reacts to, what runs beside it."""
+
+    name: str
+    prefix: str
+    title: str
+    description: str
+    store: EventStore
+    router: APIRouter
+    handlers: HandlerMap = field(default_factory=HandlerMap)
+    consumes: tuple[str, ...] = ()
+    setup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Loop] = field(default_factory=list)
 
     @property
     def topic(self) -> str:
         return f"{self.name}.events"
 
-    # hooks ----------------------------------------------------------------------------
 
-    def routes(self) -> APIRouter:
-        """The service's HTTP routes, relative to its prefix."""
-        return APIRouter()
+P = TypeVar("P", bound=ServiceParts)
+Build = Callable[[Dependencies], P]
 
-    def handlers(self) -> Mapping[str, Handler]:
-        """Consumed event type -> handler; each runs in a transaction with the inbox mark."""
-        return {}
 
-    async def setup(self) -> None:
-        """Create projection indexes, load policies: anything needed before serving."""
+class ServiceRunner(Generic[P]):
+    """Runs one service's parts: its app, consumer, outbox relay and loops."""
 
-    def background(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
-        """Long-running loops (timers, schedulers) started with the service."""
-        return []
+    def __init__(
+        self,
+        parts: P,
+        ctx: Context,
+        broker: KafkaBroker,
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        parts.handlers.check(parts.name, parts.consumes)
+        self.parts = parts
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.name = parts.name
+        self.prefix = parts.prefix
+        self.store = parts.store
+        self.db = parts.store.db
+        self.broker = broker
+        self._close = close
+        self.relay = OutboxRelay(self.name, self.store, broker, self.settings)
+        if parts.topic in ALL_TOPICS:
+            # Declared for the AsyncAPI document; the relay publishes what the store holds.
+            broker.publisher(
+                self.settings.topic(parts.topic),
+                title=parts.topic,
+                description=f"Events of the {self.name} service, keyed by incident_id",
+                schema=Envelope,
+            )
+        self.consumer: EventConsumer | None = None
+        if parts.handlers:
+            self.consumer = EventConsumer(
+                self.name, self.store, broker, self.settings, parts.handlers
+            )
+            self.consumer.subscribe(parts.consumes)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started = False
+        self.app = self._build_app()
 
-    # lifecycle --------------------------------------------------------------------------
+    @classmethod
+    def connect(
+        cls, name: str, build: Build[P], ctx: Context, clock: Clock = utcnow
+    ) -> ServiceRunner[P]:
+        """The service on the configured MongoDB and Kafka, in a database of its own."""
+        settings = ctx.settings
+        assert settings.mongodb_url, "MongoDB URL must be resolved first"
+        client: AsyncMongoClient[Document] = AsyncMongoClient(
+            settings.mongodb_url, tz_aware=True, appname=f"yuqing-{name}"
+        )
+        store = EventStore.on(client, settings.database_name(name), name)
+        parts = build(Dependencies(settings, ctx.directory, ctx.catalogue, store, clock))
+        return cls(parts, ctx, make_broker(settings, name), close=client.close)
 
     def _build_app(self) -> FastAPI:
         app = create_app(
             self.name,
             self.prefix,
-            title=self.title,
-            description=self.description,
-            state={"tokens": self.ctx.tokens, "directory": self.directory, "service": self},
+            title=self.parts.title,
+            description=self.parts.description,
+            state={"tokens": self.ctx.tokens},
         )
-        app.include_router(self.routes(), prefix=self.prefix)
+        app.include_router(self.parts.router, prefix=self.prefix)
 
         @app.get(f"{self.prefix}/healthz", tags=["operations"])
         async def healthz() -> dict[str, str]:
@@ -137,10 +193,11 @@ class Service:
 
     async def start(self) -> None:
         await self.store.ensure_indexes()
-        await self.setup()
+        for step in self.parts.setup:
+            await step()
         await self.broker.start()
         self.relay.start()
-        for loop in self.background():
+        for loop in self.parts.background:
             self._tasks.append(asyncio.create_task(loop(), name=f"{self.name}-{loop.__name__}"))
         self.started = True
         log.info("service started", service=self.name)
@@ -154,7 +211,8 @@ class Service:
         await self.relay.stop()
         with contextlib.suppress(Exception):
             await self.broker.stop()
-        await self.client.close()
+        if self._close is not None:
+            await self._close()
         self.started = False
         log.info("service stopped", service=self.name)
 

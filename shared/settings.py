@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     token_ttl_seconds: int = 8 * 3600
 
     directory_path: Path = CONFIG_DIR / "directory.yaml"
+    catalogue_path: Path = CONFIG_DIR / "catalogue.yaml"
     intake_policy_path: Path = CONFIG_DIR / "intake.yaml"
     rulebook_path: Path = CONFIG_DIR / "rulebook.yaml"
     obligations_policy_path: Path = CONFIG_DIR / "obligations.yaml"
@@ -57,6 +58,10 @@ class Settings(BaseSettings):
     # How long a service's active outbox relay may go silent before a replica takes over.
     outbox_lease_seconds: float = Field(default=15.0, gt=0)
     consumer_retry_max_seconds: float = Field(default=30.0, gt=0)
+    # A command that lost a race to another writer is decided again this often, backing off.
+    conflict_retry_attempts: int = Field(default=5, ge=1)
+    conflict_retry_backoff_seconds: float = Field(default=0.01, ge=0)
+    conflict_retry_max_backoff_seconds: float = Field(default=0.2, ge=0)
     deadline_poll_seconds: float = Field(default=1.0, gt=0)
     delivery_poll_seconds: float = Field(default=1.0, gt=0)
 

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -21,6 +21,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from shared.events import Envelope, utcnow
+from shared.metrics import EVENTS_APPENDED
 
 EVENTS = "events"
 COUNTERS = "counters"
@@ -31,7 +32,11 @@ Document = dict[str, Any]
 T = TypeVar("T")
 
 
-class ConcurrencyConflict(Exception):
+class DecideAgain(Exception):
+    """What was read to decide changed before the decision was stored: decide again."""
+
+
+class ConcurrencyConflict(DecideAgain):
     """Another writer appended to the stream first: reload and decide again."""
 
     def __init__(self, stream_id: str, expected_version: int) -> None:
@@ -42,7 +47,7 @@ class ConcurrencyConflict(Exception):
         self.expected_version = expected_version
 
 
-class InboxRace(Exception):
+class InboxRace(DecideAgain):
     """Another consumer marked the same event processed first: retry, and it is a duplicate."""
 
 
@@ -68,7 +73,7 @@ class UnitOfWork:
     """One atomic change: events appended, an inbox mark, projection writes."""
 
     db: AsyncDatabase[Document]
-    session: AsyncClientSession
+    session: AsyncClientSession | None
     appended: list[Envelope] = field(default_factory=list)
 
     async def load(self, stream_id: str) -> list[Envelope]:
@@ -123,13 +128,38 @@ class UnitOfWork:
         return True
 
 
+class Transactions(Protocol):
+    """Runs `work` atomically, handing it the session its reads and writes must use."""
+
+    async def run(self, work: Callable[[AsyncClientSession | None], Awaitable[T]]) -> T: ...
+
+
+class MongoTransactions:
+    """Multi-document transactions of a MongoDB replica set, retried on transient errors
+    by the driver."""
+
+    def __init__(self, client: AsyncMongoClient[Document]) -> None:
+        self.client = client
+
+    async def run(self, work: Callable[[AsyncClientSession | None], Awaitable[T]]) -> T:
+        async with self.client.start_session() as session:
+            return await session.with_transaction(work)
+
+
 class EventStore:
     """A service's database handle: the event log, transactions, and the outbox signal."""
 
-    def __init__(self, client: AsyncMongoClient[Document], database: str) -> None:
-        self.client = client
-        self.db: AsyncDatabase[Document] = client[database]
+    def __init__(
+        self, db: AsyncDatabase[Document], transactions: Transactions, service: str
+    ) -> None:
+        self.db = db
+        self.transactions = transactions
+        self.service = service
         self.appended_signal = asyncio.Event()
+
+    @classmethod
+    def on(cls, client: AsyncMongoClient[Document], database: str, service: str) -> EventStore:
+        return cls(client[database], MongoTransactions(client), service)
 
     async def ensure_indexes(self) -> None:
         events = self.db[EVENTS]
@@ -143,15 +173,16 @@ class EventStore:
         await events.create_index([("incident_id", ASCENDING), ("seq", ASCENDING)])
 
     async def transaction(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
-        """Run `work` in one transaction, retried on transient errors by the driver."""
-        async with self.client.start_session() as session:
+        """Run `work` in one transaction."""
 
-            async def run(s: AsyncClientSession) -> tuple[T, list[Envelope]]:
-                uow = UnitOfWork(self.db, s)
-                result = await work(uow)
-                return result, uow.appended
+        async def run(session: AsyncClientSession | None) -> tuple[T, list[Envelope]]:
+            uow = UnitOfWork(self.db, session)
+            result = await work(uow)
+            return result, uow.appended
 
-            result, appended = await session.with_transaction(run)
+        result, appended = await self.transactions.run(run)
+        for event in appended:
+            EVENTS_APPENDED.labels(self.service, event.event_type).inc()
         if appended:
             self.appended_signal.set()
         return result

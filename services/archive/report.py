@@ -1,5 +1,6 @@
 """The review of a case as a document in Chinese: Markdown from a Jinja2 template that a
-deployment may replace, and HTML rendered from that Markdown.
+deployment may replace, and HTML rendered from that Markdown. Every name it prints (level,
+category, role, statement kind and state) comes from the catalogue.
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markdown_it import MarkdownIt
 
-from services.archive.cases import CaseRecord, Outcome
-from services.archive.domain import (
-    CATEGORY_LABEL,
-    LEVEL_LABEL,
-    ROLE_LABEL,
-    STATEMENT_KIND_LABEL,
-)
-from shared.auth import Directory
-from shared.events import Category, Level, StatementKind
+from services.archive.domain.cases import CaseRecord, ObligationFigure, Outcome
+from shared.catalogue import Catalogue
+from shared.directory import Directory
+from shared.events import StatementKind, StatementState
 
+# What became of a duty, as the review reads it: the archive's own figures, not a name of
+# the shared vocabulary.
 OUTCOME_LABEL: dict[Outcome, str] = {
     "on_time": "按时完成",
     "late": "迟报",
@@ -28,13 +26,7 @@ OUTCOME_LABEL: dict[Outcome, str] = {
     "closed": "已关闭",
     "open": "未完成",
 }
-STATE_LABEL = {
-    "draft": "草稿",
-    "submitted": "审核中",
-    "approved": "已审核",
-    "rejected": "已退回",
-    "published": "已发布",
-}
+OVERDUE_LABEL = "未完成（已过截止时间）"
 
 
 def duration_zh(seconds: float | None) -> str:
@@ -51,10 +43,19 @@ def duration_zh(seconds: float | None) -> str:
     return ("-" if total < 0 else "") + " ".join(parts)
 
 
-class CaseReport:
-    """Renders cases with one template, loaded once."""
+def outcome_zh(obligation: ObligationFigure) -> str:
+    if obligation.outcome == "open" and obligation.overdue:
+        return OVERDUE_LABEL
+    return OUTCOME_LABEL[obligation.outcome]
 
-    def __init__(self, template: Path, directory: Directory, tz: tzinfo) -> None:
+
+class CaseReport:
+    """Renders cases with one template, loaded once (a template that cannot be read stops
+    the start)."""
+
+    def __init__(
+        self, template: Path, directory: Directory, catalogue: Catalogue, tz: tzinfo
+    ) -> None:
         environment = Environment(
             loader=FileSystemLoader(template.parent),
             undefined=StrictUndefined,  # a template naming a missing field fails loudly
@@ -64,6 +65,7 @@ class CaseReport:
         )
         self._template = environment.get_template(template.name)
         self._directory = directory
+        self._catalogue = catalogue
         self._tz = tz
         # Raw HTML in the review's free text must not reach the page as markup.
         self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
@@ -72,21 +74,21 @@ class CaseReport:
         return moment.astimezone(self._tz).strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
 
     def _units(self, unit_ids: list[str]) -> str:
-        found = [self._directory.unit(u) for u in unit_ids]
-        return "、".join(u.name if u else i for u, i in zip(found, unit_ids, strict=True))
+        return "、".join(self._directory.unit_name(u) for u in unit_ids)
 
     def markdown(self, case: CaseRecord) -> str:
+        names = self._catalogue
         return self._template.render(
             case=case,
             when=self._when,
             duration=duration_zh,
             units=self._units,
-            level=lambda level: LEVEL_LABEL[Level(level)] if level is not None else "未分级",
-            category=lambda c: CATEGORY_LABEL[Category(c)] if c is not None else "未分类",
-            role=lambda r: ROLE_LABEL.get(r, r),
-            outcome=lambda o: OUTCOME_LABEL[o],
-            statement_kind=lambda k: STATEMENT_KIND_LABEL[StatementKind(k)],
-            statement_state=lambda s: STATE_LABEL.get(s, s),
+            level=names.level,
+            category=names.category,
+            role=names.role,
+            outcome=outcome_zh,
+            statement_kind=lambda k: names.statement_kinds[StatementKind(k)],
+            statement_state=lambda s: names.statement_states[StatementState(s)],
             cell=lambda text: " ".join(str(text).split()).replace("|", "\\|"),
         )
 

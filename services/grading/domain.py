@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import Field, PositiveInt, ValidationError, model_validator
 
+from shared.errors import Conflict
 from shared.events import (
     Category,
     Envelope,
@@ -25,6 +26,7 @@ from shared.events import (
     Reach,
     ReportReceived,
 )
+from shared.models import FrozenModel
 
 # --------------------------------------------------------------------------- rulebook
 
@@ -32,9 +34,7 @@ Keywords = tuple[str, ...]
 RuleId = str
 
 
-class _Rule(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class _Rule(FrozenModel):
     id: RuleId = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
     reason: str = Field(min_length=1, max_length=500)
 
@@ -83,8 +83,8 @@ class MishandlingRule(_Rule):
     steps: PositiveInt = 1
 
 
-class Rulebook(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class Rulebook(FrozenModel):
+    """The rules in force, as config/rulebook.yaml states them (validated at start)."""
 
     version: str = Field(min_length=1, max_length=100)
     default_level: DefaultLevel
@@ -270,22 +270,23 @@ def grade_stream(incident_id: str) -> str:
 
 @dataclass(frozen=True)
 class Grade:
-    """An incident's grade as its grade stream tells it."""
+    """An incident's grade as its grade stream tells it, at the stream's version."""
 
     level: Level
     category: Category
     version: int
 
-    @classmethod
-    def replay(cls, events: Sequence[Envelope]) -> Grade | None:
-        grade: Grade | None = None
-        for event in events:
-            payload = event.payload
-            if isinstance(payload, IncidentGraded):
-                grade = Grade(payload.level, payload.category, event.stream_version)
-            elif isinstance(payload, IncidentEscalated | GradeOverridden) and grade is not None:
-                grade = Grade(payload.to_level, payload.category, event.stream_version)
-        return grade
+
+def evolve(grade: Grade | None, event: Envelope) -> Grade:
+    """The grade after one more event of its stream: graded first, then moved up or down."""
+    payload = event.payload
+    if isinstance(payload, IncidentGraded):
+        return Grade(payload.level, payload.category, event.stream_version)
+    if grade is not None and isinstance(payload, IncidentEscalated | GradeOverridden):
+        return Grade(payload.to_level, payload.category, event.stream_version)
+    raise ValueError(
+        f"{event.event_type} at version {event.stream_version} cannot follow in {event.stream_id}"
+    )
 
 
 def on_report(
@@ -351,23 +352,37 @@ def on_deadline_missed(
     )
 
 
-class OverrideRefused(Exception):
+class OverrideRefused(Conflict):
     """An override that would change nothing, of an incident not graded yet, or of a
-    dismissed pseudo-incident."""
+    dismissed pseudo-incident. `details` holds the grade it was refused on."""
+
+    code = "override_refused"
+
+    def __init__(self, message: str, grade: Grade | None) -> None:
+        super().__init__(
+            message,
+            {
+                "level": int(grade.level) if grade is not None else None,
+                "category": grade.category.value if grade is not None else None,
+            },
+        )
 
 
 def override(
     grade: Grade | None, to_level: Level, category: Category | None, reason: str, dismissed: bool
 ) -> GradeOverridden:
+    """The leading group sets the level by hand, up or down."""
     if grade is None:
-        raise OverrideRefused("the incident has not been graded yet")
+        raise OverrideRefused("the incident has not been graded yet", grade)
     if dismissed:
         # A grade on a pseudo-incident would open reporting obligations; reopen it first.
-        raise OverrideRefused("the incident was dismissed as a pseudo-incident; reopen it first")
+        raise OverrideRefused(
+            "the incident was dismissed as a pseudo-incident; reopen it first", grade
+        )
     new_category = category or grade.category
     if to_level == grade.level and new_category == grade.category:
         raise OverrideRefused(
-            f"the incident is already level {int(grade.level)}, {grade.category.value}"
+            f"the incident is already level {int(grade.level)}, {grade.category.value}", grade
         )
     return GradeOverridden(
         from_level=grade.level, to_level=to_level, category=new_category, reason=reason

@@ -1,113 +1,95 @@
 """Grading's reactions to intake and notification events, and the leader's override.
 
-Each consumed event is handled in the consumer's transaction: the facts grading keeps,
-the grade events it appends and the grade view all commit with the inbox mark.
+Each consumed event is handled in the consumer's unit of work: the facts grading keeps,
+the grade events it saves and the grade view all commit with the inbox mark. The
+override is a command: the `CommandRunner` decides it again when another writer moved
+the grade stream first.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
 
 from services.grading.domain import (
     Grade,
     ReportFacts,
     Rulebook,
-    grade_stream,
     on_deadline_missed,
     on_report,
     override,
 )
 from services.grading.projections import GradingViews
-from shared.bus import Handler, Rejected
-from shared.errors import Conflict
+from shared.bus import Rejected
+from shared.clock import Clock
 from shared.events import (
     Actor,
     Category,
     DeadlineMissed,
     Envelope,
-    EventPayload,
+    GradeOverridden,
     IncidentDismissed,
     IncidentReopened,
     Level,
     ReportReceived,
 )
-from shared.store import ConcurrencyConflict, EventStore, UnitOfWork
+from shared.repository import Cause, CommandRunner, Repository
+from shared.store import UnitOfWork
 
 RULEBOOK_ACTOR = Actor.rule("rulebook")
 
 
-async def _load_grade(incident_id: str, uow: UnitOfWork) -> tuple[Grade | None, int]:
-    events = await uow.load(grade_stream(incident_id))
-    return Grade.replay(events), events[-1].stream_version if events else 0
-
-
 class GradingHandlers:
-    def __init__(self, rulebook: Rulebook, views: GradingViews) -> None:
+    def __init__(
+        self, rulebook: Rulebook, grades: Repository[Grade], views: GradingViews, clock: Clock
+    ) -> None:
         self.rulebook = rulebook
+        self.grades = grades
         self.views = views
+        self.clock = clock
 
-    def mapping(self) -> Mapping[str, Handler]:
-        return {
-            ReportReceived.EVENT_TYPE: self.report_received,
-            IncidentDismissed.EVENT_TYPE: self.dismissed,
-            IncidentReopened.EVENT_TYPE: self.reopened,
-            DeadlineMissed.EVENT_TYPE: self.deadline_missed,
-        }
+    def _cause(self, event: Envelope) -> Cause:
+        return Cause.of(event, RULEBOOK_ACTOR, occurred_at=self.clock())
 
-    async def report_received(self, event: Envelope, uow: UnitOfWork) -> None:
-        report = event.payload
-        if not isinstance(report, ReportReceived):
-            raise Rejected(f"{event.event_type} carries no report")
-        facts = await self.views.facts(event.incident_id, uow.session)
+    async def report_received(
+        self, event: Envelope, report: ReportReceived, uow: UnitOfWork
+    ) -> None:
+        facts = await self.views.facts(event.incident_id, uow)
         if any(r.report_id == report.report_id for r in facts.reports):
             return  # the same report under another event id: already counted
-        grade, version = await _load_grade(event.incident_id, uow)
+        grade = await self.grades.get(uow, event.incident_id)
         decision = on_report(
             self.rulebook, grade, facts.reports, ReportFacts.of(report), facts.dismissed
         )
-        await self.views.add_report(event.incident_id, report, uow.session)
-        await self._emit(event, decision, version, uow)
+        await self.views.add_report(event.incident_id, report, uow)
+        decided = [decision] if decision is not None else []
+        await self.grades.save(uow, event.incident_id, grade, decided, self._cause(event))
 
-    async def dismissed(self, event: Envelope, uow: UnitOfWork) -> None:
-        await self.views.set_dismissed(event.incident_id, True, uow.session)
+    async def dismissed(self, event: Envelope, _: IncidentDismissed, uow: UnitOfWork) -> None:
+        await self.views.set_dismissed(event.incident_id, True, uow)
 
-    async def reopened(self, event: Envelope, uow: UnitOfWork) -> None:
-        await self.views.set_dismissed(event.incident_id, False, uow.session)
+    async def reopened(self, event: Envelope, _: IncidentReopened, uow: UnitOfWork) -> None:
+        await self.views.set_dismissed(event.incident_id, False, uow)
 
-    async def deadline_missed(self, event: Envelope, uow: UnitOfWork) -> None:
-        missed = event.payload
-        if not isinstance(missed, DeadlineMissed):
-            raise Rejected(f"{event.event_type} carries no missed deadline")
-        grade, version = await _load_grade(event.incident_id, uow)
-        if grade is None:
-            raise Rejected(f"a deadline was missed on {event.incident_id}, which was never graded")
-        facts = await self.views.facts(event.incident_id, uow.session)
-        decision = on_deadline_missed(self.rulebook, grade, missed.level, facts.dismissed)
-        await self._emit(event, decision, version, uow)
-
-    async def _emit(
-        self, cause: Envelope, payload: EventPayload | None, version: int, uow: UnitOfWork
+    async def deadline_missed(
+        self, event: Envelope, missed: DeadlineMissed, uow: UnitOfWork
     ) -> None:
-        if payload is None:
-            return
-        event = cause.caused(
-            payload,
-            stream_id=grade_stream(cause.incident_id),
-            stream_version=version + 1,
-            actor=RULEBOOK_ACTOR,
-        )
-        for stored in await uow.append([event], expected_version=version):
-            await self.views.apply(stored, uow.session)
-
-
-# Each retry re-reads the grade stream, so a handful suffices unless it is under a storm.
-_ATTEMPTS = 5
+        grade = await self.grades.get(uow, event.incident_id)
+        if grade is None:
+            # Duties are opened by a grade: a missed one on an incident grading never
+            # graded means the topics disagree, which someone must look at.
+            raise Rejected(f"a deadline was missed on {event.incident_id}, which was never graded")
+        facts = await self.views.facts(event.incident_id, uow)
+        decision = on_deadline_missed(self.rulebook, grade, missed.level, facts.dismissed)
+        decided = [decision] if decision is not None else []
+        await self.grades.save(uow, event.incident_id, grade, decided, self._cause(event))
 
 
 class GradingCommands:
-    def __init__(self, store: EventStore, views: GradingViews) -> None:
-        self.store = store
+    def __init__(
+        self, run: CommandRunner, grades: Repository[Grade], views: GradingViews, clock: Clock
+    ) -> None:
+        self.run = run
+        self.grades = grades
         self.views = views
+        self.clock = clock
 
     async def override(
         self,
@@ -117,27 +99,15 @@ class GradingCommands:
         reason: str,
         actor: Actor,
         unit_id: str | None,
-    ) -> Envelope:
-        """The leading group sets the level, up or down; raises OverrideRefused."""
+    ) -> GradeOverridden:
+        """The leading group sets the level, up or down; raises OverrideRefused (409)."""
 
-        async def work(uow: UnitOfWork) -> Envelope:
-            grade, version = await _load_grade(incident_id, uow)
-            facts = await self.views.facts(incident_id, uow.session)
-            event = Envelope.new(
-                override(grade, level, category, reason, facts.dismissed),
-                incident_id=incident_id,
-                stream_id=grade_stream(incident_id),
-                stream_version=version + 1,
-                actor=actor,
-                unit_id=unit_id,
-            )
-            (stored,) = await uow.append([event], expected_version=version)
-            await self.views.apply(stored, uow.session)
-            return stored
+        async def work(uow: UnitOfWork) -> GradeOverridden:
+            grade = await self.grades.get(uow, incident_id)
+            facts = await self.views.facts(incident_id, uow)
+            decided = override(grade, level, category, reason, facts.dismissed)
+            cause = Cause(actor, incident_id, unit_id=unit_id, occurred_at=self.clock())
+            await self.grades.save(uow, incident_id, grade, [decided], cause)
+            return decided
 
-        for _ in range(_ATTEMPTS):
-            try:
-                return await self.store.transaction(work)
-            except ConcurrencyConflict:
-                continue
-        raise Conflict(f"the grade of {incident_id} kept changing; retry")
+        return await self.run(work)

@@ -10,22 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from pymongo.asynchronous.client_session import AsyncClientSession
+from pydantic import BaseModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.grading.domain import ReportFacts
 from shared.events import (
+    Actor,
+    Category,
     Envelope,
     FiredRule,
     GradeOverridden,
     IncidentEscalated,
     IncidentGraded,
+    Level,
     MediaTier,
     Reach,
     ReportReceived,
 )
-from shared.store import Document
+from shared.store import Document, UnitOfWork
+from shared.visibility import IncidentScope, scope_of
 
 FACTS = "facts"
 GRADES = "grades"
@@ -37,6 +42,37 @@ class IncidentFacts:
     reports: tuple[ReportFacts, ...]
     unit_ids: tuple[str, ...]
     dismissed: bool
+
+
+class GradeHistoryEntry(BaseModel):
+    """One step of an incident's grade: graded, escalated or overridden, and why."""
+
+    event_type: str
+    event_id: str
+    at: datetime
+    actor: Actor
+    level: Level
+    from_level: Level | None = None
+    category: Category
+    reason: str | None = None
+    rules_fired: tuple[FiredRule, ...] = ()
+
+
+class GradeView(BaseModel):
+    """An incident's current grade, the rules behind it and how it came to be."""
+
+    incident_id: str
+    level: Level
+    category: Category
+    rules_fired: tuple[FiredRule, ...]
+    rulebook_version: str
+    sensitive_topics: tuple[str, ...] = ()
+    unit_ids: tuple[str, ...] = ()
+    dismissed: bool = False
+    graded_at: datetime
+    updated_at: datetime
+    version: int
+    history: tuple[GradeHistoryEntry, ...]
 
 
 def _facts_doc(report: ReportFacts) -> Document:
@@ -61,14 +97,18 @@ def _facts_of(doc: Document) -> ReportFacts:
     )
 
 
+def _rules(rules: Sequence[FiredRule]) -> list[Document]:
+    return [{"rule_id": r.rule_id, "reason": r.reason} for r in rules]
+
+
 class GradingViews:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.db = db
 
     # ------------------------------------------------------------------ facts
 
-    async def facts(self, incident_id: str, session: AsyncClientSession) -> IncidentFacts:
-        doc = await self.db[FACTS].find_one({"_id": incident_id}, session=session) or {}
+    async def facts(self, incident_id: str, uow: UnitOfWork) -> IncidentFacts:
+        doc = await self.db[FACTS].find_one({"_id": incident_id}, session=uow.session) or {}
         return IncidentFacts(
             incident_id=incident_id,
             reports=tuple(_facts_of(r) for r in doc.get("reports", [])),
@@ -76,9 +116,7 @@ class GradingViews:
             dismissed=bool(doc.get("dismissed", False)),
         )
 
-    async def add_report(
-        self, incident_id: str, report: ReportReceived, session: AsyncClientSession
-    ) -> None:
+    async def add_report(self, incident_id: str, report: ReportReceived, uow: UnitOfWork) -> None:
         await self.db[FACTS].update_one(
             {"_id": incident_id},
             {
@@ -89,7 +127,7 @@ class GradingViews:
                 },
             },
             upsert=True,
-            session=session,
+            session=uow.session,
         )
         await self.db[GRADES].update_one(
             {"_id": incident_id},
@@ -99,23 +137,31 @@ class GradingViews:
                     "filed_by": report.filed_by,
                 }
             },
-            session=session,
+            session=uow.session,
         )
 
-    async def set_dismissed(
-        self, incident_id: str, dismissed: bool, session: AsyncClientSession
-    ) -> None:
+    async def set_dismissed(self, incident_id: str, dismissed: bool, uow: UnitOfWork) -> None:
         await self.db[FACTS].update_one(
-            {"_id": incident_id}, {"$set": {"dismissed": dismissed}}, upsert=True, session=session
+            {"_id": incident_id},
+            {"$set": {"dismissed": dismissed}},
+            upsert=True,
+            session=uow.session,
         )
         await self.db[GRADES].update_one(
-            {"_id": incident_id}, {"$set": {"dismissed": dismissed}}, session=session
+            {"_id": incident_id}, {"$set": {"dismissed": dismissed}}, session=uow.session
         )
+
+    async def scope(self, incident_id: str) -> IncidentScope | None:
+        """Whose incident it is, for visibility: every incident grading knows has facts."""
+        doc = await self.db[FACTS].find_one({"_id": incident_id})
+        if doc is None:
+            return None
+        return scope_of(incident_id, doc.get("unit_ids", []), doc.get("filed_by", []))
 
     # ------------------------------------------------------------------ grades
 
-    async def apply(self, event: Envelope, session: AsyncClientSession) -> None:
-        payload = event.payload
+    async def apply(self, event: Envelope, uow: UnitOfWork) -> None:
+        """The grade stream's projector, run by the repository as each event is saved."""
         entry: Document = {
             "event_type": event.event_type,
             "event_id": str(event.event_id),
@@ -123,49 +169,57 @@ class GradingViews:
             "actor": event.actor.model_dump(),
         }
         current: Document = {"version": event.stream_version, "updated_at": event.occurred_at}
-        if isinstance(payload, IncidentGraded):
-            facts = await self.db[FACTS].find_one({"_id": event.incident_id}, session=session)
-            facts = facts or {}
-            entry.update(level=int(payload.level), reason=None)
-            current.update(
-                incident_id=event.incident_id,
-                graded_at=event.occurred_at,
-                rulebook_version=payload.rulebook_version,
-                rules_fired=_rules(payload.rules_fired),
-                sensitive_topics=list(payload.sensitive_topics),
-                unit_ids=facts.get("unit_ids", []),
-                filed_by=facts.get("filed_by", []),
-                dismissed=bool(facts.get("dismissed", False)),
-            )
-            entry.update(rules_fired=_rules(payload.rules_fired))
-        elif isinstance(payload, IncidentEscalated):
-            entry.update(
-                from_level=int(payload.from_level),
-                level=int(payload.to_level),
-                reason=payload.reason,
-                rules_fired=_rules(payload.rules_fired),
-            )
-            current.update(rulebook_version=payload.rulebook_version)
-        elif isinstance(payload, GradeOverridden):
-            entry.update(
-                from_level=int(payload.from_level),
-                level=int(payload.to_level),
-                reason=payload.reason,
-            )
-        else:
-            return
-        entry["category"] = payload.category.value
-        current.update(level=entry["level"], category=payload.category.value)
+        match event.payload:
+            case IncidentGraded() as graded:
+                facts = await self.db[FACTS].find_one(
+                    {"_id": event.incident_id}, session=uow.session
+                )
+                facts = facts or {}
+                entry.update(
+                    level=int(graded.level), reason=None, rules_fired=_rules(graded.rules_fired)
+                )
+                current.update(
+                    incident_id=event.incident_id,
+                    graded_at=event.occurred_at,
+                    rulebook_version=graded.rulebook_version,
+                    rules_fired=_rules(graded.rules_fired),
+                    sensitive_topics=list(graded.sensitive_topics),
+                    unit_ids=facts.get("unit_ids", []),
+                    filed_by=facts.get("filed_by", []),
+                    dismissed=bool(facts.get("dismissed", False)),
+                )
+                category = graded.category
+            case IncidentEscalated() as escalated:
+                entry.update(
+                    from_level=int(escalated.from_level),
+                    level=int(escalated.to_level),
+                    reason=escalated.reason,
+                    rules_fired=_rules(escalated.rules_fired),
+                )
+                current.update(rulebook_version=escalated.rulebook_version)
+                category = escalated.category
+            case GradeOverridden() as overridden:
+                entry.update(
+                    from_level=int(overridden.from_level),
+                    level=int(overridden.to_level),
+                    reason=overridden.reason,
+                )
+                category = overridden.category
+            case _:
+                return
+        entry["category"] = category.value
+        current.update(level=entry["level"], category=category.value)
         await self.db[GRADES].update_one(
             {"_id": event.incident_id},
             {"$set": current, "$push": {"history": entry}},
             upsert=True,
-            session=session,
+            session=uow.session,
         )
 
-    async def grade(self, incident_id: str) -> Document | None:
-        return await self.db[GRADES].find_one({"_id": incident_id})
-
-
-def _rules(rules: Sequence[FiredRule]) -> list[Document]:
-    return [{"rule_id": r.rule_id, "reason": r.reason} for r in rules]
+    async def grade(self, incident_id: str) -> GradeView | None:
+        doc = await self.db[GRADES].find_one({"_id": incident_id})
+        if doc is None:
+            return None
+        return GradeView.model_validate(
+            {k: v for k, v in doc.items() if k in GradeView.model_fields}
+        )

@@ -5,7 +5,9 @@ Who may do what (DOMAIN.md, "Who uses it"):
   leader, dept_head, spokesperson, partner (and admin), only for units they act for;
 - resolve, dismiss (网络伪舆情) and reopen: the leading group and its office (leader,
   office, admin);
-- read: anyone whose units include the incident's; a partner only what it referred.
+- read: whoever `shared.visibility` lets see the incident (a partner only what it
+  referred). Every `{id}` route asks it first, so another unit's id answers the same 404
+  as an unknown one, before any role or status is checked.
 """
 
 from __future__ import annotations
@@ -13,34 +15,35 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Header, Response, status
-from fastapi.exceptions import RequestValidationError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.intake.domain import (
-    IllegalTransition,
     Incident,
-    IncidentStatus,
+    IntakePolicy,
     new_report_id,
     normalize_url,
 )
 from services.intake.handlers import Idempotency, IntakeCommands
-from services.intake.projections import IntakeViews
-from shared.auth import CurrentPrincipal, Directory, Principal, Role
-from shared.errors import Conflict, Forbidden, NotFound
+from services.intake.projections import IncidentOut, IntakeViews, ReportOut
+from shared.auth import CurrentCaller
+from shared.clock import Clock
+from shared.directory import Directory
+from shared.errors import Forbidden, Invalid
 from shared.events import (
     Attachment,
     EventPayload,
+    IncidentStatus,
     MediaTier,
     Reach,
     ReportReceived,
     SourceType,
-    utcnow,
 )
-from shared.store import Document
+from shared.identity import Role
+from shared.visibility import Visibility
 
 FILERS = (
     Role.MONITOR,
@@ -148,31 +151,18 @@ class IncidentStatusOut(BaseModel):
     version: int
 
 
-def _refuse(field: str, message: str, kind: str) -> NoReturn:
-    """A refusal decided after parsing, reported like any other bad field so that
-    clients handle one 422 shape."""
-    raise RequestValidationError([{"loc": ("body", field), "msg": message, "type": kind}])
-
-
 def _fingerprint(body: ReportIn) -> str:
     return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
 
 
-def _may_see(directory: Directory, principal: Principal, doc: Document) -> bool:
-    if principal.has(Role.PARTNER) and not principal.has(Role.ADMIN):
-        # A report names one filer, an incident lists all of them.
-        filers = doc.get("filed_by") or []
-        return principal.sub == filers if isinstance(filers, str) else principal.sub in filers
-    visible = directory.visible_units(principal)
-    return visible is None or bool(visible.intersection(doc.get("unit_ids", [])))
-
-
-def _public(doc: Document) -> dict[str, Any]:
-    # `text` is the normalised form kept for matching, not something a reader filed.
-    return {k: v for k, v in doc.items() if k not in ("_id", "text")}
-
-
-def build_router(commands: IntakeCommands, views: IntakeViews, directory: Directory) -> APIRouter:
+def build_router(
+    commands: IntakeCommands,
+    views: IntakeViews,
+    visibility: Visibility,
+    directory: Directory,
+    policy: IntakePolicy,
+    clock: Clock,
+) -> APIRouter:
     router = APIRouter(tags=["intake"])
 
     @router.post(
@@ -183,16 +173,14 @@ def build_router(commands: IntakeCommands, views: IntakeViews, directory: Direct
         responses={
             200: {"model": ReportAnswer, "description": "attached to an incident already open"},
             201: {"description": "a new incident was opened for it"},
-            403: {
-                "description": "a unit the principal does not act for, or a role that may not file"
-            },
+            403: {"description": "a unit the caller does not act for, or a role that may not file"},
             409: {"description": "the Idempotency-Key was used for a different report"},
             422: {"description": "a missing or malformed field, or an unknown unit"},
         },
     )
     async def submit_report(
         body: ReportIn,
-        principal: CurrentPrincipal,
+        caller: CurrentCaller,
         response: Response,
         idempotency_key: Annotated[
             str | None,
@@ -203,21 +191,23 @@ def build_router(commands: IntakeCommands, views: IntakeViews, directory: Direct
             ),
         ] = None,
     ) -> ReportAnswer:
-        principal.require(*FILERS)
+        caller.require(*FILERS)
         unknown = [u for u in body.unit_ids if directory.unit(u) is None]
         if unknown:
-            _refuse("unit_ids", f"unknown units: {', '.join(unknown)}", "unknown_unit")
-        if body.observed_at > utcnow() + commands.policy.clock_skew:
-            _refuse("observed_at", "is in the future: check the clock and time zone", "future")
-        if not directory.can_act_for(principal, body.unit_ids):
-            raise Forbidden(f"{principal.sub} may not file reports for {', '.join(body.unit_ids)}")
+            raise Invalid("unit_ids", f"unknown units: {', '.join(unknown)}", "unknown_unit")
+        if body.observed_at > clock() + policy.clock_skew:
+            raise Invalid(
+                "observed_at", "is in the future: check the clock and time zone", "future"
+            )
+        if not visibility.may_file_for(caller, body.unit_ids):
+            raise Forbidden(f"{caller.id} may not file reports for {', '.join(body.unit_ids)}")
         report = ReportReceived(
             report_id=new_report_id(),
             source_type=body.source_type,
             source_name=body.source_name,
             media_tier=body.media_tier,
             url=body.url,
-            normalized_url=normalize_url(body.url, commands.policy.tracking_params),
+            normalized_url=normalize_url(body.url, policy.tracking_params),
             title=body.title,
             excerpt=body.excerpt,
             author=body.author,
@@ -225,15 +215,15 @@ def build_router(commands: IntakeCommands, views: IntakeViews, directory: Direct
             observed_at=body.observed_at,
             reach=body.reach,
             unit_ids=tuple(body.unit_ids),
-            filed_by=principal.sub,
+            filed_by=caller.id,
             attachments=tuple(body.attachments),
         )
         idempotency = (
-            Idempotency(f"{principal.sub}:{idempotency_key}", _fingerprint(body))
+            Idempotency(f"{caller.id}:{idempotency_key}", _fingerprint(body))
             if idempotency_key
             else None
         )
-        answer = await commands.submit(report, principal.actor, idempotency)
+        answer = await commands.submit(report, caller, idempotency)
         response.status_code = (
             status.HTTP_201_CREATED if answer.new_incident else status.HTTP_200_OK
         )
@@ -241,19 +231,29 @@ def build_router(commands: IntakeCommands, views: IntakeViews, directory: Direct
             response.headers["Idempotent-Replayed"] = "true"
         return ReportAnswer(**answer.body())
 
-    @router.get("/reports/{report_id}", summary="A report as filed, and its incident")
-    async def get_report(report_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
-        doc = await views.report(report_id)
-        if doc is None or not _may_see(directory, principal, doc):
-            raise NotFound(f"no report {report_id}")
-        return _public(doc)
+    @router.get(
+        "/reports/{report_id}",
+        response_model=ReportOut,
+        summary="A report as filed, and its incident",
+        responses={404: {"description": "no such report, or one the caller may not see"}},
+    )
+    async def get_report(report_id: str, caller: CurrentCaller) -> ReportOut:
+        found = await views.report(report_id)
+        visibility.require(caller, found.scope if found else None, "report", report_id)
+        assert found is not None
+        return found
 
-    @router.get("/incidents/{incident_id}", summary="Intake's view of an incident")
-    async def get_incident(incident_id: str, principal: CurrentPrincipal) -> dict[str, Any]:
-        doc = await views.incident(incident_id)
-        if doc is None or not _may_see(directory, principal, doc):
-            raise NotFound(f"no incident {incident_id}")
-        return _public(doc)
+    @router.get(
+        "/incidents/{incident_id}",
+        response_model=IncidentOut,
+        summary="Intake's view of an incident",
+        responses={404: {"description": "no such incident, or one the caller may not see"}},
+    )
+    async def get_incident(incident_id: str, caller: CurrentCaller) -> IncidentOut:
+        found = await views.incident(incident_id)
+        visibility.require(caller, found.scope if found else None, "incident", incident_id)
+        assert found is not None
+        return found
 
     def lifecycle(
         action: str, decide: Callable[[Incident, str], list[EventPayload]], summary: str
@@ -263,26 +263,23 @@ def build_router(commands: IntakeCommands, views: IntakeViews, directory: Direct
             response_model=IncidentStatusOut,
             summary=summary,
             name=f"{action}_incident",
-            responses={409: {"description": "not allowed from the current status (in details)"}},
+            responses={
+                403: {"description": "not a leader or office, or not acting for all its units"},
+                404: {"description": "no such incident, or one the caller may not see"},
+                409: {"description": "not allowed from the current status (in details)"},
+            },
         )
         async def transition(
-            incident_id: str, body: ReasonIn, principal: CurrentPrincipal
+            incident_id: str, body: ReasonIn, caller: CurrentCaller
         ) -> IncidentStatusOut:
-            principal.require(*LIFECYCLE)
-
-            def authorize(incident: Incident) -> None:
-                if not directory.can_act_for(principal, incident.unit_ids):
-                    raise Forbidden(f"{principal.sub} may not act for incident {incident_id}")
+            scope = await views.incident_scope(incident_id)
+            visibility.require(caller, scope, "incident", incident_id)
+            caller.require(*LIFECYCLE)
 
             def decided(incident: Incident) -> list[EventPayload]:
                 return decide(incident, body.reason)
 
-            try:
-                after = await commands.transition(incident_id, decided, principal.actor, authorize)
-            except IllegalTransition as exc:
-                raise Conflict(
-                    str(exc), {"status": exc.status.value, "action": exc.action}
-                ) from None
+            after = await commands.transition(incident_id, decided, caller)
             return IncidentStatusOut(
                 incident_id=after.incident_id, status=after.status, version=after.version
             )

@@ -1,8 +1,8 @@
 """Intake's pure rules: URL normalisation, near-identical text, where a report belongs, the
 incident lifecycle.
 
-Nothing here does I/O. Commands are decided against an `Incident` rebuilt from its
-stream, and the decisions are returned as event payloads for the caller to append.
+Nothing here does I/O. Commands are decided against an `Incident` folded from its
+stream (`evolve`), and the decisions are returned as event payloads for the caller to save.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from datetime import datetime, timedelta
 from enum import Enum
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 
+from shared.errors import Conflict
 from shared.events import (
     Envelope,
     EventPayload,
@@ -25,15 +26,15 @@ from shared.events import (
     IncidentOpened,
     IncidentReopened,
     IncidentResolved,
+    IncidentStatus,
     ReportAttached,
     ReportReceived,
 )
+from shared.models import FrozenModel
 
 
-class TextMatching(BaseModel):
+class TextMatching(FrozenModel):
     """When two reports' texts say the same thing (config/intake.yaml, `similar_text`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # Dice similarity of the character n-grams at or above which the texts match.
     threshold: float = Field(default=0.85, gt=0, le=1)
@@ -50,10 +51,8 @@ class TextMatching(BaseModel):
         return timedelta(hours=self.window_hours)
 
 
-class IntakePolicy(BaseModel):
+class IntakePolicy(FrozenModel):
     """The deployment's intake policy (config/intake.yaml)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # A resolved incident that gets a new report within this window is reopened;
     # after it, the report opens a new incident.
@@ -180,17 +179,16 @@ def incident_stream(incident_id: str) -> str:
 # --------------------------------------------------------------------------- incident
 
 
-class IncidentStatus(str, Enum):
-    OPEN = "open"
-    RESOLVED = "resolved"
-    DISMISSED = "dismissed"
+class IllegalTransition(Conflict):
+    """The incident is not in a state that allows the command; the details name both."""
 
-
-class IllegalTransition(Exception):
-    """The incident is not in a state that allows the command."""
+    code = "illegal_transition"
 
     def __init__(self, incident_id: str, action: str, status: IncidentStatus) -> None:
-        super().__init__(f"incident {incident_id} is {status.value}: it cannot be {action}")
+        super().__init__(
+            f"incident {incident_id} is {status.value}: it cannot be {action}",
+            {"status": status.value, "action": action},
+        )
         self.incident_id = incident_id
         self.action = action
         self.status = status

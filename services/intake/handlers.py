@@ -1,23 +1,22 @@
-"""Intake's commands: each loads the incident inside a transaction, lets the domain decide,
-and appends the resulting events together with the read-model writes.
+"""Intake's commands: each loads the incident through the repository, lets the domain
+decide, and saves the resulting events with the read-model writes in one transaction.
 
 Two writers deciding on one incident, or racing to open one for one URL, collide on a
-unique index; the loser decides again against what the winner stored. Near-identical
-texts under different URLs have no index to collide on; they still meet because every
-append bumps the store's one sequence document in the same transaction, so two filings
-at once conflict and the loser is run again against the winner's report (the service
-test `..._filed_at_once_make_one_incident` holds us to it).
+unique index (`ConcurrencyConflict`, `UrlClaimLost`); the `CommandRunner` has the loser
+decide again against what the winner stored. Near-identical texts under different URLs
+have no index to collide on; they still meet because every append bumps the store's one
+sequence document in the same transaction, so two filings at once conflict and the loser
+is run again against the winner's report (the service test
+`..._filed_at_once_make_one_incident` holds us to it).
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import structlog
 from pymongo.errors import DuplicateKeyError
 
 from services.intake.domain import (
@@ -28,27 +27,24 @@ from services.intake.domain import (
     Routing,
     TextMatch,
     best_text_match,
-    incident_stream,
     new_incident_id,
     place_report,
     report_text,
     route_report,
 )
-from services.intake.projections import IntakeViews, UrlClaimLost
-from shared.errors import Conflict, NotFound
-from shared.events import Actor, Envelope, EventPayload, ReportReceived, utcnow
-from shared.store import ConcurrencyConflict, EventStore, UnitOfWork
-
-log = structlog.get_logger("yuqing.intake")
-
-# Each retry re-reads what the competing writer stored, so a handful always suffices
-# unless the stream is under a write storm, which then surfaces as 409.
-_ATTEMPTS = 5
+from services.intake.projections import IntakeViews
+from shared.clock import Clock
+from shared.errors import Conflict, Forbidden
+from shared.events import EventPayload, ReportReceived
+from shared.identity import Caller
+from shared.repository import Cause, CommandRunner, Repository
+from shared.store import DecideAgain, UnitOfWork
+from shared.visibility import Visibility, hidden, scope_of
 
 
 @dataclass(frozen=True)
 class Idempotency:
-    """An Idempotency-Key, scoped to its principal, and what the request carried."""
+    """An Idempotency-Key, scoped to its caller, and what the request carried."""
 
     scope_key: str
     fingerprint: str
@@ -69,25 +65,37 @@ class SubmitAnswer:
         }
 
 
-class _IdempotencyRace(Exception):
-    """A request with the same key committed while this one was deciding."""
+class _IdempotencyRace(DecideAgain):
+    """A request with the same key committed while this one was deciding: deciding again
+    finds its answer and gives it."""
 
 
 class IntakeCommands:
-    def __init__(self, store: EventStore, views: IntakeViews, policy: IntakePolicy) -> None:
-        self.store = store
+    def __init__(
+        self,
+        incidents: Repository[Incident],
+        views: IntakeViews,
+        policy: IntakePolicy,
+        run: CommandRunner,
+        visibility: Visibility,
+        clock: Clock,
+    ) -> None:
+        self.incidents = incidents
         self.views = views
         self.policy = policy
+        self.run = run
+        self.visibility = visibility
+        self.clock = clock
 
     async def submit(
-        self, report: ReportReceived, actor: Actor, idempotency: Idempotency | None
+        self, report: ReportReceived, caller: Caller, idempotency: Idempotency | None
     ) -> SubmitAnswer:
         async def work(uow: UnitOfWork) -> SubmitAnswer:
             if idempotency is not None:
                 found = await self.views.remembered(idempotency.scope_key, uow.session)
                 if found is not None:
                     return _replay(found, idempotency)
-            now = utcnow()
+            now = self.clock()
             # Claims are per unit, so a URL only leads to an incident about one of the
             # report's own units; the first unit with a claim decides.
             claims = await self.views.claims(report.normalized_url, report.unit_ids, uow.session)
@@ -101,16 +109,17 @@ class IntakeCommands:
                         similar.score,
                         similar.incident_id,
                     )
-            existing = None
-            if belongs_to is not None:
-                existing = Incident.replay(await uow.load(incident_stream(belongs_to)))
+            existing = await self.incidents.get(uow, belongs_to) if belongs_to else None
             routing = route_report(existing, now, self.policy)
-            if routing is Routing.OPEN_NEW or existing is None:
-                incident_id, version = new_incident_id(), 0
-            else:
-                incident_id, version = existing.incident_id, existing.version
-            payloads = place_report(routing, report, match, score)
-            await self._append(uow, incident_id, version, payloads, actor, report.unit_ids[0])
+            current = None if routing is Routing.OPEN_NEW else existing
+            incident_id = current.incident_id if current is not None else new_incident_id()
+            await self.incidents.save(
+                uow,
+                incident_id,
+                current,
+                place_report(routing, report, match, score),
+                Cause(caller.actor, incident_id, report.unit_ids[0], occurred_at=now),
+            )
             for unit_id in report.unit_ids:
                 previous = claims.get(unit_id)
                 if routing is Routing.OPEN_NEW or previous is None:
@@ -126,20 +135,10 @@ class IntakeCommands:
                         idempotency.scope_key, idempotency.fingerprint, answer.body(), uow.session
                     )
                 except DuplicateKeyError:
-                    raise _IdempotencyRace from None
+                    raise _IdempotencyRace(idempotency.scope_key) from None
             return answer
 
-        for _ in range(_ATTEMPTS):
-            try:
-                return await self.store.transaction(work)
-            except (ConcurrencyConflict, UrlClaimLost) as exc:
-                log.info("report placement collided, deciding again", reason=str(exc))
-            except _IdempotencyRace:
-                assert idempotency is not None
-                found = await self.views.remembered(idempotency.scope_key)
-                if found is not None:
-                    return _replay(found, idempotency)
-        raise Conflict("the incident kept changing while the report was filed; retry")
+        return await self.run(work)
 
     async def _similar(
         self, report: ReportReceived, now: datetime, uow: UnitOfWork
@@ -154,57 +153,32 @@ class IntakeCommands:
         self,
         incident_id: str,
         decide: Callable[[Incident], list[EventPayload]],
-        actor: Actor,
-        authorize: Callable[[Incident], None],
+        caller: Caller,
     ) -> Incident:
-        """Resolve, dismiss or reopen: `decide` raises IllegalTransition when it may not."""
+        """Resolve, dismiss or reopen, for a caller who may see the incident and holds a
+        lifecycle role: `decide` raises IllegalTransition when the status does not allow it.
+        Only a caller acting for every unit of the incident may change it."""
 
         async def work(uow: UnitOfWork) -> Incident:
-            events = await uow.load(incident_stream(incident_id))
-            incident = Incident.replay(events)
+            incident = await self.incidents.get(uow, incident_id)
             if incident is None:
-                raise NotFound(f"no incident {incident_id}")
-            authorize(incident)
-            stored = await self._append(
-                uow, incident_id, incident.version, decide(incident), actor, incident.unit_ids[0]
+                raise hidden("incident", incident_id)
+            if not self.visibility.may_act_on(caller, scope_of(incident_id, incident.unit_ids, ())):
+                raise Forbidden(
+                    f"{caller.id} may not act for every unit of incident {incident_id}",
+                    {"unit_ids": list(incident.unit_ids)},
+                )
+            saved = await self.incidents.save(
+                uow,
+                incident_id,
+                incident,
+                decide(incident),
+                Cause(caller.actor, incident_id, incident.unit_ids[0], occurred_at=self.clock()),
             )
-            after = Incident.replay([*events, *stored])
-            assert after is not None
-            return after
+            assert saved is not None, "a transition always decides an event"
+            return saved.aggregate
 
-        for _ in range(_ATTEMPTS):
-            try:
-                return await self.store.transaction(work)
-            except ConcurrencyConflict as exc:
-                log.info("incident changed meanwhile, deciding again", reason=str(exc))
-        raise Conflict(f"incident {incident_id} kept changing; retry")
-
-    async def _append(
-        self,
-        uow: UnitOfWork,
-        incident_id: str,
-        version: int,
-        payloads: list[EventPayload],
-        actor: Actor,
-        unit_id: str,
-    ) -> list[Envelope]:
-        correlation_id = uuid.uuid4()
-        envelopes = [
-            Envelope.new(
-                payload,
-                incident_id=incident_id,
-                stream_id=incident_stream(incident_id),
-                stream_version=version + offset,
-                actor=actor,
-                unit_id=unit_id,
-                correlation_id=correlation_id,
-            )
-            for offset, payload in enumerate(payloads, start=1)
-        ]
-        stored = await uow.append(envelopes, expected_version=version)
-        for event in stored:
-            await self.views.apply(event, uow.session)
-        return stored
+        return await self.run(work)
 
 
 def _replay(found: dict[str, Any], idempotency: Idempotency) -> SubmitAnswer:

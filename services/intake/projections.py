@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,15 +23,24 @@ from pymongo.errors import DuplicateKeyError
 
 from services.intake.domain import TextCandidate, report_text
 from shared.events import (
+    Actor,
+    Attachment,
     Envelope,
+    EventPayload,
     IncidentDismissed,
     IncidentOpened,
     IncidentReopened,
     IncidentResolved,
+    IncidentStatus,
+    MediaTier,
+    Reach,
     ReportAttached,
     ReportReceived,
+    SourceType,
 )
-from shared.store import Document
+from shared.models import FrozenModel
+from shared.store import DecideAgain, Document, UnitOfWork
+from shared.visibility import IncidentScope, scope_of
 
 REPORTS = "reports"
 INCIDENTS = "incidents"
@@ -39,110 +48,211 @@ URL_CLAIMS = "url_claims"
 IDEMPOTENCY = "idempotency"
 
 
-class UrlClaimLost(Exception):
+class UrlClaimLost(DecideAgain):
     """Another request claimed the URL since it was read: decide again."""
+
+
+# --------------------------------------------------------------------------- read models
+
+
+class ReportOut(FrozenModel):
+    """A report as filed, where it went and why."""
+
+    report_id: str
+    incident_id: str
+    source_type: SourceType
+    source_name: str
+    media_tier: MediaTier
+    url: str
+    normalized_url: str
+    title: str
+    excerpt: str
+    author: str | None
+    published_at: datetime
+    observed_at: datetime
+    reach: Reach
+    unit_ids: list[str]
+    filed_by: str
+    attachments: list[Attachment]
+    match: str | None = None  # why it joined its incident ("same_url", ...); None: it opened it
+    score: float | None = None  # how alike the texts were, for "similar_text"
+    received_at: datetime
+    actor: Actor
+
+    @property
+    def scope(self) -> IncidentScope:
+        """Who may read this report: its own units and its filer."""
+        return scope_of(self.incident_id, self.unit_ids, [self.filed_by])
+
+
+class ReportSummary(FrozenModel):
+    report_id: str
+    title: str
+    source_name: str
+    media_tier: MediaTier
+    url: str
+    filed_by: str
+    received_at: datetime
+    match: str | None = None
+    score: float | None = None
+
+
+class HistoryEntry(FrozenModel):
+    status: str  # "opened", then the status each change led to
+    reason: str | None
+    at: datetime
+    actor: Actor
+    event_id: str
+
+
+class IncidentOut(FrozenModel):
+    """Intake's view of an incident: where it stands, its units, reports and history."""
+
+    incident_id: str
+    status: IncidentStatus
+    title: str
+    unit_ids: list[str]
+    reports: list[ReportSummary]
+    filed_by: list[str]
+    history: list[HistoryEntry]
+    opened_at: datetime
+    updated_at: datetime
+    version: int
+
+    @property
+    def scope(self) -> IncidentScope:
+        return scope_of(self.incident_id, self.unit_ids, self.filed_by)
+
+
+# --------------------------------------------------------------------------- projection
+
+_Apply = Callable[[Envelope, Any, AsyncClientSession | None], Awaitable[None]]
 
 
 class IntakeViews:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.db = db
+        self._appliers: dict[type[EventPayload], _Apply] = {
+            IncidentOpened: self._opened,
+            ReportReceived: self._received,
+            ReportAttached: self._attached,
+            IncidentResolved: self._status_changed,
+            IncidentDismissed: self._status_changed,
+            IncidentReopened: self._status_changed,
+        }
 
     async def ensure_indexes(self) -> None:
         await self.db[REPORTS].create_index([("incident_id", ASCENDING)])
         await self.db[REPORTS].create_index([("unit_ids", ASCENDING), ("received_at", DESCENDING)])
         await self.db[INCIDENTS].create_index([("unit_ids", ASCENDING)])
 
-    # ------------------------------------------------------------------ projection
+    async def apply(self, event: Envelope, uow: UnitOfWork) -> None:
+        """Project one saved event, in the transaction that saved it."""
+        applier = self._appliers.get(type(event.payload))
+        if applier is not None:
+            await applier(event, event.payload, uow.session)
 
-    async def apply(self, event: Envelope, session: AsyncClientSession) -> None:
-        payload = event.payload
+    async def _opened(
+        self, event: Envelope, payload: IncidentOpened, session: AsyncClientSession | None
+    ) -> None:
         at = event.occurred_at
-        incidents = self.db[INCIDENTS]
-        if isinstance(payload, IncidentOpened):
-            await incidents.insert_one(
-                {
-                    "_id": event.incident_id,
-                    "incident_id": event.incident_id,
-                    "status": "open",
-                    "title": payload.title,
-                    "unit_ids": list(payload.unit_ids),
-                    "reports": [],
-                    "filed_by": [],
-                    "history": [_history("opened", event, None)],
-                    "opened_at": at,
-                    "updated_at": at,
+        await self.db[INCIDENTS].insert_one(
+            {
+                "_id": event.incident_id,
+                "incident_id": event.incident_id,
+                "status": IncidentStatus.OPEN.value,
+                "title": payload.title,
+                "unit_ids": list(payload.unit_ids),
+                "reports": [],
+                "filed_by": [],
+                "history": [_history("opened", event, None)],
+                "opened_at": at,
+                "updated_at": at,
+                "version": event.stream_version,
+            },
+            session=session,
+        )
+
+    async def _received(
+        self, event: Envelope, payload: ReportReceived, session: AsyncClientSession | None
+    ) -> None:
+        at = event.occurred_at
+        report = payload.model_dump(mode="python")
+        report.update(
+            _id=payload.report_id,
+            incident_id=event.incident_id,
+            unit_ids=list(payload.unit_ids),
+            match=None,
+            score=None,
+            text=report_text(payload),
+            received_at=at,
+            actor=event.actor.model_dump(),
+        )
+        await self.db[REPORTS].insert_one(report, session=session)
+        summary = {
+            "report_id": payload.report_id,
+            "title": payload.title,
+            "source_name": payload.source_name,
+            "media_tier": payload.media_tier.value,
+            "url": payload.url,
+            "filed_by": payload.filed_by,
+            "received_at": at,
+            "match": None,
+            "score": None,
+        }
+        await self.db[INCIDENTS].update_one(
+            {"_id": event.incident_id},
+            {
+                "$push": {"reports": summary},
+                "$addToSet": {
+                    "unit_ids": {"$each": list(payload.unit_ids)},
+                    "filed_by": payload.filed_by,
+                },
+                "$set": {"updated_at": at, "version": event.stream_version},
+            },
+            session=session,
+        )
+
+    async def _attached(
+        self, event: Envelope, payload: ReportAttached, session: AsyncClientSession | None
+    ) -> None:
+        await self.db[REPORTS].update_one(
+            {"_id": payload.report_id},
+            {"$set": {"match": payload.match, "score": payload.score}},
+            session=session,
+        )
+        await self.db[INCIDENTS].update_one(
+            {"_id": event.incident_id, "reports.report_id": payload.report_id},
+            {
+                "$set": {
+                    "reports.$.match": payload.match,
+                    "reports.$.score": payload.score,
+                    "updated_at": event.occurred_at,
+                    "version": event.stream_version,
+                }
+            },
+            session=session,
+        )
+
+    async def _status_changed(
+        self,
+        event: Envelope,
+        payload: IncidentResolved | IncidentDismissed | IncidentReopened,
+        session: AsyncClientSession | None,
+    ) -> None:
+        status = _STATUS_AFTER[type(payload)].value
+        await self.db[INCIDENTS].update_one(
+            {"_id": event.incident_id},
+            {
+                "$set": {
+                    "status": status,
+                    "updated_at": event.occurred_at,
                     "version": event.stream_version,
                 },
-                session=session,
-            )
-        elif isinstance(payload, ReportReceived):
-            report = payload.model_dump(mode="python")
-            report.update(
-                _id=payload.report_id,
-                incident_id=event.incident_id,
-                unit_ids=list(payload.unit_ids),
-                match=None,
-                score=None,
-                text=report_text(payload),
-                received_at=at,
-                actor=event.actor.model_dump(),
-            )
-            await self.db[REPORTS].insert_one(report, session=session)
-            summary = {
-                "report_id": payload.report_id,
-                "title": payload.title,
-                "source_name": payload.source_name,
-                "media_tier": payload.media_tier.value,
-                "url": payload.url,
-                "filed_by": payload.filed_by,
-                "received_at": at,
-                "match": None,
-                "score": None,
-            }
-            await incidents.update_one(
-                {"_id": event.incident_id},
-                {
-                    "$push": {"reports": summary},
-                    "$addToSet": {
-                        "unit_ids": {"$each": list(payload.unit_ids)},
-                        "filed_by": payload.filed_by,
-                    },
-                    "$set": {"updated_at": at, "version": event.stream_version},
-                },
-                session=session,
-            )
-        elif isinstance(payload, ReportAttached):
-            await self.db[REPORTS].update_one(
-                {"_id": payload.report_id},
-                {"$set": {"match": payload.match, "score": payload.score}},
-                session=session,
-            )
-            await incidents.update_one(
-                {"_id": event.incident_id, "reports.report_id": payload.report_id},
-                {
-                    "$set": {
-                        "reports.$.match": payload.match,
-                        "reports.$.score": payload.score,
-                        "updated_at": at,
-                        "version": event.stream_version,
-                    }
-                },
-                session=session,
-            )
-        elif isinstance(payload, IncidentResolved | IncidentDismissed | IncidentReopened):
-            status = {
-                IncidentResolved: "resolved",
-                IncidentDismissed: "dismissed",
-                IncidentReopened: "open",
-            }[type(payload)]
-            await incidents.update_one(
-                {"_id": event.incident_id},
-                {
-                    "$set": {"status": status, "updated_at": at, "version": event.stream_version},
-                    "$push": {"history": _history(status, event, payload.reason)},
-                },
-                session=session,
-            )
+                "$push": {"history": _history(status, event, payload.reason)},
+            },
+            session=session,
+        )
 
     # ------------------------------------------------------------------ text matching
 
@@ -151,7 +261,7 @@ class IntakeViews:
         unit_ids: Sequence[str],
         since: datetime,
         limit: int,
-        session: AsyncClientSession,
+        session: AsyncClientSession | None,
     ) -> list[TextCandidate]:
         """The reports about any of `unit_ids` filed since `since`, most recent first, at
         most `limit` of them: the only ones a new report's text is compared with.
@@ -176,7 +286,7 @@ class IntakeViews:
     # ------------------------------------------------------------------ URL claims
 
     async def claims(
-        self, normalized_url: str, unit_ids: Sequence[str], session: AsyncClientSession
+        self, normalized_url: str, unit_ids: Sequence[str], session: AsyncClientSession | None
     ) -> dict[str, str]:
         """The incident the URL belongs to for each of `unit_ids` that has one, by unit."""
         keys = [_claim_key(unit_id, normalized_url) for unit_id in unit_ids]
@@ -189,7 +299,7 @@ class IntakeViews:
         unit_id: str,
         incident_id: str,
         previous: str | None,
-        session: AsyncClientSession,
+        session: AsyncClientSession | None,
     ) -> None:
         """Point the URL at `incident_id` for `unit_id`, provided it still points at
         `previous`."""
@@ -220,7 +330,11 @@ class IntakeViews:
         return await self.db[IDEMPOTENCY].find_one({"_id": scope_key}, session=session)
 
     async def remember(
-        self, scope_key: str, fingerprint: str, answer: dict[str, Any], session: AsyncClientSession
+        self,
+        scope_key: str,
+        fingerprint: str,
+        answer: dict[str, Any],
+        session: AsyncClientSession | None,
     ) -> None:
         """Raises DuplicateKeyError when a racing request with the key committed first."""
         await self.db[IDEMPOTENCY].insert_one(
@@ -229,17 +343,35 @@ class IntakeViews:
 
     # ------------------------------------------------------------------ queries
 
-    async def report(self, report_id: str) -> Document | None:
-        return await self.db[REPORTS].find_one({"_id": report_id})
+    async def report(self, report_id: str) -> ReportOut | None:
+        doc = await self.db[REPORTS].find_one({"_id": report_id}, {"_id": 0, "text": 0})
+        return None if doc is None else ReportOut.model_validate(doc)
 
-    async def incident(self, incident_id: str) -> Document | None:
-        return await self.db[INCIDENTS].find_one({"_id": incident_id})
+    async def incident(self, incident_id: str) -> IncidentOut | None:
+        doc = await self.db[INCIDENTS].find_one({"_id": incident_id}, {"_id": 0})
+        return None if doc is None else IncidentOut.model_validate(doc)
+
+    async def incident_scope(self, incident_id: str) -> IncidentScope | None:
+        """What deciding who may see or change the incident needs, None if there is none."""
+        doc = await self.db[INCIDENTS].find_one(
+            {"_id": incident_id}, {"unit_ids": 1, "filed_by": 1}
+        )
+        if doc is None:
+            return None
+        return scope_of(incident_id, doc.get("unit_ids", []), doc.get("filed_by", []))
 
 
 def _claim_key(unit_id: str, normalized_url: str) -> str:
     # Unit ids hold no space (the API's UnitId pattern), so no two (unit, URL) pairs
     # share a key.
     return f"{unit_id} {normalized_url}"
+
+
+_STATUS_AFTER: dict[type[EventPayload], IncidentStatus] = {
+    IncidentResolved: IncidentStatus.RESOLVED,
+    IncidentDismissed: IncidentStatus.DISMISSED,
+    IncidentReopened: IncidentStatus.OPEN,
+}
 
 
 def _history(status: str, event: Envelope, reason: str | None) -> Document:

@@ -1,22 +1,33 @@
-"""HTTP routes of the notification service, under /notifications/v1."""
+"""HTTP routes of the notification service, under /notifications/v1.
+
+Obligations and notifications are the bureau's internal records: a route with an id asks
+the one visibility policy for full sight of the incident first (a partner, another unit
+and an unknown id all get the same 404), then the roles, then the record. The list shows
+only what the caller sees: a partner sees none of the bureau's duties (an empty list, as
+for any caller with nothing in sight), and a filter outside the caller's sight finds
+nothing rather than answering 403, so the list cannot be used to probe.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel, Field
 
-from services.notification.domain import ObligationState, seconds_left
-from services.notification.projections import ObligationFilter
-from shared.auth import CurrentPrincipal, Principal, Role
-from shared.errors import BadRequest, Forbidden
-from shared.events import Level
-from shared.store import Document
-
-if TYPE_CHECKING:
-    from services.notification.main import NotificationService
+from services.notification.dispatch import Dispatcher
+from services.notification.domain import seconds_left
+from services.notification.handlers import ObligationWorkflow
+from services.notification.projections import (
+    NotificationProjections,
+    ObligationFilter,
+    ObligationRow,
+)
+from shared.auth import CurrentCaller
+from shared.clock import Clock
+from shared.events import Level, ObligationState
+from shared.visibility import Sight, Visibility
 
 
 class ObligationView(BaseModel):
@@ -74,33 +85,32 @@ def _spell(seconds: int) -> str:
     return "".join(parts)
 
 
-def _view(doc: Document, now: datetime) -> ObligationView:
-    state = ObligationState(doc["state"])
-    left = seconds_left(state, doc["deadline"], now)
+def _view(row: ObligationRow, now: datetime) -> ObligationView:
+    left = seconds_left(row.state, row.deadline, now)
     overdue = left is not None and left <= 0
     time_left = None
     if left is not None:
         time_left = ("已超时" if overdue else "剩余") + _spell(int(left))
     return ObligationView(
-        **{k: v for k, v in doc.items() if k in ObligationView.model_fields},
+        **row.model_dump(include=set(ObligationView.model_fields)),
         overdue=overdue,
         seconds_left=None if left is None else int(left),
         time_left=time_left,
     )
 
 
-def _no_partners(principal: Principal) -> None:
-    # A partner sees only what it referred; duties are the bureau's internal business.
-    if principal.has(Role.PARTNER) and not principal.has(Role.ADMIN):
-        raise Forbidden("合作单位无权查看内部报送义务")
-
-
-def build_router(service: NotificationService) -> APIRouter:
+def build_router(
+    commands: ObligationWorkflow,
+    views: NotificationProjections,
+    dispatcher: Dispatcher,
+    visibility: Visibility,
+    clock: Clock,
+) -> APIRouter:
     router = APIRouter(tags=["obligations"])
 
     @router.get("/obligations", response_model=ObligationList)
     async def list_obligations(
-        principal: CurrentPrincipal,
+        caller: CurrentCaller,
         incident_id: str | None = None,
         unit: str | None = None,
         level: Level | None = None,
@@ -108,44 +118,53 @@ def build_router(service: NotificationService) -> APIRouter:
         overdue: bool | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> ObligationList:
-        """Duties, soonest deadline first, limited to the units the caller may see."""
-        _no_partners(principal)
-        visible = service.directory.visible_units(principal)
-        if unit is not None and visible is not None and unit not in visible:
-            raise Forbidden(f"无权查看单位 {unit} 的报送义务")
-        now = service.clock()
-        docs = await service.projections.find(
-            ObligationFilter(incident_id, unit, level, state, overdue, visible), now, limit
+        """Duties, soonest deadline first, of the incidents the caller fully sees."""
+        now = clock()
+        if caller.is_partner:
+            return ObligationList(obligations=[], count=0, as_of=now)
+        scope = visibility.scope_filter(caller)
+        rows = await views.find(
+            ObligationFilter(incident_id, unit, level, state, overdue, scope), now, limit
         )
-        views = [_view(d, now) for d in docs]
-        return ObligationList(obligations=views, count=len(views), as_of=now)
+        found = [_view(row, now) for row in rows]
+        return ObligationList(obligations=found, count=len(found), as_of=now)
 
     @router.post("/obligations/{obligation_id}/fulfil", response_model=ObligationView)
     async def fulfil(
-        obligation_id: str, body: FulfilRequest, principal: CurrentPrincipal
+        obligation_id: str, body: FulfilRequest, caller: CurrentCaller
     ) -> ObligationView:
-        """Record who met a duty, when and with what; a second time is 409."""
-        _no_partners(principal)
-        now = service.clock()
-        at = body.fulfilled_at or now
-        if at > now:
-            raise BadRequest("fulfilled_at 不能晚于当前时间", {"field": "fulfilled_at"})
-        doc = await service.workflow.fulfil(
-            obligation_id, principal, at=at, reference=body.reference
+        """Record who met a duty (its owner role, the leading group or an admin), when and
+        with what; a second time is 409."""
+        row = await views.obligation(obligation_id)
+        scope = await views.scope(row.incident_id, row.unit_ids) if row else None
+        visibility.require(caller, scope, "obligation", obligation_id, at_least=Sight.FULL)
+        assert row is not None
+        await commands.fulfil(
+            caller,
+            row.incident_id,
+            obligation_id,
+            at=body.fulfilled_at,
+            reference=body.reference,
+            now=clock(),
         )
-        return _view(doc, service.clock())
+        updated = await views.obligation(obligation_id)
+        assert updated is not None
+        return _view(updated, clock())
 
     @router.post(
         "/notifications/{notification_id}/ack",
         tags=["notifications"],
         response_model=AckView,
     )
-    async def acknowledge(notification_id: str, principal: CurrentPrincipal) -> AckView:
+    async def acknowledge(notification_id: str, caller: CurrentCaller) -> AckView:
         """The recipient (or an admin) confirms a delivered notification was seen: the page
         stops re-notifying and escalating. A second acknowledgement is 409."""
-        _no_partners(principal)
-        await service.dispatcher.acknowledge(notification_id, principal, service.clock())
-        doc = await service.dispatcher.get(notification_id)
+        found = await dispatcher.delivery(notification_id)
+        units = (found["unit_id"],) if found and found["unit_id"] else ()
+        scope = await views.scope(found["incident_id"], units) if found else None
+        visibility.require(caller, scope, "notification", notification_id, at_least=Sight.FULL)
+        await dispatcher.acknowledge(caller, notification_id, clock())
+        doc = await dispatcher.delivery(notification_id)
         assert doc is not None
         fields = {k: v for k, v in doc.items() if k in AckView.model_fields}
         return AckView(notification_id=notification_id, **fields)

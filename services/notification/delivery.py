@@ -1,8 +1,10 @@
-"""How obligations reach people: the delivery policy, messages, retries and paging. Pure.
+"""How obligations reach people: the `delivery` section of the policy file, messages,
+retries and paging.
 
-The policy is the `delivery` section of the obligations policy file. Endpoints and secrets
-come from that file or from the environment (`*_env` keys), so a deployment points the
-channels at its own servers without touching code; a channel whose endpoint resolves to
+Not part of the pure domain: endpoints come from that file or from the environment
+(`*_env` keys, resolved when the policy is loaded at start), and secrets are only named in
+it and read from the environment when a message is sent, so a deployment points the
+channels at its own servers without touching code. A channel whose endpoint resolves to
 nothing is disabled and never chosen.
 """
 
@@ -14,20 +16,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import jinja2
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from shared.auth import Directory, Role
-from shared.policy import parse_duration
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+from services.notification.domain import ObligationPolicy
+from shared.catalogue import Catalogue
+from shared.directory import Directory
+from shared.identity import Role
+from shared.models import FrozenModel
+from shared.policy import Duration
 
 
 class ChannelType(str, Enum):
@@ -56,7 +56,7 @@ def _from_env(data: Any) -> Any:
     return resolved
 
 
-class ChannelConfig(_Strict):
+class ChannelConfig(FrozenModel):
     """One configured channel. Secrets are only ever named (`secret_env`), never written."""
 
     type: ChannelType
@@ -95,7 +95,7 @@ class ChannelConfig(_Strict):
         return os.environ.get(self.password_env) if self.password_env else None
 
 
-class RetryPolicy(_Strict):
+class RetryPolicy(FrozenModel):
     attempts: int = Field(default=5, ge=1)
     first: Duration = timedelta(seconds=30)
     cap: Duration = timedelta(minutes=10)
@@ -109,7 +109,7 @@ class RetryPolicy(_Strict):
         return failed_attempts >= self.attempts
 
 
-class DeliveryPolicy(_Strict):
+class DeliveryPolicy(FrozenModel):
     # Channel name -> its configuration; names are what contacts and kinds refer to.
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     # Obligation kind -> channels allowed for it; `default` for kinds not listed.
@@ -208,8 +208,6 @@ def next_move(step: int, renotified: int, steps: int, renotify: int) -> PageMove
 
 # --------------------------------------------------------------------------- messages
 
-LEVEL_NAMES = {1: "一级", 2: "二级", 3: "三级"}
-
 Reason = Literal["opened", "missed", "renotify", "escalated", "failed"]
 
 
@@ -221,10 +219,12 @@ class Message:
 
 class Templates:
     """Messages from jinja2 files a deployment can change: `<reason>.txt.j2`, whose first
-    line is the subject (e-mail subject, robot title) and the rest the body."""
+    line is the subject (e-mail subject, robot title) and the rest the body. Names staff
+    read (`level_name` for `level`) come from the catalogue."""
 
-    def __init__(self, directory: Path, tz: ZoneInfo) -> None:
+    def __init__(self, directory: Path, tz: ZoneInfo, catalogue: Catalogue) -> None:
         self.tz = tz
+        self.catalogue = catalogue
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(directory),
             undefined=jinja2.StrictUndefined,  # a typo in a template fails loudly at render
@@ -243,7 +243,13 @@ class Templates:
 
     def render(self, template: str, **context: Any) -> Message:
         text = self.env.get_template(f"{template}.txt.j2").render(
-            level_name=LEVEL_NAMES.get(int(context.get("level") or 0), "未定级"), **context
+            level_name=self.catalogue.level_name(context.get("level")), **context
         )
         subject, _, body = text.strip().partition("\n")
         return Message(subject=subject.strip(), body=body.strip())
+
+
+class NotificationPolicy(ObligationPolicy):
+    """The whole obligations policy file: the duties (the domain's part) and their delivery."""
+
+    delivery: DeliveryPolicy = DeliveryPolicy()

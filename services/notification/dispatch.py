@@ -8,15 +8,17 @@ next attempt time, so a restart loses none.
 Guarantee to the outside world: at-least-once. A delivery is claimed with a lease before
 sending and marked sent after; a crash between the two sends it again once the lease runs
 out. Webhook receivers drop repeats by the notification id header; an e-mail may arrive
-twice. The record (NotificationSent, NotificationFailed) is exactly once: the event and the
-row's new state share a transaction.
+twice. The record is exactly once: each notification has a stream of its own
+(`notification-{id}`: NotificationSent or NotificationFailed, then NotificationAcknowledged),
+saved through the repository in one transaction with the row's new state, and a resend
+after a lost lease finds its outcome on record and records nothing again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,23 +38,27 @@ from services.notification.delivery import (
     next_move,
     page_steps,
 )
-from services.notification.domain import Ledger
-from shared.auth import Directory, Person, Principal, Role
-from shared.errors import Conflict, Forbidden, NotFound
+from services.notification.domain import Notification, NotRecipient, Outcome
+from services.notification.projections import NotificationProjections
+from shared.catalogue import Catalogue
+from shared.clock import Clock
+from shared.directory import Directory
 from shared.events import (
     Actor,
     DeadlineMissed,
     Envelope,
     EventPayload,
-    NotificationAcknowledged,
     NotificationFailed,
     NotificationSent,
     ObligationClosed,
     ObligationFulfilled,
     ObligationOpened,
 )
-from shared.incident_context import IncidentContext, IncidentSnapshot
-from shared.store import ConcurrencyConflict, Document, EventStore, UnitOfWork
+from shared.identity import Caller, Role
+from shared.incident_context import IncidentSnapshot
+from shared.repository import Cause, CommandRunner, Repository
+from shared.store import Document, UnitOfWork
+from shared.visibility import hidden
 
 log = structlog.get_logger("yuqing.notification")
 
@@ -62,41 +68,49 @@ DELIVERIES = "deliveries"
 PENDING, SENT, FAILED, ACKNOWLEDGED = "pending", "sent", "failed", "acknowledged"
 PAGE_OPEN, PAGE_ACKED, PAGE_CLOSED, PAGE_EXHAUSTED = "open", "acknowledged", "closed", "exhausted"
 
-Clock = Callable[[], datetime]
-
 TEMPLATE_REASONS: tuple[Reason, ...] = ("opened", "missed", "renotify", "escalated", "failed")
 
-
-def notification_stream(notification_id: str) -> str:
-    # A stream per notification: its record never contends with the incident's duties.
-    return f"notification-{notification_id}"
+Reaction = Callable[[Envelope, Any, UnitOfWork], Awaitable[None]]
 
 
 class Dispatcher:
     def __init__(
         self,
-        service: str,
-        store: EventStore,
+        *,
         db: AsyncDatabase[Document],
+        notifications: Repository[Notification],
+        run: CommandRunner,
+        projections: NotificationProjections,
         policy: DeliveryPolicy,
         templates: Templates,
         directory: Directory,
+        catalogue: Catalogue,
         base_url: str,
         clock: Clock,
+        actor: Actor,
     ) -> None:
-        self.clock = clock
-        self.actor = Actor.system(service)
-        self.store = store
+        self.notifications = notifications
+        self.run = run
+        self.projections = projections
         self.pages = db[PAGES]
-        self.incidents = IncidentContext(db)
         self.deliveries = db[DELIVERIES]
         self.policy = policy
         self.templates = templates
         self.directory = directory
+        self.catalogue = catalogue
         self.base_url = base_url.rstrip("/")
+        self.clock = clock
+        self.actor = actor
         # A claimed delivery is someone else's to retry once every channel would have timed out.
         timeouts = [c.timeout for c in policy.channels.values()] or [timedelta(seconds=1)]
         self.lease = 2 * max(timeouts)
+        # What each recorded fact of a duty does to its pages.
+        self._reactions: dict[type[EventPayload], Reaction] = {
+            ObligationOpened: self._page_opened,
+            DeadlineMissed: self._page_missed,
+            ObligationFulfilled: self._settled,
+            ObligationClosed: self._settled,
+        }
 
     async def ensure_indexes(self) -> None:
         await self.deliveries.create_index([("state", ASCENDING), ("next_attempt_at", ASCENDING)])
@@ -106,71 +120,79 @@ class Dispatcher:
 
     # pages, started in the transaction of the event that calls for them ---------------
 
-    async def on_recorded(
+    async def on_recorded(self, event: Envelope, uow: UnitOfWork) -> None:
+        """Run with every save of an incident's obligations: who is told is decided with the
+        fact, in its transaction, so a page is started once and never lost."""
+        react = self._reactions.get(type(event.payload))
+        if react is not None:
+            await react(event, event.payload, uow)
+
+    async def _page_opened(self, event: Envelope, p: ObligationOpened, uow: UnitOfWork) -> None:
+        await self._start_page(event, p.obligation_id, p.kind, p.recipients, "opened", uow)
+
+    async def _page_missed(self, event: Envelope, p: DeadlineMissed, uow: UnitOfWork) -> None:
+        await self._start_page(event, p.obligation_id, p.kind, p.alerted_roles, "missed", uow)
+
+    async def _settled(
+        self, event: Envelope, p: ObligationFulfilled | ObligationClosed, uow: UnitOfWork
+    ) -> None:
+        # The duty is settled: nobody needs chasing about it any more.
+        await self.pages.update_many(
+            {"obligation_id": p.obligation_id, "state": PAGE_OPEN},
+            {"$set": {"state": PAGE_CLOSED}},
+            session=uow.session,
+        )
+
+    async def _start_page(
         self,
-        events: Sequence[Envelope],
-        ledger: Ledger,
-        incident: IncidentSnapshot,
-        session: AsyncClientSession,
+        event: Envelope,
+        obligation_id: str,
+        kind: str,
+        roles: tuple[str, ...],
+        reason: Reason,
+        uow: UnitOfWork,
     ) -> None:
         now = self.clock()
-        for event in events:
-            p = event.payload
-            if isinstance(p, ObligationOpened):
-                roles = p.recipients
-            elif isinstance(p, DeadlineMissed):
-                roles = p.alerted_roles
-            elif isinstance(p, ObligationFulfilled | ObligationClosed):
-                # The duty is settled: nobody needs chasing about it any more.
-                await self.pages.update_many(
-                    {"obligation_id": p.obligation_id, "state": PAGE_OPEN},
-                    {"$set": {"state": PAGE_CLOSED}},
-                    session=session,
-                )
-                continue
-            else:
-                continue
-            reason: Reason = "opened" if isinstance(p, ObligationOpened) else "missed"
-            obligation = ledger.get(p.obligation_id)
-            page: Document = {
-                "_id": str(event.event_id),
-                "incident_id": event.incident_id,
-                "unit_id": event.unit_id,
-                "obligation_id": p.obligation_id,
-                "kind": p.kind,
-                "correlation_id": str(event.correlation_id),
-                "steps": page_steps(
-                    self.directory, roles, self.policy.escalation_roles, incident.unit_ids
-                ),
-                "step": 0,
-                "renotified": 0,
-                "state": PAGE_OPEN,
-                "ack_due_at": now + self.policy.ack_window,
-                "context": {
-                    "reason": reason,
-                    "incident_title": incident.title or event.incident_id,
-                    "units": [self._unit_name(u) for u in incident.unit_ids],
-                    "level": int(obligation.level),
-                    "obligation_title": obligation.title,
-                    "deadline": obligation.deadline,
-                },
-            }
-            await self.pages.insert_one(page, session=session)
-            await self._page_step(page, reason, now, session)
-
-    def _unit_name(self, unit_id: str) -> str:
-        unit = self.directory.unit(unit_id)
-        return unit.name if unit else unit_id
+        # The obligations row was written by the projector that runs before this one.
+        obligation = await self.projections.obligation(obligation_id, session=uow.session)
+        assert obligation is not None, f"obligation {obligation_id} is not projected"
+        incident = await self.projections.incidents.get(event.incident_id, session=uow.session)
+        incident = incident or IncidentSnapshot(incident_id=event.incident_id)
+        page: Document = {
+            "_id": str(event.event_id),
+            "incident_id": event.incident_id,
+            "unit_id": event.unit_id,
+            "obligation_id": obligation_id,
+            "kind": kind,
+            "correlation_id": str(event.correlation_id),
+            "steps": page_steps(
+                self.directory, roles, self.policy.escalation_roles, incident.unit_ids
+            ),
+            "step": 0,
+            "renotified": 0,
+            "state": PAGE_OPEN,
+            "ack_due_at": now + self.policy.ack_window,
+            "context": {
+                "reason": reason,
+                "incident_title": incident.title or event.incident_id,
+                "units": [self.directory.unit_name(u) for u in incident.unit_ids],
+                "level": int(obligation.level),
+                "obligation_title": obligation.title,
+                "deadline": obligation.deadline,
+            },
+        }
+        await self.pages.insert_one(page, session=uow.session)
+        await self._page_step(page, reason, now, uow.session)
 
     async def _page_step(
-        self, page: Document, reason: Reason, now: datetime, session: AsyncClientSession
+        self, page: Document, reason: Reason, now: datetime, session: AsyncClientSession | None
     ) -> None:
         steps: list[list[str]] = page["steps"]
         if page["step"] >= len(steps):
             log.warning("nobody to page", page_id=page["_id"], kind=page["kind"])
             return
         for person_id in steps[page["step"]]:
-            person = self._person(person_id)
+            person = self.directory.person(person_id)
             channels = self.policy.channels_for(page["kind"], person.contacts if person else {})
             if person is None or not channels:
                 log.warning("no channel reaches this person", person=person_id, kind=page["kind"])
@@ -188,7 +210,7 @@ class Dispatcher:
         channel: str,
         address: str,
         now: datetime,
-        session: AsyncClientSession,
+        session: AsyncClientSession | None,
         extra: dict[str, Any] | None = None,
     ) -> None:
         await self.deliveries.insert_one(
@@ -223,11 +245,11 @@ class Dispatcher:
             "incident_url": self.incident_url(doc["incident_id"]),
             "ack_url": self.ack_url(doc["_id"]),
         }
-        incident = await self.incidents.get(doc["incident_id"])
+        incident = await self.projections.incidents.get(doc["incident_id"])
         if incident is not None and incident.title:
             context["incident_title"] = incident.title
         if incident is not None and incident.unit_ids:
-            context["units"] = [self._unit_name(u) for u in incident.unit_ids]
+            context["units"] = [self.directory.unit_name(u) for u in incident.unit_ids]
         try:
             return self.templates.render(doc["reason"], **context)
         except jinja2.TemplateError:
@@ -238,12 +260,17 @@ class Dispatcher:
                 body=f"{context['incident_url']}\n{context['ack_url']}",
             )
 
-    def _person(self, person_id: str) -> Person | None:
-        return next((p for p in self.directory.people if p.id == person_id), None)
-
     def _person_name(self, person_id: str) -> str:
-        person = self._person(person_id)
+        person = self.directory.person(person_id)
         return person.name if person else person_id
+
+    def channel_name(self, channel: str) -> str:
+        """What staff call a configured channel: its own name in the catalogue, else its
+        type's (a deployment's `ops` robot of type wecom is 企业微信)."""
+        if channel in self.catalogue.channels:
+            return self.catalogue.channel(channel)
+        config = self.policy.channels.get(channel)
+        return self.catalogue.channel(config.type.value) if config else channel
 
     def incident_url(self, incident_id: str) -> str:
         return f"{self.base_url}/archive/v1/incidents/{incident_id}"
@@ -304,25 +331,15 @@ class Dispatcher:
             recipient=doc["recipient"],
             attempt=attempts,
         )
-
-        async def work(uow: UnitOfWork) -> None:
-            await self._append(uow, doc, sent, 0)
-            await self.deliveries.update_one(
-                {"_id": doc["_id"]},
-                {
-                    "$set": {
-                        "state": SENT,
-                        "attempts": attempts,
-                        "sent_at": now,
-                        "subject": message.subject,
-                        "body": message.body,
-                    }
-                },
-                session=uow.session,
-            )
-
-        await self.store.transaction(work)
-        log.info("notification sent", notification_id=doc["_id"], channel=doc["channel"])
+        row = {
+            "state": SENT,
+            "attempts": attempts,
+            "sent_at": now,
+            "subject": message.subject,
+            "body": message.body,
+        }
+        if await self.run(lambda uow: self._record(uow, doc, sent, row)):
+            log.info("notification sent", notification_id=doc["_id"], channel=doc["channel"])
 
     async def _failed(self, doc: Document, attempts: int, reason: str, now: datetime) -> None:
         log.warning(
@@ -353,20 +370,40 @@ class Dispatcher:
             attempts=attempts,
             reason=reason,
         )
+        row = {"state": FAILED, "attempts": attempts, "last_error": reason}
 
         async def work(uow: UnitOfWork) -> None:
-            await self._append(uow, doc, failed, 0)
-            await self.deliveries.update_one(
-                {"_id": doc["_id"]},
-                {"$set": {"state": FAILED, "attempts": attempts, "last_error": reason}},
-                session=uow.session,
-            )
-            await self._alert_fallback(doc, reason, now, uow.session)
+            if await self._record(uow, doc, failed, row):
+                await self._alert_fallback(doc, reason, now, uow.session)
 
-        await self.store.transaction(work)
+        await self.run(work)
+
+    async def _record(
+        self, uow: UnitOfWork, doc: Document, outcome: Outcome, row: dict[str, Any]
+    ) -> bool:
+        """The outcome of a send on the notification's record and its delivery row; False
+        when another sender (after a lost lease) had recorded it already."""
+        current = await self.notifications.get(uow, doc["_id"]) or Notification(doc["_id"])
+        saved = await self.notifications.save(
+            uow, doc["_id"], current, current.record(outcome), self._cause(doc, self.actor)
+        )
+        if saved is None:
+            log.info("outcome already on record", notification_id=doc["_id"])
+            return False
+        await self.deliveries.update_one({"_id": doc["_id"]}, {"$set": row}, session=uow.session)
+        return True
+
+    def _cause(self, doc: Document, actor: Actor) -> Cause:
+        return Cause(
+            actor=actor,
+            incident_id=doc["incident_id"],
+            unit_id=doc["unit_id"],
+            correlation_id=uuid.UUID(doc["correlation_id"]),
+            causation_id=uuid.UUID(doc["page_id"]),
+        )
 
     async def _alert_fallback(
-        self, doc: Document, reason: str, now: datetime, session: AsyncClientSession
+        self, doc: Document, reason: str, now: datetime, session: AsyncClientSession | None
     ) -> None:
         fallback, address = self.policy.fallback, self.policy.fallback_address
         # A failed fallback alert is not alerted again: that would loop on a dead channel.
@@ -381,25 +418,10 @@ class Dispatcher:
         assert page is not None
         extra = {
             "failed_recipient": self._person_name(doc["recipient"]),
-            "failed_channel": doc["channel"],
+            "failed_channel": self.channel_name(doc["channel"]),
             "error": reason,
         }
         await self._enqueue(page, "failed", "fallback", fallback, address, now, session, extra)
-
-    async def _append(
-        self, uow: UnitOfWork, doc: Document, payload: EventPayload, expected: int
-    ) -> None:
-        event = Envelope.new(
-            payload,
-            incident_id=doc["incident_id"],
-            stream_id=notification_stream(doc["_id"]),
-            stream_version=expected + 1,
-            actor=self.actor,
-            correlation_id=uuid.UUID(doc["correlation_id"]),
-            causation_id=uuid.UUID(doc["page_id"]),
-            unit_id=doc["unit_id"],
-        )
-        await uow.append([event], expected_version=expected)
 
     async def _advance(self, page_id: str, now: datetime) -> None:
         async def work(uow: UnitOfWork) -> None:
@@ -423,29 +445,29 @@ class Dispatcher:
             reason: Reason = "renotify" if move is PageMove.RENOTIFY else "escalated"
             await self._page_step({**page, **change}, reason, now, uow.session)
 
-        await self.store.transaction(work)
+        await self.run(work)
 
     # acknowledgement --------------------------------------------------------------------
 
-    async def acknowledge(self, notification_id: str, principal: Principal, now: datetime) -> None:
-        doc = await self.deliveries.find_one({"_id": notification_id})
-        if doc is None:
-            raise NotFound(f"没有编号为 {notification_id} 的通知")
-        if principal.sub != doc["recipient"] and not principal.has(Role.ADMIN):
-            raise Forbidden("只有通知的接收人（或管理员）可以确认")
-        if doc["state"] == ACKNOWLEDGED:
-            raise Conflict("该通知已确认", {"notification_id": notification_id})
-        if doc["state"] != SENT:
-            details = {"notification_id": notification_id, "state": doc["state"]}
-            raise Conflict("该通知尚未送达，不能确认", details)
-        acked = NotificationAcknowledged(
-            notification_id=notification_id,
-            obligation_id=doc["obligation_id"],
-            acknowledged_by=principal.sub,
-        )
+    async def acknowledge(self, caller: Caller, notification_id: str, now: datetime) -> None:
+        """The recipient (or an admin) saw it: the page stops re-notifying and escalating.
+        The caller's sight of the incident is checked before this is asked."""
 
         async def work(uow: UnitOfWork) -> None:
-            await self._append(uow, doc, acked, 1)  # after its NotificationSent
+            doc = await self.deliveries.find_one({"_id": notification_id}, session=uow.session)
+            if doc is None:
+                raise hidden("notification", notification_id)
+            if caller.id != doc["recipient"] and not caller.has(Role.ADMIN):
+                raise NotRecipient(
+                    "只有通知的接收人（或管理员）可以确认",
+                    {"notification_id": notification_id},
+                )
+            current = await self.notifications.get(uow, notification_id)
+            current = current or Notification(notification_id)
+            acked = current.acknowledge(caller.id)
+            await self.notifications.save(
+                uow, notification_id, current, [acked], self._cause(doc, caller.actor)
+            )
             await self.deliveries.update_one(
                 {"_id": notification_id},
                 {"$set": {"state": ACKNOWLEDGED, "acknowledged_at": now}},
@@ -453,14 +475,11 @@ class Dispatcher:
             )
             await self.pages.update_one(
                 {"_id": doc["page_id"], "state": PAGE_OPEN},
-                {"$set": {"state": PAGE_ACKED, "acknowledged_by": principal.sub}},
+                {"$set": {"state": PAGE_ACKED, "acknowledged_by": caller.id}},
                 session=uow.session,
             )
 
-        try:
-            await self.store.transaction(work)
-        except ConcurrencyConflict:
-            raise Conflict("该通知已确认", {"notification_id": notification_id}) from None
+        await self.run(work)
 
-    async def get(self, notification_id: str) -> Document | None:
+    async def delivery(self, notification_id: str) -> Document | None:
         return await self.deliveries.find_one({"_id": notification_id})

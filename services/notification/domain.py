@@ -1,52 +1,94 @@
-"""Reporting obligations (报送/处置义务) and their deadlines. Pure: no I/O, time is passed in.
+"""Reporting obligations (报送/处置义务), their deadlines, and the record of one notification.
 
-An incident's obligations form one aggregate, folded from its events: which duties are
-owed, by when, and whether each was met, missed or closed. Every decision here returns
-the event payloads that record it; the caller stores them.
+The rules only: no I/O, no environment, no clock (time is passed in), no HTTP. The
+obligations policy here is the duties part of config/obligations.yaml; how duties reach
+people (channels, endpoints, secrets) is `delivery.py`'s, loaded beside it at start.
+
+An incident's obligations form one aggregate, the `Ledger`, folded from its stream
+`obligations-{incident_id}`: which duties are owed, by when, and whether each was met,
+missed or closed. Each notification sent about a duty has a stream of its own, folded into
+a `Notification`: sent or failed, then acknowledged. Every decision returns the event
+payloads that record it (the caller saves them) or raises a domain error with its code.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, time, timedelta
-from enum import Enum
-from typing import Annotated
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from services.notification.delivery import DeliveryPolicy
-from shared.auth import Role
-from shared.errors import Conflict, NotFound, ServiceError
+from shared.errors import Conflict, Forbidden, Invalid
 from shared.events import (
     Category,
     DeadlineMissed,
     Envelope,
+    EventPayload,
     Level,
+    NotificationAcknowledged,
+    NotificationFailed,
+    NotificationSent,
     ObligationClosed,
     ObligationFulfilled,
     ObligationOpened,
+    ObligationState,
 )
-from shared.policy import parse_clock_time, parse_duration
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-ClockTime = Annotated[time, BeforeValidator(parse_clock_time)]
+from shared.identity import Role
+from shared.models import FrozenModel
+from shared.policy import ClockTime, Duration
+from shared.visibility import hidden
 
 
 def stream_id(incident_id: str) -> str:
     return f"obligations-{incident_id}"
 
 
+def notification_stream(notification_id: str) -> str:
+    # A stream per notification: its record never contends with the incident's duties.
+    return f"notification-{notification_id}"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class AlreadyFulfilled(Conflict):
+    code = "already_fulfilled"
+
+
+class ObligationAlreadyClosed(Conflict):
+    code = "obligation_closed"
+
+
+class NotObligationOwner(Forbidden):
+    """Only the duty's owner role, the leading group or an admin files a duty."""
+
+    code = "not_obligation_owner"
+
+
+class NotRecipient(Forbidden):
+    """Only a notification's recipient (or an admin) acknowledges it."""
+
+    code = "not_recipient"
+
+
+class AlreadyAcknowledged(Conflict):
+    code = "already_acknowledged"
+
+
+class NotDelivered(Conflict):
+    """A notification not (or not yet) delivered cannot have been seen."""
+
+    code = "not_delivered"
+
+
 # --------------------------------------------------------------------------- the policy
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class SameDay(_Strict):
+class SameDay(FrozenModel):
     """当日回复: due at `due` local time on the day of grading; a case graded at or after
     `cutoff` (late evening) is due at `rollover_to` the next day instead."""
 
@@ -69,7 +111,7 @@ class SameDay(_Strict):
         return datetime.combine(day, at, tzinfo=tz).astimezone(UTC)
 
 
-class ObligationRule(_Strict):
+class ObligationRule(FrozenModel):
     kind: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$")
     title: str = Field(min_length=1)
     owner_role: Role
@@ -94,14 +136,13 @@ class ObligationRule(_Strict):
         return counted_from + self.within
 
 
-class ObligationPolicy(_Strict):
-    """What each level and category obliges, from config/obligations.yaml."""
+class ObligationPolicy(FrozenModel):
+    """What each level and category obliges: the duties part of config/obligations.yaml."""
 
     version: str
     alert_roles: tuple[Role, ...] = Field(min_length=1)
     levels: dict[Level, tuple[ObligationRule, ...]]
     categories: dict[Category, tuple[ObligationRule, ...]] = Field(default_factory=dict)
-    delivery: DeliveryPolicy = DeliveryPolicy()
 
     @model_validator(mode="after")
     def _kinds_unique(self) -> ObligationPolicy:
@@ -130,22 +171,7 @@ class ObligationPolicy(_Strict):
         return by_level + by_category
 
 
-# --------------------------------------------------------------------------- the aggregate
-
-
-class Unprocessable(ServiceError):
-    """A well-formed request the record cannot take; shaped like a bad field, so clients
-    handle one 422 form."""
-
-    status = 422
-    code = "validation_error"
-
-
-class ObligationState(str, Enum):
-    OPEN = "open"
-    FULFILLED = "fulfilled"
-    MISSED = "missed"
-    CLOSED = "closed"
+# --------------------------------------------------------------------------- obligations
 
 
 LIVE_STATES = frozenset({ObligationState.OPEN, ObligationState.MISSED, ObligationState.FULFILLED})
@@ -180,8 +206,69 @@ class Obligation:
     late: bool = False
     closed_reason: str | None = None
 
-    def seconds_left(self, now: datetime) -> float | None:
-        return seconds_left(self.state, self.deadline, now)
+    def may_be_filed_by(self, roles: Iterable[Role]) -> bool:
+        """Its owner role, the leading group or an admin files a duty."""
+        held = {r.value for r in roles}
+        return bool(held & {self.owner_role, Role.LEADER.value, Role.ADMIN.value})
+
+
+def _opened(_: Obligation | None, event: Envelope, p: ObligationOpened) -> Obligation:
+    return Obligation(
+        obligation_id=p.obligation_id,
+        kind=p.kind,
+        title=p.title,
+        level=p.level,
+        owner_role=p.owner_role,
+        recipients=p.recipients,
+        alert_roles=p.alert_roles,
+        counted_from=p.counted_from,
+        deadline=p.deadline,
+        opened_event_id=event.event_id,
+        correlation_id=event.correlation_id,
+    )
+
+
+def _fulfilled(o: Obligation | None, _: Envelope, p: ObligationFulfilled) -> Obligation:
+    assert o is not None
+    return replace(
+        o,
+        state=ObligationState.FULFILLED,
+        fulfilled_by=p.fulfilled_by,
+        fulfilled_at=p.fulfilled_at,
+        reference=p.reference,
+        late=p.late,
+    )
+
+
+def _missed(o: Obligation | None, _: Envelope, p: DeadlineMissed) -> Obligation:
+    assert o is not None
+    return replace(o, state=ObligationState.MISSED, missed=True)
+
+
+def _closed(o: Obligation | None, _: Envelope, p: ObligationClosed) -> Obligation:
+    assert o is not None
+    return replace(o, state=ObligationState.CLOSED, closed_reason=p.reason)
+
+
+# Each event of an obligations stream and what it makes of the one duty it names.
+_EVOLVE: dict[type[EventPayload], Callable[[Obligation | None, Envelope, Any], Obligation]] = {
+    ObligationOpened: _opened,
+    ObligationFulfilled: _fulfilled,
+    DeadlineMissed: _missed,
+    ObligationClosed: _closed,
+}
+
+
+def evolve_obligation(current: Obligation | None, event: Envelope) -> Obligation:
+    """One duty after one event of its incident's obligations stream (the ledger's fold,
+    and the read model's)."""
+    return _EVOLVE[type(event.payload)](current, event, event.payload)
+
+
+def obligation_of(event: Envelope) -> str:
+    """The duty an obligations-stream event is about."""
+    obligation_id: str = getattr(event.payload, "obligation_id")  # noqa: B009
+    return obligation_id
 
 
 @dataclass(frozen=True)
@@ -192,57 +279,20 @@ class Ledger:
     version: int = 0
     obligations: dict[str, Obligation] = field(default_factory=dict)
 
-    @classmethod
-    def fold(cls, incident_id: str, events: Sequence[Envelope]) -> Ledger:
-        ledger = cls(incident_id)
-        for event in events:
-            ledger = ledger.apply(event)
-        return ledger
+    @staticmethod
+    def evolve(ledger: Ledger | None, event: Envelope) -> Ledger:
+        return (ledger or Ledger(event.incident_id)).apply(event)
 
     def apply(self, event: Envelope) -> Ledger:
-        obligations = dict(self.obligations)
-        p = event.payload
-        match p:
-            case ObligationOpened():
-                obligations[p.obligation_id] = Obligation(
-                    obligation_id=p.obligation_id,
-                    kind=p.kind,
-                    title=p.title,
-                    level=p.level,
-                    owner_role=p.owner_role,
-                    recipients=p.recipients,
-                    alert_roles=p.alert_roles,
-                    counted_from=p.counted_from,
-                    deadline=p.deadline,
-                    opened_event_id=event.event_id,
-                    correlation_id=event.correlation_id,
-                )
-            case ObligationFulfilled():
-                obligations[p.obligation_id] = replace(
-                    obligations[p.obligation_id],
-                    state=ObligationState.FULFILLED,
-                    fulfilled_by=p.fulfilled_by,
-                    fulfilled_at=p.fulfilled_at,
-                    reference=p.reference,
-                    late=p.late,
-                )
-            case DeadlineMissed():
-                obligations[p.obligation_id] = replace(
-                    obligations[p.obligation_id], state=ObligationState.MISSED, missed=True
-                )
-            case ObligationClosed():
-                obligations[p.obligation_id] = replace(
-                    obligations[p.obligation_id],
-                    state=ObligationState.CLOSED,
-                    closed_reason=p.reason,
-                )
+        key = obligation_of(event)
+        obligations = {**self.obligations, key: evolve_obligation(self.obligations.get(key), event)}
         return Ledger(self.incident_id, event.stream_version, obligations)
 
     def get(self, obligation_id: str) -> Obligation:
         try:
             return self.obligations[obligation_id]
         except KeyError:
-            raise NotFound(f"没有编号为 {obligation_id} 的报送义务") from None
+            raise hidden("obligation", obligation_id) from None
 
     def live_kinds(self) -> set[str]:
         return {o.kind for o in self.obligations.values() if o.state in LIVE_STATES}
@@ -265,7 +315,7 @@ class Ledger:
         nothing new, while a category's duties (e.g. the same-day reply) still apply.
         """
         rules = policy.rules_for(level if include_level_duties else None, category)
-        return _opened(policy, rules, level, graded_at, tz, skip=self.live_kinds())
+        return _open(policy, rules, level, graded_at, tz, skip=self.live_kinds())
 
     def open_for_reopen(
         self,
@@ -285,7 +335,7 @@ class Ledger:
             return []
         owed = {o.kind for o in self.obligations.values() if o.state in OWED_STATES}
         rules = policy.rules_for(level, category)
-        return _opened(policy, rules, level, reopened_at, tz, skip=owed)
+        return _open(policy, rules, level, reopened_at, tz, skip=owed)
 
     def close_owed(self, reason: str) -> list[ObligationClosed]:
         """Resolving or dismissing ends what is still pending; missed duties stay missed."""
@@ -305,7 +355,7 @@ class Ledger:
     ) -> ObligationFulfilled:
         obligation = self.get(obligation_id)
         if obligation.state is ObligationState.FULFILLED:
-            raise Conflict(
+            raise AlreadyFulfilled(
                 f"“{obligation.title}”已由 {obligation.fulfilled_by} 报送，不能重复报送",
                 {
                     "obligation_id": obligation_id,
@@ -314,21 +364,16 @@ class Ledger:
                 },
             )
         if obligation.state is ObligationState.CLOSED:
-            raise Conflict(
+            raise ObligationAlreadyClosed(
                 f"“{obligation.title}”已关闭（{obligation.closed_reason}），无需报送",
                 {"obligation_id": obligation_id, "state": obligation.state.value},
             )
         if at < obligation.counted_from:
-            raise Unprocessable(
-                f"fulfilled_at 不能早于“{obligation.title}”的起算时间",
-                [
-                    {
-                        "field": "fulfilled_at",
-                        "reason": "before the obligation was counted from "
-                        f"{obligation.counted_from.isoformat()}",
-                        "type": "before_counted_from",
-                    }
-                ],
+            raise Invalid(
+                "fulfilled_at",
+                f"before the obligation was counted from {obligation.counted_from.isoformat()}",
+                "before_counted_from",
+                message=f"fulfilled_at 不能早于“{obligation.title}”的起算时间",
             )
         return ObligationFulfilled(
             obligation_id=obligation_id,
@@ -383,7 +428,7 @@ class Ledger:
         )
 
 
-def _opened(
+def _open(
     policy: ObligationPolicy,
     rules: Iterable[ObligationRule],
     level: Level,
@@ -407,3 +452,58 @@ def _opened(
         for rule in rules
         if rule.kind not in skip
     ]
+
+
+# --------------------------------------------------------------------------- notifications
+
+
+Outcome = NotificationSent | NotificationFailed
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One message about a duty, as its stream says: sent or failed, then acknowledged."""
+
+    notification_id: str
+    version: int = 0
+    obligation_id: str | None = None
+    recipient: str | None = None
+    sent: bool = False
+    failed: bool = False
+    acknowledged_by: str | None = None
+
+    @staticmethod
+    def evolve(current: Notification | None, event: Envelope) -> Notification:
+        p = event.payload
+        assert isinstance(p, NotificationSent | NotificationFailed | NotificationAcknowledged)
+        n = current or Notification(p.notification_id)
+        after = replace(n, version=event.stream_version, obligation_id=p.obligation_id)
+        if isinstance(p, NotificationSent):
+            return replace(after, sent=True, recipient=p.recipient)
+        if isinstance(p, NotificationFailed):
+            return replace(after, failed=True, recipient=p.recipient)
+        return replace(after, acknowledged_by=p.acknowledged_by)
+
+    def record(self, outcome: Outcome) -> list[Outcome]:
+        """The outcome of sending it, unless one is on record already: a resend after a
+        lost lease reached the receiver again, but the record says it once."""
+        return [] if self.sent or self.failed else [outcome]
+
+    def acknowledge(self, by: str) -> NotificationAcknowledged:
+        if self.acknowledged_by is not None:
+            raise AlreadyAcknowledged(
+                "该通知已确认",
+                {"notification_id": self.notification_id, "acknowledged_by": self.acknowledged_by},
+            )
+        if not self.sent:
+            state = "failed" if self.failed else "pending"
+            raise NotDelivered(
+                "该通知尚未送达，不能确认",
+                {"notification_id": self.notification_id, "state": state},
+            )
+        assert self.obligation_id is not None
+        return NotificationAcknowledged(
+            notification_id=self.notification_id,
+            obligation_id=self.obligation_id,
+            acknowledged_by=by,
+        )

@@ -1,9 +1,12 @@
-"""What the notification service does: upstream events and commands in, its events out.
+"""What the notification service does about upstream events, and its obligation commands.
 
-Every change loads the incident's obligations stream in the transaction, decides with the
-domain, appends at the expected version and rewrites the read model, so a duty is opened,
-met or missed once, even when two deciders (a consumer, a request, the deadline watch)
-race or the service restarts half-way.
+Every change goes through the obligations repository: load the incident's ledger, decide
+with the domain, save what was decided (the repository numbers it after the version it was
+loaded at and runs the read model and the dispatcher in the same transaction), so a duty
+is opened, met or missed once, even when two deciders (a consumer, a request, the deadline
+watch) race or the service restarts half-way. Reactions run in the consumer's unit of
+work; commands and the deadline watch in the command runner, which decides again after a
+lost race.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from services.notification.dispatch import Dispatcher
-from services.notification.domain import Ledger, ObligationPolicy, stream_id
+from services.notification.domain import Ledger, NotObligationOwner, ObligationPolicy
 from services.notification.projections import NotificationProjections
-from shared.auth import Directory, Principal, Role
-from shared.errors import Forbidden, NotFound
+from shared.catalogue import Catalogue
+from shared.errors import Invalid, StillConflicting
 from shared.events import (
     Actor,
+    Category,
+    DeadlineMissed,
     Envelope,
     EventPayload,
     GradeOverridden,
@@ -30,9 +34,14 @@ from shared.events import (
     IncidentOpened,
     IncidentReopened,
     IncidentResolved,
+    Level,
+    ObligationFulfilled,
+    ReportReceived,
 )
+from shared.identity import Caller, Role
 from shared.incident_context import IncidentSnapshot
-from shared.store import ConcurrencyConflict, Document, EventStore, UnitOfWork
+from shared.repository import Cause, CommandRunner, Repository
+from shared.store import UnitOfWork
 
 log = structlog.get_logger("yuqing.notification")
 
@@ -42,202 +51,245 @@ DEADLINE_WATCH = Actor.rule("deadline-watch")
 class ObligationWorkflow:
     def __init__(
         self,
-        service: str,
-        store: EventStore,
+        *,
+        obligations: Repository[Ledger],
         projections: NotificationProjections,
         policy: ObligationPolicy,
         tz: ZoneInfo,
-        directory: Directory,
-        dispatcher: Dispatcher,
+        run: CommandRunner,
+        catalogue: Catalogue,
+        actor: Actor,
     ) -> None:
-        self.dispatcher = dispatcher
-        self.actor = Actor.system(service)
-        self.store = store
+        self.obligations = obligations
         self.projections = projections
         self.policy = policy
         self.tz = tz
-        self.directory = directory
+        self.run = run
+        self.catalogue = catalogue
+        self.actor = actor
 
     # upstream events --------------------------------------------------------------------
 
-    async def on_upstream(self, event: Envelope, uow: UnitOfWork) -> None:
+    async def on_described(
+        self, event: Envelope, _: IncidentOpened | ReportReceived, uow: UnitOfWork
+    ) -> None:
+        """Intake tells what the incident is about and which units it concerns."""
+        await self._learn(event, uow)
+
+    async def on_graded(self, event: Envelope, p: IncidentGraded, uow: UnitOfWork) -> None:
+        incident = await self._learn(event, uow)
+        await self._open_for_grade(event, incident, p.level, p.category, True, uow)
+
+    async def on_regraded(
+        self, event: Envelope, p: IncidentEscalated | GradeOverridden, uow: UnitOfWork
+    ) -> None:
+        incident = await self._learn(event, uow)
+        upwards = p.to_level < p.from_level  # level 1 is the most severe
+        await self._open_for_grade(event, incident, p.to_level, p.category, upwards, uow)
+
+    async def on_resolved(self, event: Envelope, p: IncidentResolved, uow: UnitOfWork) -> None:
+        await self._close_owed(event, f"事件已办结：{p.reason}", uow)
+
+    async def on_dismissed(self, event: Envelope, p: IncidentDismissed, uow: UnitOfWork) -> None:
+        await self._close_owed(event, f"事件已排除：{p.reason}", uow)
+
+    async def on_reopened(self, event: Envelope, _: IncidentReopened, uow: UnitOfWork) -> None:
+        incident = await self._learn(event, uow)
+        ledger = await self._ledger(uow, event.incident_id)
+        # Grading does not regrade a reopened incident, so its standing grade decides.
+        opened = ledger.open_for_reopen(
+            self.policy,
+            level=incident.level,
+            category=incident.category,
+            reopened_at=event.occurred_at,
+            tz=self.tz,
+        )
+        await self._react(event, incident, ledger, opened, uow)
+
+    async def _learn(self, event: Envelope, uow: UnitOfWork) -> IncidentSnapshot:
         change = await self.projections.incidents.apply(event, uow.session)
-        incident = change.after
-        p = event.payload
-        if isinstance(p, IncidentOpened):
-            await self.projections.set_units(event.incident_id, incident.unit_ids, uow.session)
-            return
-        ledger = Ledger.fold(event.incident_id, await uow.load(stream_id(event.incident_id)))
-        payloads: Sequence[EventPayload] = ()
-        if isinstance(p, IncidentGraded | IncidentEscalated | GradeOverridden):
-            if incident.closed:
-                return  # a late grading of an incident already ended owes nothing
-            level = p.level if isinstance(p, IncidentGraded) else p.to_level
-            upwards = isinstance(p, IncidentGraded) or p.to_level < p.from_level
-            payloads = ledger.open_for_grade(
-                self.policy,
-                level=level,
-                category=p.category,
-                graded_at=event.occurred_at,
-                tz=self.tz,
-                include_level_duties=upwards,
-            )
-        elif isinstance(p, IncidentResolved):
-            payloads = ledger.close_owed(f"事件已办结：{p.reason}")
-        elif isinstance(p, IncidentDismissed):
-            payloads = ledger.close_owed(f"事件已排除：{p.reason}")
-        elif isinstance(p, IncidentReopened):
-            # Grading does not regrade a reopened incident, so its standing grade decides.
-            payloads = ledger.open_for_reopen(
-                self.policy,
-                level=incident.level,
-                category=incident.category,
-                reopened_at=event.occurred_at,
-                tz=self.tz,
-            )
-        envelopes = [
-            event.caused(
-                payload,
-                stream_id=stream_id(ledger.incident_id),
-                stream_version=ledger.version + i,
-                actor=self.actor,
-                unit_id=_first(incident),
-            )
-            for i, payload in enumerate(payloads, start=1)
-        ]
-        await self._record(uow, ledger, envelopes, incident)
+        before = change.before.unit_ids if change.before else ()
+        if change.after.unit_ids != before:
+            await self.projections.set_units(event.incident_id, change.after.unit_ids, uow.session)
+        return change.after
+
+    async def _open_for_grade(
+        self,
+        event: Envelope,
+        incident: IncidentSnapshot,
+        level: Level,
+        category: Category,
+        upwards: bool,
+        uow: UnitOfWork,
+    ) -> None:
+        if incident.closed:
+            return  # a late grading of an incident already ended owes nothing
+        ledger = await self._ledger(uow, event.incident_id)
+        opened = ledger.open_for_grade(
+            self.policy,
+            level=level,
+            category=category,
+            graded_at=event.occurred_at,
+            tz=self.tz,
+            include_level_duties=upwards,
+        )
+        await self._react(event, incident, ledger, opened, uow)
+
+    async def _close_owed(self, event: Envelope, reason: str, uow: UnitOfWork) -> None:
+        incident = await self._learn(event, uow)
+        ledger = await self._ledger(uow, event.incident_id)
+        await self._react(event, incident, ledger, ledger.close_owed(reason), uow)
+
+    async def _react(
+        self,
+        event: Envelope,
+        incident: IncidentSnapshot,
+        ledger: Ledger,
+        payloads: Sequence[EventPayload],
+        uow: UnitOfWork,
+    ) -> None:
+        cause = Cause(
+            actor=self.actor,
+            incident_id=event.incident_id,
+            unit_id=_first(incident),
+            correlation_id=event.correlation_id,
+            causation_id=event.event_id,
+        )
+        await self.obligations.save(uow, event.incident_id, ledger, payloads, cause)
 
     # commands ---------------------------------------------------------------------------
 
     async def fulfil(
         self,
+        caller: Caller,
+        incident_id: str,
         obligation_id: str,
-        principal: Principal,
         *,
-        at: datetime,
+        at: datetime | None,
         reference: str | None,
-    ) -> Document:
-        found = await self.projections.get(obligation_id)
-        if found is None:
-            raise NotFound(f"没有编号为 {obligation_id} 的报送义务")
-        incident_id: str = found["incident_id"]
+        now: datetime,
+    ) -> None:
+        """Record who met a duty, when and with what. The caller's sight of the incident
+        is checked before this is asked; here: the role, then the record."""
+        when = at or now
 
         async def work(uow: UnitOfWork) -> None:
-            incident = await self._incident(incident_id, uow)
-            ledger = Ledger.fold(incident_id, await uow.load(stream_id(incident_id)))
+            ledger = await self._ledger(uow, incident_id)
             obligation = ledger.get(obligation_id)
-            if not self.directory.can_act_for(principal, incident.unit_ids):
-                raise Forbidden("无权处理其他单位的报送义务")
-            if not principal.has(Role.ADMIN, Role.LEADER, Role(obligation.owner_role)):
-                raise Forbidden(
-                    f"报送“{obligation.title}”需要角色 {obligation.owner_role} 或领导小组成员"
+            if not obligation.may_be_filed_by(caller.roles):
+                owner = self.catalogue.role(obligation.owner_role)
+                leader = self.catalogue.role(Role.LEADER)
+                raise NotObligationOwner(
+                    f"报送“{obligation.title}”需要{owner}或{leader}的角色",
+                    {"obligation_id": obligation_id, "roles": [obligation.owner_role, "leader"]},
                 )
-            payload = ledger.fulfil(obligation_id, by=principal.sub, at=at, reference=reference)
-            event = Envelope.new(
-                payload,
+            if when > now:
+                raise Invalid(
+                    "fulfilled_at",
+                    "later than now",
+                    "in_the_future",
+                    message="fulfilled_at 不能晚于当前时间",
+                )
+            settled = ledger.fulfil(obligation_id, by=caller.id, at=when, reference=reference)
+            incident = await self._incident(uow, incident_id)
+            cause = Cause(
+                actor=caller.actor,
                 incident_id=incident_id,
-                stream_id=stream_id(incident_id),
-                stream_version=ledger.version + 1,
-                actor=principal.actor,
+                unit_id=_first(incident),
                 correlation_id=obligation.correlation_id,
                 causation_id=obligation.opened_event_id,
-                unit_id=_first(incident),
-                occurred_at=at,
+                occurred_at=when,
             )
-            events = self._with_next_round(ledger, event, obligation_id, incident)
-            await self._record(uow, ledger, events, incident)
+            await self._settle(uow, ledger, settled, cause, incident)
 
-        await self.store.transaction(work)
-        updated = await self.projections.get(obligation_id)
-        assert updated is not None
-        return updated
+        await self.run(work)
 
     # durable deadlines ------------------------------------------------------------------
 
     async def record_missed(self, now: datetime, batch: int) -> int:
         """Record every open duty past its deadline as missed, each exactly once.
 
-        The check and the append share a transaction at the stream's expected version, so
-        a second watcher (another replica, or this one after a restart) finds it recorded.
+        The check and the save share a transaction at the stream's version, so a second
+        watcher (another replica, or this one after a restart) finds it recorded; one that
+        lost the race decides again.
         """
         recorded = 0
         for incident_id, obligation_id in await self.projections.past_deadline(now, batch):
+
+            async def work(uow: UnitOfWork, i: str = incident_id, o: str = obligation_id) -> bool:
+                return await self._miss(uow, i, o, now)
+
             try:
-                if await self._record_missed_once(incident_id, obligation_id, now):
+                if await self.run(work):
                     recorded += 1
                     log.warning(
                         "deadline missed", incident_id=incident_id, obligation_id=obligation_id
                     )
-            except ConcurrencyConflict:
-                continue  # someone else changed this incident's duties: the next pass decides
+            except StillConflicting:
+                log.warning(
+                    "deadline watch kept losing races; the next pass decides again",
+                    incident_id=incident_id,
+                    obligation_id=obligation_id,
+                )
         return recorded
 
-    async def _record_missed_once(
-        self, incident_id: str, obligation_id: str, now: datetime
+    async def _miss(
+        self, uow: UnitOfWork, incident_id: str, obligation_id: str, now: datetime
     ) -> bool:
-        async def work(uow: UnitOfWork) -> bool:
-            incident = await self._incident(incident_id, uow)
-            ledger = Ledger.fold(incident_id, await uow.load(stream_id(incident_id)))
-            missed = ledger.missed_by(obligation_id, now)
-            if missed is None:
-                return False
-            obligation = ledger.get(obligation_id)
-            event = Envelope.new(
-                missed,
-                incident_id=incident_id,
-                stream_id=stream_id(incident_id),
-                stream_version=ledger.version + 1,
-                actor=DEADLINE_WATCH,
-                correlation_id=obligation.correlation_id,
-                causation_id=obligation.opened_event_id,
-                unit_id=_first(incident),
-                # When it happened in the world: the moment the deadline passed, even if the
-                # service was down then and notices only now.
-                occurred_at=obligation.deadline,
-            )
-            events = self._with_next_round(ledger, event, obligation_id, incident)
-            await self._record(uow, ledger, events, incident)
-            return True
-
-        return await self.store.transaction(work)
+        ledger = await self._ledger(uow, incident_id)
+        missed = ledger.missed_by(obligation_id, now)
+        if missed is None:
+            return False
+        obligation = ledger.get(obligation_id)
+        incident = await self._incident(uow, incident_id)
+        cause = Cause(
+            actor=DEADLINE_WATCH,
+            incident_id=incident_id,
+            unit_id=_first(incident),
+            correlation_id=obligation.correlation_id,
+            causation_id=obligation.opened_event_id,
+            # When it happened in the world: the moment the deadline passed, even if the
+            # service was down then and notices only now.
+            occurred_at=obligation.deadline,
+        )
+        await self._settle(uow, ledger, missed, cause, incident)
+        return True
 
     # ------------------------------------------------------------------------------------
 
-    def _with_next_round(
-        self, ledger: Ledger, settled: Envelope, obligation_id: str, incident: IncidentSnapshot
-    ) -> list[Envelope]:
-        """A recurring duty met or missed opens its next round in the same change, while
-        the incident is open; resolving it closes the round then owed, ending the series."""
-        following = ledger.apply(settled).next_round(obligation_id, self.policy)
-        if following is None or incident.closed:
-            return [settled]
-        opened = settled.caused(
-            following,
-            stream_id=settled.stream_id,
-            stream_version=settled.stream_version + 1,
-            actor=self.actor,
-        )
-        return [settled, opened]
-
-    async def _incident(self, incident_id: str, uow: UnitOfWork) -> IncidentSnapshot:
-        found = await self.projections.incidents.get(incident_id, session=uow.session)
-        return found or IncidentSnapshot(incident_id=incident_id)
-
-    async def _record(
+    async def _settle(
         self,
         uow: UnitOfWork,
         ledger: Ledger,
-        events: list[Envelope],
+        settled: ObligationFulfilled | DeadlineMissed,
+        cause: Cause,
         incident: IncidentSnapshot,
     ) -> None:
-        if not events:
+        """A duty met or missed; a recurring one opens its next round in the same change,
+        while the incident is open (resolving it closes the round then owed, ending the
+        series). The next round is the service's doing, caused by the settling event."""
+        incident_id = ledger.incident_id
+        saved = await self.obligations.save(uow, incident_id, ledger, [settled], cause)
+        assert saved is not None
+        (event,) = saved.events
+        following = saved.aggregate.next_round(settled.obligation_id, self.policy)
+        if following is None or incident.closed:
             return
-        stored = await uow.append(events, expected_version=ledger.version)
-        for event in stored:
-            ledger = ledger.apply(event)
-        await self.projections.write_ledger(ledger, incident.unit_ids, uow.session)
-        # Who is told is decided with the fact, so a page is started once and never lost.
-        await self.dispatcher.on_recorded(stored, ledger, incident, uow.session)
+        then = Cause(
+            actor=self.actor,
+            incident_id=incident_id,
+            unit_id=event.unit_id,
+            correlation_id=event.correlation_id,
+            causation_id=event.event_id,
+        )
+        await self.obligations.save(uow, incident_id, saved.aggregate, [following], then)
+
+    async def _ledger(self, uow: UnitOfWork, incident_id: str) -> Ledger:
+        return await self.obligations.get(uow, incident_id) or Ledger(incident_id)
+
+    async def _incident(self, uow: UnitOfWork, incident_id: str) -> IncidentSnapshot:
+        found = await self.projections.incidents.get(incident_id, session=uow.session)
+        return found or IncidentSnapshot(incident_id=incident_id)
 
 
 def _first(incident: IncidentSnapshot) -> str | None:

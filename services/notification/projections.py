@@ -1,24 +1,89 @@
-"""The notification service's read models: incidents (shared shape) and obligations.
+"""The notification service's read models: incidents (the shared shape) and obligations.
 
-Written in the transaction of the events they reflect; rebuildable from the log.
+The obligations rows are written by `on_obligation_event`, which the obligations
+repository runs with every save, in the transaction of the events it reflects; they can
+be rebuilt from the log.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.notification.domain import OWED_STATES, Ledger, Obligation, ObligationState
-from shared.events import Level
+from services.notification.domain import (
+    OWED_STATES,
+    Obligation,
+    evolve_obligation,
+    obligation_of,
+)
+from shared.events import Envelope, Level, ObligationState
 from shared.incident_context import IncidentContext
-from shared.store import Document
+from shared.store import Document, UnitOfWork
+from shared.visibility import IncidentScope
 
 OBLIGATIONS = "obligations"
+
+
+class ObligationRow(BaseModel):
+    """One duty as stored for the list: the obligation, its incident and that incident's
+    units (what visibility filters on)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    incident_id: str
+    unit_ids: tuple[str, ...] = ()
+    obligation_id: str
+    kind: str
+    title: str
+    level: Level
+    owner_role: str
+    recipients: tuple[str, ...]
+    alert_roles: tuple[str, ...]
+    counted_from: datetime
+    deadline: datetime
+    opened_event_id: uuid.UUID
+    correlation_id: uuid.UUID
+    state: ObligationState
+    missed: bool
+    fulfilled_by: str | None
+    fulfilled_at: datetime | None
+    reference: str | None
+    late: bool
+    closed_reason: str | None
+
+    @classmethod
+    def of(cls, incident_id: str, unit_ids: tuple[str, ...], o: Obligation) -> ObligationRow:
+        return cls(incident_id=incident_id, unit_ids=unit_ids, **asdict(o))
+
+    @property
+    def obligation(self) -> Obligation:
+        fields = self.model_dump(exclude={"incident_id", "unit_ids"})
+        return Obligation(**fields)
+
+    def document(self) -> Document:
+        doc = self.model_dump()
+        doc.update(
+            _id=self.obligation_id,
+            level=int(self.level),
+            state=self.state.value,
+            recipients=list(self.recipients),
+            alert_roles=list(self.alert_roles),
+            unit_ids=list(self.unit_ids),
+            opened_event_id=str(self.opened_event_id),
+            correlation_id=str(self.correlation_id),
+        )
+        return doc
+
+    @classmethod
+    def from_document(cls, doc: Document) -> ObligationRow:
+        return cls.model_validate({k: v for k, v in doc.items() if k != "_id"})
 
 
 @dataclass(frozen=True)
@@ -28,31 +93,7 @@ class ObligationFilter:
     level: Level | None = None
     state: ObligationState | None = None
     overdue: bool | None = None
-    visible_units: set[str] | None = None  # None: every unit
-
-
-def _document(incident_id: str, unit_ids: tuple[str, ...], o: Obligation) -> Document:
-    return {
-        "_id": o.obligation_id,
-        "obligation_id": o.obligation_id,
-        "incident_id": incident_id,
-        "unit_ids": list(unit_ids),
-        "kind": o.kind,
-        "title": o.title,
-        "level": int(o.level),
-        "owner_role": o.owner_role,
-        "recipients": list(o.recipients),
-        "alert_roles": list(o.alert_roles),
-        "counted_from": o.counted_from,
-        "deadline": o.deadline,
-        "state": o.state.value,
-        "missed": o.missed,
-        "fulfilled_by": o.fulfilled_by,
-        "fulfilled_at": o.fulfilled_at,
-        "reference": o.reference,
-        "late": o.late,
-        "closed_reason": o.closed_reason,
-    }
+    scope: dict[str, Any] | None = None  # the caller's sight, as a query; None: everything
 
 
 class NotificationProjections:
@@ -65,27 +106,36 @@ class NotificationProjections:
         await self.obligations.create_index([("incident_id", ASCENDING)])
         await self.obligations.create_index([("unit_ids", ASCENDING)])
 
-    async def write_ledger(
-        self, ledger: Ledger, unit_ids: tuple[str, ...], session: AsyncClientSession
-    ) -> None:
-        for obligation in ledger.obligations.values():
-            await self.obligations.replace_one(
-                {"_id": obligation.obligation_id},
-                _document(ledger.incident_id, unit_ids, obligation),
-                upsert=True,
-                session=session,
-            )
+    async def on_obligation_event(self, event: Envelope, uow: UnitOfWork) -> None:
+        """The duty an event of the obligations stream names, as it stands after it."""
+        before = await self.obligation(obligation_of(event), session=uow.session)
+        after = evolve_obligation(before.obligation if before else None, event)
+        incident = await self.incidents.get(event.incident_id, session=uow.session)
+        units = incident.unit_ids if incident else before.unit_ids if before else ()
+        row = ObligationRow.of(event.incident_id, units, after)
+        await self.obligations.replace_one(
+            {"_id": row.obligation_id}, row.document(), upsert=True, session=uow.session
+        )
 
     async def set_units(
-        self, incident_id: str, unit_ids: tuple[str, ...], session: AsyncClientSession
+        self, incident_id: str, unit_ids: tuple[str, ...], session: AsyncClientSession | None
     ) -> None:
         """Grading may be seen before intake: obligations learn their units when it arrives."""
         await self.obligations.update_many(
             {"incident_id": incident_id}, {"$set": {"unit_ids": list(unit_ids)}}, session=session
         )
 
-    async def get(self, obligation_id: str) -> Document | None:
-        return await self.obligations.find_one({"_id": obligation_id})
+    async def obligation(
+        self, obligation_id: str, session: AsyncClientSession | None = None
+    ) -> ObligationRow | None:
+        doc = await self.obligations.find_one({"_id": obligation_id}, session=session)
+        return ObligationRow.from_document(doc) if doc is not None else None
+
+    async def scope(self, incident_id: str, units: tuple[str, ...] = ()) -> IncidentScope:
+        """What visibility decides on for an incident: its snapshot, or the units a row of
+        it knows when the snapshot is missing."""
+        incident = await self.incidents.get(incident_id)
+        return incident.scope if incident is not None else IncidentScope(incident_id, units)
 
     async def past_deadline(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         """(incident_id, obligation_id) of open duties whose deadline has passed."""
@@ -96,14 +146,14 @@ class NotificationProjections:
         )
         return [(doc["incident_id"], doc["obligation_id"]) async for doc in cursor]
 
-    async def find(self, f: ObligationFilter, now: datetime, limit: int) -> list[Document]:
+    async def find(self, f: ObligationFilter, now: datetime, limit: int) -> list[ObligationRow]:
         clauses: list[dict[str, Any]] = []
+        if f.scope:
+            clauses.append(f.scope)
         if f.incident_id is not None:
             clauses.append({"incident_id": f.incident_id})
         if f.unit is not None:
             clauses.append({"unit_ids": f.unit})
-        if f.visible_units is not None:
-            clauses.append({"unit_ids": {"$in": sorted(f.visible_units)}})
         if f.level is not None:
             clauses.append({"level": int(f.level)})
         if f.state is not None:
@@ -117,4 +167,4 @@ class NotificationProjections:
         cursor = self.obligations.find(
             query, sort=[("deadline", ASCENDING), ("_id", ASCENDING)], limit=limit
         )
-        return [doc async for doc in cursor]
+        return [ObligationRow.from_document(doc) async for doc in cursor]

@@ -1,26 +1,38 @@
-"""HTTP routes of the statement service, under /statements/v1."""
+"""HTTP routes of the statement service, under /statements/v1.
+
+Every route with an `{id}` first asks the one visibility policy whether the caller sees
+the incident concerned (fully: statements are the bureau's internal records), and answers
+another unit's id exactly like an unknown one; then the roles the route needs; then the
+domain decides. Which status each refusal answers with is `shared.api`'s table.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field, StringConstraints
 
-from services.statement.domain import Statement
-from services.statement.handlers import PUBLISHER_ROLES, WRITER_ROLES, Decision, Situation
+from services.statement.domain import ApprovalRules, Statement
+from services.statement.handlers import (
+    PUBLISHER_ROLES,
+    WRITER_ROLES,
+    Decision,
+    Situation,
+    StatementWorkflow,
+)
 from services.statement.projections import (
     OfficialLineView,
+    StatementProjections,
     StatementSummary,
     StatementView,
     VersionDiffView,
     official_line_view,
 )
-from shared.auth import CurrentPrincipal, Role
+from shared.auth import CurrentCaller
 from shared.events import EventPayload, Fact, StatementKind
-
-if TYPE_CHECKING:
-    from services.statement.main import StatementService
+from shared.identity import Caller, Role
+from shared.visibility import Sight, Visibility, hidden
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Outlet = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -67,55 +79,67 @@ class PublishRequest(BaseModel):
     )
 
 
-def build_router(service: StatementService) -> APIRouter:
+def build_router(
+    workflow: StatementWorkflow,
+    views: StatementProjections,
+    rules: ApprovalRules,
+    visibility: Visibility,
+) -> APIRouter:
     router = APIRouter(tags=["statements"])
-    policy = service.policy
+
+    async def see_incident(incident_id: str, caller: Caller) -> None:
+        scope = await views.incident_scope(incident_id)
+        visibility.require(caller, scope, "incident", incident_id, at_least=Sight.FULL)
+
+    async def see_statement(statement_id: str, caller: Caller) -> None:
+        scope = await views.statement_scope(statement_id)
+        visibility.require(caller, scope, "statement", statement_id, at_least=Sight.FULL)
 
     async def decide(
         statement_id: str,
-        principal: CurrentPrincipal,
+        caller: Caller,
         decision: Decision,
         roles: tuple[Role, ...] = (),
     ) -> StatementView:
-        doc = await service.workflow.decide(statement_id, principal, decision, roles=roles)
-        return StatementView.model_validate(doc)
+        await see_statement(statement_id, caller)
+        if roles:
+            caller.require(*roles)
+        return await workflow.decide(statement_id, caller, decision)
 
     @router.post("/incidents/{incident_id}/statements", status_code=status.HTTP_201_CREATED)
-    async def draft(
-        incident_id: str, body: DraftRequest, principal: CurrentPrincipal
-    ) -> StatementView:
+    async def draft(incident_id: str, body: DraftRequest, caller: CurrentCaller) -> StatementView:
         """Draft a statement of an incident (graded or not yet)."""
-        doc = await service.workflow.draft(
+        await see_incident(incident_id, caller)
+        caller.require(*WRITER_ROLES)
+        return await workflow.draft(
             incident_id,
-            principal,
+            caller,
             kind=body.kind,
             title=body.title,
             body=body.body,
             facts=tuple(body.facts),
             outlets=tuple(body.outlets),
         )
-        return StatementView.model_validate(doc)
 
     @router.get("/incidents/{incident_id}/statements")
     async def incident_statements(
-        incident_id: str, principal: CurrentPrincipal
+        incident_id: str, caller: CurrentCaller
     ) -> list[StatementSummary]:
         """The incident's statements, oldest first, each with its state."""
-        docs = await service.workflow.incident_statements(incident_id, principal)
-        return [StatementSummary.model_validate(d) for d in docs]
+        await see_incident(incident_id, caller)
+        return await views.of_incident(incident_id)
 
     @router.get("/incidents/{incident_id}/official-line")
-    async def official_line(incident_id: str, principal: CurrentPrincipal) -> OfficialLineView:
+    async def official_line(incident_id: str, caller: CurrentCaller) -> OfficialLineView:
         """The incident's current official line (口径): the latest published version, its
         outlet and URL, who cleared it and when, and every figure as last published.
         404 while nothing is published."""
-        return official_line_view(
-            await service.workflow.official_line(incident_id, principal), policy
-        )
+        await see_incident(incident_id, caller)
+        return official_line_view(await workflow.official_line(incident_id), rules)
 
     @router.put("/statements/{statement_id}")
     async def revise(
-        statement_id: str, body: StatementContent, principal: CurrentPrincipal
+        statement_id: str, body: StatementContent, caller: CurrentCaller
     ) -> StatementView:
         """A new version; approvals of older versions stay on record but stop counting.
         A rejected or withdrawn statement comes back this way."""
@@ -126,25 +150,25 @@ def build_router(service: StatementService) -> APIRouter:
                 body=body.body,
                 facts=tuple(body.facts),
                 outlets=tuple(body.outlets),
-                by=principal.sub,
+                by=caller.id,
             )
 
-        return await decide(statement_id, principal, revision, WRITER_ROLES)
+        return await decide(statement_id, caller, revision, WRITER_ROLES)
 
     @router.post("/statements/{statement_id}/submit")
-    async def submit(statement_id: str, principal: CurrentPrincipal) -> StatementView:
+    async def submit(statement_id: str, caller: CurrentCaller) -> StatementView:
         """Send the current version into the approval chain of the incident's level. Facts
         contradicting the incident's published figures come back in `fact_conflicts`."""
 
         def submission(statement: Statement, now: Situation) -> EventPayload:
             incident = now.incident
-            return statement.submit(incident.level, policy, incident.unit_ids, now.official)
+            return statement.submit(incident.level, rules, incident.unit_ids, now.official)
 
-        return await decide(statement_id, principal, submission, WRITER_ROLES)
+        return await decide(statement_id, caller, submission, WRITER_ROLES)
 
     @router.post("/statements/{statement_id}/approve")
     async def approve(
-        statement_id: str, body: ApproveRequest, principal: CurrentPrincipal
+        statement_id: str, body: ApproveRequest, caller: CurrentCaller
     ) -> StatementView:
         """Fill the next step of the chain, if it is the caller's to fill. A version that
         contradicts a published figure needs `acknowledge_fact_changes` with a reason
@@ -153,67 +177,72 @@ def build_router(service: StatementService) -> APIRouter:
 
         def approval(statement: Statement, now: Situation) -> EventPayload:
             return statement.approve(
-                principal,
+                caller,
                 body.comment,
-                policy,
+                rules,
                 official=now.official,
                 acknowledgement=acknowledged.reason if acknowledged else None,
             )
 
-        return await decide(statement_id, principal, approval)
+        return await decide(statement_id, caller, approval)
 
     @router.post("/statements/{statement_id}/reject")
     async def reject(
-        statement_id: str, body: RejectRequest, principal: CurrentPrincipal
+        statement_id: str, body: RejectRequest, caller: CurrentCaller
     ) -> StatementView:
         """Send the current version back, with the reason."""
 
         def rejection(statement: Statement, _: Situation) -> EventPayload:
-            return statement.reject(principal, body.comment, policy)
+            return statement.reject(caller, body.comment, rules)
 
-        return await decide(statement_id, principal, rejection)
+        return await decide(statement_id, caller, rejection)
 
     @router.post("/statements/{statement_id}/withdraw")
     async def withdraw(
-        statement_id: str, body: WithdrawRequest, principal: CurrentPrincipal
+        statement_id: str, body: WithdrawRequest, caller: CurrentCaller
     ) -> StatementView:
         """The author or the office takes the current version back: it can no longer be
         approved or published; a revision (PUT) starts it over. Published: 409."""
 
         def withdrawal(statement: Statement, _: Situation) -> EventPayload:
-            return statement.withdraw(principal, body.reason)
+            return statement.withdraw(caller, body.reason)
 
-        return await decide(statement_id, principal, withdrawal)
+        return await decide(statement_id, caller, withdrawal)
 
     @router.post("/statements/{statement_id}/publish")
     async def publish(
-        statement_id: str, body: PublishRequest, principal: CurrentPrincipal
+        statement_id: str, body: PublishRequest, caller: CurrentCaller
     ) -> StatementView:
         """Record the fully approved current version as published; anything else is 409.
         It becomes the incident's official line."""
 
         def publication(statement: Statement, _: Situation) -> EventPayload:
-            return statement.publish(
-                outlet=body.outlet, url=body.url, by=principal.sub, policy=policy
-            )
+            return statement.publish(outlet=body.outlet, url=body.url, by=caller.id, rules=rules)
 
-        return await decide(statement_id, principal, publication, PUBLISHER_ROLES)
+        return await decide(statement_id, caller, publication, PUBLISHER_ROLES)
 
     @router.get("/statements/{statement_id}")
-    async def get_statement(statement_id: str, principal: CurrentPrincipal) -> StatementView:
+    async def get_statement(statement_id: str, caller: CurrentCaller) -> StatementView:
         """Versions, the chain with who approved what and when, what is missing, figures
         contradicting the published line, and each version's diff against the one before."""
-        return StatementView.model_validate(await service.workflow.view(statement_id, principal))
+        await see_statement(statement_id, caller)
+        view = await views.get(statement_id)
+        if view is None:
+            raise hidden("statement", statement_id)
+        return view
 
     @router.get("/statements/{statement_id}/diff")
     async def diff(
         statement_id: str,
-        principal: CurrentPrincipal,
+        caller: CurrentCaller,
         from_version: Annotated[int, Query(alias="from", ge=1)],
         to_version: Annotated[int | None, Query(alias="to", ge=1)] = None,
     ) -> VersionDiffView:
         """Any two versions: `?from=1&to=3` (`to` defaults to the current version)."""
-        statement = await service.workflow.statement(statement_id, principal)
+        await see_statement(statement_id, caller)
+        statement = await workflow.statement(statement_id)
+        if statement is None:
+            raise hidden("statement", statement_id)
         to = statement.current.version if to_version is None else to_version
         return VersionDiffView.of(statement.diff(from_version, to))
 

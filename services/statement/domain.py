@@ -8,6 +8,10 @@ version count; older ones stay on the record.
 The figures of published statements are the incident's official line (口径): a version
 that states a published label with another value is flagged at submit, and an approver
 clears it only by acknowledging the change with a reason.
+
+Decisions take the caller's plain facts (`Caller`: id, unit, roles) and refuse with the
+errors below, each a kind of `shared.errors` with its own code; what HTTP status a kind
+answers with is decided elsewhere, once.
 """
 
 from __future__ import annotations
@@ -15,14 +19,12 @@ from __future__ import annotations
 import difflib
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from shared.auth import Principal, Role
 from shared.errors import Conflict, Forbidden, NotFound
 from shared.events import (
     ApprovalStep,
@@ -37,9 +39,12 @@ from shared.events import (
     StatementPublished,
     StatementRejected,
     StatementRevised,
+    StatementState,
     StatementSubmitted,
     StatementWithdrawn,
 )
+from shared.identity import Caller, Role
+from shared.models import FrozenModel
 
 INCIDENT_UNIT = "incident"  # in the policy: the unit(s) the incident concerns
 
@@ -48,14 +53,104 @@ def stream_id(statement_id: str) -> str:
     return f"statement-{statement_id}"
 
 
+# --------------------------------------------------------------------------- refusals
+
+
+class SelfApproval(Forbidden):
+    """The author of a version cannot approve or reject it."""
+
+    code = "self_approval"
+
+
+class SameApproverTwice(Forbidden):
+    """One person fills at most one step of a chain."""
+
+    code = "same_approver_twice"
+
+
+class NotYourStep(Forbidden):
+    """No step of the chain is the caller's to fill."""
+
+    code = "not_your_step"
+
+
+class MayNotWithdraw(Forbidden):
+    """Only an author of the statement or the office takes a version back."""
+
+    code = "may_not_withdraw"
+
+
+class OutOfOrder(Conflict):
+    """A later step of the chain is the caller's, but an earlier one is not filled yet."""
+
+    code = "out_of_order"
+
+
+class NotInReview(Conflict):
+    """Approving or rejecting a version that is not under review."""
+
+    code = "not_in_review"
+
+
+class NotSubmittable(Conflict):
+    """Submitting a version that is already in the chain, cleared, rejected or withdrawn."""
+
+    code = "not_submittable"
+
+
+class NotGraded(Conflict):
+    """The incident has no level yet, so there is no chain to submit into."""
+
+    code = "not_graded"
+
+
+class ChainUndetermined(Conflict):
+    """The chain names the heads of the incident's units, and none is known yet."""
+
+    code = "chain_undetermined"
+
+
+class FactChangesUnacknowledged(Conflict):
+    """Approving figures that contradict the published line without a reason."""
+
+    code = "fact_changes_unacknowledged"
+
+
+class NotApproved(Conflict):
+    """Publishing a version that is not cleared: `details` name its state and the steps
+    still missing."""
+
+    code = "not_approved"
+
+
+class OutletNotApproved(Conflict):
+    code = "outlet_not_approved"
+
+
+class AlreadyPublished(Conflict):
+    """The version is already out on that outlet."""
+
+    code = "already_published"
+
+
+class NotWithdrawable(Conflict):
+    code = "not_withdrawable"
+
+
+class UnknownVersion(NotFound):
+    code = "unknown_version"
+
+
+class NoOfficialLine(NotFound):
+    """Nothing of the incident is published yet."""
+
+    code = "no_official_line"
+
+
 # --------------------------------------------------------------------------- the policy
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class StepRule(_Strict):
+class StepRule(FrozenModel):
     role: Role
     unit: str | None = Field(
         default=None,
@@ -63,11 +158,10 @@ class StepRule(_Strict):
     )
 
 
-class ApprovalPolicy(_Strict):
+class ApprovalPolicy(FrozenModel):
     """Who clears a statement at each level, in order, from config/approval.yaml."""
 
     version: str
-    role_names: dict[Role, str]
     levels: dict[Level, tuple[StepRule, ...]]
 
     @model_validator(mode="after")
@@ -75,40 +169,47 @@ class ApprovalPolicy(_Strict):
         for level in Level:
             if not self.levels.get(level):
                 raise ValueError(f"levels.{int(level)}: every level needs at least one step")
-            for i, step in enumerate(self.levels[level]):
-                if step.role not in self.role_names:
-                    raise ValueError(
-                        f"levels.{int(level)}.{i}: role {step.role.value!r} has no entry in "
-                        "role_names (the name staff read)"
-                    )
         return self
+
+    def roles(self) -> set[Role]:
+        return {rule.role for rules in self.levels.values() for rule in rules}
+
+
+@dataclass(frozen=True)
+class ApprovalRules:
+    """The approval policy as decisions apply it: the chains of the policy file, and the
+    names staff read for their roles (from the catalogue), as in "缺少：宣传部（处置专班）"."""
+
+    policy: ApprovalPolicy
+    role_names: Mapping[Role, str]
+
+    def __post_init__(self) -> None:
+        unnamed = sorted(r.value for r in self.policy.roles() if r not in self.role_names)
+        if unnamed:
+            raise ValueError(f"approval policy roles without a name to show: {', '.join(unnamed)}")
 
     def chain(self, level: Level, unit_ids: Sequence[str]) -> tuple[ApprovalStep, ...]:
         steps: list[ApprovalStep] = []
-        for rule in self.levels[level]:
+        for rule in self.policy.levels[level]:
             if rule.unit != INCIDENT_UNIT:
                 steps.append(ApprovalStep(role=rule.role.value, unit_id=rule.unit))
                 continue
             if not unit_ids:
-                raise Conflict("事件涉及的单位尚未确定，无法确定审批链", {"level": int(level)})
+                raise ChainUndetermined(
+                    "事件涉及的单位尚未确定，无法确定审批链", {"level": int(level)}
+                )
             steps.extend(ApprovalStep(role=rule.role.value, unit_id=u) for u in unit_ids)
         return tuple(steps)
 
     def describe(self, step: ApprovalStep) -> str:
-        name = self.role_names.get(Role(step.role), step.role)
+        try:
+            name = self.role_names[Role(step.role)]
+        except (ValueError, KeyError):
+            name = step.role
         return f"{name}（{step.unit_id}）" if step.unit_id else name
 
 
 # --------------------------------------------------------------------------- the aggregate
-
-
-class StatementState(str, Enum):
-    DRAFT = "draft"
-    IN_REVIEW = "in_review"
-    APPROVED = "approved"
-    REJECTED = "rejected"
-    WITHDRAWN = "withdrawn"
-    PUBLISHED = "published"
 
 
 # Why a version in each state cannot take the decision asked for; staff read these.
@@ -118,6 +219,22 @@ _NOT_IN_REVIEW = {
     StatementState.REJECTED: "当前版本已被退回",
     StatementState.WITHDRAWN: "当前版本已撤回",
     StatementState.PUBLISHED: "当前版本已发布",
+}
+_NOT_SUBMITTABLE = {
+    StatementState.IN_REVIEW: "当前版本已提交审批",
+    StatementState.APPROVED: "当前版本已审批通过",
+    StatementState.REJECTED: "当前版本已被退回，请修改后再提交",
+    StatementState.WITHDRAWN: "当前版本已撤回，请修改后再提交",
+    StatementState.PUBLISHED: "当前版本已发布",
+}
+_NOT_PUBLISHABLE = {
+    StatementState.DRAFT: "当前版本尚未提交审批，不能发布",
+    StatementState.REJECTED: "当前版本已被退回，不能发布",
+    StatementState.WITHDRAWN: "当前版本已撤回，不能发布",
+}
+_NOT_WITHDRAWABLE = {
+    StatementState.WITHDRAWN: "当前版本已撤回",
+    StatementState.PUBLISHED: "当前版本已发布，不能撤回；如需更正请另发澄清说明",
 }
 
 
@@ -184,12 +301,29 @@ class StepProgress:
     approval: Approval | None
 
 
+def _fill(chain: Sequence[ApprovalStep], approvals: Iterable[Approval]) -> list[StepProgress]:
+    """Each step of `chain` with the approval that fills it. An approval counts for a step
+    of the same role and unit, so approvals given before the chain changed (the level
+    moved) still count where they fit."""
+    unused = list(approvals)
+    filled: list[StepProgress] = []
+    for step in chain:
+        match = next((a for a in unused if a.step == step), None)
+        if match is not None:
+            unused.remove(match)
+        filled.append(StepProgress(step, match))
+    return filled
+
+
 @dataclass(frozen=True)
 class Statement:
+    """One statement as its stream tells it. `version` is the position of that stream
+    (what the next event continues from), not the number of a text: see `current`."""
+
     statement_id: str
     incident_id: str
     kind: StatementKind
-    stream_version: int
+    version: int
     versions: tuple[Version, ...]
     submissions: tuple[Submission, ...] = ()
     approvals: tuple[Approval, ...] = ()
@@ -201,23 +335,17 @@ class Statement:
 
     @classmethod
     def fold(cls, events: Sequence[Envelope]) -> Statement:
-        first = events[0]
-        assert isinstance(first.payload, StatementDrafted), "a statement starts with its draft"
-        statement = cls(
-            statement_id=first.payload.statement_id,
-            incident_id=first.incident_id,
-            kind=first.payload.kind,
-            stream_version=0,
-            versions=(),
-        )
+        statement: Statement | None = None
         for event in events:
-            statement = statement.apply(event)
+            statement = evolve(statement, event)
+        if statement is None:
+            raise ValueError("a statement starts with its draft")
         return statement
 
     def apply(self, event: Envelope) -> Statement:
         p = event.payload
         at = event.occurred_at
-        s = replace(self, stream_version=event.stream_version)
+        s = replace(self, version=event.stream_version)
         match p:
             case StatementDrafted() | StatementRevised():
                 version = Version(p.version, p.title, p.body, p.facts, p.outlets, p.author, at)
@@ -247,11 +375,14 @@ class Statement:
     def current(self) -> Version:
         return self.versions[-1]
 
-    def version(self, number: int) -> Version:
+    def numbered(self, number: int) -> Version:
+        """The text of version `number`."""
         for version in self.versions:
             if version.version == number:
                 return version
-        raise NotFound(f"稿件没有第{number}版", {"versions": [v.version for v in self.versions]})
+        raise UnknownVersion(
+            f"稿件没有第{number}版", {"versions": [v.version for v in self.versions]}
+        )
 
     @property
     def submission(self) -> Submission | None:
@@ -264,26 +395,25 @@ class Statement:
                 return submission
         return None
 
+    def _approvals_of(self, version: int) -> list[Approval]:
+        return [a for a in self.approvals if a.version == version]
+
     def progress(self, version: int | None = None) -> list[StepProgress]:
         """Each step of the chain of a version (the current one by default) with the
-        approval of that version that fills it. An approval counts for a step of the same
-        role and unit, so approvals given before the chain changed (the level moved) still
-        count where they fit."""
+        approval of that version that fills it."""
         number = self.current.version if version is None else version
         submission = self._submission_of(number)
         if submission is None:
             return []
-        unused = [a for a in self.approvals if a.version == number]
-        filled: list[StepProgress] = []
-        for step in submission.chain:
-            match = next((a for a in unused if a.step == step), None)
-            if match is not None:
-                unused.remove(match)
-            filled.append(StepProgress(step, match))
-        return filled
+        return _fill(submission.chain, self._approvals_of(number))
 
     def missing(self) -> list[ApprovalStep]:
         return [p.step for p in self.progress() if p.approval is None]
+
+    def _unfilled(self, chain: Sequence[ApprovalStep]) -> tuple[ApprovalStep, ...]:
+        """The steps of `chain` that the current version's approvals leave open."""
+        filled = _fill(chain, self._approvals_of(self.current.version))
+        return tuple(p.step for p in filled if p.approval is None)
 
     @property
     def state(self) -> StatementState:
@@ -317,7 +447,7 @@ class Statement:
     def submit(
         self,
         level: Level | None,
-        policy: ApprovalPolicy,
+        rules: ApprovalRules,
         unit_ids: Sequence[str],
         official: OfficialLine | None = None,
     ) -> StatementSubmitted:
@@ -325,34 +455,30 @@ class Statement:
         published line flagged for the approvers."""
         state = self.state
         if state is not StatementState.DRAFT:
-            reasons = {
-                StatementState.IN_REVIEW: "当前版本已提交审批",
-                StatementState.APPROVED: "当前版本已审批通过",
-                StatementState.REJECTED: "当前版本已被退回，请修改后再提交",
-                StatementState.WITHDRAWN: "当前版本已撤回，请修改后再提交",
-                StatementState.PUBLISHED: "当前版本已发布",
-            }
-            raise Conflict(reasons[state], {"state": state.value})
+            raise NotSubmittable(_NOT_SUBMITTABLE[state], {"state": state.value})
         if level is None:
-            raise Conflict("事件尚未定级，无法确定审批链；定级后再提交", {"level": None})
+            raise NotGraded("事件尚未定级，无法确定审批链；定级后再提交", {"level": None})
+        chain = rules.chain(level, unit_ids)
         return StatementSubmitted(
             statement_id=self.statement_id,
             version=self.current.version,
             level=level,
-            chain=policy.chain(level, unit_ids),
+            chain=chain,
+            missing=self._unfilled(chain),
             fact_conflicts=fact_conflicts(self.current.facts, official),
         )
 
     def rechain(
-        self, level: Level, policy: ApprovalPolicy, unit_ids: Sequence[str], reason: str
+        self, level: Level, rules: ApprovalRules, unit_ids: Sequence[str], reason: str
     ) -> StatementSubmitted | None:
         """The incident's level changed: a statement under review (or approved and not yet
-        out) needs the new level's chain. None when nothing changes."""
+        out) needs the new level's chain, and says what of it its approvals leave open
+        (nothing: it is cleared). None when nothing changes."""
         submission = self.submission
         if self.state not in (StatementState.IN_REVIEW, StatementState.APPROVED):
             return None
         assert submission is not None
-        chain = policy.chain(level, unit_ids)
+        chain = rules.chain(level, unit_ids)
         if chain == submission.chain and level == submission.level:
             return None
         return StatementSubmitted(
@@ -360,39 +486,38 @@ class Statement:
             version=self.current.version,
             level=level,
             chain=chain,
+            missing=self._unfilled(chain),
             reason=reason,
             fact_conflicts=submission.fact_conflicts,
         )
 
-    def _step_for(self, principal: Principal, policy: ApprovalPolicy) -> ApprovalStep:
-        """The step this person may act on now, or why not."""
+    def _step_for(self, caller: Caller, rules: ApprovalRules) -> ApprovalStep:
+        """The step this person may act on now (always the first one open), or why not."""
         state = self.state
         if state is not StatementState.IN_REVIEW:
-            raise Conflict(_NOT_IN_REVIEW[state], {"state": state.value})
-        if principal.sub == self.current.author:
-            raise Forbidden("不能审批自己起草的版本", {"author": self.current.author})
+            raise NotInReview(_NOT_IN_REVIEW[state], {"state": state.value})
+        if caller.id == self.current.author:
+            raise SelfApproval("不能审批自己起草的版本", {"author": self.current.author})
         progress = self.progress()
-        if any(p.approval and p.approval.approver == principal.sub for p in progress):
-            raise Forbidden("同一人不能审批同一审批链中的两个环节")
+        if any(p.approval and p.approval.approver == caller.id for p in progress):
+            raise SameApproverTwice("同一人不能审批同一审批链中的两个环节")
         pending = [p.step for p in progress if p.approval is None]
         step = pending[0]
-        if _fits(principal, step):
+        if _fits(caller, step):
             return step
-        if any(_fits(principal, later) for later in pending[1:]):
-            raise Conflict(
-                f"须先由{policy.describe(step)}审批",
-                {"waiting_for": step.model_dump()},
+        if any(_fits(caller, later) for later in pending[1:]):
+            raise OutOfOrder(
+                f"须先由{rules.describe(step)}审批", {"waiting_for": step.model_dump()}
             )
-        raise Forbidden(
-            f"当前环节需要{policy.describe(step)}审批",
-            {"waiting_for": step.model_dump()},
+        raise NotYourStep(
+            f"当前环节需要{rules.describe(step)}审批", {"waiting_for": step.model_dump()}
         )
 
     def approve(
         self,
-        principal: Principal,
+        caller: Caller,
         comment: str,
-        policy: ApprovalPolicy,
+        rules: ApprovalRules,
         *,
         official: OfficialLine | None = None,
         acknowledgement: str | None = None,
@@ -400,21 +525,23 @@ class Statement:
         """Fill the caller's step. Figures that contradict the published line as it is now
         (it may have moved since the submit) are cleared only with a reason, which goes on
         the record with the figures it covers."""
-        step = self._step_for(principal, policy)
+        step = self._step_for(caller, rules)
         conflicts = fact_conflicts(self.current.facts, official)
         if conflicts and not acknowledgement:
-            raise Conflict(
+            raise FactChangesUnacknowledged(
                 f"本稿数据与已发布口径不一致：{describe_conflicts(conflicts)}；"
                 "审批须确认变更并说明理由",
                 {"fact_conflicts": [c.model_dump() for c in conflicts]},
             )
+        still_missing = tuple(self.missing()[1:])  # the step filled is the first one open
         return StatementApproved(
             statement_id=self.statement_id,
             version=self.current.version,
             step=step,
-            approver=principal.sub,
+            approver=caller.id,
             comment=comment,
-            fully_approved=len(self.missing()) == 1,
+            fully_approved=not still_missing,
+            missing=still_missing,
             fact_changes_acknowledged=(
                 FactChangeAcknowledgement(reason=acknowledgement, changes=conflicts)
                 if conflicts and acknowledgement
@@ -422,68 +549,55 @@ class Statement:
             ),
         )
 
-    def reject(
-        self, principal: Principal, comment: str, policy: ApprovalPolicy
-    ) -> StatementRejected:
-        step = self._step_for(principal, policy)
+    def reject(self, caller: Caller, comment: str, rules: ApprovalRules) -> StatementRejected:
+        step = self._step_for(caller, rules)
         return StatementRejected(
             statement_id=self.statement_id,
             version=self.current.version,
             step=step,
-            approver=principal.sub,
+            approver=caller.id,
             comment=comment,
         )
 
-    def withdraw(self, principal: Principal, reason: str) -> StatementWithdrawn:
+    def withdraw(self, caller: Caller, reason: str) -> StatementWithdrawn:
         """The author of any version, or the office, takes the current version back. It
         can then be neither approved nor published; a revision starts it over."""
-        if principal.sub not in {v.author for v in self.versions} and not principal.has(
-            Role.OFFICE
-        ):
-            raise Forbidden("只有起草人或领导小组办公室可以撤回稿件")
+        if caller.id not in {v.author for v in self.versions} and not caller.has(Role.OFFICE):
+            raise MayNotWithdraw("只有起草人或领导小组办公室可以撤回稿件")
         state = self.state
-        if state in (StatementState.WITHDRAWN, StatementState.PUBLISHED):
-            reasons = {
-                StatementState.WITHDRAWN: "当前版本已撤回",
-                StatementState.PUBLISHED: "当前版本已发布，不能撤回；如需更正请另发澄清说明",
-            }
-            raise Conflict(reasons[state], {"state": state.value})
+        if state in _NOT_WITHDRAWABLE:
+            raise NotWithdrawable(_NOT_WITHDRAWABLE[state], {"state": state.value})
         return StatementWithdrawn(
             statement_id=self.statement_id,
             version=self.current.version,
-            withdrawn_by=principal.sub,
+            withdrawn_by=caller.id,
             reason=reason,
         )
 
     def diff(self, from_version: int, to_version: int) -> VersionDiff:
-        return diff_versions(self.version(from_version), self.version(to_version))
+        return diff_versions(self.numbered(from_version), self.numbered(to_version))
 
     def publish(
-        self, *, outlet: str, url: str, by: str, policy: ApprovalPolicy
+        self, *, outlet: str, url: str, by: str, rules: ApprovalRules
     ) -> StatementPublished:
         """Only the fully approved current version goes out, and only to its outlets."""
         state = self.state
         version = self.current
         if state is StatementState.IN_REVIEW:
-            missing = "、".join(policy.describe(s) for s in self.missing())
-            raise Conflict(
-                f"当前版本尚未审批完成，缺少：{missing}",
-                {"missing": [s.model_dump() for s in self.missing()]},
+            missing = self.missing()
+            raise NotApproved(
+                f"当前版本尚未审批完成，缺少：{'、'.join(rules.describe(s) for s in missing)}",
+                {"state": state.value, "missing": [s.model_dump() for s in missing]},
             )
-        if state not in (StatementState.APPROVED, StatementState.PUBLISHED):
-            reasons = {
-                StatementState.DRAFT: "当前版本尚未提交审批，不能发布",
-                StatementState.REJECTED: "当前版本已被退回，不能发布",
-                StatementState.WITHDRAWN: "当前版本已撤回，不能发布",
-            }
-            raise Conflict(reasons[state], {"state": state.value})
+        if state in _NOT_PUBLISHABLE:
+            raise NotApproved(_NOT_PUBLISHABLE[state], {"state": state.value, "missing": []})
         if version.outlets and outlet not in version.outlets:
-            raise Conflict(
+            raise OutletNotApproved(
                 f"发布渠道“{outlet}”不在审批通过的渠道之内：{'、'.join(version.outlets)}",
                 {"outlets": list(version.outlets)},
             )
         if any(p.version == version.version and p.outlet == outlet for p in self.publications):
-            raise Conflict(f"当前版本已在“{outlet}”发布", {"outlet": outlet})
+            raise AlreadyPublished(f"当前版本已在“{outlet}”发布", {"outlet": outlet})
         return StatementPublished(
             statement_id=self.statement_id,
             version=version.version,
@@ -493,11 +607,26 @@ class Statement:
         )
 
 
-def _fits(principal: Principal, step: ApprovalStep) -> bool:
+def evolve(statement: Statement | None, event: Envelope) -> Statement:
+    """One event more of a statement's stream; the first one must be its draft."""
+    if statement is None:
+        first = event.payload
+        if not isinstance(first, StatementDrafted):
+            raise ValueError(f"a statement starts with its draft, not {event.event_type}")
+        statement = Statement(
+            statement_id=first.statement_id,
+            incident_id=event.incident_id,
+            kind=first.kind,
+            version=0,
+            versions=(),
+        )
+    return statement.apply(event)
+
+
+def _fits(caller: Caller, step: ApprovalStep) -> bool:
     # The chain names who clears: an admin account is not a substitute for that authority.
-    return Role(step.role) in principal.roles and (
-        step.unit_id is None or step.unit_id == principal.unit
-    )
+    held = {role.value for role in caller.roles}
+    return step.role in held and (step.unit_id is None or step.unit_id == caller.unit)
 
 
 def draft(
@@ -550,7 +679,7 @@ class OfficialLine:
 
     @property
     def version(self) -> Version:
-        return self.statement.version(self.publication.version)
+        return self.statement.numbered(self.publication.version)
 
     def cleared_by(self) -> list[StepProgress]:
         return self.statement.progress(self.publication.version)
@@ -564,7 +693,7 @@ def official_line(statements: Iterable[Statement]) -> OfficialLine | None:
         return None
     figures: dict[str, PublishedFigure] = {}
     for statement, publication in published:
-        for fact in statement.version(publication.version).facts:
+        for fact in statement.numbered(publication.version).facts:
             figure = PublishedFigure(
                 fact, statement.statement_id, publication.version, publication.at
             )

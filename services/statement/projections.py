@@ -1,8 +1,9 @@
 """The statement service's read models: incidents (shared shape) and statement views.
 
-Written in the transaction of the events they reflect; rebuildable from the log. The
-views are pydantic models so that what is stored, what the API returns and what its
-OpenAPI describes are one shape.
+Written in the transaction of the events they reflect (the repository runs `write` as
+its projector). The views are pydantic models so that what is stored, what the API
+returns and what its OpenAPI describes are one shape; their `state` and `missing` are
+the domain's, never derived here.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.statement.domain import (
-    ApprovalPolicy,
+    ApprovalRules,
     OfficialLine,
     Statement,
-    StatementState,
     StepProgress,
     Version,
     VersionDiff,
@@ -27,13 +27,16 @@ from services.statement.domain import (
 )
 from shared.events import (
     ApprovalStep,
+    Envelope,
     Fact,
     FactChangeAcknowledgement,
     FactConflict,
     StatementKind,
+    StatementState,
 )
 from shared.incident_context import IncidentContext
-from shared.store import Document
+from shared.store import Document, UnitOfWork
+from shared.visibility import IncidentScope
 
 STATEMENTS = "statements"
 
@@ -202,14 +205,14 @@ class OfficialLineView(_View):
 # --------------------------------------------------------------------------- building
 
 
-def _step(step: ApprovalStep, policy: ApprovalPolicy) -> StepView:
-    return StepView(role=step.role, unit_id=step.unit_id, name=policy.describe(step))
+def _step(step: ApprovalStep, rules: ApprovalRules) -> StepView:
+    return StepView(role=step.role, unit_id=step.unit_id, name=rules.describe(step))
 
 
-def _chain(progress: list[StepProgress], policy: ApprovalPolicy) -> list[ChainStepView]:
+def _chain(progress: list[StepProgress], rules: ApprovalRules) -> list[ChainStepView]:
     return [
         ChainStepView(
-            **_step(p.step, policy).model_dump(),
+            **_step(p.step, rules).model_dump(),
             approved_by=p.approval.approver if p.approval else None,
             approved_at=p.approval.at if p.approval else None,
             comment=p.approval.comment if p.approval else None,
@@ -231,7 +234,7 @@ def _version(v: Version) -> VersionView:
     )
 
 
-def statement_view(statement: Statement, policy: ApprovalPolicy) -> StatementView:
+def statement_view(statement: Statement, rules: ApprovalRules) -> StatementView:
     current = statement.current
     submission = statement.submission
     progress = statement.progress()
@@ -249,11 +252,11 @@ def statement_view(statement: Statement, policy: ApprovalPolicy) -> StatementVie
         drafted_at=versions[0].at,
         fact_conflicts=list(submission.fact_conflicts) if submission else [],
         versions=[_version(v) for v in versions],
-        chain=_chain(progress, policy),
-        missing=[_step(p.step, policy) for p in progress if p.approval is None],
+        chain=_chain(progress, rules),
+        missing=[_step(p.step, rules) for p in progress if p.approval is None],
         approvals=[
             ApprovalView(
-                **_step(a.step, policy).model_dump(),
+                **_step(a.step, rules).model_dump(),
                 version=a.version,
                 approver=a.approver,
                 comment=a.comment,
@@ -265,7 +268,7 @@ def statement_view(statement: Statement, policy: ApprovalPolicy) -> StatementVie
         ],
         rejections=[
             RejectionView(
-                **_step(r.step, policy).model_dump(),
+                **_step(r.step, rules).model_dump(),
                 version=r.version,
                 approver=r.approver,
                 comment=r.comment,
@@ -281,7 +284,7 @@ def statement_view(statement: Statement, policy: ApprovalPolicy) -> StatementVie
             SubmissionView(
                 version=s.version,
                 level=int(s.level),
-                chain=[_step(step, policy) for step in s.chain],
+                chain=[_step(step, rules) for step in s.chain],
                 reason=s.reason,
                 at=s.at,
                 fact_conflicts=list(s.fact_conflicts),
@@ -298,7 +301,7 @@ def statement_view(statement: Statement, policy: ApprovalPolicy) -> StatementVie
     )
 
 
-def official_line_view(official: OfficialLine, policy: ApprovalPolicy) -> OfficialLineView:
+def official_line_view(official: OfficialLine, rules: ApprovalRules) -> OfficialLineView:
     statement, publication, version = official.statement, official.publication, official.version
     return OfficialLineView(
         incident_id=statement.incident_id,
@@ -312,7 +315,7 @@ def official_line_view(official: OfficialLine, policy: ApprovalPolicy) -> Offici
         url=publication.url,
         published_by=publication.published_by,
         published_at=publication.at,
-        cleared_by=_chain(official.cleared_by(), policy),
+        cleared_by=_chain(official.cleared_by(), rules),
         figures=[
             OfficialFigureView(
                 label=f.fact.label,
@@ -330,29 +333,43 @@ def official_line_view(official: OfficialLine, policy: ApprovalPolicy) -> Offici
 
 
 class StatementProjections:
-    def __init__(self, db: AsyncDatabase[Document], policy: ApprovalPolicy) -> None:
+    def __init__(self, db: AsyncDatabase[Document], rules: ApprovalRules) -> None:
         self.incidents = IncidentContext(db)
         self.statements = db[STATEMENTS]
-        self.policy = policy
+        self.rules = rules
 
     async def ensure_indexes(self) -> None:
         await self.statements.create_index([("incident_id", ASCENDING), ("state", ASCENDING)])
 
-    async def write(self, statement: Statement, session: AsyncClientSession) -> None:
-        view = statement_view(statement, self.policy)
+    async def write(self, event: Envelope, uow: UnitOfWork) -> None:
+        """The projector: the view of the statement as its stream stands after `event`
+        (read in the unit of work that appends it)."""
+        statement = Statement.fold(await uow.load(event.stream_id))
+        view = statement_view(statement, self.rules)
         await self.statements.replace_one(
             {"_id": statement.statement_id},
             {"_id": statement.statement_id, **view.model_dump()},
             upsert=True,
-            session=session,
+            session=uow.session,
         )
 
-    async def get(self, statement_id: str) -> Document | None:
-        return await self.statements.find_one({"_id": statement_id})
+    async def get(self, statement_id: str) -> StatementView | None:
+        doc = await self.statements.find_one({"_id": statement_id})
+        return StatementView.model_validate(doc) if doc is not None else None
 
-    async def of_incident(self, incident_id: str) -> list[Document]:
+    async def of_incident(self, incident_id: str) -> list[StatementSummary]:
         cursor = self.statements.find({"incident_id": incident_id}).sort("drafted_at", ASCENDING)
-        return [doc async for doc in cursor]
+        return [StatementSummary.model_validate(doc) async for doc in cursor]
+
+    async def incident_scope(self, incident_id: str) -> IncidentScope | None:
+        """Whom the incident concerns, as visibility decides on it; None if unheard of."""
+        incident = await self.incidents.get(incident_id)
+        return incident.scope if incident is not None else None
+
+    async def statement_scope(self, statement_id: str) -> IncidentScope | None:
+        """The scope of the incident a statement is about; None for an unknown statement."""
+        doc = await self.statements.find_one({"_id": statement_id}, projection={"incident_id": 1})
+        return await self.incident_scope(doc["incident_id"]) if doc is not None else None
 
     async def published(
         self, incident_id: str, session: AsyncClientSession | None = None
@@ -365,7 +382,7 @@ class StatementProjections:
         )
         return [doc["_id"] async for doc in cursor]
 
-    async def under_review(self, incident_id: str, session: AsyncClientSession) -> list[str]:
+    async def under_review(self, incident_id: str, session: AsyncClientSession | None) -> list[str]:
         """Statements of an incident whose chain follows its level: not yet out."""
         states = [StatementState.IN_REVIEW.value, StatementState.APPROVED.value]
         cursor = self.statements.find(

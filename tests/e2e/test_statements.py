@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.auth import Role
+from shared.identity import Role
 from tests.e2e.conftest import RunningSystem, wait_for
 from tests.e2e.test_walking_skeleton import incident_view, report, token_for
 
@@ -130,3 +130,69 @@ def test_a_level_3_reply_cleared_by_the_unit_head_becomes_the_official_line(
         shown = api.get(f"/statements/v1/statements/{second}").json()
         assert shown["state"] == "approved"
         assert shown["approvals"][0]["fact_changes_acknowledged"]["reason"] == reason
+
+
+def test_a_grade_lowered_mid_review_shows_the_same_statement_in_the_archive_as_at_its_service(
+    system: RunningSystem,
+) -> None:
+    """A level-1 release approved by the office is covered once the leading group lowers
+    the incident to level 2 (the office alone clears level 2): the statement service says
+    approved with nothing missing, and the archive shows that, not a state of its own."""
+    author = token_for(system, "spokesperson-sun", "school-a", Role.SPOKESPERSON)
+    office = token_for(system, "office-li", "county", Role.OFFICE)
+    leader = token_for(system, "leader-zhang", "county", Role.LEADER)
+    run = uuid.uuid4().hex[:8]
+    with system.client() as admin:
+        filed = admin.post(
+            "/intake/v1/reports",
+            json=report(url=f"https://people.example.cn/n1/{run}.html", title=f"食堂问题（{run}）"),
+        )
+    assert filed.status_code == 201, filed.text
+    incident_id = str(filed.json()["incident_id"])
+    release = {
+        "kind": "press_release",
+        "title": "关于实验小学食堂问题的情况通报",
+        "body": "经核查，涉事批次食材已封存送检。",
+        "facts": [{"label": "封存批次", "value": "3批"}],
+        "outlets": ["县政府网站"],
+    }
+
+    with system.client(author) as api:
+        statement_id = draft_when_known(api, incident_id, release)
+        submitted = submit_when_graded(api, statement_id).json()
+    assert submitted["level"] == 1
+    assert [s["role"] for s in submitted["missing"]] == ["office", "propaganda"]
+    with system.client(office) as api:
+        reviewed = api.post(
+            f"/statements/v1/statements/{statement_id}/approve", json={"comment": "同意"}
+        )
+    assert reviewed.status_code == 200, reviewed.text
+    assert [s["role"] for s in reviewed.json()["missing"]] == ["propaganda"]
+
+    with system.client(leader) as api:
+        lowered = api.post(
+            f"/grading/v1/incidents/{incident_id}/override",
+            json={"level": 2, "reason": "经研判影响范围有限，调整为二级"},
+        )
+    assert lowered.status_code == 200, lowered.text
+
+    with system.client(author) as api:
+        own = wait_for(
+            lambda: api.get(f"/statements/v1/statements/{statement_id}").json(),
+            lambda s: s.get("level") == 2,
+            what="the statement service re-chaining the statement at level 2",
+        )
+    assert own["state"] == "approved"
+    assert own["missing"] == []
+
+    with system.client() as admin:
+        view = wait_for(
+            lambda: incident_view(admin, incident_id),
+            lambda v: any(s.get("level") == 2 for s in v.get("statements", [])),
+            what="the re-chained statement in the archive's incident view",
+        )
+    (archived,) = view["statements"]
+    assert archived["state"] == own["state"]
+    assert [(s["role"], s["unit_id"]) for s in archived["missing"]] == [
+        (s["role"], s["unit_id"]) for s in own["missing"]
+    ]

@@ -9,7 +9,8 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
-from shared.auth import Role, TokenService
+from shared.auth import TokenService
+from shared.identity import Role
 from tests.e2e.conftest import RunningSystem, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -63,7 +63,10 @@ class HttpReceiver:
 
     @contextmanager
     def running(self) -> Iterator[HttpReceiver]:
-        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll, so stopping (at every test's teardown) does not wait half a second.
+        thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         thread.start()
         try:
             yield self

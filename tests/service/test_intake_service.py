@@ -11,11 +11,14 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from services.intake.main import IntakeService
+from services.intake.bootstrap import IntakeParts, build
 from shared.bus import ensure_topics
 from shared.events import INTAKE_TOPIC, Envelope, utcnow
-from shared.service import Context
+from shared.service import Context, ServiceRunner
 from shared.settings import Settings
+
+# The intake service as its runner holds it: app, store, database, parts, context.
+IntakeService = ServiceRunner[IntakeParts]
 
 pytestmark = pytest.mark.asyncio
 
@@ -41,7 +44,7 @@ def report(**overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 async def service(settings: Settings) -> AsyncIterator[IntakeService]:
     await ensure_topics(settings)
-    service = IntakeService(Context.from_settings(settings))
+    service = ServiceRunner.connect("intake", build, Context.from_settings(settings))
     await service.start()
     yield service
     await service.stop()
@@ -355,7 +358,7 @@ async def test_a_near_identical_text_from_another_site_joins_the_incident(
     first_seen, attached = view.json()["reports"]
     assert first_seen["match"] is None
     assert attached["match"] == "similar_text"
-    assert service.policy.similar_text.threshold <= attached["score"] < 1
+    assert service.parts.policy.similar_text.threshold <= attached["score"] < 1
     # The repost's own link now leads to the incident too.
     again = await api.post(
         "/intake/v1/reports",
@@ -426,7 +429,7 @@ async def test_a_look_alike_filed_after_the_window_opens_a_new_incident(
     service: IntakeService, api: httpx.AsyncClient
 ) -> None:
     first = (await api.post("/intake/v1/reports", json=report(), headers=monitor(service))).json()
-    window = service.policy.similar_text.window
+    window = service.parts.policy.similar_text.window
     # As if the first report had been filed just before the window began.
     await service.db["reports"].update_one(
         {"_id": first["report_id"]},

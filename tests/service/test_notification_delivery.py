@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from services.notification.channels import (
     webhook_signature,
 )
 from services.notification.delivery import ChannelConfig, Message
-from services.notification.main import NotificationService
 from shared.bus import ensure_topics
 from shared.events import (
     Level,
@@ -29,10 +28,10 @@ from shared.events import (
     NotificationFailed,
     NotificationSent,
 )
-from shared.service import Context
 from shared.settings import Settings
 from tests.service.notification_receivers import HttpReceiver, smtp_server
-from tests.service.test_notification_service import FakeClock, now_ms
+from tests.service.test_notification_service import FakeClock, Service, Start, now_ms
+from tests.service.test_notification_service import start as start  # the fixture, shared
 from tests.service.upstream_events import bearer, client, feed, graded, opened, wait_for
 
 SECRET_ENV = "YUQING_TEST_WEBHOOK_SECRET"
@@ -132,28 +131,13 @@ async def make_settings(
     return make
 
 
-@pytest.fixture
-async def start() -> AsyncIterator[Callable[..., Awaitable[NotificationService]]]:
-    started: list[NotificationService] = []
-
-    async def run(settings: Settings, **kwargs: Any) -> NotificationService:
-        service = NotificationService(Context.from_settings(settings), **kwargs)
-        await service.start()
-        started.append(service)
-        return service
-
-    yield run
-    for service in started:
-        await service.stop()
-
-
-async def events(service: NotificationService, event_type: str) -> list[dict[str, Any]]:
+async def events(service: Service, event_type: str) -> list[dict[str, Any]]:
     return [d["payload"] async for d in service.db["events"].find({"event_type": event_type})]
 
 
 async def test_level_one_reaches_the_leader_by_signed_webhook_and_email_in_chinese(
     make_settings: Callable[[str], Awaitable[Settings]],
-    start: Callable[..., Awaitable[NotificationService]],
+    start: Start,
     hook: HttpReceiver,
     ops_group: HttpReceiver,
     smtp: tuple[int, list[Any]],
@@ -164,7 +148,7 @@ async def test_level_one_reaches_the_leader_by_signed_webhook_and_email_in_chine
     await feed(settings, opened("inc-d1"))
 
     async def known() -> bool:
-        return await service.projections.incidents.get("inc-d1") is not None
+        return await service.parts.projections.incidents.get("inc-d1") is not None
 
     await wait_for(known)
     await feed(settings, graded("inc-d1", Level.ONE))
@@ -215,7 +199,7 @@ async def test_level_one_reaches_the_leader_by_signed_webhook_and_email_in_chine
 
 async def test_a_receiver_failing_three_times_gets_one_delivery_recorded_after_retries(
     make_settings: Callable[[str], Awaitable[Settings]],
-    start: Callable[..., Awaitable[NotificationService]],
+    start: Start,
     ops_group: HttpReceiver,
     smtp: tuple[int, list[Any]],
 ) -> None:
@@ -239,7 +223,7 @@ async def test_a_receiver_failing_three_times_gets_one_delivery_recorded_after_r
 
 async def test_a_delivery_failing_every_try_is_recorded_and_alerts_the_fallback_group(
     make_settings: Callable[[str], Awaitable[Settings]],
-    start: Callable[..., Awaitable[NotificationService]],
+    start: Start,
     ops_group: HttpReceiver,
     smtp: tuple[int, list[Any]],
 ) -> None:
@@ -265,7 +249,7 @@ async def test_a_delivery_failing_every_try_is_recorded_and_alerts_the_fallback_
 
 async def test_an_unacknowledged_page_is_sent_again_then_goes_to_the_next_in_the_chain(
     make_settings: Callable[[str], Awaitable[Settings]],
-    start: Callable[..., Awaitable[NotificationService]],
+    start: Start,
     hook: HttpReceiver,
     ops_group: HttpReceiver,
     smtp: tuple[int, list[Any]],

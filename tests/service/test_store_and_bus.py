@@ -1,15 +1,21 @@
-"""The shared mechanisms against the real MongoDB-protocol server and Kafka-protocol broker."""
+"""The shared mechanisms against the real MongoDB-protocol server and Kafka-protocol broker.
+
+The event store's tests are a contract: the in-memory store of the fast test layer
+(tests/fakes/mongo.py) passes the same ones, so a rule tested on it holds on the server.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import APIRouter
 
-from shared.bus import Handler, OutboxRelay, ensure_topics, make_broker
+from shared.bus import OutboxRelay, ensure_topics, make_broker
 from shared.events import (
     DEAD_LETTER_TOPIC,
     INTAKE_TOPIC,
@@ -17,9 +23,11 @@ from shared.events import (
     Envelope,
     IncidentResolved,
 )
-from shared.service import Context, Service
+from shared.handlers import HandlerMap
+from shared.service import Context, ServiceParts, ServiceRunner
 from shared.settings import Settings
 from shared.store import ConcurrencyConflict, EventStore, UnitOfWork
+from tests.fakes.mongo import FakeMongo
 from tests.service.upstream_events import wait_for
 
 pytestmark = pytest.mark.asyncio
@@ -36,11 +44,24 @@ def resolved(incident: str, version: int, reason: str = "calmed down") -> Envelo
 
 
 @pytest.fixture
-async def store(settings: Settings, mongo_client) -> AsyncIterator[EventStore]:  # type: ignore[no-untyped-def]
-    store = EventStore(mongo_client, settings.database_name("probe"))
+async def server_store(settings: Settings, mongo_client) -> AsyncIterator[EventStore]:  # type: ignore[no-untyped-def]
+    store = EventStore.on(mongo_client, settings.database_name("probe"), "probe")
     await store.ensure_indexes()
     yield store
     await mongo_client.drop_database(settings.database_name("probe"))
+
+
+@pytest.fixture(params=["server", "in-memory"])
+async def store(
+    request: pytest.FixtureRequest, server_store: EventStore
+) -> AsyncIterator[EventStore]:
+    """The contract's subject: the real server's store, and the fake held to it."""
+    if request.param == "server":
+        yield server_store
+        return
+    fake = FakeMongo().store("probe")
+    await fake.ensure_indexes()
+    yield fake
 
 
 async def test_two_appends_at_one_version_one_wins_the_other_conflicts(store: EventStore) -> None:
@@ -88,32 +109,59 @@ async def test_events_come_back_as_typed_immutable_models(store: EventStore) -> 
         loaded.payload.reason = "edited"  # type: ignore[misc]
 
 
-class Recorder(Service):
+async def test_one_lease_holder_at_a_time_until_it_lets_go_or_expires(store: EventStore) -> None:
+    ttl = timedelta(seconds=30)
+    assert await store.hold_lease("relay", "a", ttl)
+    assert not await store.hold_lease("relay", "b", ttl)
+    assert await store.hold_lease("relay", "a", ttl)  # renewing
+    await store.release_lease("relay", "a")
+    assert await store.hold_lease("relay", "b", ttl)
+    assert await store.hold_lease("expiring", "c", timedelta(seconds=-1))  # expired at once
+    assert await store.hold_lease("expiring", "d", ttl)
+
+
+async def test_a_redelivered_event_is_marked_once(store: EventStore) -> None:
+    async def mark(uow: UnitOfWork) -> bool:
+        return await uow.mark_processed("probe-consumer", "e-1")
+
+    assert await store.transaction(mark) is True
+    assert await store.transaction(mark) is False
+
+
+Recorder = ServiceRunner[ServiceParts]
+
+
+def recorder_parts(store: EventStore) -> ServiceParts:
     """A minimal service that counts the events it consumes in a projection."""
 
-    name = "recorder"
-    prefix = "/recorder/v1"
-    title = "recorder"
-    consumes = (INTAKE_TOPIC,)
+    async def count(event: Envelope, payload: IncidentResolved, uow: UnitOfWork) -> None:
+        if payload.reason == "poison":
+            raise ValueError("this reason cannot be handled")
+        await uow.db["seen"].update_one(
+            {"_id": event.incident_id},
+            {"$inc": {"count": 1}, "$push": {"versions": event.stream_version}},
+            upsert=True,
+            session=uow.session,
+        )
 
-    def handlers(self) -> Mapping[str, Handler]:
-        async def count(event: Envelope, uow: UnitOfWork) -> None:
-            if event.payload.reason == "poison":  # type: ignore[attr-defined]
-                raise ValueError("this reason cannot be handled")
-            await self.db["seen"].update_one(
-                {"_id": event.incident_id},
-                {"$inc": {"count": 1}, "$push": {"versions": event.stream_version}},
-                upsert=True,
-                session=uow.session,
-            )
-
-        return {"IncidentResolved": count}
+    return ServiceParts(
+        name="recorder",
+        prefix="/recorder/v1",
+        title="recorder",
+        description="counts what it consumes",
+        store=store,
+        router=APIRouter(),
+        handlers=HandlerMap().on(IncidentResolved, count),
+        consumes=(INTAKE_TOPIC,),
+    )
 
 
 @pytest.fixture
 async def recorder(settings: Settings) -> AsyncIterator[Recorder]:
     await ensure_topics(settings)
-    service = Recorder(Context.from_settings(settings))
+    service = ServiceRunner.connect(
+        "recorder", lambda deps: recorder_parts(deps.store), Context.from_settings(settings)
+    )
     await service.start()
     yield service
     await service.stop()
@@ -219,8 +267,9 @@ async def _topic_messages(settings: Settings, expected: int) -> list[bytes]:
 
 
 async def test_two_replicas_relay_each_event_once_and_a_standby_takes_over(
-    settings: Settings, store: EventStore
+    settings: Settings, server_store: EventStore
 ) -> None:
+    store = server_store
     await ensure_topics(settings)
     brokers = [make_broker(settings, "probe"), make_broker(settings, "probe")]
     relays = [OutboxRelay("probe", store, b, settings) for b in brokers]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaProducer
@@ -24,7 +25,7 @@ from shared.events import (
     Level,
     utcnow,
 )
-from shared.service import Context, Service
+from shared.service import Context, ServiceRunner
 from shared.settings import Settings
 
 GRADER = Actor.rule("rulebook")
@@ -105,7 +106,7 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], within: float = 20.
         raise AssertionError(f"condition not met within {within}s") from None
 
 
-def client(service: Service) -> httpx.AsyncClient:
+def client(service: ServiceRunner[Any]) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=service.app), base_url="http://test")
 
 

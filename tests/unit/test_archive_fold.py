@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -13,11 +14,13 @@ from services.archive.domain import (
     GENESIS,
     ChainLink,
     Logged,
+    TimelineEntry,
     fold,
     link_hash,
     timeline,
     verify_chain,
 )
+from shared.catalogue import Catalogue
 from shared.events import (
     Actor,
     ApprovalStep,
@@ -27,6 +30,7 @@ from shared.events import (
     Envelope,
     EventPayload,
     FiredRule,
+    GradeOverridden,
     IncidentDismissed,
     IncidentEscalated,
     IncidentGraded,
@@ -51,18 +55,26 @@ from shared.events import (
     StatementPublished,
     StatementRejected,
     StatementRevised,
+    StatementState,
     StatementSubmitted,
     StatementWithdrawn,
 )
+from shared.settings import CONFIG_DIR
 
 T0 = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)  # 08:00 in the bureau's time zone
 SHANGHAI = ZoneInfo("Asia/Shanghai")
+CATALOGUE = Catalogue.load(CONFIG_DIR / "catalogue.yaml")
 INCIDENT = "inc-1"
 MONITOR = Actor(type="person", id="monitor-chen", unit_id="school-a")
 
 
 def at(**delta: float) -> datetime:
     return T0 + timedelta(**delta)
+
+
+def lines_of(records: list[Logged], event_types: list[str] | None = None) -> list[TimelineEntry]:
+    """The timeline as the bureau reads it, in its time zone and with the catalogue's names."""
+    return timeline(records, SHANGHAI, CATALOGUE, event_types or ())
 
 
 class Script:
@@ -83,7 +95,7 @@ class Script:
     ) -> Envelope:
         version = self.versions.get(stream, 0) + 1
         self.versions[stream] = version
-        fields = {
+        fields: dict[str, Any] = {
             "stream_id": stream,
             "stream_version": version,
             "actor": actor,
@@ -250,7 +262,9 @@ def full_incident() -> Script:
     )
     chain = (ApprovalStep(role="propaganda"),)
     s.add(
-        StatementSubmitted(statement_id="s1", version=1, level=Level.ONE, chain=chain),
+        StatementSubmitted(
+            statement_id="s1", version=1, level=Level.ONE, chain=chain, missing=chain
+        ),
         statement,
         at(minutes=31),
     )
@@ -277,7 +291,9 @@ def full_incident() -> Script:
         at(minutes=33),
     )
     s.add(
-        StatementSubmitted(statement_id="s1", version=2, level=Level.ONE, chain=chain),
+        StatementSubmitted(
+            statement_id="s1", version=2, level=Level.ONE, chain=chain, missing=chain
+        ),
         statement,
         at(minutes=34),
     )
@@ -288,6 +304,7 @@ def full_incident() -> Script:
             step=chain[0],
             approver="propaganda-wang",
             fully_approved=True,
+            missing=(),
         ),
         statement,
         at(minutes=40),
@@ -378,7 +395,10 @@ def test_a_report_filed_after_the_miss_is_fulfilled_late_and_the_miss_stays_on_r
     s = full_incident()
     s.add(
         ObligationFulfilled(
-            obligation_id="ob-written", fulfilled_by="office-li", fulfilled_at=at(minutes=80)
+            obligation_id="ob-written",
+            fulfilled_by="office-li",
+            fulfilled_at=at(minutes=80),
+            late=True,  # as notification records a report filed after the miss
         ),
         "obligation-ob-written",
         at(minutes=80),
@@ -396,18 +416,20 @@ def test_a_report_filed_after_the_miss_is_fulfilled_late_and_the_miss_stays_on_r
 
 
 @pytest.mark.parametrize("recorded_at", [at(minutes=60), at(minutes=80)])
-def test_a_report_filed_after_the_miss_is_late_whatever_time_it_claims(
-    recorded_at: datetime,
+@pytest.mark.parametrize("late", [True, False])
+def test_lateness_is_what_notification_recorded_whatever_time_the_report_claims(
+    recorded_at: datetime, late: bool
 ) -> None:
-    # An old event says late=False and claims a time before the deadline; the miss is on
-    # record, so it was filed after it. Backdated (occurred_at before the miss) or not.
+    # The report claims a time before the deadline, and the miss is on record; the archive
+    # does not judge lateness again from those: notification did, when the report was filed.
+    # Backdated (occurred_at before the miss) or not, its verdict is what the view shows.
     s = full_incident()
     s.add(
         ObligationFulfilled(
             obligation_id="ob-written",
             fulfilled_by="office-li",
             fulfilled_at=at(minutes=60),
-            late=False,
+            late=late,
         ),
         "obligation-ob-written",
         recorded_at,
@@ -417,7 +439,22 @@ def test_a_report_filed_after_the_miss_is_late_whatever_time_it_claims(
         o for o in fold(INCIDENT, s.logged()).obligations if o.obligation_id == "ob-written"
     )
 
-    assert (written.state, written.late) == ("fulfilled", True)
+    assert (written.state, written.late, written.missed_at) == (
+        "fulfilled",
+        late,
+        at(minutes=70, seconds=1),
+    )
+
+
+def test_a_duty_past_its_deadline_is_missed_only_once_notification_recorded_the_miss() -> None:
+    s = full_incident()
+    s.events = [e for e in s.events if e.event_type != "DeadlineMissed"]
+
+    view = fold(INCIDENT, s.logged())
+
+    written = next(o for o in view.obligations if o.obligation_id == "ob-written")
+    assert written.deadline < at(hours=6)  # long past, as of the last event
+    assert (written.state, written.missed_at) == ("open", None)
 
 
 def test_statements_carry_their_state_version_and_clearance() -> None:
@@ -468,9 +505,7 @@ def test_any_ingest_order_across_streams_gives_the_same_view(seed: int) -> None:
     random.Random(seed).shuffle(shuffled)
 
     assert fold(INCIDENT, s.logged(shuffled)).model_dump() == in_order.model_dump()
-    assert [e.event_id for e in timeline(s.logged(shuffled), SHANGHAI)] == [
-        e.event_id for e in s.events
-    ]
+    assert [e.event_id for e in lines_of(s.logged(shuffled))] == [e.event_id for e in s.events]
 
 
 def test_a_grade_ingested_before_the_opening_is_right_once_both_are_in() -> None:
@@ -516,7 +551,7 @@ def test_an_event_from_a_slow_clock_still_follows_its_cause() -> None:
         at(seconds=-90),
     )
 
-    entries = timeline(s.logged([3, 2, 1, 0]), SHANGHAI)
+    entries = lines_of(s.logged([3, 2, 1, 0]))
 
     order = [e.event_type for e in entries if e.event_type != "ObligationFulfilled"]
     assert order == ["ReportReceived", "IncidentGraded", "ObligationOpened"]
@@ -564,9 +599,7 @@ def test_a_skipped_stream_version_marks_the_incident_incomplete_until_it_arrives
 
 
 def test_the_timeline_reads_in_chinese() -> None:
-    lines = {
-        e.event_type: e.summary for e in reversed(timeline(full_incident().logged(), SHANGHAI))
-    }
+    lines = {e.event_type: e.summary for e in reversed(lines_of(full_incident().logged()))}
 
     assert lines["ReportReceived"] == "舆情件来自 大河网（省级媒体）：实验小学食堂饭菜变质"
     assert lines["IncidentGraded"] == "研判为二级（严重），类别：询问（依据：省级媒体报道）"
@@ -581,13 +614,13 @@ def test_the_timeline_reads_in_chinese() -> None:
     )
     assert lines["ObligationFulfilled"] == "报送义务「手机快报」已完成，2026-11-21 08:20，office-li"
     assert lines["StatementRejected"] == (
-        "propaganda-wang（宣传部/处置专班）退回「关于实验小学食堂问题的回复」第 1 版：数据不准"
+        "propaganda-wang（宣传部（处置专班））退回「关于实验小学食堂问题的回复」第 1 版：数据不准"
     )
     assert lines["IncidentResolved"] == "事件处置完毕：舆情平息"
 
 
 def test_the_timeline_can_be_limited_to_some_event_types() -> None:
-    entries = timeline(full_incident().logged(), SHANGHAI, ["ObligationOpened", "DeadlineMissed"])
+    entries = lines_of(full_incident().logged(), ["ObligationOpened", "DeadlineMissed"])
 
     assert [e.event_type for e in entries] == ["ObligationOpened"] * 3 + ["DeadlineMissed"]
 
@@ -652,7 +685,7 @@ def test_a_withdrawn_statement_shows_as_withdrawn_and_says_why() -> None:
     )
 
     view = fold(INCIDENT, s.logged())
-    lines = {e.event_type: e.summary for e in timeline(s.logged(), SHANGHAI)}
+    lines = {e.event_type: e.summary for e in lines_of(s.logged())}
 
     assert {st.statement_id: st.state for st in view.statements} == {
         "s1": "published",
@@ -660,3 +693,180 @@ def test_a_withdrawn_statement_shows_as_withdrawn_and_says_why() -> None:
     }
     assert lines["StatementWithdrawn"].startswith("spokesperson-sun 撤回")
     assert lines["StatementWithdrawn"].endswith("：口径待统一")
+
+
+def level_one_statement_in_review() -> tuple[Script, Envelope]:
+    """A level-1 incident whose reply the office has approved; the task force has not."""
+    s = Script()
+    r1 = s.add(report("r1", MediaTier.CENTRAL, "人民网", "食堂问题"), "report-r1", at())
+    opened = s.add(
+        IncidentOpened(title="食堂问题", unit_ids=("school-a",), first_report_id="r1"),
+        f"incident-{INCIDENT}",
+        at(seconds=1),
+        r1,
+    )
+    graded = s.add(
+        IncidentGraded(
+            level=Level.ONE, category=Category.INQUIRY, rules_fired=(), rulebook_version="1"
+        ),
+        f"grading-{INCIDENT}",
+        at(seconds=2),
+        opened,
+        Actor.rule("rulebook"),
+    )
+    office, task_force = ApprovalStep(role="office"), ApprovalStep(role="propaganda")
+    s.add(
+        StatementDrafted(
+            statement_id="s1",
+            kind=StatementKind.ONLINE_REPLY,
+            version=1,
+            title="情况回复",
+            body="经核查……",
+            author="spokesperson-sun",
+        ),
+        "statement-s1",
+        at(minutes=5),
+    )
+    s.add(
+        StatementSubmitted(
+            statement_id="s1",
+            version=1,
+            level=Level.ONE,
+            chain=(office, task_force),
+            missing=(office, task_force),
+        ),
+        "statement-s1",
+        at(minutes=6),
+    )
+    s.add(
+        StatementApproved(
+            statement_id="s1",
+            version=1,
+            step=office,
+            approver="office-li",
+            fully_approved=False,
+            missing=(task_force,),
+        ),
+        "statement-s1",
+        at(minutes=8),
+    )
+    return s, graded
+
+
+def test_a_statement_in_review_says_so_in_the_statement_services_words() -> None:
+    s, _ = level_one_statement_in_review()
+
+    (statement,) = fold(INCIDENT, s.logged()).statements
+
+    assert statement.state is StatementState.IN_REVIEW
+    assert statement.model_dump(mode="json")["state"] == "in_review"
+    assert [step.role for step in statement.missing] == ["propaganda"]
+    assert (statement.submitted_at, statement.approved_at) == (at(minutes=6), None)
+
+
+def test_a_level_lowered_in_review_clears_the_statement_as_the_statement_service_says() -> None:
+    # Approved by the office at level 1; then the incident is lowered to level 2, whose
+    # chain is the office alone: the statement service sets the chain again, and says the
+    # office's approval covers it. The archive shows the same: approved, nothing missing.
+    s, graded = level_one_statement_in_review()
+    lowered = s.add(
+        GradeOverridden(
+            from_level=Level.ONE, to_level=Level.TWO, category=Category.INQUIRY, reason="人工研判"
+        ),
+        f"grading-{INCIDENT}",
+        at(minutes=10),
+        graded,
+    )
+    office = ApprovalStep(role="office")
+    s.add(
+        StatementSubmitted(
+            statement_id="s1",
+            version=1,
+            level=Level.TWO,
+            chain=(office,),
+            missing=(),
+            reason="事件级别调整为二级",
+        ),
+        "statement-s1",
+        at(minutes=10, seconds=1),
+        lowered,
+    )
+
+    view = fold(INCIDENT, s.logged())
+
+    (statement,) = view.statements
+    assert (statement.state, statement.missing) == (StatementState.APPROVED, [])
+    assert (statement.level, statement.chain) == (Level.TWO, [office])
+    # under review since its first submission, cleared when the chain was set again
+    assert (statement.submitted_at, statement.approved_at) == (
+        at(minutes=6),
+        at(minutes=10, seconds=1),
+    )
+    line = lines_of(s.logged(), ["StatementSubmitted"])[-1].summary
+    assert line == (
+        "「情况回复」第 1 版审核链调整为：领导小组办公室（事件级别调整为二级），"
+        "已有审核均已覆盖，可以发布"
+    )
+
+
+def test_a_rechain_that_needs_more_puts_an_approved_statement_back_in_review() -> None:
+    s, _ = level_one_statement_in_review()
+    task_force = ApprovalStep(role="propaganda")
+    s.add(
+        StatementApproved(
+            statement_id="s1",
+            version=1,
+            step=task_force,
+            approver="propaganda-wang",
+            fully_approved=True,
+            missing=(),
+        ),
+        "statement-s1",
+        at(minutes=9),
+    )
+    assert fold(INCIDENT, s.logged()).statements[0].state is StatementState.APPROVED
+    leader = ApprovalStep(role="leader")
+    s.add(
+        StatementSubmitted(
+            statement_id="s1",
+            version=1,
+            level=Level.ONE,
+            chain=(ApprovalStep(role="office"), task_force, leader),
+            missing=(leader,),
+            reason="审批链调整",
+        ),
+        "statement-s1",
+        at(minutes=11),
+    )
+
+    (statement,) = fold(INCIDENT, s.logged()).statements
+
+    assert (statement.state, statement.missing, statement.approved_at) == (
+        StatementState.IN_REVIEW,
+        [leader],
+        None,
+    )
+
+
+def test_notification_channels_are_named_by_the_catalogue() -> None:
+    s = Script()
+    s.add(obligation("ob", "phone_quick_report", "手机快报", Level.ONE, at(minutes=30)), "ob", at())
+    for attempt, channel in enumerate(("wecom", "dingtalk", "feishu"), start=1):
+        s.add(
+            NotificationSent(
+                notification_id=f"n{attempt}",
+                obligation_id="ob",
+                channel=channel,
+                recipient="leader-zhang",
+                attempt=1,
+            ),
+            "ob",
+            at(minutes=attempt),
+        )
+
+    lines = [e.summary for e in lines_of(s.logged(), ["NotificationSent"])]
+
+    assert lines == [
+        f"已通过{name}通知 leader-zhang：「手机快报」（第 1 次）"
+        for name in ("企业微信", "钉钉", "飞书")
+    ]

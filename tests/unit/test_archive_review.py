@@ -5,21 +5,44 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from services.archive.cases import accountability, case_figures, case_record, outcome
+import pytest
+
 from services.archive.domain import IncidentView, causal_order, fold
+from services.archive.domain.cases import (
+    accountability,
+    case_figures,
+    case_record,
+    outcome,
+    overdue,
+)
+from services.archive.domain.review import (
+    AlreadyReviewed,
+    NotResolved,
+    Review,
+    ReviewDecision,
+    ReviewLog,
+    decide_review,
+    evolve,
+    review_stream,
+)
 from services.archive.report import CaseReport
-from services.archive.review import ReviewDecision, review_events
-from shared.auth import Directory
+from shared.directory import Directory
 from shared.events import (
     Actor,
-    Envelope,
     IncidentReopened,
     IncidentResolved,
     Level,
     ObligationFulfilled,
 )
 from shared.settings import Settings
-from tests.unit.test_archive_fold import INCIDENT, SHANGHAI, Script, at, full_incident
+from tests.unit.test_archive_fold import (
+    CATALOGUE,
+    INCIDENT,
+    SHANGHAI,
+    Script,
+    at,
+    full_incident,
+)
 
 LEADER = Actor(type="person", id="leader-zhang", unit_id="county")
 
@@ -36,25 +59,37 @@ def decision(lessons: str = "加强食材抽检") -> ReviewDecision:
         cause="供货商以次充好",
         handling="当日回复家长，更换供货商",
         lessons=lessons,
-        actor=LEADER,
+        reviewed_by=LEADER.id,
         at=at(hours=6),
     )
 
 
-def review(
-    script: Script, stream: list[Envelope] | None = None, lessons: str = "加强食材抽检"
-) -> list[Envelope] | None:
+def decide(script: Script, log: ReviewLog | None = None, lessons: str = "加强食材抽检") -> Review:
     records = script.logged()
-    view = fold(INCIDENT, records)
-    decided = review_events(view, causal_order(records), stream or [], decision(lessons))
-    return None if decided is None else decided.events
+    return decide_review(fold(INCIDENT, records), causal_order(records), log, decision(lessons))
+
+
+def reviewed(script: Script, log: ReviewLog | None = None, lessons: str = "加强食材抽检") -> Review:
+    """Decide the review and add its two events to the log, as the archive stores them:
+    the record caused by the resolution, the case by the record."""
+    decided = decide(script, log, lessons)
+    stream = review_stream(INCIDENT)
+    recorded = script.add(decided.recorded, stream, at(hours=6), decided.resolution, LEADER)
+    script.add(decided.archived, stream, at(hours=6), recorded, LEADER)
+    return decided
+
+
+def review_log(script: Script) -> ReviewLog | None:
+    log: ReviewLog | None = None
+    for event in script.events:
+        if event.stream_id == review_stream(INCIDENT):
+            log = evolve(log, event)
+    return log
 
 
 def archived_view(lessons: str = "加强食材抽检") -> IncidentView:
     script = resolved_incident()
-    events = review(script, lessons=lessons)
-    assert events is not None
-    script.events += events
+    reviewed(script, lessons=lessons)
     return fold(INCIDENT, script.logged())
 
 
@@ -95,19 +130,42 @@ def test_a_review_archives_the_resolved_incident_as_a_case() -> None:
 
 def test_one_resolution_is_reviewed_once_and_a_reopened_case_again() -> None:
     script = resolved_incident()
-    first = review(script)
-    assert first is not None
-    assert [e.stream_version for e in first] == [1, 2]
-    assert review(script, first) is None
+    before_the_log = Script()
+    before_the_log.events = list(script.events)
+    first = reviewed(script)
+    # Before the review's events come back through the log, the incident is still resolved:
+    # the review stream says that resolution is answered.
+    with pytest.raises(AlreadyReviewed):
+        decide(before_the_log, review_log(script))
+    with pytest.raises(NotResolved):  # and once they are in, it is archived
+        decide(script, review_log(script))
 
-    script.events += first
     script.add(IncidentReopened(reason="再次发酵"), f"incident-{INCIDENT}", at(hours=7))
     reopened = fold(INCIDENT, script.logged())
     assert (reopened.status, case_record(reopened)) == ("open", None)
-    script.add(IncidentResolved(reason="再次平息"), f"incident-{INCIDENT}", at(hours=8))
-    second = review(script, first)
-    assert second is not None
-    assert [e.stream_version for e in second] == [3, 4]
+    with pytest.raises(NotResolved) as refused:
+        decide(script, review_log(script))
+    assert refused.value.details == {"status": "open"}
+    again = script.add(IncidentResolved(reason="再次平息"), f"incident-{INCIDENT}", at(hours=8))
+    second = decide(script, review_log(script))
+    assert (first.resolution.payload, second.resolution.event_id) == (
+        IncidentResolved(reason="舆情平息"),
+        again.event_id,
+    )
+
+
+def test_the_review_record_answers_the_resolution_and_the_case_follows_it() -> None:
+    script = resolved_incident()
+    decided = reviewed(script)
+
+    recorded, archived = script.events[-2:]
+
+    assert (recorded.event_type, archived.event_type) == ("ReviewRecorded", "CaseArchived")
+    assert recorded.causation_id == decided.resolution.event_id
+    assert archived.causation_id == recorded.event_id
+    assert review_log(script) == ReviewLog(
+        version=2, reviewed=frozenset({decided.resolution.event_id})
+    )
 
 
 def test_accountability_counts_on_time_late_and_missed_per_unit_and_role() -> None:
@@ -119,7 +177,10 @@ def test_accountability_counts_on_time_late_and_missed_per_unit_and_role() -> No
     ]  # the same story at another unit, where the written report came late
     other.add(
         ObligationFulfilled(
-            obligation_id="ob-written", fulfilled_by="office-li", fulfilled_at=at(minutes=95)
+            obligation_id="ob-written",
+            fulfilled_by="office-li",
+            fulfilled_at=at(minutes=95),
+            late=True,
         ),
         "obligation-ob-written",
         at(minutes=95),
@@ -145,7 +206,7 @@ def test_accountability_counts_on_time_late_and_missed_per_unit_and_role() -> No
 
 def report_renderer() -> CaseReport:
     directory = Directory.load(Settings().directory_path)
-    return CaseReport(Settings().archive_report_template, directory, SHANGHAI)
+    return CaseReport(Settings().archive_report_template, directory, CATALOGUE, SHANGHAI)
 
 
 def test_the_review_document_reads_in_chinese_with_its_figures() -> None:
@@ -186,6 +247,7 @@ def test_a_late_report_is_shown_as_late_in_the_figures() -> None:
             obligation_id="ob-written",
             fulfilled_by="office-li",
             fulfilled_at=at(minutes=70) + timedelta(minutes=5),
+            late=True,  # as notification records a report filed after its deadline
         ),
         "obligation-ob-written",
         at(minutes=75),
@@ -196,11 +258,31 @@ def test_a_late_report_is_shown_as_late_in_the_figures() -> None:
     assert (written.outcome, written.seconds_to_fulfil) == ("late", 35 * 60)
 
 
-def test_a_duty_not_met_by_its_deadline_is_missed_even_before_the_watch_says_so() -> None:
+def test_a_duty_not_met_by_its_deadline_is_open_and_overdue_until_the_watch_records_it() -> None:
     script = resolved_incident()
     script.events = [e for e in script.events if e.event_type != "DeadlineMissed"]
     view = fold(INCIDENT, script.logged())
     written = next(o for o in view.obligations if o.obligation_id == "ob-written")
 
-    assert outcome(written, at(minutes=69)) == "open"
-    assert outcome(written, at(minutes=71)) == "missed"
+    assert (outcome(written), overdue(written, at(minutes=69))) == ("open", False)
+    assert (outcome(written), overdue(written, at(minutes=71))) == ("open", True)
+
+    figures = case_figures(view, at(minutes=71))
+    figure = next(o for o in figures.obligations if o.obligation_id == "ob-written")
+    assert (figure.outcome, figure.overdue) == ("open", True)
+    counts = accountability([view], at(), at(days=1), None, at(minutes=71)).units[0].totals
+    assert (counts.missed, counts.open, counts.overdue) == (0, 1, 1)
+
+
+def test_the_review_document_says_an_overdue_duty_is_open_not_missed() -> None:
+    script = resolved_incident()
+    script.events = [e for e in script.events if e.event_type != "DeadlineMissed"]
+    reviewed(script)  # at hour 6, long after the written report was due
+    case = case_record(fold(INCIDENT, script.logged()))
+    assert case is not None
+
+    markdown = report_renderer().markdown(case)
+
+    row = "| 纸质快报 | 一级（重大） | 领导小组办公室 | 2026-11-21 09:10:00 | — | — |"
+    assert f"{row} 未完成（已过截止时间） |" in markdown
+    assert "超时未完成" not in markdown

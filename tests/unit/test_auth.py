@@ -1,4 +1,4 @@
-"""Tokens and who sees which units."""
+"""Tokens, and the one rule of who sees which incident."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import jwt
 import pytest
 
 from services.cli import parse_duration, parse_roles
-from shared.auth import Directory, Principal, Role, TokenService
-from shared.errors import Unauthorized
+from shared.auth import TokenService
+from shared.directory import Directory
+from shared.errors import NotFound, Unauthorized
+from shared.identity import Caller, Role
 from shared.settings import CONFIG_DIR
+from shared.visibility import IncidentScope, Sight, Visibility
 
 KEY = "unit-test-key-that-is-long-enough-for-hs256"
 
@@ -23,12 +26,13 @@ def tokens(ttl: timedelta = timedelta(hours=1)) -> TokenService:
 def test_a_token_carries_subject_unit_and_roles() -> None:
     token = tokens().issue("monitor-chen", "school-a", [Role.MONITOR], name="陈管理员")
 
-    principal = tokens().verify(token)
+    caller = tokens().verify(token)
 
-    assert principal.sub == "monitor-chen"
-    assert principal.unit == "school-a"
-    assert principal.roles == frozenset({Role.MONITOR})
-    assert principal.actor.type == "person"
+    assert caller.id == "monitor-chen"
+    assert caller.unit == "school-a"
+    assert caller.roles == frozenset({Role.MONITOR})
+    assert caller.name == "陈管理员"
+    assert caller.actor.type == "person"
 
 
 @pytest.mark.parametrize(
@@ -54,17 +58,63 @@ def test_a_bad_token_is_refused_with_the_reason(token: str, reason: str) -> None
         tokens().verify(token)
 
 
-def test_the_county_sees_its_units_a_school_only_itself_an_analyst_all() -> None:
-    directory = Directory.load(CONFIG_DIR / "directory.yaml")
-    county = Principal(sub="office-li", unit="county", roles=frozenset({Role.OFFICE}))
-    school = Principal(sub="monitor-chen", unit="school-a", roles=frozenset({Role.MONITOR}))
-    analyst = Principal(sub="analyst-zhao", unit="county", roles=frozenset({Role.ANALYST}))
+def _caller(sub: str, unit: str, *roles: Role) -> Caller:
+    return Caller(id=sub, unit=unit, roles=frozenset(roles))
 
-    assert directory.visible_units(county) == {"county", "school-a", "school-b", "road-1"}
-    assert directory.visible_units(school) == {"school-a"}
-    assert directory.visible_units(analyst) is None
-    assert directory.can_act_for(school, ["school-a"])
-    assert not directory.can_act_for(school, ["school-a", "school-b"])
+
+def test_the_county_sees_its_units_a_school_only_itself_an_analyst_all() -> None:
+    visibility = Visibility(Directory.load(CONFIG_DIR / "directory.yaml"))
+    county = _caller("office-li", "county", Role.OFFICE)
+    school = _caller("monitor-chen", "school-a", Role.MONITOR)
+    analyst = _caller("analyst-zhao", "county", Role.ANALYST)
+
+    assert visibility.units(county) == {"county", "school-a", "school-b", "road-1"}
+    assert visibility.units(school) == {"school-a"}
+    assert visibility.units(analyst) is None
+    assert visibility.may_file_for(school, ["school-a"])
+    assert not visibility.may_file_for(school, ["school-a", "school-b"])
+
+
+def test_an_incident_is_seen_by_its_units_and_above_and_by_the_partner_that_referred_it() -> None:
+    visibility = Visibility(Directory.load(CONFIG_DIR / "directory.yaml"))
+    both = IncidentScope("inc-1", ("school-a", "school-b"), ("monitor-chen", "partner-wxb"))
+    school_a = _caller("monitor-chen", "school-a", Role.MONITOR)
+    road = _caller("monitor-lu", "road-1", Role.MONITOR)
+    partner = _caller("partner-wxb", "county", Role.PARTNER)
+    other_partner = _caller("partner-pcs", "county", Role.PARTNER)
+    # A partner stays a partner whatever else its token carries.
+    partner_admin = _caller("partner-pcs", "county", Role.PARTNER, Role.ADMIN)
+
+    assert visibility.sight(school_a, both) is Sight.FULL  # one unit in common is enough
+    assert visibility.sight(road, both) is Sight.NONE
+    assert visibility.sight(partner, both) is Sight.REFERRED
+    assert visibility.sight(other_partner, both) is Sight.NONE
+    assert visibility.sight(partner_admin, both) is Sight.NONE
+    assert visibility.sight(school_a, None) is Sight.NONE
+
+    assert visibility.scope_filter(school_a) == {"unit_ids": {"$in": ["school-a"]}}
+    assert visibility.scope_filter(partner_admin) == {"filed_by": "partner-pcs"}
+    assert visibility.scope_filter(_caller("a", "county", Role.ANALYST)) == {}
+
+
+def test_an_unseen_incident_and_an_unknown_one_answer_the_same() -> None:
+    visibility = Visibility(Directory.load(CONFIG_DIR / "directory.yaml"))
+    road = _caller("monitor-lu", "road-1", Role.MONITOR)
+    partner = _caller("partner-wxb", "county", Role.PARTNER)
+    school_incident = IncidentScope("inc-9", ("school-a",), ("partner-wxb",))
+
+    with pytest.raises(NotFound) as other_unit:
+        visibility.require(road, school_incident, "incident", "inc-9")
+    with pytest.raises(NotFound) as unknown:
+        visibility.require(road, None, "incident", "inc-9")
+    assert (other_unit.value.message, other_unit.value.details) == (
+        unknown.value.message,
+        unknown.value.details,
+    )
+    # The bureau's internal records of a referred incident stay hidden from the partner.
+    assert visibility.require(partner, school_incident, "incident", "inc-9") is Sight.REFERRED
+    with pytest.raises(NotFound):
+        visibility.require(partner, school_incident, "statement", "s-1", at_least=Sight.FULL)
 
 
 def test_the_demo_organisation_has_one_person_per_role() -> None:
@@ -91,8 +141,8 @@ def test_the_token_command_prints_a_token_the_services_accept(
 
     monkeypatch.setenv("YUQING_SECRET", KEY)
     assert main(["token", "--sub", "monitor-chen", "--unit", "school-a", "--roles", "monitor"]) == 0
-    principal = tokens().verify(capsys.readouterr().out.strip())
-    assert (principal.sub, principal.unit) == ("monitor-chen", "school-a")
+    caller = tokens().verify(capsys.readouterr().out.strip())
+    assert (caller.id, caller.unit) == ("monitor-chen", "school-a")
 
     assert main(["token", "--sub", "x", "--unit", "atlantis", "--roles", "monitor"]) == 2
     assert "unknown unit 'atlantis'" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from services.grading.bootstrap import load_rulebook
 from services.grading.domain import (
     Grade,
     OverrideRefused,
@@ -17,14 +18,19 @@ from services.grading.domain import (
     Rulebook,
     RulebookError,
     assess,
+    evolve,
     on_deadline_missed,
     on_report,
     override,
     parse_rulebook,
 )
-from services.grading.main import load_rulebook
+from shared.errors import Conflict
 from shared.events import (
+    Actor,
     Category,
+    Envelope,
+    EventPayload,
+    FiredRule,
     GradeOverridden,
     IncidentEscalated,
     IncidentGraded,
@@ -259,10 +265,77 @@ def test_override_goes_up_or_down_and_refuses_a_no_op() -> None:
         override(None, Level.ONE, None, "not graded", dismissed=False)
 
 
+def test_a_refused_override_is_a_conflict_naming_the_grade_it_met() -> None:
+    grade = Grade(Level.TWO, Category.RUMOR, 3)
+    with pytest.raises(OverrideRefused) as refused:
+        override(grade, Level.TWO, None, "same", dismissed=False)
+    assert isinstance(refused.value, Conflict)
+    assert refused.value.code == "override_refused"
+    assert refused.value.details == {"level": 2, "category": "rumor"}
+    with pytest.raises(OverrideRefused) as ungraded:
+        override(None, Level.ONE, None, "not graded", dismissed=False)
+    assert ungraded.value.details == {"level": None, "category": None}
+
+
 def test_a_dismissed_pseudo_incident_cannot_be_regraded_by_hand() -> None:
     grade = Grade(Level.THREE, Category.INQUIRY, 1)
     with pytest.raises(OverrideRefused, match="dismissed"):
         override(grade, Level.ONE, None, "上级关注", dismissed=True)
+
+
+# --------------------------------------------------------------------------- the stream
+
+
+def _in_stream(version: int, payload: EventPayload) -> Envelope:
+    return Envelope.new(
+        payload,
+        incident_id="inc-1",
+        stream_id="grade-inc-1",
+        stream_version=version,
+        actor=Actor.rule("rulebook"),
+    )
+
+
+def test_the_grade_stream_folds_into_the_current_grade_at_its_version() -> None:
+    rules = (FiredRule(rule_id="tier-provincial", reason="省内媒体"),)
+    events = [
+        _in_stream(
+            1,
+            IncidentGraded(
+                level=Level.TWO, category=Category.INQUIRY, rules_fired=rules, rulebook_version="v"
+            ),
+        ),
+        _in_stream(
+            2,
+            IncidentEscalated(
+                from_level=Level.TWO,
+                to_level=Level.ONE,
+                category=Category.INQUIRY,
+                reason="中央级媒体",
+                rules_fired=rules,
+                rulebook_version="v",
+            ),
+        ),
+        _in_stream(
+            3,
+            GradeOverridden(
+                from_level=Level.ONE, to_level=Level.THREE, category=Category.RUMOR, reason="核实"
+            ),
+        ),
+    ]
+    grade = None
+    seen = []
+    for event in events:
+        grade = evolve(grade, event)
+        seen.append(grade)
+    assert seen == [
+        Grade(Level.TWO, Category.INQUIRY, 1),
+        Grade(Level.ONE, Category.INQUIRY, 2),
+        Grade(Level.THREE, Category.RUMOR, 3),
+    ]
+    # An escalation of a grade that was never given is not a stream grading writes.
+    with pytest.raises(ValueError, match="cannot follow"):
+        evolve(None, events[1])
 
 
 # --------------------------------------------------------------------------- the file

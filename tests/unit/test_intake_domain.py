@@ -11,7 +11,6 @@ import pytest
 from services.intake.domain import (
     IllegalTransition,
     Incident,
-    IncidentStatus,
     IntakePolicy,
     Routing,
     TextCandidate,
@@ -25,6 +24,7 @@ from services.intake.domain import (
     route_report,
     text_similarity,
 )
+from shared.errors import Conflict
 from shared.events import (
     Actor,
     Envelope,
@@ -33,6 +33,7 @@ from shared.events import (
     IncidentOpened,
     IncidentReopened,
     IncidentResolved,
+    IncidentStatus,
     MediaTier,
     Reach,
     ReportAttached,
@@ -216,6 +217,13 @@ def test_illegal_transitions_name_the_current_status(
     with pytest.raises(IllegalTransition) as err:
         getattr(incident, action)("reason")
     assert err.value.status is status
+    # A conflict of its own kind: the API answers 409 with this code and these details.
+    assert isinstance(err.value, Conflict)
+    assert err.value.code == "illegal_transition"
+    assert err.value.details == {"status": status.value, "action": DONE[action]}
+
+
+DONE = {"resolve": "resolved", "dismiss": "dismissed", "reopen": "reopened"}
 
 
 def test_a_stream_must_start_with_the_opening() -> None:

@@ -14,6 +14,7 @@ import jinja2
 import pytest
 from pydantic import ValidationError
 
+from services.notification.bootstrap import SHIPPED_TEMPLATES
 from services.notification.channels import dingtalk_sign, feishu_sign, webhook_signature
 from services.notification.delivery import (
     ChannelConfig,
@@ -25,10 +26,14 @@ from services.notification.delivery import (
     page_steps,
 )
 from services.notification.dispatch import TEMPLATE_REASONS
-from services.notification.main import SHIPPED_TEMPLATES
-from shared.auth import Directory, Person, Role, Unit
+from shared.catalogue import Catalogue
+from shared.directory import Directory, Person, Unit
+from shared.events import Level
+from shared.identity import Role
+from shared.settings import CONFIG_DIR
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
+CATALOGUE = Catalogue.load(CONFIG_DIR / "catalogue.yaml")
 HOOK = "http://127.0.0.1:9/hook"  # never called: these tests only choose channels
 
 
@@ -46,11 +51,11 @@ def _context() -> dict[str, object]:
 
 
 def test_shipped_templates_all_load() -> None:
-    Templates(SHIPPED_TEMPLATES, SHANGHAI).check(TEMPLATE_REASONS)
+    Templates(SHIPPED_TEMPLATES, SHANGHAI, CATALOGUE).check(TEMPLATE_REASONS)
 
 
 def test_opened_message_names_level_title_units_local_deadline_and_links() -> None:
-    message = Templates(SHIPPED_TEMPLATES, SHANGHAI).render("opened", **_context())
+    message = Templates(SHIPPED_TEMPLATES, SHANGHAI, CATALOGUE).render("opened", **_context())
     assert message.subject == "【一级舆情】请于2026-03-01 10:30前完成：一级舆情手机快报"
     assert "网传某校食堂问题" in message.body
     assert "涉及单位：实验小学、第二中学" in message.body
@@ -64,9 +69,17 @@ def test_a_deployment_can_replace_a_template(tmp_path: Path) -> None:
     directory.joinpath("opened.txt.j2").write_text(
         "{{ level_name }}：{{ obligation_title }}\n截止 {{ deadline | local }}", encoding="utf-8"
     )
-    message = Templates(directory, SHANGHAI).render("opened", **_context())
+    message = Templates(directory, SHANGHAI, CATALOGUE).render("opened", **_context())
     assert message.subject == "一级：一级舆情手机快报"
     assert message.body == "截止 2026-03-01 10:30"
+
+
+def test_level_names_in_messages_come_from_the_catalogue() -> None:
+    short = {**CATALOGUE.level_short, Level.ONE: "Ⅰ级"}
+    renamed = CATALOGUE.model_copy(update={"level_short": short})
+    message = Templates(SHIPPED_TEMPLATES, SHANGHAI, renamed).render("opened", **_context())
+    assert message.subject.startswith("【Ⅰ级舆情】")
+    assert "级别：Ⅰ级舆情" in message.body
 
 
 def test_a_template_using_an_unknown_name_fails_instead_of_sending_blanks(
@@ -74,7 +87,7 @@ def test_a_template_using_an_unknown_name_fails_instead_of_sending_blanks(
 ) -> None:
     tmp_path.joinpath("opened.txt.j2").write_text("{{ no_such_thing }}", encoding="utf-8")
     with pytest.raises(jinja2.UndefinedError):
-        Templates(tmp_path, SHANGHAI).render("opened", **_context())
+        Templates(tmp_path, SHANGHAI, CATALOGUE).render("opened", **_context())
 
 
 def test_webhook_signature_is_hmac_sha256_over_timestamp_and_body() -> None:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from services.notification.delivery import NotificationPolicy
 from services.notification.domain import (
+    AlreadyFulfilled,
     Ledger,
+    ObligationAlreadyClosed,
     ObligationPolicy,
-    ObligationState,
-    Unprocessable,
     stream_id,
 )
-from shared.errors import Conflict
+from shared.api import status_of
+from shared.errors import Conflict, Invalid
 from shared.events import (
     Actor,
     Category,
@@ -26,16 +29,18 @@ from shared.events import (
     ObligationClosed,
     ObligationFulfilled,
     ObligationOpened,
+    ObligationState,
 )
 from shared.policy import PolicyError, load_policy
 from shared.settings import CONFIG_DIR
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-POLICY = load_policy(CONFIG_DIR / "obligations.yaml", ObligationPolicy)
+# The shipped file: its duties, and the delivery section the domain does not see.
+POLICY = load_policy(CONFIG_DIR / "obligations.yaml", NotificationPolicy)
 GRADED = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
 
 
-def record(ledger: Ledger, payloads: list[EventPayload] | list[ObligationOpened]) -> Ledger:
+def record(ledger: Ledger, payloads: Sequence[EventPayload]) -> Ledger:
     for payload in payloads:
         ledger = ledger.apply(
             Envelope.new(
@@ -169,8 +174,10 @@ def test_resolving_closes_what_is_pending_but_a_missed_duty_stays_missed() -> No
     }
     assert ledger.get(phone.obligation_id).state is ObligationState.MISSED
     assert ledger.get(by_kind["written_quick_report"].obligation_id).state is ObligationState.CLOSED
-    with pytest.raises(Conflict, match="已关闭"):
+    with pytest.raises(ObligationAlreadyClosed, match="已关闭") as err:
         ledger.fulfil(closed[0].obligation_id, by="office-li", at=GRADED, reference=None)
+    assert isinstance(err.value, Conflict)
+    assert (status_of(err.value), err.value.code) == (409, "obligation_closed")
 
 
 def test_a_deadline_is_missed_only_once_it_has_passed_and_only_once() -> None:
@@ -201,8 +208,10 @@ def test_fulfilling_twice_conflicts_and_late_fulfilment_is_flagged() -> None:
 
     assert isinstance(done, ObligationFulfilled)
     assert done.late
-    with pytest.raises(Conflict, match="不能重复报送"):
+    with pytest.raises(AlreadyFulfilled, match="不能重复报送") as err:
         ledger.fulfil(bulletin.obligation_id, by="office-li", at=GRADED, reference=None)
+    assert isinstance(err.value, Conflict)
+    assert (status_of(err.value), err.value.code) == (409, "already_fulfilled")
 
 
 def test_a_missed_duty_filed_with_an_earlier_time_is_still_late() -> None:
@@ -226,7 +235,7 @@ def test_a_duty_cannot_be_met_before_it_was_owed() -> None:
     ledger = record(Ledger("i13"), graded(Ledger("i13"), Level.TWO))
     (bulletin,) = ledger.obligations.values()
 
-    with pytest.raises(Unprocessable, match="起算时间") as err:
+    with pytest.raises(Invalid, match="起算时间") as err:
         ledger.fulfil(
             bulletin.obligation_id,
             by="office-li",
@@ -234,8 +243,9 @@ def test_a_duty_cannot_be_met_before_it_was_owed() -> None:
             reference=None,
         )
 
-    assert err.value.status == 422
+    assert status_of(err.value) == 422
     assert err.value.details[0]["field"] == "fulfilled_at"
+    assert err.value.details[0]["type"] == "before_counted_from"
     on_the_dot = ledger.fulfil(
         bulletin.obligation_id, by="office-li", at=bulletin.counted_from, reference=None
     )

@@ -7,15 +7,29 @@ from pathlib import Path
 import pytest
 
 from services.statement.domain import (
+    AlreadyPublished,
     ApprovalPolicy,
+    ApprovalRules,
+    FactChangesUnacknowledged,
+    MayNotWithdraw,
+    NotApproved,
+    NotGraded,
+    NotInReview,
+    NotSubmittable,
+    NotWithdrawable,
+    NotYourStep,
+    OutletNotApproved,
+    OutOfOrder,
+    SameApproverTwice,
+    SelfApproval,
     Statement,
-    StatementState,
+    UnknownVersion,
     draft,
     official_line,
     stream_id,
 )
-from shared.auth import Principal, Role
-from shared.errors import Conflict, Forbidden, NotFound
+from shared.catalogue import Catalogue
+from shared.errors import Conflict, DomainError, Forbidden, NotFound
 from shared.events import (
     Actor,
     ApprovalStep,
@@ -24,23 +38,26 @@ from shared.events import (
     Fact,
     Level,
     StatementKind,
+    StatementState,
 )
+from shared.identity import Caller, Role
 from shared.policy import PolicyError, load_policy
 from shared.settings import CONFIG_DIR
 
-POLICY = load_policy(CONFIG_DIR / "approval.yaml", ApprovalPolicy)
+CATALOGUE = Catalogue.load(CONFIG_DIR / "catalogue.yaml")
+POLICY = ApprovalRules(load_policy(CONFIG_DIR / "approval.yaml", ApprovalPolicy), CATALOGUE.roles)
 
-AUTHOR = Principal(sub="spokesperson-sun", unit="school-a", roles=frozenset({Role.SPOKESPERSON}))
-OFFICE = Principal(sub="office-li", unit="county", roles=frozenset({Role.OFFICE}))
-PROPAGANDA = Principal(sub="propaganda-wang", unit="county", roles=frozenset({Role.PROPAGANDA}))
-HEAD_A = Principal(sub="head-liu", unit="school-a", roles=frozenset({Role.DEPT_HEAD}))
-HEAD_B = Principal(sub="head-wu", unit="school-b", roles=frozenset({Role.DEPT_HEAD}))
-BOTH = Principal(sub="li-and-wang", unit="county", roles=frozenset({Role.OFFICE, Role.PROPAGANDA}))
-ADMIN = Principal(sub="admin", unit="county", roles=frozenset({Role.ADMIN}))
+AUTHOR = Caller(id="spokesperson-sun", unit="school-a", roles=frozenset({Role.SPOKESPERSON}))
+OFFICE = Caller(id="office-li", unit="county", roles=frozenset({Role.OFFICE}))
+PROPAGANDA = Caller(id="propaganda-wang", unit="county", roles=frozenset({Role.PROPAGANDA}))
+HEAD_A = Caller(id="head-liu", unit="school-a", roles=frozenset({Role.DEPT_HEAD}))
+HEAD_B = Caller(id="head-wu", unit="school-b", roles=frozenset({Role.DEPT_HEAD}))
+BOTH = Caller(id="li-and-wang", unit="county", roles=frozenset({Role.OFFICE, Role.PROPAGANDA}))
+ADMIN = Caller(id="admin", unit="county", roles=frozenset({Role.ADMIN}))
 
 
 def record(statement: Statement | None, payload: EventPayload) -> Statement:
-    version = statement.stream_version + 1 if statement else 1
+    version = statement.version + 1 if statement else 1
     event = Envelope.new(
         payload,
         incident_id="inc-1",
@@ -52,7 +69,7 @@ def record(statement: Statement | None, payload: EventPayload) -> Statement:
 
 
 def drafted(
-    author: str = AUTHOR.sub,
+    author: str = AUTHOR.id,
     facts: tuple[Fact, ...] = (Fact(label="受伤人数", value="0"),),
     statement_id: str = "s1",
 ) -> Statement:
@@ -75,9 +92,9 @@ def submitted(level: Level, units: tuple[str, ...] = ("school-a",)) -> Statement
     return record(statement, statement.submit(level, POLICY, units))
 
 
-def approved_by(statement: Statement, *who: Principal) -> Statement:
-    for principal in who:
-        statement = record(statement, statement.approve(principal, "同意", POLICY))
+def approved_by(statement: Statement, *who: Caller) -> Statement:
+    for caller in who:
+        statement = record(statement, statement.approve(caller, "同意", POLICY))
     return statement
 
 
@@ -96,18 +113,18 @@ def test_each_level_has_its_chain_from_the_policy() -> None:
 def test_level_one_needs_the_office_then_the_task_force_in_that_order() -> None:
     statement = submitted(Level.ONE)
 
-    with pytest.raises(Conflict, match="须先由领导小组办公室审批"):
+    with pytest.raises(OutOfOrder, match="须先由领导小组办公室审批"):
         statement.approve(PROPAGANDA, "", POLICY)
     statement = approved_by(statement, OFFICE)
     assert statement.state is StatementState.IN_REVIEW
     assert statement.missing() == [ApprovalStep(role="propaganda")]
-    with pytest.raises(Conflict, match=r"缺少：宣传部（处置专班）"):
-        statement.publish(outlet="官网", url="https://example.org/1", by=AUTHOR.sub, policy=POLICY)
+    with pytest.raises(NotApproved, match=r"缺少：宣传部（处置专班）"):
+        statement.publish(outlet="官网", url="https://example.org/1", by=AUTHOR.id, rules=POLICY)
 
     statement = approved_by(statement, PROPAGANDA)
     assert statement.state is StatementState.APPROVED
     published = statement.publish(
-        outlet="官网", url="https://example.org/1", by=AUTHOR.sub, policy=POLICY
+        outlet="官网", url="https://example.org/1", by=AUTHOR.id, rules=POLICY
     )
     assert published.version == 1
 
@@ -115,28 +132,28 @@ def test_level_one_needs_the_office_then_the_task_force_in_that_order() -> None:
 def test_level_three_is_cleared_by_the_head_of_the_unit_concerned_only() -> None:
     statement = submitted(Level.THREE, ("school-a",))
 
-    with pytest.raises(Forbidden, match=r"部门分管领导（school-a）"):
+    with pytest.raises(NotYourStep, match=r"部门分管领导（school-a）"):
         statement.approve(HEAD_B, "", POLICY)
     assert approved_by(statement, HEAD_A).state is StatementState.APPROVED
 
 
 def test_the_author_cannot_approve_their_own_version() -> None:
-    statement = drafted(author=OFFICE.sub)
+    statement = drafted(author=OFFICE.id)
     statement = record(statement, statement.submit(Level.TWO, POLICY, ["school-a"]))
 
-    with pytest.raises(Forbidden, match="不能审批自己起草的版本"):
+    with pytest.raises(SelfApproval, match="不能审批自己起草的版本"):
         statement.approve(OFFICE, "", POLICY)
 
 
 def test_one_person_cannot_fill_two_steps_of_a_chain() -> None:
     statement = approved_by(submitted(Level.ONE), BOTH)
 
-    with pytest.raises(Forbidden, match="两个环节"):
+    with pytest.raises(SameApproverTwice, match="两个环节"):
         statement.approve(BOTH, "", POLICY)
 
 
 def test_an_admin_account_does_not_stand_in_for_the_chain() -> None:
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotYourStep):
         submitted(Level.TWO).approve(ADMIN, "", POLICY)
 
 
@@ -146,13 +163,13 @@ def test_a_revision_restarts_the_chain_and_old_approvals_stop_counting() -> None
 
     statement = record(
         statement,
-        statement.revise(title="更正", body="新的表述", facts=(), outlets=("官网",), by=AUTHOR.sub),
+        statement.revise(title="更正", body="新的表述", facts=(), outlets=("官网",), by=AUTHOR.id),
     )
 
     assert statement.current.version == 2
     assert statement.state is StatementState.DRAFT
-    with pytest.raises(Conflict, match="尚未提交审批"):
-        statement.publish(outlet="官网", url="u", by=AUTHOR.sub, policy=POLICY)
+    with pytest.raises(NotApproved, match="尚未提交审批"):
+        statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY)
     statement = record(statement, statement.submit(Level.TWO, POLICY, ["school-a"]))
     assert statement.missing() == [ApprovalStep(role="office")]
     assert len(statement.approvals) == 1  # the old approval stays on the record
@@ -161,11 +178,11 @@ def test_a_revision_restarts_the_chain_and_old_approvals_stop_counting() -> None
 def test_the_reviser_of_a_version_cannot_approve_it() -> None:
     statement = approved_by(submitted(Level.TWO), OFFICE)
     statement = record(
-        statement, statement.revise(title="t", body="b", facts=(), outlets=(), by=OFFICE.sub)
+        statement, statement.revise(title="t", body="b", facts=(), outlets=(), by=OFFICE.id)
     )
     statement = record(statement, statement.submit(Level.TWO, POLICY, ["school-a"]))
 
-    with pytest.raises(Forbidden, match="不能审批自己起草的版本"):
+    with pytest.raises(SelfApproval, match="不能审批自己起草的版本"):
         statement.approve(OFFICE, "", POLICY)
 
 
@@ -174,28 +191,28 @@ def test_a_rejected_version_cannot_be_published_or_resubmitted_unchanged() -> No
     statement = record(statement, statement.reject(OFFICE, "数据未核实", POLICY))
 
     assert statement.state is StatementState.REJECTED
-    with pytest.raises(Conflict, match="已被退回"):
-        statement.publish(outlet="官网", url="u", by=AUTHOR.sub, policy=POLICY)
-    with pytest.raises(Conflict, match="请修改后再提交"):
+    with pytest.raises(NotApproved, match="已被退回"):
+        statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY)
+    with pytest.raises(NotSubmittable, match="请修改后再提交"):
         statement.submit(Level.TWO, POLICY, ["school-a"])
 
 
 def test_publishing_goes_only_to_the_approved_outlets_and_once_per_outlet() -> None:
     statement = approved_by(submitted(Level.TWO), OFFICE)
 
-    with pytest.raises(Conflict, match="不在审批通过的渠道之内"):
-        statement.publish(outlet="抖音", url="u", by=AUTHOR.sub, policy=POLICY)
+    with pytest.raises(OutletNotApproved, match="不在审批通过的渠道之内"):
+        statement.publish(outlet="抖音", url="u", by=AUTHOR.id, rules=POLICY)
     statement = record(
-        statement, statement.publish(outlet="官网", url="u", by=AUTHOR.sub, policy=POLICY)
+        statement, statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY)
     )
     assert statement.state is StatementState.PUBLISHED
-    with pytest.raises(Conflict, match="已在“官网”发布"):
-        statement.publish(outlet="官网", url="u", by=AUTHOR.sub, policy=POLICY)
-    statement.publish(outlet="官方微博", url="u2", by=AUTHOR.sub, policy=POLICY)
+    with pytest.raises(AlreadyPublished, match="已在“官网”发布"):
+        statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY)
+    statement.publish(outlet="官方微博", url="u2", by=AUTHOR.id, rules=POLICY)
 
 
 def test_a_statement_of_an_ungraded_incident_cannot_be_submitted() -> None:
-    with pytest.raises(Conflict, match="尚未定级"):
+    with pytest.raises(NotGraded, match="尚未定级"):
         drafted().submit(None, POLICY, ["school-a"])
 
 
@@ -204,6 +221,7 @@ def test_an_escalation_mid_review_keeps_approvals_the_new_chain_also_needs() -> 
 
     rechained = statement.rechain(Level.ONE, POLICY, ["school-a"], "升级")
     assert rechained is not None
+    assert rechained.missing == (ApprovalStep(role="propaganda"),)
     statement = record(statement, rechained)
 
     assert statement.state is StatementState.IN_REVIEW
@@ -211,11 +229,69 @@ def test_an_escalation_mid_review_keeps_approvals_the_new_chain_also_needs() -> 
     assert statement.rechain(Level.ONE, POLICY, ["school-a"], "again") is None
 
 
+def test_a_lowered_grade_whose_chain_the_approvals_cover_clears_the_statement() -> None:
+    statement = approved_by(submitted(Level.ONE), OFFICE)
+    assert statement.state is StatementState.IN_REVIEW
+
+    rechained = statement.rechain(Level.TWO, POLICY, ["school-a"], "降级")
+    assert rechained is not None
+    assert rechained.chain == (ApprovalStep(role="office"),)
+    assert rechained.missing == ()  # the office's approval fills the new chain
+    statement = record(statement, rechained)
+
+    assert statement.state is StatementState.APPROVED
+    assert statement.missing() == []
+    statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY)
+
+
+def test_the_events_say_what_each_submission_and_approval_leaves_missing() -> None:
+    statement = drafted()
+    submission = statement.submit(Level.ONE, POLICY, ["school-a"])
+    assert submission.missing == submission.chain
+    statement = record(statement, submission)
+
+    first = statement.approve(OFFICE, "同意", POLICY)
+    assert (first.missing, first.fully_approved) == ((ApprovalStep(role="propaganda"),), False)
+    statement = record(statement, first)
+    last = statement.approve(PROPAGANDA, "同意", POLICY)
+    assert (last.missing, last.fully_approved) == ((), True)
+    assert record(statement, last).missing() == []
+
+
+@pytest.mark.parametrize(
+    ("refusal", "kind", "code"),
+    [
+        (SelfApproval, Forbidden, "self_approval"),
+        (SameApproverTwice, Forbidden, "same_approver_twice"),
+        (NotYourStep, Forbidden, "not_your_step"),
+        (MayNotWithdraw, Forbidden, "may_not_withdraw"),
+        (OutOfOrder, Conflict, "out_of_order"),
+        (NotInReview, Conflict, "not_in_review"),
+        (NotSubmittable, Conflict, "not_submittable"),
+        (NotGraded, Conflict, "not_graded"),
+        (NotApproved, Conflict, "not_approved"),
+        (FactChangesUnacknowledged, Conflict, "fact_changes_unacknowledged"),
+        (UnknownVersion, NotFound, "unknown_version"),
+    ],
+)
+def test_each_refusal_is_a_kind_of_error_with_a_code_of_its_own(
+    refusal: type[DomainError], kind: type[DomainError], code: str
+) -> None:
+    assert issubclass(refusal, kind)
+    assert refusal.code == code
+
+
+def test_a_policy_role_without_a_name_to_show_is_refused() -> None:
+    names: dict[Role, str] = {r: n for r, n in CATALOGUE.roles.items() if r is not Role.PROPAGANDA}
+
+    with pytest.raises(ValueError, match="without a name to show: propaganda"):
+        ApprovalRules(POLICY.policy, names)
+
+
 def test_a_policy_level_without_steps_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "approval.yaml"
     path.write_text(
-        "version: t\nrole_names: {office: 办公室}\n"
-        "levels:\n  1: [{role: office}]\n  2: [{role: office}]\n  3: []\n",
+        "version: t\nlevels:\n  1: [{role: office}]\n  2: [{role: office}]\n  3: []\n",
         encoding="utf-8",
     )
 
@@ -235,21 +311,21 @@ def test_a_withdrawn_version_can_be_neither_approved_published_nor_resubmitted()
     statement = withdrawn()
 
     assert statement.state is StatementState.WITHDRAWN
-    assert statement.withdrawals[0].withdrawn_by == AUTHOR.sub
-    with pytest.raises(Conflict, match="已撤回"):
+    assert statement.withdrawals[0].withdrawn_by == AUTHOR.id
+    with pytest.raises(NotInReview, match="已撤回"):
         statement.approve(OFFICE, "同意", POLICY)
-    with pytest.raises(Conflict, match="已撤回，不能发布"):
-        statement.publish(outlet="官网", url="u", by=AUTHOR.sub, policy=POLICY)
-    with pytest.raises(Conflict, match="已撤回，请修改后再提交"):
+    with pytest.raises(NotApproved, match="已撤回，不能发布"):
+        statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY)
+    with pytest.raises(NotSubmittable, match="已撤回，请修改后再提交"):
         statement.submit(Level.TWO, POLICY, ["school-a"])
-    with pytest.raises(Conflict, match="已撤回"):
+    with pytest.raises(NotWithdrawable, match="已撤回"):
         statement.withdraw(AUTHOR, "again")
 
 
 def test_a_withdrawn_statement_comes_back_as_a_new_version() -> None:
     statement = withdrawn()
     statement = record(
-        statement, statement.revise(title="t", body="b", facts=(), outlets=(), by=AUTHOR.sub)
+        statement, statement.revise(title="t", body="b", facts=(), outlets=(), by=AUTHOR.id)
     )
     assert statement.state is StatementState.DRAFT
 
@@ -260,7 +336,7 @@ def test_a_withdrawn_statement_comes_back_as_a_new_version() -> None:
 def test_only_an_author_or_the_office_may_withdraw() -> None:
     statement = approved_by(submitted(Level.ONE), OFFICE)
 
-    with pytest.raises(Forbidden, match="起草人或领导小组办公室"):
+    with pytest.raises(MayNotWithdraw, match="起草人或领导小组办公室"):
         statement.withdraw(PROPAGANDA, "不同意")
     by_office = record(statement, statement.withdraw(OFFICE, "口径调整"))
     assert by_office.state is StatementState.WITHDRAWN
@@ -269,10 +345,10 @@ def test_only_an_author_or_the_office_may_withdraw() -> None:
 def test_a_published_version_cannot_be_withdrawn() -> None:
     statement = approved_by(submitted(Level.TWO), OFFICE)
     statement = record(
-        statement, statement.publish(outlet="官网", url="u", by=AUTHOR.sub, policy=POLICY)
+        statement, statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY)
     )
 
-    with pytest.raises(Conflict, match="已发布，不能撤回"):
+    with pytest.raises(NotWithdrawable, match="已发布，不能撤回"):
         statement.withdraw(AUTHOR, "撤稿")
 
 
@@ -283,9 +359,7 @@ def published(statement_id: str, *facts: Fact) -> Statement:
     statement = drafted(facts=facts, statement_id=statement_id)
     statement = record(statement, statement.submit(Level.TWO, POLICY, ["school-a"]))
     statement = approved_by(statement, OFFICE)
-    return record(
-        statement, statement.publish(outlet="官网", url="u", by=AUTHOR.sub, policy=POLICY)
-    )
+    return record(statement, statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY))
 
 
 FIRST = published("first", Fact(label="受伤人数", value="3人"), Fact(label="涉事车辆", value="1"))
@@ -325,7 +399,8 @@ def test_approving_a_contradiction_needs_an_acknowledged_reason_which_is_recorde
     statement = submitted_against(Fact(label="受伤人数", value="5人"))
     official = official_line([FIRST])
 
-    with pytest.raises(Conflict, match=r"受伤人数（已发布：3人，本稿：5人）") as refused:
+    refusal = r"受伤人数（已发布：3人，本稿：5人）"
+    with pytest.raises(FactChangesUnacknowledged, match=refusal) as refused:
         statement.approve(OFFICE, "同意", POLICY, official=official)
     assert refused.value.details["fact_conflicts"][0]["label"] == "受伤人数"
 
@@ -351,7 +426,7 @@ def test_the_latest_publication_is_the_official_line_and_its_figures_supersede()
         ),
     )
     second = record(
-        statement, statement.publish(outlet="官网", url="u2", by=AUTHOR.sub, policy=POLICY)
+        statement, statement.publish(outlet="官网", url="u2", by=AUTHOR.id, rules=POLICY)
     )
 
     line = official_line([FIRST, second])
@@ -361,7 +436,7 @@ def test_the_latest_publication_is_the_official_line_and_its_figures_supersede()
         "受伤人数": "5人",
         "涉事车辆": "1",
     }
-    assert [p.approval.approver for p in line.cleared_by() if p.approval] == [OFFICE.sub]
+    assert [p.approval.approver for p in line.cleared_by() if p.approval] == [OFFICE.id]
     third = submitted_against(Fact(label="受伤人数", value="5人"))
     assert third.approve(OFFICE, "", POLICY, official=line).fact_changes_acknowledged is None
     assert official_line([drafted()]) is None
@@ -379,7 +454,7 @@ def test_a_diff_shows_the_wording_and_facts_that_changed() -> None:
             body="经核实……\n已妥善处置。",
             facts=(Fact(label="受伤人数", value="2"), Fact(label="事发时间", value="10时")),
             outlets=(),
-            by=AUTHOR.sub,
+            by=AUTHOR.id,
         ),
     )
 
@@ -394,5 +469,5 @@ def test_a_diff_shows_the_wording_and_facts_that_changed() -> None:
 
 
 def test_a_diff_with_a_version_that_does_not_exist_is_not_found() -> None:
-    with pytest.raises(NotFound, match="没有第3版"):
+    with pytest.raises(UnknownVersion, match="没有第3版"):
         drafted().diff(1, 3)

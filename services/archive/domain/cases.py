@@ -9,11 +9,13 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
-from services.archive.domain import IncidentView, ObligationView, ReviewView
-from shared.events import Category, Level
+from services.archive.domain.views import IncidentView, ObligationView, ReviewView
+from shared.events import Category, IncidentStatus, Level, ObligationState, StatementState
 
+# What became of a duty, as notification recorded it: met on time, late (迟报), missed,
+# closed, or still open (past its deadline or not: `overdue` says which).
 Outcome = Literal["on_time", "late", "missed", "closed", "open"]
 
 
@@ -21,19 +23,23 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return (end - start).total_seconds() if start is not None and end is not None else None
 
 
-def outcome(obligation: ObligationView, now: datetime) -> Outcome:
-    """A report filed after its deadline is late (迟报), and one still not filed when its
-    deadline has passed is missed, whether or not the deadline watch has said so yet.
-    """
+def outcome(obligation: ObligationView) -> Outcome:
+    """What notification recorded: a report filed late (迟报) is late, and a duty is missed
+    only once notification recorded the miss."""
     match obligation.state:
-        case "fulfilled":
+        case ObligationState.FULFILLED:
             return "late" if obligation.late else "on_time"
-        case "missed":
+        case ObligationState.MISSED:
             return "missed"
-        case "closed":
+        case ObligationState.CLOSED:
             return "closed"
         case _:
-            return "missed" if obligation.deadline <= now else "open"
+            return "open"
+
+
+def overdue(obligation: ObligationView, now: datetime) -> bool:
+    """Still open although its deadline has passed: the deadline watch has not said so yet."""
+    return obligation.state is ObligationState.OPEN and obligation.deadline <= now
 
 
 class ObligationFigure(BaseModel):
@@ -47,6 +53,7 @@ class ObligationFigure(BaseModel):
     fulfilled_at: datetime | None
     fulfilled_by: str | None
     outcome: Outcome
+    overdue: bool = False  # open, and its deadline passed before the figures were taken
     seconds_to_fulfil: float | None
 
 
@@ -54,13 +61,19 @@ class StatementFigure(BaseModel):
     statement_id: str
     kind: str
     title: str
-    state: str
+    state: StatementState
     submitted_at: datetime | None
     approved_at: datetime | None
     published_at: datetime | None
     # From the submission that was cleared to its final approval, and to its publication.
     clearance_seconds: float | None
     seconds_to_publication: float | None
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _earlier_words(cls, value: object) -> object:
+        # Cases archived before the shared vocabulary called a statement in review this.
+        return StatementState.IN_REVIEW.value if value == "submitted" else value
 
 
 class CaseFigures(BaseModel):
@@ -100,7 +113,8 @@ def case_figures(view: IncidentView, now: datetime) -> CaseFigures:
                 deadline=o.deadline,
                 fulfilled_at=o.fulfilled_at,
                 fulfilled_by=o.fulfilled_by,
-                outcome=outcome(o, now),
+                outcome=outcome(o),
+                overdue=overdue(o, now),
                 seconds_to_fulfil=_seconds(o.counted_from, o.fulfilled_at),
             )
             for o in view.obligations
@@ -141,7 +155,7 @@ class CaseRecord(BaseModel):
 def case_record(view: IncidentView) -> CaseRecord | None:
     """The case an archived view holds; None until it is archived (or after a reopening)."""
     if (
-        view.status != "archived"
+        view.status is not IncidentStatus.ARCHIVED
         or view.case_id is None
         or view.review is None
         or view.archived_at is None
@@ -171,9 +185,12 @@ class OutcomeCounts(BaseModel):
     missed: int = 0
     open: int = 0
     closed: int = 0
+    overdue: int = 0  # of the open ones, those past their deadline
 
-    def add(self, result: Outcome) -> None:
+    def add(self, obligation: ObligationView, now: datetime) -> None:
+        result = outcome(obligation)
         setattr(self, result, getattr(self, result) + 1)
+        self.overdue += overdue(obligation, now)
 
 
 class RoleAccount(BaseModel):
@@ -222,8 +239,8 @@ def accountability(
     now: datetime,
 ) -> Accountability:
     """Obligations counted from within [start, end), per unit the incident concerns (only
-    `units` when given) and per owner role, their outcomes as of `now`; an incident of two
-    units counts for both.
+    `units` when given) and per owner role, their outcomes as recorded (and which open ones
+    are overdue at `now`); an incident of two units counts for both.
     """
     counts: dict[str, dict[str, OutcomeCounts]] = {}
     unit_samples: dict[str, dict[int, list[float]]] = {}
@@ -241,7 +258,7 @@ def accountability(
         for unit in concerned:
             roles = counts.setdefault(unit, {})
             for o in in_period:
-                roles.setdefault(o.owner_role, OutcomeCounts()).add(outcome(o, now))
+                roles.setdefault(o.owner_role, OutcomeCounts()).add(o, now)
             for level, seconds in firsts.items():
                 unit_samples.setdefault(unit, {}).setdefault(level, []).append(seconds)
     rows = []

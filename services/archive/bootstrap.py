@@ -1,0 +1,73 @@
+"""The archive, assembled: the one place its parts are built and wired together.
+
+`build(deps)` makes, from the dependencies it is given (tests give fakes): the read models
+over the archive's database, the repository of its own review stream, the review commands
+run by the command runner, the case report (its template loaded here, so a bad file stops
+the start), the handler map recording every event type of every topic, and the router.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from services.archive.api import build_router
+from services.archive.domain.review import ReviewLog, evolve, review_stream
+from services.archive.handlers import Recorder, ReviewCommands
+from services.archive.projections import ArchiveViews
+from services.archive.report import CaseReport
+from shared.events import ALL_TOPICS, event_types
+from shared.handlers import HandlerMap
+from shared.repository import Repository
+from shared.service import Dependencies, ServiceParts
+
+
+@dataclass(kw_only=True)
+class ArchiveParts(ServiceParts):
+    views: ArchiveViews
+    reviews: ReviewCommands
+    report: CaseReport
+
+
+def build(deps: Dependencies) -> ArchiveParts:
+    settings = deps.settings
+    tz = ZoneInfo(settings.timezone)
+    views = ArchiveViews(deps.store.db, deps.clock)
+    reviews = ReviewCommands(
+        views,
+        Repository[ReviewLog](review_stream, evolve),
+        deps.command_runner(),
+        deps.clock,
+    )
+    report = CaseReport(settings.archive_report_template, deps.directory, deps.catalogue, tz)
+    recorder = Recorder(views)
+    handlers = HandlerMap().on_each(tuple(event_types().values()), recorder.record)
+    router = build_router(
+        views,
+        reviews,
+        deps.visibility,
+        deps.catalogue,
+        report,
+        tz,
+        deps.clock,
+        settings.archive_replay_batch_size,
+    )
+    return ArchiveParts(
+        name="archive",
+        prefix="/archive/v1",
+        title="yuqing archive",
+        description=(
+            "Every event of every topic, hash-chained per incident; the incident list, the "
+            "incident view (also as it stood at any past time), the timeline and chain checks; "
+            "the review of resolved incidents, the case library, the assessment (考评) and "
+            "replay."
+        ),
+        store=deps.store,
+        router=router,
+        handlers=handlers,
+        consumes=ALL_TOPICS,
+        setup=[views.ensure_indexes, views.abandon_interrupted_replays],
+        views=views,
+        reviews=reviews,
+        report=report,
+    )

@@ -1,0 +1,522 @@
+"""The incident view as a fold of its log, in causal order.
+
+Each payload class has one small step in `STEPS`. Events about a child (a report's match,
+an obligation's fulfilment, a statement's approval) that sort before the child exists wait
+for it instead of being lost, and obligation states are decided by precedence rather than
+by arrival, so those steps commute. The fold shows what the owning services recorded: a
+statement's state and missing steps as the statement service stated them, an
+obligation's lateness and miss as notification recorded them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from services.archive.domain.ordering import Logged, causal_order
+from services.archive.domain.views import (
+    ApprovalView,
+    Gap,
+    GradeChange,
+    IncidentView,
+    NotificationView,
+    ObligationView,
+    PublicationView,
+    ReportView,
+    ReviewView,
+    StatementView,
+)
+from shared.events import (
+    CaseArchived,
+    DeadlineMissed,
+    Envelope,
+    EventPayload,
+    GradeOverridden,
+    IncidentDismissed,
+    IncidentEscalated,
+    IncidentGraded,
+    IncidentOpened,
+    IncidentReopened,
+    IncidentResolved,
+    IncidentStatus,
+    NotificationAcknowledged,
+    NotificationFailed,
+    NotificationSent,
+    ObligationClosed,
+    ObligationFulfilled,
+    ObligationOpened,
+    ObligationState,
+    ReportAttached,
+    ReportReceived,
+    ReviewRecorded,
+    StatementApproved,
+    StatementDrafted,
+    StatementPublished,
+    StatementRejected,
+    StatementRevised,
+    StatementState,
+    StatementSubmitted,
+    StatementWithdrawn,
+)
+
+
+class _Folder:
+    """Mutable state of one fold. Child events whose parent has not been folded yet wait
+    under the parent's id and are applied right after it.
+    """
+
+    def __init__(self, incident_id: str) -> None:
+        self.view = IncidentView(incident_id=incident_id)
+        self.reports: dict[str, ReportView] = {}
+        self.obligations: dict[str, ObligationView] = {}
+        self.statements: dict[str, StatementView] = {}
+        self.submitted: dict[str, int] = {}  # statement id -> version of its last submission
+        self.waiting: dict[str, list[Envelope]] = {}
+        self.envelope_units: list[str] = []
+        self.opened = False
+        self.versions: dict[str, set[int]] = {}
+
+    def park(self, key: str, event: Envelope) -> None:
+        self.waiting.setdefault(key, []).append(event)
+
+    def release(self, key: str) -> None:
+        for event in self.waiting.pop(key, []):
+            self.apply(event)
+
+    def add(self, event: Envelope) -> None:
+        view = self.view
+        view.event_count += 1
+        self.versions.setdefault(event.stream_id, set()).add(event.stream_version)
+        if event.unit_id and event.unit_id not in self.envelope_units:
+            self.envelope_units.append(event.unit_id)
+        if view.updated_at is None or event.occurred_at > view.updated_at:
+            view.updated_at = event.occurred_at
+        self.apply(event)
+
+    def apply(self, event: Envelope) -> None:
+        step = STEPS.get(type(event.payload))
+        if step is not None:  # a type newer than this fold: it is in the log and the timeline
+            step(self, event, event.payload)
+
+    def finish(self) -> IncidentView:
+        view = self.view
+        if not view.unit_ids:
+            view.unit_ids = list(self.envelope_units)
+        if view.title is None and view.reports:
+            view.title = view.reports[0].title
+        for obligation in view.obligations:
+            obligation.state = _obligation_state(obligation)
+        view.gaps = [
+            Gap(stream_id=stream, missing_versions=missing)
+            for stream, seen in sorted(self.versions.items())
+            if (missing := sorted(set(range(1, max(seen) + 1)) - seen))
+        ]
+        view.complete = self.opened and not view.gaps and not self.waiting
+        return view
+
+
+Step = Callable[[_Folder, Envelope, Any], None]
+
+
+def fold(
+    incident_id: str, records: Iterable[Logged], as_of: datetime | None = None
+) -> IncidentView:
+    """The incident as the log says it is (or was at `as_of`, by when things happened)."""
+    folder = _Folder(incident_id)
+    for record in causal_order(records):
+        if as_of is None or record.event.occurred_at <= as_of:
+            folder.add(record.event)
+    view = folder.finish()
+    view.as_of = as_of
+    return view
+
+
+def _merge(first: list[str], more: list[str]) -> list[str]:
+    return first + [u for u in more if u not in first]
+
+
+# --------------------------------------------------------------------------- intake
+
+
+def _opened(f: _Folder, event: Envelope, p: IncidentOpened) -> None:
+    view = f.view
+    f.opened = True
+    view.title, view.first_report_id, view.opened_at = p.title, p.first_report_id, event.occurred_at
+    view.unit_ids = _merge(list(p.unit_ids), view.unit_ids)
+
+
+def _report_received(f: _Folder, event: Envelope, p: ReportReceived) -> None:
+    report = ReportView(
+        report_id=p.report_id,
+        source_type=p.source_type,
+        source_name=p.source_name,
+        media_tier=p.media_tier,
+        url=p.url,
+        title=p.title,
+        excerpt=p.excerpt,
+        author=p.author,
+        published_at=p.published_at,
+        observed_at=p.observed_at,
+        reach=p.reach,
+        unit_ids=list(p.unit_ids),
+        filed_by=p.filed_by,
+        received_at=event.occurred_at,
+    )
+    f.reports[p.report_id] = report
+    f.view.reports.append(report)
+    f.view.unit_ids = _merge(f.view.unit_ids, list(p.unit_ids))
+    f.release(f"report:{p.report_id}")
+
+
+def _report_attached(f: _Folder, event: Envelope, p: ReportAttached) -> None:
+    if p.report_id in f.reports:
+        f.reports[p.report_id].match = p.match
+    else:
+        f.park(f"report:{p.report_id}", event)
+
+
+def _resolved(f: _Folder, event: Envelope, p: IncidentResolved) -> None:
+    view = f.view
+    view.status, view.status_reason, view.resolved_at = (
+        IncidentStatus.RESOLVED,
+        p.reason,
+        event.occurred_at,
+    )
+
+
+def _dismissed(f: _Folder, event: Envelope, p: IncidentDismissed) -> None:
+    view = f.view
+    view.status, view.status_reason, view.dismissed_at = (
+        IncidentStatus.DISMISSED,
+        p.reason,
+        event.occurred_at,
+    )
+
+
+def _reopened(f: _Folder, event: Envelope, p: IncidentReopened) -> None:
+    f.view.status, f.view.status_reason = IncidentStatus.OPEN, p.reason
+
+
+# --------------------------------------------------------------------------- grading
+
+
+def _graded(f: _Folder, event: Envelope, p: IncidentGraded) -> None:
+    view = f.view
+    view.level, view.category, view.graded_at = p.level, p.category, event.occurred_at
+    view.sensitive_topics = list(p.sensitive_topics)
+    view.grade_history.append(
+        GradeChange(
+            change="graded",
+            level=p.level,
+            category=p.category,
+            rules_fired=list(p.rules_fired),
+            rulebook_version=p.rulebook_version,
+            actor=event.actor,
+            at=event.occurred_at,
+            event_id=event.event_id,
+        )
+    )
+
+
+def _escalated(f: _Folder, event: Envelope, p: IncidentEscalated) -> None:
+    f.view.level, f.view.category = p.to_level, p.category
+    f.view.grade_history.append(
+        GradeChange(
+            change="escalated",
+            level=p.to_level,
+            from_level=p.from_level,
+            category=p.category,
+            reason=p.reason,
+            rules_fired=list(p.rules_fired),
+            rulebook_version=p.rulebook_version,
+            actor=event.actor,
+            at=event.occurred_at,
+            event_id=event.event_id,
+        )
+    )
+
+
+def _overridden(f: _Folder, event: Envelope, p: GradeOverridden) -> None:
+    f.view.level, f.view.category = p.to_level, p.category
+    f.view.grade_history.append(
+        GradeChange(
+            change="overridden",
+            level=p.to_level,
+            from_level=p.from_level,
+            category=p.category,
+            reason=p.reason,
+            actor=event.actor,
+            at=event.occurred_at,
+            event_id=event.event_id,
+        )
+    )
+
+
+# --------------------------------------------------------------------------- notification
+
+
+def _obligation_opened(f: _Folder, event: Envelope, p: ObligationOpened) -> None:
+    obligation = ObligationView(
+        obligation_id=p.obligation_id,
+        kind=p.kind,
+        title=p.title,
+        level=p.level,
+        owner_role=p.owner_role,
+        recipients=list(p.recipients),
+        counted_from=p.counted_from,
+        deadline=p.deadline,
+    )
+    f.obligations[p.obligation_id] = obligation
+    f.view.obligations.append(obligation)
+    f.release(f"obligation:{p.obligation_id}")
+
+
+ObligationStep = Callable[[ObligationView, Envelope, Any], None]
+
+
+def _of_obligation(step: ObligationStep) -> Step:
+    """A step about one obligation, waiting for its opening if that is not folded yet."""
+
+    def apply(f: _Folder, event: Envelope, p: Any) -> None:
+        found = f.obligations.get(p.obligation_id)
+        if found is None:
+            f.park(f"obligation:{p.obligation_id}", event)
+        else:
+            step(found, event, p)
+
+    return apply
+
+
+def _notification(
+    obligation: ObligationView, notification_id: str, channel: str, recipient: str, at: datetime
+) -> NotificationView:
+    for note in obligation.notifications:
+        if note.notification_id == notification_id:
+            note.channel = note.channel or channel
+            note.recipient = note.recipient or recipient
+            note.updated_at = at
+            return note
+    note = NotificationView(
+        notification_id=notification_id,
+        channel=channel,
+        recipient=recipient,
+        state="sent",
+        attempts=0,
+        updated_at=at,
+    )
+    obligation.notifications.append(note)
+    return note
+
+
+def _sent(o: ObligationView, event: Envelope, p: NotificationSent) -> None:
+    note = _notification(o, p.notification_id, p.channel, p.recipient, event.occurred_at)
+    note.attempts = max(note.attempts, p.attempt)
+    if note.state != "acknowledged":
+        note.state = "sent"
+
+
+def _failed(o: ObligationView, event: Envelope, p: NotificationFailed) -> None:
+    note = _notification(o, p.notification_id, p.channel, p.recipient, event.occurred_at)
+    note.attempts = max(note.attempts, p.attempts)
+    note.reason = p.reason
+    if note.state != "acknowledged":
+        note.state = "failed"
+
+
+def _acknowledged(o: ObligationView, event: Envelope, p: NotificationAcknowledged) -> None:
+    note = _notification(o, p.notification_id, "", "", event.occurred_at)
+    note.state, note.acknowledged_by = "acknowledged", p.acknowledged_by
+
+
+def _fulfilled(o: ObligationView, event: Envelope, p: ObligationFulfilled) -> None:
+    o.fulfilled_at, o.fulfilled_by, o.reference = p.fulfilled_at, p.fulfilled_by, p.reference
+    o.late = p.late  # notification's verdict (迟报), which already counts a recorded miss
+
+
+def _missed(o: ObligationView, event: Envelope, p: DeadlineMissed) -> None:
+    o.missed_at = o.missed_at or event.occurred_at
+
+
+def _closed(o: ObligationView, event: Envelope, p: ObligationClosed) -> None:
+    o.closed_at, o.closed_reason = event.occurred_at, p.reason
+
+
+def _obligation_state(obligation: ObligationView) -> ObligationState:
+    """By precedence, not arrival: a filed report stands even if the miss was noted later,
+    and a miss stays on the record when the obligation is closed afterwards (迟报 counts).
+    Missed only when notification recorded the miss, whatever the clock says now.
+    """
+    if obligation.fulfilled_at is not None:
+        return ObligationState.FULFILLED
+    if obligation.missed_at is not None:
+        return ObligationState.MISSED
+    if obligation.closed_at is not None:
+        return ObligationState.CLOSED
+    return ObligationState.OPEN
+
+
+# --------------------------------------------------------------------------- statement
+
+
+def _drafted(f: _Folder, event: Envelope, p: StatementDrafted) -> None:
+    statement = StatementView(
+        statement_id=p.statement_id,
+        kind=p.kind,
+        version=p.version,
+        title=p.title,
+        body=p.body,
+        facts=list(p.facts),
+        outlets=list(p.outlets),
+        author=p.author,
+        drafted_at=event.occurred_at,
+        updated_at=event.occurred_at,
+    )
+    f.statements[p.statement_id] = statement
+    f.view.statements.append(statement)
+    f.release(f"statement:{p.statement_id}")
+
+
+StatementStep = Callable[[_Folder, StatementView, Envelope, Any], None]
+
+
+def _of_statement(step: StatementStep) -> Step:
+    """A step about one statement, waiting for its draft if that is not folded yet."""
+
+    def apply(f: _Folder, event: Envelope, p: Any) -> None:
+        found = f.statements.get(p.statement_id)
+        if found is None:
+            f.park(f"statement:{p.statement_id}", event)
+        else:
+            found.updated_at = event.occurred_at
+            step(f, found, event, p)
+
+    return apply
+
+
+def _revised(f: _Folder, s: StatementView, event: Envelope, p: StatementRevised) -> None:
+    s.version, s.title, s.body = p.version, p.title, p.body
+    s.facts, s.outlets = list(p.facts), list(p.outlets)
+    # A new version has not been submitted: nothing of a chain is missing yet.
+    s.state, s.missing, s.approved_at = StatementState.DRAFT, [], None
+
+
+def _cleared(s: StatementView, missing: Iterable[Any], at: datetime) -> None:
+    """The state the statement service stated: approved once no step is missing."""
+    s.missing = list(missing)
+    if s.missing:
+        s.state, s.approved_at = StatementState.IN_REVIEW, None
+    else:
+        s.state, s.approved_at = StatementState.APPROVED, s.approved_at or at
+
+
+def _submitted(f: _Folder, s: StatementView, event: Envelope, p: StatementSubmitted) -> None:
+    # The same version submitted again is its chain set again (the level changed in
+    # review): it has been under review since the first submission.
+    if f.submitted.get(s.statement_id) != p.version or s.submitted_at is None:
+        s.submitted_at = event.occurred_at
+        s.approved_at = None
+    f.submitted[s.statement_id] = p.version
+    s.level, s.chain = p.level, list(p.chain)
+    _cleared(s, p.missing, event.occurred_at)
+
+
+def _approved(f: _Folder, s: StatementView, event: Envelope, p: StatementApproved) -> None:
+    s.approvals.append(
+        ApprovalView(
+            version=p.version,
+            role=p.step.role,
+            unit_id=p.step.unit_id,
+            approver=p.approver,
+            decision="approved",
+            comment=p.comment,
+            at=event.occurred_at,
+        )
+    )
+    _cleared(s, p.missing, event.occurred_at)
+
+
+def _rejected(f: _Folder, s: StatementView, event: Envelope, p: StatementRejected) -> None:
+    s.approvals.append(
+        ApprovalView(
+            version=p.version,
+            role=p.step.role,
+            unit_id=p.step.unit_id,
+            approver=p.approver,
+            decision="rejected",
+            comment=p.comment,
+            at=event.occurred_at,
+        )
+    )
+    s.state = StatementState.REJECTED
+
+
+def _withdrawn(f: _Folder, s: StatementView, event: Envelope, p: StatementWithdrawn) -> None:
+    s.state, s.approved_at = StatementState.WITHDRAWN, None
+
+
+def _published(f: _Folder, s: StatementView, event: Envelope, p: StatementPublished) -> None:
+    s.publications.append(
+        PublicationView(
+            version=p.version,
+            outlet=p.outlet,
+            url=p.url,
+            published_by=p.published_by,
+            at=event.occurred_at,
+        )
+    )
+    s.state = StatementState.PUBLISHED
+    s.published_at = s.published_at or event.occurred_at
+
+
+# --------------------------------------------------------------------------- archive
+
+
+def _review_recorded(f: _Folder, event: Envelope, p: ReviewRecorded) -> None:
+    f.view.review = ReviewView(
+        cause=p.cause,
+        handling=p.handling,
+        lessons=p.lessons,
+        reviewed_by=p.reviewed_by,
+        reviewed_at=event.occurred_at,
+    )
+
+
+def _case_archived(f: _Folder, event: Envelope, p: CaseArchived) -> None:
+    view = f.view
+    view.status, view.case_id, view.archived_at = (
+        IncidentStatus.ARCHIVED,
+        p.case_id,
+        event.occurred_at,
+    )
+    view.case_figures = dict(p.figures)
+
+
+# Each payload class and what it does to the view.
+STEPS: dict[type[EventPayload], Step] = {
+    IncidentOpened: _opened,
+    ReportReceived: _report_received,
+    ReportAttached: _report_attached,
+    IncidentResolved: _resolved,
+    IncidentDismissed: _dismissed,
+    IncidentReopened: _reopened,
+    IncidentGraded: _graded,
+    IncidentEscalated: _escalated,
+    GradeOverridden: _overridden,
+    ObligationOpened: _obligation_opened,
+    NotificationSent: _of_obligation(_sent),
+    NotificationFailed: _of_obligation(_failed),
+    NotificationAcknowledged: _of_obligation(_acknowledged),
+    ObligationFulfilled: _of_obligation(_fulfilled),
+    DeadlineMissed: _of_obligation(_missed),
+    ObligationClosed: _of_obligation(_closed),
+    StatementDrafted: _drafted,
+    StatementRevised: _of_statement(_revised),
+    StatementSubmitted: _of_statement(_submitted),
+    StatementApproved: _of_statement(_approved),
+    StatementRejected: _of_statement(_rejected),
+    StatementWithdrawn: _of_statement(_withdrawn),
+    StatementPublished: _of_statement(_published),
+    ReviewRecorded: _review_recorded,
+    CaseArchived: _case_archived,
+}

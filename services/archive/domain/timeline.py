@@ -1,0 +1,299 @@
+"""The timeline: every event of an incident in causal order, each with one line in the
+bureau's words. Every name a person reads (level, category, media tier, role, channel,
+statement kind, match) comes from the catalogue."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from typing import Any
+
+from pydantic import BaseModel
+
+from services.archive.domain.ordering import Logged, causal_order
+from shared.catalogue import Catalogue
+from shared.events import (
+    Actor,
+    CaseArchived,
+    DeadlineMissed,
+    Envelope,
+    EventPayload,
+    GradeOverridden,
+    IncidentDismissed,
+    IncidentEscalated,
+    IncidentGraded,
+    IncidentOpened,
+    IncidentReopened,
+    IncidentResolved,
+    NotificationAcknowledged,
+    NotificationFailed,
+    NotificationSent,
+    ObligationClosed,
+    ObligationFulfilled,
+    ObligationOpened,
+    ReportAttached,
+    ReportReceived,
+    ReviewRecorded,
+    StatementApproved,
+    StatementDrafted,
+    StatementPublished,
+    StatementRejected,
+    StatementRevised,
+    StatementSubmitted,
+    StatementWithdrawn,
+)
+
+
+class TimelineEntry(BaseModel):
+    event_id: uuid.UUID
+    event_type: str
+    occurred_at: datetime
+    recorded_at: datetime | None
+    actor: Actor
+    summary: str
+    seq: int
+    stream_id: str
+    stream_version: int
+
+
+def short(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Words:
+    """What a line needs besides its event: the catalogue's names, the bureau's time zone,
+    and the titles of the incident's obligations and statements."""
+
+    catalogue: Catalogue
+    tz: tzinfo
+    names: Mapping[str, str]
+
+    def when(self, moment: datetime) -> str:
+        return moment.astimezone(self.tz).strftime("%Y-%m-%d %H:%M")
+
+    def obligation(self, obligation_id: str) -> str:
+        return "「" + self.names.get(f"obligation:{obligation_id}", obligation_id) + "」"
+
+    def statement(self, statement_id: str, version: int) -> str:
+        title = self.names.get(f"statement:{statement_id}", statement_id)
+        return f"「{short(title, 40)}」第 {version} 版"
+
+    def role(self, role: str) -> str:
+        return self.catalogue.role(role)
+
+
+def _names(events: Iterable[Envelope]) -> dict[str, str]:
+    """Titles of obligations and statements, so a line about one can name it."""
+    names: dict[str, str] = {}
+    for event in events:
+        p = event.payload
+        if isinstance(p, ObligationOpened):
+            names[f"obligation:{p.obligation_id}"] = p.title
+        elif isinstance(p, StatementDrafted | StatementRevised):
+            names[f"statement:{p.statement_id}"] = p.title
+    return names
+
+
+Line = Callable[[Any, Words], str]
+
+
+def _report_received(p: ReportReceived, w: Words) -> str:
+    tier = w.catalogue.media_tiers[p.media_tier]
+    return f"舆情件来自 {p.source_name}（{tier}）：{short(p.title)}"
+
+
+def _opened(p: IncidentOpened, w: Words) -> str:
+    return f"立为舆情事件：{short(p.title)}（涉及单位：{'、'.join(p.unit_ids)}）"
+
+
+def _attached(p: ReportAttached, w: Words) -> str:
+    return f"舆情件 {p.report_id} 归入本事件（{w.catalogue.match(p.match)}）"
+
+
+def _resolved(p: IncidentResolved, w: Words) -> str:
+    return f"事件处置完毕：{short(p.reason)}"
+
+
+def _dismissed(p: IncidentDismissed, w: Words) -> str:
+    return f"判定为网络伪舆情，不予处置：{short(p.reason)}"
+
+
+def _reopened(p: IncidentReopened, w: Words) -> str:
+    return f"事件重新开启：{short(p.reason)}"
+
+
+def _graded(p: IncidentGraded, w: Words) -> str:
+    c = w.catalogue
+    line = f"研判为{c.level(p.level)}，类别：{c.category(p.category)}"
+    reasons = "；".join(r.reason for r in p.rules_fired)
+    return f"{line}（依据：{short(reasons)}）" if reasons else line
+
+
+def _escalated(p: IncidentEscalated, w: Words) -> str:
+    c = w.catalogue
+    return (
+        f"级别由{c.level(p.from_level)}升为{c.level(p.to_level)}，"
+        f"类别：{c.category(p.category)}；原因：{short(p.reason)}"
+    )
+
+
+def _overridden(p: GradeOverridden, w: Words) -> str:
+    c = w.catalogue
+    return (
+        f"人工调整级别：由{c.level(p.from_level)}调为{c.level(p.to_level)}，"
+        f"类别：{c.category(p.category)}；理由：{short(p.reason)}"
+    )
+
+
+def _obligation_opened(p: ObligationOpened, w: Words) -> str:
+    return f"开启报送义务：{p.title}，截止 {w.when(p.deadline)}（责任：{w.role(p.owner_role)}）"
+
+
+def _sent(p: NotificationSent, w: Words) -> str:
+    return (
+        f"已通过{w.catalogue.channel(p.channel)}通知 {p.recipient}：{w.obligation(p.obligation_id)}"
+        f"（第 {p.attempt} 次）"
+    )
+
+
+def _failed(p: NotificationFailed, w: Words) -> str:
+    return (
+        f"通过{w.catalogue.channel(p.channel)}通知 {p.recipient} 失败"
+        f"（已尝试 {p.attempts} 次）：{short(p.reason)}"
+    )
+
+
+def _acknowledged(p: NotificationAcknowledged, w: Words) -> str:
+    return f"{p.acknowledged_by} 确认收到通知：{w.obligation(p.obligation_id)}"
+
+
+def _fulfilled(p: ObligationFulfilled, w: Words) -> str:
+    line = (
+        f"报送义务{w.obligation(p.obligation_id)}已完成，{w.when(p.fulfilled_at)}，{p.fulfilled_by}"
+    )
+    return line + "（迟报）" if p.late else line
+
+
+def _closed(p: ObligationClosed, w: Words) -> str:
+    return f"报送义务{w.obligation(p.obligation_id)}关闭：{short(p.reason)}"
+
+
+def _missed(p: DeadlineMissed, w: Words) -> str:
+    alerted = "、".join(w.role(r) for r in p.alerted_roles) or "无"
+    return (
+        f"报送义务{w.obligation(p.obligation_id)}超时未完成（截止 {w.when(p.deadline)}），"
+        f"已提醒：{alerted}"
+    )
+
+
+def _drafted(p: StatementDrafted, w: Words) -> str:
+    kind = w.catalogue.statement_kinds[p.kind]
+    return f"{p.author} 起草{kind}「{short(p.title, 40)}」（第 {p.version} 版）"
+
+
+def _revised(p: StatementRevised, w: Words) -> str:
+    return f"{p.author} 修改为{w.statement(p.statement_id, p.version)}"
+
+
+def _submitted(p: StatementSubmitted, w: Words) -> str:
+    head = w.statement(p.statement_id, p.version)
+    chain = " → ".join(w.role(s.role) for s in p.chain)
+    if p.reason:  # the chain set again, as when the incident's level changed in review
+        line = f"{head}审核链调整为：{chain}（{short(p.reason)}）"
+    else:
+        line = f"{head}提交审核，审核链：{chain}"
+    return line if p.missing else line + "，已有审核均已覆盖，可以发布"
+
+
+def _approved(p: StatementApproved, w: Words) -> str:
+    line = f"{p.approver}（{w.role(p.step.role)}）审核通过{w.statement(p.statement_id, p.version)}"
+    return line if p.missing else line + "，审核全部完成，可以发布"
+
+
+def _rejected(p: StatementRejected, w: Words) -> str:
+    return (
+        f"{p.approver}（{w.role(p.step.role)}）退回"
+        f"{w.statement(p.statement_id, p.version)}：{short(p.comment)}"
+    )
+
+
+def _withdrawn(p: StatementWithdrawn, w: Words) -> str:
+    return f"{p.withdrawn_by} 撤回{w.statement(p.statement_id, p.version)}：{short(p.reason)}"
+
+
+def _published(p: StatementPublished, w: Words) -> str:
+    return f"{w.statement(p.statement_id, p.version)}已在 {p.outlet} 发布：{p.url}"
+
+
+def _review_recorded(p: ReviewRecorded, w: Words) -> str:
+    return f"{p.reviewed_by} 记录总结评估：原因：{short(p.cause, 40)}"
+
+
+def _case_archived(p: CaseArchived, w: Words) -> str:
+    return f"归档入案例库（案例 {p.case_id}）"
+
+
+# Each payload class and its line.
+LINES: dict[type[EventPayload], Line] = {
+    ReportReceived: _report_received,
+    IncidentOpened: _opened,
+    ReportAttached: _attached,
+    IncidentResolved: _resolved,
+    IncidentDismissed: _dismissed,
+    IncidentReopened: _reopened,
+    IncidentGraded: _graded,
+    IncidentEscalated: _escalated,
+    GradeOverridden: _overridden,
+    ObligationOpened: _obligation_opened,
+    NotificationSent: _sent,
+    NotificationFailed: _failed,
+    NotificationAcknowledged: _acknowledged,
+    ObligationFulfilled: _fulfilled,
+    ObligationClosed: _closed,
+    DeadlineMissed: _missed,
+    StatementDrafted: _drafted,
+    StatementRevised: _revised,
+    StatementSubmitted: _submitted,
+    StatementApproved: _approved,
+    StatementRejected: _rejected,
+    StatementWithdrawn: _withdrawn,
+    StatementPublished: _published,
+    ReviewRecorded: _review_recorded,
+    CaseArchived: _case_archived,
+}
+
+
+def summarize(event: Envelope, words: Words) -> str:
+    """One line, in the bureau's words, of what the event means."""
+    line = LINES.get(type(event.payload))
+    return line(event.payload, words) if line is not None else event.event_type
+
+
+def timeline(
+    records: Iterable[Logged],
+    tz: tzinfo,
+    catalogue: Catalogue,
+    event_types: Sequence[str] = (),
+) -> list[TimelineEntry]:
+    """Every event in causal order with a Chinese line; only `event_types` when given."""
+    ordered = causal_order(records)
+    words = Words(catalogue, tz, _names(r.event for r in ordered))
+    return [
+        TimelineEntry(
+            event_id=r.event.event_id,
+            event_type=r.event.event_type,
+            occurred_at=r.event.occurred_at,
+            recorded_at=r.event.recorded_at,
+            actor=r.event.actor,
+            summary=summarize(r.event, words),
+            seq=r.seq,
+            stream_id=r.event.stream_id,
+            stream_version=r.event.stream_version,
+        )
+        for r in ordered
+        if not event_types or r.event.event_type in event_types
+    ]

@@ -1,0 +1,53 @@
+"""Where the intake service is assembled: reports in, incidents opened, attached, resolved,
+dismissed, reopened.
+
+`build` reads the intake policy (a bad file stops the start), builds the incident
+repository over the store with the read models as its projector, the commands on the one
+`CommandRunner`, and the router from the parts it uses. Intake consumes no topic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.intake.api import build_router
+from services.intake.domain import Incident, IntakePolicy, evolve, incident_stream
+from services.intake.handlers import IntakeCommands
+from services.intake.projections import IntakeViews
+from shared.events import INTAKE_TOPIC
+from shared.policy import load_policy
+from shared.repository import Repository
+from shared.service import Dependencies, ServiceParts
+
+
+@dataclass(kw_only=True)
+class IntakeParts(ServiceParts):
+    policy: IntakePolicy
+    views: IntakeViews
+    commands: IntakeCommands
+
+
+def build(deps: Dependencies) -> IntakeParts:
+    policy = load_policy(deps.settings.intake_policy_path, IntakePolicy)
+    views = IntakeViews(deps.store.db)
+    incidents = Repository[Incident](incident_stream, evolve, projectors=[views.apply])
+    visibility = deps.visibility
+    commands = IntakeCommands(
+        incidents, views, policy, deps.command_runner(), visibility, deps.clock
+    )
+    return IntakeParts(
+        name="intake",
+        prefix="/intake/v1",
+        title="yuqing intake",
+        description=(
+            "Reports (舆情件) filed by monitors, staff and partner agencies become incidents "
+            "(舆情事件): a report about a matter already open is attached to it. Publishes "
+            f"`{INTAKE_TOPIC}`."
+        ),
+        store=deps.store,
+        router=build_router(commands, views, visibility, deps.directory, policy, deps.clock),
+        setup=[views.ensure_indexes],
+        policy=policy,
+        views=views,
+        commands=commands,
+    )

@@ -1,0 +1,174 @@
+"""The notification service, assembled: reporting obligations, their deadlines, delivery.
+
+`build(deps)` is the one place its parts are made and wired; tests call it with fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jinja2
+import structlog
+from pymongo.errors import PyMongoError
+
+from services.notification.api import build_router
+from services.notification.delivery import NotificationPolicy, Templates
+from services.notification.dispatch import TEMPLATE_REASONS, Dispatcher
+from services.notification.domain import (
+    Ledger,
+    Notification,
+    notification_stream,
+    stream_id,
+)
+from services.notification.handlers import ObligationWorkflow
+from services.notification.projections import NotificationProjections
+from shared.events import (
+    GRADING_TOPIC,
+    INTAKE_TOPIC,
+    Actor,
+    GradeOverridden,
+    IncidentDismissed,
+    IncidentEscalated,
+    IncidentGraded,
+    IncidentOpened,
+    IncidentReopened,
+    IncidentResolved,
+    ReportReceived,
+)
+from shared.handlers import HandlerMap
+from shared.policy import PolicyError, load_policy
+from shared.repository import Repository
+from shared.service import Dependencies, ServiceParts
+from shared.settings import CONFIG_DIR
+
+log = structlog.get_logger("yuqing.notification")
+
+NAME = "notification"
+SHIPPED_TEMPLATES = CONFIG_DIR / "templates" / "notification"
+
+# How many overdue duties (or due deliveries) one pass of a loop takes before looking again.
+BATCH = 100
+
+
+@dataclass(kw_only=True)
+class NotificationParts(ServiceParts):
+    policy: NotificationPolicy
+    projections: NotificationProjections
+    workflow: ObligationWorkflow
+    dispatcher: Dispatcher
+    templates: Templates
+
+
+def build(deps: Dependencies) -> NotificationParts:
+    settings, store = deps.settings, deps.store
+    actor = Actor.system(NAME)
+    run = deps.command_runner()
+
+    # Policies are checked before anything connects, so a bad file stops the start.
+    policy = load_policy(settings.obligations_policy_path, NotificationPolicy)
+    try:
+        tz = ZoneInfo(settings.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise PolicyError(f"YUQING_TIMEZONE {settings.timezone!r} is unknown") from exc
+    # Template paths are relative to the policy file, so a deployment ships both together.
+    template_dir = settings.obligations_policy_path.parent / (
+        policy.delivery.templates or SHIPPED_TEMPLATES
+    )
+    templates = Templates(template_dir, tz, deps.catalogue)
+    try:
+        templates.check(TEMPLATE_REASONS)
+    except jinja2.TemplateError as exc:
+        raise PolicyError(f"notification templates in {template_dir}: {exc!r}") from exc
+    for name, channel in policy.delivery.channels.items():
+        if not channel.enabled:
+            log.warning("channel not configured: disabled", channel=name)
+
+    projections = NotificationProjections(store.db)
+    dispatcher = Dispatcher(
+        db=store.db,
+        notifications=Repository(notification_stream, Notification.evolve),
+        run=run,
+        projections=projections,
+        policy=policy.delivery,
+        templates=templates,
+        directory=deps.directory,
+        catalogue=deps.catalogue,
+        base_url=settings.base_url,
+        clock=deps.clock,
+        actor=actor,
+    )
+    # With every save of an incident's duties: its read model, then who is to be told.
+    obligations = Repository(
+        stream_id, Ledger.evolve, [projections.on_obligation_event, dispatcher.on_recorded]
+    )
+    workflow = ObligationWorkflow(
+        obligations=obligations,
+        projections=projections,
+        policy=policy,
+        tz=tz,
+        run=run,
+        catalogue=deps.catalogue,
+        actor=actor,
+    )
+
+    handlers = (
+        HandlerMap()
+        .on(IncidentOpened, workflow.on_described)
+        .on(ReportReceived, workflow.on_described)
+        .on(IncidentGraded, workflow.on_graded)
+        .on(IncidentEscalated, workflow.on_regraded)
+        .on(GradeOverridden, workflow.on_regraded)
+        .on(IncidentResolved, workflow.on_resolved)
+        .on(IncidentDismissed, workflow.on_dismissed)
+        .on(IncidentReopened, workflow.on_reopened)
+    )
+
+    async def guarded(what: str, one_pass: Callable[[datetime, int], Awaitable[object]]) -> None:
+        try:
+            await one_pass(deps.clock(), BATCH)
+        except PyMongoError as exc:
+            log.warning(f"{what} failed", error=str(exc))
+        except Exception:
+            # A loop must outlive any one bad pass, or every later deadline goes silent.
+            log.exception(f"{what} failed")
+
+    async def deliver() -> None:
+        """Deliveries live in the database: the consumer only queues them, this loop sends,
+        retries and escalates them, and picks up after a restart where it left off."""
+        while True:
+            await guarded("delivery pass", dispatcher.run_once)
+            await asyncio.sleep(settings.delivery_poll_seconds)
+
+    async def watch_deadlines() -> None:
+        """Deadlines live in the database, not in timers: a pass after a restart records
+        every deadline that passed while the service was down."""
+        while True:
+            await guarded("deadline watch pass", workflow.record_missed)
+            await asyncio.sleep(settings.deadline_poll_seconds)
+
+    return NotificationParts(
+        name=NAME,
+        prefix="/notifications/v1",
+        title="yuqing notification",
+        description=(
+            "Reporting obligations (报送/处置义务) opened by grading, with deadlines counted "
+            "from it; durable deadline watch recording each miss once; fulfilment records; "
+            "delivery over e-mail, signed webhooks, SMS and group robots, with retries, "
+            "acknowledgement and escalation of unacknowledged pages."
+        ),
+        store=store,
+        router=build_router(workflow, projections, dispatcher, deps.visibility, deps.clock),
+        handlers=handlers,
+        consumes=(INTAKE_TOPIC, GRADING_TOPIC),
+        setup=[projections.ensure_indexes, dispatcher.ensure_indexes],
+        background=[watch_deadlines, deliver],
+        policy=policy,
+        projections=projections,
+        workflow=workflow,
+        dispatcher=dispatcher,
+        templates=templates,
+    )

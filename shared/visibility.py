@@ -1,0 +1,108 @@
+"""Who may see which incident: the one rule every route of every service asks.
+
+A principal sees the incidents of its own unit and the units below it (admin and
+analyst: every unit). A partner's client sees only the incidents it referred, whatever
+else its token carries, and of them only what `Sight.REFERRED` allows. An incident
+outside a caller's sight answers exactly like one that does not exist, so ids cannot be
+probed: `hidden()` is that one answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from shared.directory import Directory
+from shared.errors import NotFound
+from shared.identity import Caller, Role
+
+
+class Sight(Enum):
+    NONE = "none"
+    REFERRED = "referred"  # a partner, of an incident it referred
+    FULL = "full"  # a unit concerned, or above it
+
+
+@dataclass(frozen=True)
+class IncidentScope:
+    """What visibility is decided on: the incident's units and who filed its reports."""
+
+    incident_id: str
+    unit_ids: tuple[str, ...] = ()
+    filed_by: tuple[str, ...] = ()
+
+
+def hidden(kind: str, key: str) -> NotFound:
+    """The one answer for an id the caller may not see and for one that does not exist."""
+    return NotFound(f"no {kind} {key}", {"kind": kind, "id": key})
+
+
+class Visibility:
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+
+    def units(self, caller: Caller) -> set[str] | None:
+        """The units whose incidents a non-partner caller sees; None means every unit."""
+        if caller.has(Role.ADMIN, Role.ANALYST) and not caller.is_partner:
+            return None
+        return self.directory.subtree(caller.unit)
+
+    def sight(self, caller: Caller, incident: IncidentScope | None) -> Sight:
+        if incident is None:
+            return Sight.NONE
+        if caller.is_partner:
+            return Sight.REFERRED if caller.id in incident.filed_by else Sight.NONE
+        visible = self.units(caller)
+        if visible is None or visible.intersection(incident.unit_ids):
+            return Sight.FULL
+        return Sight.NONE
+
+    def can_see(self, caller: Caller, incident: IncidentScope | None) -> bool:
+        return self.sight(caller, incident) is not Sight.NONE
+
+    def require(
+        self,
+        caller: Caller,
+        incident: IncidentScope | None,
+        kind: str,
+        key: str,
+        *,
+        at_least: Sight = Sight.REFERRED,
+    ) -> Sight:
+        """The caller's sight of the incident, or the 404 of `kind` `key` when it is less
+        than `at_least` (a partner asking for the bureau's internal records)."""
+        sight = self.sight(caller, incident)
+        if sight is Sight.NONE or (at_least is Sight.FULL and sight is not Sight.FULL):
+            raise hidden(kind, key)
+        return sight
+
+    def may_file_for(self, caller: Caller, unit_ids: Iterable[str]) -> bool:
+        """Whether the caller may file or act in the name of all of `unit_ids`."""
+        visible = self.directory.subtree(caller.unit) if caller.is_partner else self.units(caller)
+        return visible is None or set(unit_ids) <= visible
+
+    def may_act_on(self, caller: Caller, incident: IncidentScope) -> bool:
+        """Whether the caller may change what the bureau does about an incident it sees:
+        reading needs one unit in common, acting needs every unit the incident concerns
+        (a school's leader reads an incident shared with a road section, the county decides
+        it). Asked after `require`, so it only ever answers 403 for what the caller sees."""
+        return not caller.is_partner and self.may_file_for(caller, incident.unit_ids)
+
+    def scope_filter(
+        self, caller: Caller, *, units_field: str = "unit_ids", filers_field: str = "filed_by"
+    ) -> dict[str, Any]:
+        """The same rule as a MongoDB filter, for lists, counts, searches and exports."""
+        if caller.is_partner:
+            return {filers_field: caller.id}
+        visible = self.units(caller)
+        return {} if visible is None else {units_field: {"$in": sorted(visible)}}
+
+    def unit_in_sight(self, caller: Caller, unit_id: str) -> bool:
+        visible = self.units(caller)
+        return not caller.is_partner and (visible is None or unit_id in visible)
+
+
+def scope_of(incident_id: str, unit_ids: Sequence[str], filed_by: Sequence[str]) -> IncidentScope:
+    return IncidentScope(incident_id, tuple(unit_ids), tuple(filed_by))
