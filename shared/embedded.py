@@ -35,7 +35,11 @@ def free_port() -> int:
 
 
 def _port_taken(port: int) -> bool:
+    """Whether another program listens on the port. Connections of a server that just
+    stopped linger in TIME_WAIT; with address reuse they do not count, as they do not for
+    the server about to bind it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError as exc:
@@ -79,6 +83,9 @@ class ChildServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
+                # A group of its own: a terminal's Ctrl-C reaches yuqing, which stops the
+                # services first and the servers after, not the servers under running services.
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
