@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import importlib
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -13,7 +15,11 @@ from datetime import timedelta
 import httpx
 import uvicorn
 
+from shared.auth import RevocationList, TokenTooLong
+from shared.console import PasswordBook
+from shared.directory import Directory
 from shared.embedded import EmbeddedError, EmbeddedInfra
+from shared.events import utcnow
 from shared.gateway import Gateway
 from shared.identity import Role
 from shared.logging import configure_logging, get_logger
@@ -50,6 +56,9 @@ async def _serve(names: Sequence[str], settings: Settings, *, announce: bool) ->
     ctx = Context.from_settings(settings)
     runners = [ServiceRunner.connect(n, composition_root(n), ctx) for n in names]
     gateway = Gateway(runners, settings)
+    demo = []  # the console's demo passwords, made before anyone can sign in
+    if announce and settings.demo_passwords_on:
+        demo = PasswordBook.from_settings(settings, ctx.directory).ensure_demo_passwords()
     config = uvicorn.Config(
         gateway,
         host=settings.http_host,
@@ -57,6 +66,7 @@ async def _serve(names: Sequence[str], settings: Settings, *, announce: bool) ->
         lifespan="on",
         log_config=None,
         access_log=False,
+        timeout_graceful_shutdown=5,  # the console's open event streams do not hold a stop
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
@@ -65,6 +75,9 @@ async def _serve(names: Sequence[str], settings: Settings, *, announce: bool) ->
     if server.started:
         print(f"yuqing is up at {settings.base_url} ({', '.join(names)})", flush=True)
         if announce:
+            for person, password in demo:
+                if password is not None:
+                    print(f"YUQING_PASSWORD={person.id}:{password}", flush=True)
             token = ctx.tokens.issue("admin", "county", [Role.ADMIN], name="development admin")
             print(f"YUQING_TOKEN={token}", flush=True)
     await serving
@@ -72,7 +85,14 @@ async def _serve(names: Sequence[str], settings: Settings, *, announce: bool) ->
         raise SystemExit(f"yuqing could not start on {settings.http_host}:{settings.http_port}")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _run(names: Sequence[str], *, announce: bool) -> int:
+    # SIGTERM (Kubernetes' stop, `kill`) stops as a terminal's Ctrl-C does: uvicorn stops
+    # the services, then hands the signal on, and the servers are stopped last, below.
+    signal.signal(signal.SIGTERM, _interrupt)
     settings = Settings()
     configure_logging(settings)
     infra = EmbeddedInfra(settings)
@@ -91,12 +111,72 @@ def _run(names: Sequence[str], *, announce: bool) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    ctx = Context.from_settings(Settings())
+    settings = Settings()
+    if args.token_command == "revoke":  # noqa: S105 - a sub-command, not a secret
+        return _revoke(args, settings)
+    missing = [f"--{n}" for n in ("sub", "unit", "roles") if getattr(args, n) is None]
+    if missing:
+        print(f"error: yuqing token needs {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if settings.secret is None and not settings.signing_key_path.exists():
+        print(
+            "error: no signing key: set YUQING_SECRET, or run this where the services run "
+            f"(their key is kept in {settings.signing_key_path}); a token signed with a key "
+            "made up now would be refused by them",
+            file=sys.stderr,
+        )
+        return 2
+    ctx = Context.from_settings(settings)
     if ctx.directory.unit(args.unit) is None:
         known = ", ".join(u.id for u in ctx.directory.units)
         print(f"error: unknown unit {args.unit!r}; units: {known}", file=sys.stderr)
         return 2
-    print(ctx.tokens.issue(args.sub, args.unit, args.roles, ttl=args.ttl, name=args.name))
+    try:
+        token = ctx.tokens.issue(args.sub, args.unit, args.roles, ttl=args.ttl, name=args.name)
+    except TokenTooLong as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    claims = ctx.tokens.claims(token)
+    print(token)
+    print(f"jti={claims['jti']} (yuqing token revoke {claims['jti']})", file=sys.stderr)
+    return 0
+
+
+def _revoke(args: argparse.Namespace, settings: Settings) -> int:
+    revoked = RevocationList(settings.revocation_path)
+    note = f"revoked {utcnow().isoformat(timespec='seconds')}"
+    if args.reason:
+        note += f": {args.reason}"
+    if revoked.revoke(args.jti, note):
+        print(f"revoked {args.jti} in {settings.revocation_path}")
+    else:
+        print(f"{args.jti} was already revoked in {settings.revocation_path}")
+    return 0
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    """Set a person's console password; it counts at the next sign-in, running or not."""
+    settings = Settings()
+    directory = Directory.load(settings.directory_path)
+    if directory.person(args.person) is None:
+        known = ", ".join(p.id for p in directory.people)
+        print(f"error: unknown person {args.person!r}; people: {known}", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"new password for {args.person}: ")
+        if getpass.getpass("again: ") != password:
+            print("error: the two passwords differ; nothing changed", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < settings.password_min_length:
+        print(
+            f"error: a password needs at least {settings.password_min_length} characters",
+            file=sys.stderr,
+        )
+        return 1
+    PasswordBook.from_settings(settings, directory).set(args.person, password)
+    print(f"password set for {args.person} in {settings.data_dir / 'passwords.json'}")
     return 0
 
 
@@ -142,12 +222,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve = commands.add_parser("serve", help="run one service alone")
     serve.add_argument("service", choices=SERVICE_NAMES)
-    token = commands.add_parser("token", help="print a bearer token")
-    token.add_argument("--sub", required=True, help="subject: a person's or client's id")
-    token.add_argument("--unit", required=True, help="the unit it belongs to, e.g. county")
-    token.add_argument("--roles", required=True, type=parse_roles, help="e.g. monitor,office")
-    token.add_argument("--ttl", type=parse_duration, default=None, help="e.g. 30m, 8h, 7d")
+    token = commands.add_parser(
+        "token", help="print a bearer token (its jti on stderr); `token revoke JTI` revokes one"
+    )
+    token.add_argument("--sub", help="subject: a person's or client's id (required)")
+    token.add_argument("--unit", help="the unit it belongs to, e.g. county (required)")
+    token.add_argument("--roles", type=parse_roles, help="e.g. monitor,office (required)")
+    token.add_argument(
+        "--ttl", type=parse_duration, default=None, help="e.g. 30m, 8h, 7d; at most the maximum"
+    )
     token.add_argument("--name", default=None, help="display name")
+    token_commands = token.add_subparsers(dest="token_command")
+    revoke = token_commands.add_parser(
+        "revoke", help="add a token's jti to the revocation list (YUQING_TOKEN_REVOCATION_PATH)"
+    )
+    revoke.add_argument("jti", help="the token's id, as `yuqing token` printed it")
+    revoke.add_argument("--reason", default="", help="a note kept beside the id")
+    passwd = commands.add_parser(
+        "passwd", help="set a person's console password (read twice from the terminal, or stdin)"
+    )
+    passwd.add_argument("person", help="the person's id in the directory, e.g. office-li")
     replay = commands.add_parser(
         "replay", help="rebuild the archive's read models from its log, then swap them in"
     )
@@ -164,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run([args.service], announce=False)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "passwd":
+        return _passwd(args)
     return _token(args)
 
 

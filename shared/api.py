@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 import structlog
@@ -11,10 +13,14 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.auth import VERIFIED_SCOPE_KEY, TokenService
 from shared.errors import (
     BadRequest,
     Conflict,
@@ -24,7 +30,9 @@ from shared.errors import (
     NotFound,
     Unauthorized,
 )
+from shared.identity import Role
 from shared.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from shared.settings import Settings
 from shared.store import ConcurrencyConflict
 
 log = structlog.get_logger("yuqing.api")
@@ -36,6 +44,7 @@ _STATUS_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    413: "payload_too_large",
     422: "validation_error",
     429: "too_many_requests",
     503: "unavailable",
@@ -159,6 +168,202 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------- limits
+
+
+# Every answer carries these unless the route set its own (the console sets a CSP of its
+# own). Nothing the API serves loads anything from elsewhere.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'"
+)
+# The interactive docs (Swagger UI) load their script and style from FastAPI's CDN.
+DOCS_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "img-src 'self' data: https://fastapi.tiangolo.com; object-src 'none'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+)
+# Probes are never rate limited.
+EXEMPT_PATHS = ("/healthz", "/readyz")
+DOCS_ROLES = (Role.ADMIN, Role.ANALYST)
+
+
+class RateLimiter:
+    """Requests per principal in a moving window (the `limits` library), kept in this
+    process's memory: every app of one process shares one (`Context.limiter`)."""
+
+    def __init__(self, rate: str) -> None:
+        try:
+            self.item = parse(rate)
+        except ValueError as exc:
+            raise ValueError(f"YUQING_RATE_LIMIT {rate!r} is not a rate: {exc}") from None
+        self.rate = rate
+        self._window = MovingWindowRateLimiter(MemoryStorage())
+
+    def hit(self, key: str) -> int | None:
+        """Count a request of `key`: None when it may go on, else the seconds to wait."""
+        if self._window.hit(self.item, key):
+            return None
+        reset = self._window.get_window_stats(self.item, key).reset_time
+        return max(1, math.ceil(reset - time.time()))
+
+
+class RequestGuard:
+    """Before a request reaches the routes: its rate (429 with `Retry-After`, per token
+    subject, else per client address; probes exempt), the private docs (a token of an
+    admin or analyst when `YUQING_PUBLIC_DOCS` is off), its body size (413; a body is not
+    read past the limit); and on every answer the security headers."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tokens: TokenService,
+        max_body_bytes: int,
+        limiter: RateLimiter | None,
+        private_paths: Collection[str] = (),
+        docs_paths: Collection[str] = (),
+    ) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.max_body_bytes = max_body_bytes
+        self.limiter = limiter
+        self.private_paths = frozenset(private_paths)
+        self.docs_paths = frozenset(docs_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        send = self._with_headers(send, docs=path in self.docs_paths)
+        refusal = self._refusal(scope, path)
+        if refusal is None:
+            refusal, receive = await self._bounded(scope, receive)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Scope, path: str) -> JSONResponse | None:
+        claims = self._claims(scope)
+        if self.limiter is not None and not path.endswith(EXEMPT_PATHS):
+            key = f"sub:{claims['sub']}" if claims else f"addr:{_client(scope)}"
+            wait = self.limiter.hit(key)
+            if wait is not None:
+                response = error_response(
+                    429,
+                    "too_many_requests",
+                    f"too many requests: at most {self.limiter.rate} (YUQING_RATE_LIMIT); "
+                    f"try again in {wait} s",
+                    {"retry_after_seconds": wait},
+                )
+                response.headers["Retry-After"] = str(wait)
+                return response
+        if path in self.private_paths:
+            if claims is None:
+                return error_response(
+                    401, "unauthorized", "a bearer token is required (Authorization: Bearer)"
+                )
+            roles = set(claims.get("roles") or ())
+            if not roles & {r.value for r in DOCS_ROLES}:
+                return error_response(403, "forbidden", "the docs need the admin or analyst role")
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return self._too_large()
+        return None
+
+    def _claims(self, scope: Scope) -> dict[str, Any] | None:
+        scheme, _, token = (_header(scope, b"authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        try:
+            claims = self.tokens.claims(token.strip())
+        except Unauthorized:
+            return None
+        scope[VERIFIED_SCOPE_KEY] = (token.strip(), claims)
+        return claims
+
+    async def _bounded(self, scope: Scope, receive: Receive) -> tuple[JSONResponse | None, Receive]:
+        """A body of unknown length (chunked) is read up to the limit, and no further."""
+        if _header(scope, b"content-length") is not None or scope["method"] in ("GET", "HEAD"):
+            return None, receive
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                return self._too_large(), receive
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        return None, replay
+
+    def _too_large(self) -> JSONResponse:
+        limit = self.max_body_bytes
+        return error_response(
+            413,
+            "payload_too_large",
+            f"the request body is larger than {limit} bytes (YUQING_MAX_BODY_BYTES)",
+            {"max_body_bytes": limit},
+        )
+
+    @staticmethod
+    def _with_headers(send: Send, *, docs: bool) -> Send:
+        policy = (DOCS_CONTENT_SECURITY_POLICY if docs else CONTENT_SECURITY_POLICY).encode()
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                for key, value in ((b"content-security-policy", policy), *SECURITY_HEADERS):
+                    if key not in present:
+                        headers.append((key, value))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return sending
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def guard_app(
+    app: FastAPI,
+    settings: Settings,
+    tokens: TokenService,
+    limiter: RateLimiter | None,
+    *,
+    private: Collection[str] = (),
+    docs: Collection[str] = (),
+) -> None:
+    """Put the request guard in front of `app`; `private` paths need an admin or analyst
+    token unless the docs are public (YUQING_PUBLIC_DOCS)."""
+    app.add_middleware(
+        RequestGuard,
+        tokens=tokens,
+        max_body_bytes=settings.max_body_bytes,
+        limiter=limiter,
+        private_paths=() if settings.docs_are_public else private,
+        docs_paths=docs,
+    )
+
+
 def create_app(
     service: str,
     prefix: str,
@@ -166,8 +371,11 @@ def create_app(
     title: str,
     description: str,
     state: dict[str, Any],
+    settings: Settings | None = None,
+    limiter: RateLimiter | None = None,
 ) -> FastAPI:
-    """A service's app: its routes go under `prefix`, its docs at `prefix`/docs."""
+    """A service's app: its routes go under `prefix`, its docs at `prefix`/docs. With
+    `settings`: behind the request guard (limits, private docs, security headers)."""
     app = FastAPI(
         title=title,
         description=description,
@@ -179,5 +387,15 @@ def create_app(
     for key, value in state.items():
         setattr(app.state, key, value)
     install_error_handlers(app)
+    if settings is not None:
+        docs = (f"{prefix}/docs", "/docs/oauth2-redirect")  # FastAPI's redirect page
+        guard_app(
+            app,
+            settings,
+            state["tokens"],
+            limiter,
+            private=(f"{prefix}/docs", f"{prefix}/openapi.json"),
+            docs=docs,
+        )
     app.add_middleware(RequestMetrics, service=service)
     return app

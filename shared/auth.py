@@ -1,20 +1,124 @@
 """Bearer tokens that every service verifies itself.
 
-A token carries its subject, unit and roles, signed with the deployment's key (HS256);
-verifying it gives the `Caller` the domains and the visibility policy decide on.
+A token carries its subject, unit and roles, signed with the deployment's key (HS256,
+PyJWT); verifying it gives the `Caller` the domains and the visibility policy decide on.
+
+Every token names its id (`jti`), its audience (`aud`, `YUQING_TOKEN_AUDIENCE`), its
+issuer, when it was issued and when it expires; verification requires all of them. No
+token lives longer than `YUQING_TOKEN_MAX_TTL_SECONDS`: none is minted for longer, and one
+that says it lives longer is refused. A token whose id is in the revocation list (a file,
+`YUQING_TOKEN_REVOCATION_PATH`, one id a line, read at start and again whenever it
+changes) is refused. The signing key's strength is checked when the services start: at
+least 32 bytes, or production does not start.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from datetime import timedelta
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import jwt
 from fastapi import Depends, Request
 
-from shared.errors import Unauthorized
+from shared.errors import Forbidden, Unauthorized
 from shared.events import utcnow
 from shared.identity import Caller, Role
+from shared.logging import get_logger
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+log = get_logger("yuqing.auth")
+
+# Where the request guard (shared.api) leaves the token it verified and its claims, so
+# that a request's token is verified once.
+VERIFIED_SCOPE_KEY = "yuqing.verified_token"
+MIN_SECRET_BYTES = 32  # HS256 keys shorter than the hash output are guessable (RFC 7518 3.2)
+DEFAULT_AUDIENCE = "yuqing"
+DEFAULT_MAX_TTL = timedelta(days=30)
+
+
+class WeakSecret(SystemExit):
+    """The signing key is too short for production: the process stops with this message
+    (a configuration error, not a failure to report as a traceback)."""
+
+
+class TokenTooLong(ValueError):
+    """A token asked for a lifetime beyond the configured maximum."""
+
+
+def check_secret(key: str, *, production: bool) -> str | None:
+    """Why the key is too weak, or None. Production refuses a weak key; development is
+    warned."""
+    size = len(key.encode())
+    if size >= MIN_SECRET_BYTES:
+        return None
+    problem = (
+        f"YUQING_SECRET is {size} bytes long; a signing key needs at least "
+        f"{MIN_SECRET_BYTES} random bytes (e.g. `python -c 'import secrets; "
+        "print(secrets.token_urlsafe(48))'`)"
+    )
+    if production:
+        raise WeakSecret(f"error: {problem}; production does not start with a weak key")
+    log.warning("weak_secret", problem=problem)
+    return problem
+
+
+class RevocationList:
+    """The ids (`jti`) of revoked tokens: a text file, one id a line (what follows the id
+    on its line, and lines starting with '#', are notes). Read when made and re-read
+    whenever the file changes (its size, time or inode), so every process that reads the
+    same file (a mounted ConfigMap or volume in the distributed shape) refuses the same
+    tokens without a restart. No file: nothing is revoked."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+        self._ids: frozenset[str] = frozenset()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self.path is None:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._seen, self._ids = None, frozenset()
+            return
+        except OSError as exc:  # keep what was read last rather than forget revocations
+            log.warning("revocation_list_unreadable", path=str(self.path), error=str(exc))
+            return
+        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if seen == self._seen:
+            return
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            log.warning("revocation_list_unreadable", path=str(self.path), error=str(exc))
+            return
+        ids = (line.split(maxsplit=1) for line in text.splitlines())
+        self._ids = frozenset(w[0] for w in ids if w and not w[0].startswith("#"))
+        self._seen = seen
+
+    def __contains__(self, jti: object) -> bool:
+        self._refresh()
+        return jti in self._ids
+
+    def revoke(self, jti: str, note: str = "") -> bool:
+        """Add `jti` to the file; False when it was revoked already."""
+        if self.path is None:
+            raise ValueError("no revocation list is configured")
+        if jti in self:
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = f"{jti}  # {note}\n" if note else f"{jti}\n"
+        with self.path.open("a", encoding="utf-8") as file:
+            file.write(line)
+        self._refresh()
+        return True
 
 
 class TokenService:
@@ -22,10 +126,36 @@ class TokenService:
 
     algorithm = "HS256"
 
-    def __init__(self, key: str, issuer: str, default_ttl: timedelta) -> None:
+    def __init__(
+        self,
+        key: str,
+        issuer: str,
+        default_ttl: timedelta,
+        *,
+        audience: str = DEFAULT_AUDIENCE,
+        max_ttl: timedelta = DEFAULT_MAX_TTL,
+        revoked: RevocationList | None = None,
+    ) -> None:
         self._key = key
         self._issuer = issuer
-        self._default_ttl = default_ttl
+        self._audience = audience
+        self.max_ttl = max_ttl
+        self._default_ttl = min(default_ttl, max_ttl)
+        self.revoked = revoked or RevocationList(None)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenService:
+        """The tokens of a deployment; a weak key stops production here (`WeakSecret`)."""
+        key = settings.signing_key
+        check_secret(key, production=settings.environment == "production")
+        return cls(
+            key,
+            settings.token_issuer,
+            timedelta(seconds=settings.token_ttl_seconds),
+            audience=settings.token_audience,
+            max_ttl=timedelta(seconds=settings.token_max_ttl_seconds),
+            revoked=RevocationList(settings.revocation_path),
+        )
 
     def issue(
         self,
@@ -35,47 +165,108 @@ class TokenService:
         ttl: timedelta | None = None,
         name: str | None = None,
     ) -> str:
+        lifetime = self._default_ttl if ttl is None else ttl
+        if lifetime > self.max_ttl:
+            raise TokenTooLong(
+                f"a token lives at most {_human(self.max_ttl)} "
+                f"(YUQING_TOKEN_MAX_TTL_SECONDS={int(self.max_ttl.total_seconds())}); "
+                f"{_human(lifetime)} was asked"
+            )
         now = utcnow()
         claims: dict[str, Any] = {
             "sub": sub,
             "unit": unit,
             "roles": sorted(Role(r).value for r in roles),
             "iss": self._issuer,
+            "aud": self._audience,
+            "jti": uuid.uuid4().hex,
             "iat": int(now.timestamp()),
-            "exp": int((now + (ttl or self._default_ttl)).timestamp()),
+            "exp": int((now + lifetime).timestamp()),
         }
         if name:
             claims["name"] = name
         return jwt.encode(claims, self._key, algorithm=self.algorithm)
 
-    def verify(self, token: str) -> Caller:
+    def claims(self, token: str) -> dict[str, Any]:
+        """The verified claims of `token`, or `Unauthorized` saying why not."""
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 self._key,
                 algorithms=[self.algorithm],
                 issuer=self._issuer,
-                options={"require": ["sub", "exp", "iat", "iss"]},
+                audience=self._audience,
+                options={"require": ["sub", "exp", "iat", "iss", "aud", "jti"]},
             )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
+        if claims["exp"] - claims["iat"] > self.max_ttl.total_seconds():
+            raise Unauthorized(
+                f"invalid token: it lives longer than the maximum of {_human(self.max_ttl)}"
+            )
+        if claims["jti"] in self.revoked:
+            raise Unauthorized("token revoked")
+        return claims
+
+    def verify(self, token: str) -> Caller:
+        return self.caller(self.claims(token))
+
+    @staticmethod
+    def caller(claims: dict[str, Any]) -> Caller:
+        """The caller verified `claims` name."""
+        try:
             return Caller(
                 id=claims["sub"],
                 unit=claims["unit"],
                 roles=frozenset(Role(r) for r in claims.get("roles", [])),
                 name=claims.get("name"),
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("token expired") from None
-        except (jwt.InvalidTokenError, KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
 
 
-def current_caller(request: Request) -> Caller:
+def _human(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} seconds"
+
+
+def bearer_token(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def current_caller(request: Request) -> Caller:
+    token = bearer_token(request)
+    if token is None and not request.headers.get("authorization"):
+        # The console's session (shared/console.py): the same token, in an httpOnly cookie;
+        # what changes something must echo the readable `yuqing_csrf` cookie in a header.
+        token = request.cookies.get("yuqing_session") or None
+        if token and request.method not in ("GET", "HEAD", "OPTIONS"):
+            import hmac
+
+            csrf = request.cookies.get("yuqing_csrf", "")
+            sent = request.headers.get("x-csrf-token", "")
+            if not csrf or not hmac.compare_digest(csrf.encode(), sent.encode()):
+                raise Forbidden(
+                    "a signed-in request that changes something needs the X-CSRF-Token "
+                    "header (the yuqing_csrf cookie's value)",
+                    {"csrf": "missing or wrong"},
+                )
+    if token is None:
         raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
+    verified = request.scope.get(VERIFIED_SCOPE_KEY)
+    if verified is not None and verified[0] == token:  # the request guard verified it
+        return TokenService.caller(verified[1])
     tokens: TokenService = request.app.state.tokens
-    return tokens.verify(token.strip())
+    return tokens.verify(token)
 
 
 CurrentCaller = Annotated[Caller, Depends(current_caller)]

@@ -19,13 +19,14 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faststream import AckPolicy
+from faststream.exceptions import NackMessage
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import ValidationError
@@ -107,6 +108,8 @@ class OutboxRelay:
         self.broker = broker
         self.settings = settings
         self.last_error: str | None = None
+        # The last failure to reach the broker (a database that is away is not one).
+        self.broker_error: str | None = None
         self.active = False  # holds the lease: the one relay of this service that publishes
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lease = timedelta(seconds=settings.outbox_lease_seconds)
@@ -115,11 +118,18 @@ class OutboxRelay:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"outbox-{self.service}")
 
-    async def stop(self) -> None:
+    async def stop(self, drain: float = 0.0) -> None:
+        """Stop relaying; first, for up to `drain` seconds, send what is still unsent."""
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.active and drain > 0:
+            # What is not sent now stays stored, unsent, for the next start to send.
+            with contextlib.suppress(TimeoutError, KafkaError, PyMongoError, OSError):
+                async with asyncio.timeout(drain):
+                    while await self.relay_once():
+                        pass
         if self.active:
             # A standby replica takes over at once instead of after the lease expires.
             with contextlib.suppress(PyMongoError):
@@ -128,26 +138,39 @@ class OutboxRelay:
 
     @property
     def healthy(self) -> bool:
-        return self.last_error is None
+        """Whether the broker took what the relay last sent it."""
+        return self.broker_error is None
 
     async def _run(self) -> None:
         backoff = self.settings.outbox_poll_seconds
         # Renew well before expiry, however long the relay waits between batches.
         renew_every = self._lease.total_seconds() / 3
+        renewed_at = float("-inf")
         while True:
             try:
-                self.active = await self.store.hold_lease(OUTBOX_LEASE, self._owner, self._lease)
+                # The lease is written only when due: an idle relay writes nothing else (a
+                # retryable write the embedded server would remember for 30 minutes).
+                if not self.active or time.monotonic() - renewed_at >= renew_every:
+                    asked_at = time.monotonic()
+                    self.active = await self.store.hold_lease(
+                        OUTBOX_LEASE, self._owner, self._lease
+                    )
+                    renewed_at = asked_at
+                # Cleared before the read: what is appended after it wakes the wait below.
+                self.store.appended_signal.clear()
                 sent = await self.relay_once() if self.active else 0
-                self.last_error = None
+                self.last_error = self.broker_error = None
                 backoff = self.settings.outbox_poll_seconds
-                if sent:
-                    continue  # more may be waiting
+                if sent >= self.settings.outbox_batch_size:
+                    continue  # more are waiting
             except (KafkaError, PyMongoError, OSError) as exc:
                 OUTBOX_ERRORS.labels(self.service).inc()
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, PyMongoError):
+                    self.broker_error = self.last_error
                 log.warning("outbox relay failed", service=self.service, error=self.last_error)
                 backoff = min(backoff * 2, 10.0)
-            self.store.appended_signal.clear()
+                self.store.appended_signal.clear()  # back off, however much is appended
             wait = min(backoff, renew_every) if self.active else renew_every
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel
             # that arrives as the signal is set, and stop() would then wait for ever.
@@ -194,6 +217,8 @@ class EventConsumer:
     broker: KafkaBroker
     settings: Settings
     handlers: HandlerMap
+    # Set at a stop: a message held by a transient failure is let go, uncommitted.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def name(self) -> str:
@@ -240,8 +265,15 @@ class EventConsumer:
                     outcome = await self._handle_once(handler, event)
                     break
                 except _TRANSIENT as exc:
+                    if self.stopping.is_set():
+                        # Not processed, so not acknowledged: its offset is not committed
+                        # and it comes again after the restart. The stop does not wait.
+                        log.info("stopping: message left for redelivery", error=str(exc))
+                        raise NackMessage() from exc
                     log.warning("transient failure, retrying", error=str(exc), retry_in=delay)
-                    await asyncio.sleep(delay)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self.stopping.wait()  # a stop cuts the wait short
                     delay = min(delay * 2, self.settings.consumer_retry_max_seconds)
                 except (Rejected, ValidationError, EventError, ValueError, OperationFailure) as exc:
                     await self.dead_letter(raw or event.to_json(), topic, str(exc))

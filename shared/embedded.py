@@ -68,6 +68,7 @@ class ChildServer:
     port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _signalled: bool = field(default=False, repr=False)
 
     def start(self, timeout: float) -> None:
         if _port_taken(self.port):
@@ -76,6 +77,7 @@ class ChildServer:
                 f"Stop what uses it, choose another port, or point yuqing at a running server."
             )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._signalled = False
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
                 self.argv,
@@ -104,15 +106,29 @@ class ChildServer:
             f"see {self.log_path}:\n{self._tail()}"
         )
 
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+    def signal_stop(self) -> None:
+        """Ask the server to stop (SIGTERM, once), without waiting for it."""
+        if self.process is not None and self.process.poll() is None and not self._signalled:
+            self.process.terminate()
+            self._signalled = True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+        if self.process.poll() is None:
+            self.signal_stop()
+            deadline = time.monotonic() + timeout
+            while self.process.poll() is None and time.monotonic() < deadline:
+                # A server blocked in accept() notices its stop only at the next
+                # connection (SecantusDB would wait 2 s for its accept thread): knock.
+                _answers(self.port)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(timeout=0.05)
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        elif not self._signalled:
+            return  # it had stopped by itself: nothing of ours to report
         log.info("embedded server stopped", server=self.name)
 
     def _tail(self, lines: int = 20) -> str:
@@ -171,6 +187,8 @@ def secantus_server(port: int, storage: Path, log_dir: Path) -> ChildServer:
             str(storage),
             "--log-level",
             "WARNING",
+            # A commit is on disk when it is acknowledged: the writes' j:true means it.
+            "--sync-on-commit",
         ],
         port,
         log_dir / "secantusdb.log",
@@ -208,6 +226,9 @@ class EmbeddedInfra:
         return settings.model_copy(update=updates)
 
     def stop(self) -> None:
+        # Both asked at once (neither needs the other to stop), then waited for.
+        for server in reversed(self.servers):
+            server.signal_stop()
         for server in reversed(self.servers):
             server.stop()
         self.servers.clear()

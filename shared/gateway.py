@@ -19,8 +19,9 @@ from faststream.specification import AsyncAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
-from shared.api import install_error_handlers
+from shared.api import guard_app, install_error_handlers
 from shared.bus import ensure_topics
+from shared.console import install_console
 from shared.service import ServiceRunner
 from shared.settings import Settings
 
@@ -91,8 +92,17 @@ class Gateway:
     def _root_app(self) -> FastAPI:
         app = FastAPI(title="yuqing", docs_url=None, redoc_url=None, openapi_url=None)
         install_error_handlers(app)
+        # Limits and security headers as on every service; /metrics and the AsyncAPI
+        # document need an admin or analyst token unless YUQING_PUBLIC_DOCS.
+        guard_app(
+            app,
+            self.settings,
+            self.services[0].ctx.tokens,
+            self.services[0].ctx.limiter,
+            private=("/metrics", "/asyncapi.json"),
+        )
 
-        @app.get("/")
+        @app.get("/api")
         async def index() -> dict[str, Any]:
             return {
                 "system": "yuqing 舆情处置平台",
@@ -121,4 +131,15 @@ class Gateway:
         async def asyncapi() -> dict[str, Any]:
             return self.asyncapi()
 
+        # The web console at `/`: sign-in, its change stream, its pages (the last route).
+        ctx = self.services[0].ctx
+        install_console(
+            app,
+            settings=self.settings,
+            tokens=ctx.tokens,
+            directory=ctx.directory,
+            catalogue=ctx.catalogue,
+            system=self,
+            archive_here=any(s.name == "archive" for s in self.services),
+        )
         return app

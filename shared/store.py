@@ -15,10 +15,19 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+import pymongo
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, WriteConcern
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    NetworkTimeout,
+    ServerSelectionTimeoutError,
+    WTimeoutError,
+)
 
 from shared.events import Envelope, utcnow
 from shared.metrics import EVENTS_APPENDED
@@ -134,16 +143,55 @@ class Transactions(Protocol):
     async def run(self, work: Callable[[AsyncClientSession | None], Awaitable[T]]) -> T: ...
 
 
-class MongoTransactions:
-    """Multi-document transactions of a MongoDB replica set, retried on transient errors
-    by the driver."""
+# A transaction is acknowledged once it is journaled (on a majority, in a replica set).
+DURABLE = WriteConcern(w="majority", j=True)
 
-    def __init__(self, client: AsyncMongoClient[Document]) -> None:
+
+class MongoTransactions:
+    """Multi-document transactions of a MongoDB replica set, durable when acknowledged,
+    retried on transient errors by the driver within `timeout` seconds in all.
+
+    An unreachable database is not retried here (the driver would for 120 s): the caller
+    hears of it at once, as a ConnectionFailure (503 for a request; a consumer backs off
+    and tries again), and so does a transaction that ran out of its budget.
+    """
+
+    def __init__(self, client: AsyncMongoClient[Document], timeout: float | None = None) -> None:
         self.client = client
+        self.timeout = timeout
 
     async def run(self, work: Callable[[AsyncClientSession | None], Awaitable[T]]) -> T:
-        async with self.client.start_session() as session:
-            return await session.with_transaction(work)
+        selection = self.client.options.server_selection_timeout
+
+        async def attempt(session: AsyncClientSession) -> T:
+            try:
+                if not self.client.topology_description.has_writable_server():
+                    # Known to be away (or not met yet): wait for it as long as the client's
+                    # server selection timeout, not the whole budget as the driver would.
+                    with pymongo.timeout(selection):
+                        await self.client.admin.command("ping")
+                return await work(session)
+            except ConnectionFailure as exc:
+                if session.in_transaction:
+                    # Abandoned here, briefly: the driver's own abort would retry against
+                    # the unreachable server for all the budget left. Errors are ignored,
+                    # as the driver ignores them; the server drops it by itself.
+                    with pymongo.timeout(selection / 4):
+                        await session.abort_transaction()
+                if isinstance(exc, ServerSelectionTimeoutError):
+                    # The same error without its TransientTransactionError label: the
+                    # database is away, so it is not retried.
+                    raise ServerSelectionTimeoutError(str(exc)) from exc
+                raise  # a connection lost: retried, and the next attempt asks as above
+
+        try:
+            with pymongo.timeout(self.timeout):
+                async with self.client.start_session() as session:
+                    return await session.with_transaction(attempt, write_concern=DURABLE)
+        except (ExecutionTimeout, WTimeoutError) as exc:
+            raise NetworkTimeout(
+                f"the database did not complete the transaction within {self.timeout}s: {exc}"
+            ) from exc
 
 
 class EventStore:
@@ -158,8 +206,14 @@ class EventStore:
         self.appended_signal = asyncio.Event()
 
     @classmethod
-    def on(cls, client: AsyncMongoClient[Document], database: str, service: str) -> EventStore:
-        return cls(client[database], MongoTransactions(client), service)
+    def on(
+        cls,
+        client: AsyncMongoClient[Document],
+        database: str,
+        service: str,
+        transaction_timeout: float | None = None,
+    ) -> EventStore:
+        return cls(client[database], MongoTransactions(client, transaction_timeout), service)
 
     async def ensure_indexes(self) -> None:
         events = self.db[EVENTS]

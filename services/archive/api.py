@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 import structlog
 from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.archive.domain import (
     ChainReport,
@@ -78,6 +78,8 @@ class Timeline(BaseModel):
 
 
 class ReviewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     cause: str = Field(min_length=1, max_length=10000, description="事件起因")
     handling: str = Field(min_length=1, max_length=10000, description="处置经过")
     lessons: str = Field(min_length=1, max_length=10000, description="经验教训")

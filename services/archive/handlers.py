@@ -34,8 +34,10 @@ class Recorder:
         self.views = views
 
     async def record(self, event: Envelope, uow: UnitOfWork) -> None:
-        if await self.views.append_to_log(uow, event):
-            await self.views.refresh(uow, event.incident_id)
+        # One read of the incident's log serves the duplicate check and the fold.
+        records = await self.views.load_log(event.incident_id, uow)
+        if await self.views.append_to_log(uow, event, records):
+            await self.views.refresh(uow, event.incident_id, records)
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,14 @@ of the log than it saw (`last_seq`), so the two writers cannot step back each ot
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import structlog
 from pydantic import BaseModel
 from pymongo import ASCENDING, DESCENDING, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -58,8 +60,15 @@ VIEWS = "incidents"
 CASES = "cases"
 READ_MODELS = "read_models"
 REPLAY_JOBS = "replay_jobs"
+# Events that claimed a stream position the log already holds under another event_id.
+PRODUCER_FAULTS = "producer_faults"
+
+logger = structlog.get_logger("yuqing.archive")
 _LOG_SEQ = "log"
 _POINTER = "current"
+# How long a read trusts the pointer it last read: a replay's swap is seen within this, or
+# at once by the reads that then find nothing where the old collections were.
+_POINTER_TTL_SECONDS = 1.0
 _DUPLICATE_KEY = 11000
 
 
@@ -168,7 +177,10 @@ def _model_writes(
 ) -> tuple[IncidentView, Document, Document | None]:
     view = fold(incident_id, records)
     document = _view_document(view, records)
-    return view, document, _case_document(view, document["last_seq"])
+    case = _case_document(view, document["last_seq"])
+    # Whether a case was written beside it: a refresh then knows if there is one to remove.
+    document["case_id"] = case["_id"] if case is not None else None
+    return view, document, case
 
 
 def _logged(doc: Document) -> Logged:
@@ -181,6 +193,19 @@ class ArchiveViews:
     def __init__(self, db: AsyncDatabase[Document], clock: Clock = utcnow) -> None:
         self.db = db
         self.clock = clock
+        self._served: tuple[ReadModels, float] | None = None  # the pointer, when read
+
+    async def _served_models(self, *, fresh: bool = False) -> tuple[ReadModels, bool]:
+        """The collections the API reads, from the pointer read within the last second
+        unless `fresh`; and whether that came from the database just now."""
+        now = time.monotonic()
+        if not fresh and self._served is not None:
+            models, read_at = self._served
+            if now - read_at < _POINTER_TTL_SECONDS:
+                return models, False
+        models = await self.current_models()
+        self._served = (models, now)
+        return models, True
 
     # ------------------------------------------------------------------ set-up
 
@@ -199,6 +224,11 @@ class ArchiveViews:
             name="chain_position_unique",
         )
         await log.create_index([("occurred_at", ASCENDING)])
+        # Not unique: a log stored before the check may hold a second copy already.
+        await log.create_index(
+            [("topic", ASCENDING), ("stream_id", ASCENDING), ("stream_version", ASCENDING)],
+            name="stream_position",
+        )
         await self._ensure_read_model_indexes(await self.current_models())
 
     async def _ensure_read_model_indexes(self, models: ReadModels) -> None:
@@ -230,11 +260,22 @@ class ArchiveViews:
 
     # ------------------------------------------------------------------ recording
 
-    async def append_to_log(self, uow: UnitOfWork, event: Envelope) -> bool:
-        """Store the event at the end of its incident's chain; False if it is stored already."""
+    async def append_to_log(
+        self, uow: UnitOfWork, event: Envelope, loaded: list[Logged] | None = None
+    ) -> bool:
+        """Store the event at the end of its incident's chain; False if it is stored already.
+
+        `loaded`, the incident's log as read in this transaction, stands in for the lookup
+        of the event_id (an event is logged under its own incident) and gets the new record.
+        """
         db, session = uow.db, uow.session
         event_id = str(event.event_id)
-        if await db[LOG].find_one({"_id": event_id}, {"_id": 1}, session=session):
+        if loaded is not None:
+            if any(str(r.event.event_id) == event_id for r in loaded):
+                return False
+        elif await db[LOG].find_one({"_id": event_id}, {"_id": 1}, session=session):
+            return False
+        if await self._second_copy(uow, event):
             return False
         counter = await db[COUNTERS].find_one_and_update(
             {"_id": _LOG_SEQ},
@@ -277,6 +318,44 @@ class ArchiveViews:
             )
         except DuplicateKeyError as exc:
             raise ConcurrencyConflict(f"chain-{event.incident_id}", length) from exc
+        if loaded is not None:
+            loaded.append(Logged(seq=document["seq"], event=event))
+        return True
+
+    async def _second_copy(self, uow: UnitOfWork, event: Envelope) -> bool:
+        """Whether the producer's stream position is logged already under another event_id:
+        one stored event relayed as two (a producer fault), not a second fact. Recorded,
+        not logged, so that nothing is counted twice."""
+        position = {
+            "topic": event.topic,
+            "stream_id": event.stream_id,
+            "stream_version": event.stream_version,
+        }
+        kept = await uow.db[LOG].find_one(position, {"_id": 1}, session=uow.session)
+        if kept is None:
+            return False
+        logger.warning(
+            "producer fault: a stream position arrived again under another event_id",
+            **position,
+            event_id=str(event.event_id),
+            kept_event_id=kept["_id"],
+        )
+        await uow.db[PRODUCER_FAULTS].update_one(
+            {"_id": str(event.event_id)},
+            {
+                "$setOnInsert": {
+                    **position,
+                    "fault": "stream position logged already under another event_id",
+                    "incident_id": event.incident_id,
+                    "event_type": event.event_type,
+                    "kept_event_id": kept["_id"],
+                    "envelope": event.model_dump(mode="json"),
+                    "seen_at": self.clock(),
+                }
+            },
+            upsert=True,
+            session=uow.session,
+        )
         return True
 
     async def load_log(self, incident_id: str, uow: UnitOfWork | None = None) -> list[Logged]:
@@ -286,29 +365,44 @@ class ArchiveViews:
         )
         return [_logged(doc) async for doc in cursor]
 
-    async def refresh(self, uow: UnitOfWork, incident_id: str) -> IncidentView:
-        """Refold the incident from its log into every read model being served or built."""
+    async def refresh(
+        self, uow: UnitOfWork, incident_id: str, records: Sequence[Logged] | None = None
+    ) -> IncidentView:
+        """Refold the incident from its log (`records`, when this transaction has read it
+        already) into every read model being served or built."""
         session = uow.session
-        records = await self.load_log(incident_id, uow)
+        if records is None:
+            records = await self.load_log(incident_id, uow)
         view, document, case = _model_writes(incident_id, records)
         db = uow.db
         for models in await self._written_models(session):
-            await db[models.incidents].replace_one(
-                {"_id": incident_id}, document, upsert=True, session=session
+            before = await db[models.incidents].find_one_and_replace(
+                {"_id": incident_id},
+                document,
+                projection={"case_id": 1},
+                upsert=True,
+                session=session,
             )
             if case is not None:
                 await db[models.cases].replace_one(
                     {"_id": case["_id"]}, case, upsert=True, session=session
                 )
-            else:  # reopened after archiving: no longer a case until reviewed again
+            elif before is not None and before.get("case_id", True) is not None:
+                # Reopened after archiving: no longer a case until reviewed again. (A view
+                # written before `case_id` existed may have had one.)
                 await db[models.cases].delete_many({"incident_id": incident_id}, session=session)
         return view
 
     # ------------------------------------------------------------------ reads
 
     async def incident(self, incident_id: str) -> StoredIncident | None:
-        models = await self.current_models()
+        """One read, with the pointer as read within the last second (again when missing)."""
+        models, fresh = await self._served_models()
         doc = await self.db[models.incidents].find_one({"_id": incident_id})
+        if doc is None and not fresh:
+            models_now, _ = await self._served_models(fresh=True)
+            if models_now != models:
+                doc = await self.db[models_now.incidents].find_one({"_id": incident_id})
         if doc is None:
             return None
         return StoredIncident(_scope(incident_id, doc), IncidentView.model_validate(doc["view"]))
@@ -345,14 +439,22 @@ class ArchiveViews:
                 {"$or": [{"sort_at": {"$lt": sort_at}}, {"sort_at": sort_at, "_id": {"$lt": key}}]}
             )
         query: Document = {"$and": clauses} if clauses else {}
-        models = await self.current_models()
-        cursor = self.db[getattr(models, kind)].find(
-            query,
-            {"summary": 1, "case": 1, "sort_at": 1},
-            sort=[("sort_at", DESCENDING), ("_id", DESCENDING)],
-            limit=limit + 1,
-        )
-        rows = [doc async for doc in cursor]
+        models, fresh = await self._served_models()
+
+        async def page(models: ReadModels) -> list[Document]:
+            cursor = self.db[getattr(models, kind)].find(
+                query,
+                {"summary": 1, "case": 1, "sort_at": 1},
+                sort=[("sort_at", DESCENDING), ("_id", DESCENDING)],
+                limit=limit + 1,
+            )
+            return [doc async for doc in cursor]
+
+        rows = await page(models)
+        if not rows and not fresh:
+            models_now, _ = await self._served_models(fresh=True)
+            if models_now != models:
+                rows = await page(models_now)
         if len(rows) <= limit:
             return rows, None
         last = rows[limit - 1]
@@ -483,6 +585,7 @@ class ArchiveViews:
             {"_id": job_id}, {"$set": {"state": "completed", "finished_at": self.clock()}}
         )
         # The old collections are served no more once the pointer has moved.
+        self._served = None
         await self._drop(old)
         finished = await self.replay_job(job_id)
         assert finished is not None

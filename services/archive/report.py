@@ -5,12 +5,16 @@ category, role, statement kind and state) comes from the catalogue.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, tzinfo
 from html import escape
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markdown_it import MarkdownIt
+from markdown_it.renderer import RendererHTML
+from markdown_it.token import Token
+from markdown_it.utils import EnvType, OptionsDict
 
 from services.archive.domain.cases import CaseRecord, ObligationFigure, Outcome
 from shared.catalogue import Catalogue
@@ -67,8 +71,11 @@ class CaseReport:
         self._directory = directory
         self._catalogue = catalogue
         self._tz = tz
-        # Raw HTML in the review's free text must not reach the page as markup.
+        # Raw HTML in the review's free text must not reach the page as markup, and the
+        # page loads nothing from elsewhere: an image is shown as a link to it.
         self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+        self._markdown.add_render_rule("image", _image_as_link)
+        self._markdown.add_render_rule("link_open", _link_open)
 
     def _when(self, moment: datetime | None) -> str:
         return moment.astimezone(self._tz).strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
@@ -97,6 +104,31 @@ class CaseReport:
         title = f"总结评估报告 {case.case_id}"
         return (
             '<!doctype html>\n<html lang="zh-CN"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{REPORT_CSP}">'
+            '<meta name="referrer" content="no-referrer">'
             f"<title>{escape(title)}</title></head>\n"
             f"<body>\n{body}</body></html>\n"
         )
+
+
+# The report, saved or served, loads nothing: no script, style file, image or frame.
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+_LINK_REL = "noopener noreferrer nofollow"
+
+
+def _image_as_link(
+    self: RendererHTML, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType
+) -> str:
+    """`![说明](https://...)` in review text: a link to the image, never a remote load."""
+    token = tokens[idx]
+    alt = self.renderInlineAsText(token.children or [], options, env) or "图片"
+    src = str(token.attrGet("src") or "")
+    return f'<a href="{escape(src)}" rel="{_LINK_REL}">[图片：{escape(alt)}]</a>'
+
+
+def _link_open(
+    self: RendererHTML, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType
+) -> str:
+    """A link opens elsewhere without telling the other site where it came from."""
+    tokens[idx].attrSet("rel", _LINK_REL)
+    return self.renderToken(tokens, idx, options, env)

@@ -48,6 +48,12 @@ class GradingHandlers:
     def _cause(self, event: Envelope) -> Cause:
         return Cause.of(event, RULEBOOK_ACTOR, occurred_at=self.clock())
 
+    def _as_of(self, event: Envelope) -> Cause:
+        """A decision that took effect when its cause happened, however late it is seen: an
+        escalation for a deadline missed while the system was down dates from the deadline,
+        and so do the new level's deadlines, counted from it."""
+        return Cause.of(event, RULEBOOK_ACTOR, occurred_at=event.occurred_at)
+
     async def report_received(
         self, event: Envelope, report: ReportReceived, uow: UnitOfWork
     ) -> None:
@@ -79,7 +85,7 @@ class GradingHandlers:
         facts = await self.views.facts(event.incident_id, uow)
         decision = on_deadline_missed(self.rulebook, grade, missed.level, facts.dismissed)
         decided = [decision] if decision is not None else []
-        await self.grades.save(uow, event.incident_id, grade, decided, self._cause(event))
+        await self.grades.save(uow, event.incident_id, grade, decided, self._as_of(event))
 
 
 class GradingCommands:

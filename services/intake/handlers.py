@@ -144,10 +144,11 @@ class IntakeCommands:
         self, report: ReportReceived, now: datetime, uow: UnitOfWork
     ) -> TextMatch | None:
         matching = self.policy.similar_text
+        text = report_text(report)
         candidates = await self.views.text_candidates(
-            report.unit_ids, now - matching.window, matching.max_compared, uow.session
+            report.unit_ids, now - matching.window, matching.max_compared, uow.session, text
         )
-        return best_text_match(report_text(report), candidates, matching)
+        return best_text_match(text, candidates, matching)
 
     async def transition(
         self,

@@ -21,7 +21,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.intake.domain import TextCandidate, report_text
+from services.intake.domain import TextCandidate, report_text, text_bands
 from shared.events import (
     Actor,
     Attachment,
@@ -185,6 +185,7 @@ class IntakeViews:
             match=None,
             score=None,
             text=report_text(payload),
+            bands=text_bands(report_text(payload)),
             received_at=at,
             actor=event.actor.model_dump(),
         )
@@ -262,19 +263,25 @@ class IntakeViews:
         since: datetime,
         limit: int,
         session: AsyncClientSession | None,
+        text: str | None = None,
     ) -> list[TextCandidate]:
         """The reports about any of `unit_ids` filed since `since`, most recent first, at
-        most `limit` of them: the only ones a new report's text is compared with.
+        most `limit` of them: the only ones a new report's text is compared with. Given the
+        new report's `text`, only those sharing an LSH band with it (and any projected
+        before bands were kept), so that a filing compares a few instead of `limit`.
 
         Reports projected before texts were kept have none and are not compared."""
+        query: Document = {
+            "unit_ids": {"$in": list(unit_ids)},
+            "received_at": {"$gte": since},
+            "text": {"$exists": True},
+        }
+        if text is not None:
+            query["$or"] = [{"bands": {"$in": text_bands(text)}}, {"bands": {"$exists": False}}]
         cursor = (
             self.db[REPORTS]
             .find(
-                {
-                    "unit_ids": {"$in": list(unit_ids)},
-                    "received_at": {"$gte": since},
-                    "text": {"$exists": True},
-                },
+                query,
                 {"incident_id": 1, "text": 1},
                 session=session,
             )
@@ -344,7 +351,7 @@ class IntakeViews:
     # ------------------------------------------------------------------ queries
 
     async def report(self, report_id: str) -> ReportOut | None:
-        doc = await self.db[REPORTS].find_one({"_id": report_id}, {"_id": 0, "text": 0})
+        doc = await self.db[REPORTS].find_one({"_id": report_id}, {"_id": 0, "text": 0, "bands": 0})
         return None if doc is None else ReportOut.model_validate(doc)
 
     async def incident(self, incident_id: str) -> IncidentOut | None:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.notification.dispatch import Dispatcher
 from services.notification.domain import seconds_left
@@ -60,6 +60,8 @@ class ObligationList(BaseModel):
 
 
 class FulfilRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     reference: str | None = Field(
         default=None, max_length=200, description="文号 or other reference of the report filed"
     )

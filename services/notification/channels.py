@@ -71,6 +71,39 @@ def _text(out: Outgoing) -> str:
     return f"{out.message.subject}\n{out.message.body}"
 
 
+# The robots' text messages read markup of their own in what they show: Feishu turns
+# `<at user_id="all"></at>` into a mention of the whole group, WeCom `<@userid>`. Text that
+# comes from people (titles, excerpts, names) must never mention or format anything: its
+# angle brackets are shown as the full-width ones, which no robot reads as a tag.
+_ROBOT_MARKUP = str.maketrans({"<": "＜", ">": "＞"})
+
+
+def robot_text(text: str) -> str:
+    """`text` as a robot shows it and never reads as a mention or a tag."""
+    return text.translate(_ROBOT_MARKUP)
+
+
+def robot_body(kind: ChannelType, out: Outgoing) -> dict[str, Any]:
+    """The webhook body of a group robot (WeCom, DingTalk, Feishu), in its documented
+    text format; the recipient is mentioned by the robot's own field or tag only."""
+    text = robot_text(_text(out))
+    if kind is ChannelType.WECOM:
+        return {
+            "msgtype": "text",
+            "text": {"content": text, "mentioned_mobile_list": [out.address]},
+        }
+    if kind is ChannelType.DINGTALK:
+        return {
+            "msgtype": "text",
+            "text": {"content": text},
+            "at": {"atMobiles": [out.address], "isAtAll": False},
+        }
+    if kind is ChannelType.FEISHU:
+        who = out.address.replace('"', "").translate(_ROBOT_MARKUP)
+        return {"msg_type": "text", "content": {"text": f'<at user_id="{who}"></at> {text}'}}
+    raise ValueError(f"{kind} is not a group robot")
+
+
 async def _post(
     channel: ChannelConfig, url: str, body: bytes, headers: dict[str, str]
 ) -> httpx.Response:
@@ -134,10 +167,7 @@ async def _signed_webhook(channel: ChannelConfig, out: Outgoing, now: datetime) 
 
 async def _wecom(channel: ChannelConfig, out: Outgoing, now: datetime) -> None:
     assert channel.url is not None
-    body = {
-        "msgtype": "text",
-        "text": {"content": _text(out), "mentioned_mobile_list": [out.address]},
-    }
+    body = robot_body(ChannelType.WECOM, out)
     _robot_ok(await _post(channel, channel.url, _json(body), {}), "errcode")
 
 
@@ -148,20 +178,13 @@ async def _dingtalk(channel: ChannelConfig, out: Outgoing, now: datetime) -> Non
     if secret:
         ms = str(int(now.timestamp() * 1000))
         url += ("&" if "?" in url else "?") + f"timestamp={ms}&sign={dingtalk_sign(secret, ms)}"
-    body = {
-        "msgtype": "text",
-        "text": {"content": _text(out)},
-        "at": {"atMobiles": [out.address], "isAtAll": False},
-    }
+    body = robot_body(ChannelType.DINGTALK, out)
     _robot_ok(await _post(channel, url, _json(body), {}), "errcode")
 
 
 async def _feishu(channel: ChannelConfig, out: Outgoing, now: datetime) -> None:
     assert channel.url is not None
-    body: dict[str, Any] = {
-        "msg_type": "text",
-        "content": {"text": f'<at user_id="{out.address}"></at> {_text(out)}'},
-    }
+    body = robot_body(ChannelType.FEISHU, out)
     secret = channel.secret()
     if secret:
         seconds = str(int(now.timestamp()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.statement.domain import ApprovalRules, Statement
 from services.statement.handlers import (
@@ -39,6 +39,8 @@ Outlet = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, m
 
 
 class StatementContent(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     title: Annotated[Text, StringConstraints(max_length=200)]
     body: Annotated[Text, StringConstraints(max_length=20000)]
     facts: list[Fact] = Field(default_factory=list, max_length=200)
@@ -53,10 +55,14 @@ Reason = Annotated[Text, StringConstraints(max_length=2000)]
 
 
 class FactChangeAcknowledgementRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     reason: Reason = Field(description="why the figures differ from the published line")
 
 
 class ApproveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     comment: str = Field(default="", max_length=2000)
     acknowledge_fact_changes: FactChangeAcknowledgementRequest | None = Field(
         default=None,
@@ -65,14 +71,20 @@ class ApproveRequest(BaseModel):
 
 
 class RejectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     comment: Reason = Field(description="why it goes back: required")
 
 
 class WithdrawRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     reason: Reason = Field(description="why it is taken back: required")
 
 
 class PublishRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+
     outlet: Outlet
     url: Annotated[Text, StringConstraints(max_length=2000)] = Field(
         description="the published URL or reference"
@@ -216,8 +228,15 @@ def build_router(
         """Record the fully approved current version as published; anything else is 409.
         It becomes the incident's official line."""
 
-        def publication(statement: Statement, _: Situation) -> EventPayload:
-            return statement.publish(outlet=body.outlet, url=body.url, by=caller.id, rules=rules)
+        def publication(statement: Statement, now: Situation) -> EventPayload:
+            return statement.publish(
+                outlet=body.outlet,
+                url=body.url,
+                by=caller.id,
+                rules=rules,
+                level=now.incident.level,
+                unit_ids=now.incident.unit_ids,
+            )
 
         return await decide(statement_id, caller, publication, PUBLISHER_ROLES)
 

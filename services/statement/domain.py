@@ -57,7 +57,8 @@ def stream_id(statement_id: str) -> str:
 
 
 class SelfApproval(Forbidden):
-    """The author of a version cannot approve or reject it."""
+    """Whoever wrote any version of a statement approves or rejects no step of it: the
+    author of v1 does not clear the v2 a colleague revised from it."""
 
     code = "self_approval"
 
@@ -232,6 +233,9 @@ _NOT_PUBLISHABLE = {
     StatementState.REJECTED: "当前版本已被退回，不能发布",
     StatementState.WITHDRAWN: "当前版本已撤回，不能发布",
 }
+# The states whose chain follows the incident's level: a published version too, since it
+# goes out again (to another outlet) only cleared by the chain of the level in force.
+_FOLLOWS_THE_LEVEL = (StatementState.IN_REVIEW, StatementState.APPROVED, StatementState.PUBLISHED)
 _NOT_WITHDRAWABLE = {
     StatementState.WITHDRAWN: "当前版本已撤回",
     StatementState.PUBLISHED: "当前版本已发布，不能撤回；如需更正请另发澄清说明",
@@ -471,11 +475,12 @@ class Statement:
     def rechain(
         self, level: Level, rules: ApprovalRules, unit_ids: Sequence[str], reason: str
     ) -> StatementSubmitted | None:
-        """The incident's level changed: a statement under review (or approved and not yet
-        out) needs the new level's chain, and says what of it its approvals leave open
-        (nothing: it is cleared). None when nothing changes."""
+        """The incident's level changed: a statement under review, approved, or already
+        published needs the new level's chain (a published one before it goes out again),
+        and says what of it its approvals leave open (nothing: it is cleared). None when
+        nothing changes."""
         submission = self.submission
-        if self.state not in (StatementState.IN_REVIEW, StatementState.APPROVED):
+        if self.state not in _FOLLOWS_THE_LEVEL:
             return None
         assert submission is not None
         chain = rules.chain(level, unit_ids)
@@ -491,13 +496,30 @@ class Statement:
             fact_conflicts=submission.fact_conflicts,
         )
 
+    @property
+    def reclearing(self) -> bool:
+        """The current version is out, and the level moved since: the new level's chain
+        has steps open before it is published again."""
+        version = self.current.version
+        return (
+            self.state is StatementState.PUBLISHED
+            and bool(self.missing())
+            and not any(r.version == version for r in self.rejections)
+        )
+
     def _step_for(self, caller: Caller, rules: ApprovalRules) -> ApprovalStep:
         """The step this person may act on now (always the first one open), or why not."""
         state = self.state
-        if state is not StatementState.IN_REVIEW:
+        if state is not StatementState.IN_REVIEW and not self.reclearing:
             raise NotInReview(_NOT_IN_REVIEW[state], {"state": state.value})
         if caller.id == self.current.author:
             raise SelfApproval("不能审批自己起草的版本", {"author": self.current.author})
+        written = [v.version for v in self.versions if v.author == caller.id]
+        if written:
+            raise SelfApproval(
+                f"不能审批自己起草过的稿件（第{'、'.join(map(str, written))}版由本人起草）",
+                {"authored_versions": written},
+            )
         progress = self.progress()
         if any(p.approval and p.approval.approver == caller.id for p in progress):
             raise SameApproverTwice("同一人不能审批同一审批链中的两个环节")
@@ -574,20 +596,49 @@ class Statement:
             reason=reason,
         )
 
+    def _missing_for(
+        self, level: Level | None, rules: ApprovalRules, unit_ids: Sequence[str]
+    ) -> list[ApprovalStep]:
+        """The steps of the chain of `level` that the current version's approvals leave
+        open: the submission's own when it was for that level (or none is given), else the
+        chain of `level` for the incident's units (the level moved and the re-chain has not
+        been recorded yet)."""
+        submission = self.submission
+        if submission is None or level is None or level == submission.level:
+            return self.missing()
+        units = list(unit_ids) or [s.unit_id for s in submission.chain if s.unit_id]
+        return list(self._unfilled(rules.chain(level, units)))
+
     def diff(self, from_version: int, to_version: int) -> VersionDiff:
         return diff_versions(self.numbered(from_version), self.numbered(to_version))
 
     def publish(
-        self, *, outlet: str, url: str, by: str, rules: ApprovalRules
+        self,
+        *,
+        outlet: str,
+        url: str,
+        by: str,
+        rules: ApprovalRules,
+        level: Level | None = None,
+        unit_ids: Sequence[str] = (),
     ) -> StatementPublished:
-        """Only the fully approved current version goes out, and only to its outlets."""
+        """Only the fully approved current version goes out, and only to its outlets. The
+        chain is checked again against the incident's level in force (`level`, when the
+        caller knows it): a version cleared at a lower level, even one already out, goes
+        out again only once the chain of the level now in force is filled."""
         state = self.state
         version = self.current
-        if state is StatementState.IN_REVIEW:
-            missing = self.missing()
+        missing = self._missing_for(level, rules, unit_ids)
+        if state is StatementState.IN_REVIEW or (state in _FOLLOWS_THE_LEVEL and missing):
+            missing = missing or self.missing()
+            named = "、".join(rules.describe(s) for s in missing)
+            message = (
+                f"当前版本尚未审批完成，缺少：{named}"
+                if state is StatementState.IN_REVIEW
+                else f"事件级别已调整，须按现行级别的审批链审批后再发布，缺少：{named}"
+            )
             raise NotApproved(
-                f"当前版本尚未审批完成，缺少：{'、'.join(rules.describe(s) for s in missing)}",
-                {"state": state.value, "missing": [s.model_dump() for s in missing]},
+                message, {"state": state.value, "missing": [s.model_dump() for s in missing]}
             )
         if state in _NOT_PUBLISHABLE:
             raise NotApproved(_NOT_PUBLISHABLE[state], {"state": state.value, "missing": []})

@@ -94,8 +94,9 @@ class StatementWorkflow:
         _: IncidentGraded | IncidentEscalated | GradeOverridden,
         uow: UnitOfWork,
     ) -> None:
-        """A grade: when the level moves, statements in review (or cleared and not yet
-        out) take the new level's chain, keeping the approvals that still fit it."""
+        """A grade: when the level moves, statements in review, cleared, or already out
+        take the new level's chain, keeping the approvals that still fit it (a published
+        one goes out again only once that chain is filled)."""
         change = await self.projections.incidents.apply(event, uow.session)
         before = change.before.level if change.before else None
         after = change.after.level
@@ -103,7 +104,9 @@ class StatementWorkflow:
             return
         reason = f"事件级别由{int(before)}级调整为{int(after)}级，按新级别审批"
         cause = Cause.of(event, CHAIN_RULE, occurred_at=self.clock())
-        for statement_id in await self.projections.under_review(event.incident_id, uow.session):
+        following = await self.projections.under_review(event.incident_id, uow.session)
+        published = await self.projections.published(event.incident_id, uow.session)
+        for statement_id in dict.fromkeys([*following, *published]):
             statement = await self.repository.get(uow, statement_id)
             assert statement is not None, f"a view without a stream: {statement_id}"
             rechained = statement.rechain(after, self.rules, change.after.unit_ids, reason)

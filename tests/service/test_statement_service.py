@@ -27,6 +27,11 @@ RELEASE = {
 }
 
 
+def revision(body: dict[str, Any]) -> dict[str, Any]:
+    """A PUT body: a version's content (the kind is the statement's, and is no field of it)."""
+    return {k: v for k, v in body.items() if k != "kind"}
+
+
 Runner = ServiceRunner[StatementParts]
 
 
@@ -160,7 +165,9 @@ async def test_a_revision_restarts_the_chain_and_a_rejection_needs_a_comment(
         )
         assert rejected.json()["state"] == "rejected"
 
-        revised = await http.put(base, json={**reply, "body": "更正后的回复"}, headers=who.author)
+        revised = await http.put(
+            base, json=revision({**reply, "body": "更正后的回复"}), headers=who.author
+        )
         assert revised.json()["current_version"] == 2
         assert revised.json()["state"] == "draft"
         r = await http.post(f"{base}/submit", headers=who.author)
@@ -320,9 +327,9 @@ async def test_a_statement_shows_the_diff_between_its_versions_and_any_two_on_re
         sid = (await draft_when_known(http, "inc-6", who.author))["statement_id"]
         base = f"/statements/v1/statements/{sid}"
         second = {**RELEASE, "body": "经核实，网传情况不属实。\n学校已整改。", "facts": []}
-        await http.put(base, json=second, headers=who.author)
+        await http.put(base, json=revision(second), headers=who.author)
         third = {**second, "title": "关于某校食堂问题的说明"}
-        await http.put(base, json=third, headers=who.author)
+        await http.put(base, json=revision(third), headers=who.author)
 
         view = (await http.get(base, headers=who.office)).json()
         assert [(d["from_version"], d["to_version"]) for d in view["diffs"]] == [(1, 2), (2, 3)]
@@ -359,7 +366,7 @@ async def test_a_withdrawn_statement_is_not_approved_until_revised_and_resubmitt
         assert late.status_code == 409
         assert "已撤回" in late.json()["error"]["message"]
 
-        await http.put(base, json={**RELEASE, "body": "更新后的通报"}, headers=who.author)
+        await http.put(base, json=revision({**RELEASE, "body": "更新后的通报"}), headers=who.author)
         await http.post(f"{base}/submit", headers=who.author)
         r = await http.post(f"{base}/approve", json={}, headers=who.office)
         assert r.json()["state"] == "approved"

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from services.archive.bootstrap import ArchiveParts, build
-from services.archive.projections import LOG, VIEWS
+from services.archive.projections import LOG, READ_MODELS, VIEWS
 from shared.events import (
     ALL_TOPICS,
     Actor,
@@ -41,6 +41,7 @@ from shared.events import (
     StatementSubmitted,
     event_types,
 )
+from shared.store import INBOX
 from tests.fakes.harness import FakeService, fake_service
 
 T0 = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)
@@ -656,3 +657,99 @@ async def test_a_replay_rebuilds_the_same_views_from_the_log(
     assert (await api.get("/archive/v1/incidents/inc-a", headers=admin)).json() == view
     analyst = archive.token("analyst-zhao", "county", "analyst")
     assert (await api.post("/archive/v1/replay", headers=analyst)).status_code == 403
+
+
+async def test_an_event_that_passes_the_inbox_again_is_logged_once(
+    archive: FakeService, api: httpx.AsyncClient
+) -> None:
+    # A fresh consumer group (or a lost inbox) hands the archive what it has logged: the
+    # incident's log, read once for the fold, says it is there already.
+    story = Story("inc-a", "school-a").opened()
+    await archive.consume(*story.events)
+    admin = archive.token("admin", "county", "admin")
+    view = (await api.get("/archive/v1/incidents/inc-a", headers=admin)).json()
+    await archive.db[INBOX].delete_many({})
+
+    await archive.consume(*story.events)
+
+    assert await archive.db[LOG].count_documents({"incident_id": "inc-a"}) == 6
+    assert (await api.get("/archive/v1/incidents/inc-a", headers=admin)).json() == view
+    assert (await api.get("/archive/v1/incidents/inc-a/verify", headers=admin)).json()["ok"]
+
+
+async def test_a_reopening_removes_the_case_of_a_view_stored_before_cases_were_named(
+    archive: FakeService, api: httpx.AsyncClient
+) -> None:
+    story = Story("inc-r", "school-a").opened()
+    await archive.consume(*story.events, story.resolved())
+    case_id = await reviewed(archive, api, "inc-r")
+    office = archive.token("office-li", "county", "office")
+    assert (await api.get(f"/archive/v1/cases/{case_id}", headers=office)).status_code == 200
+    # A view written by an earlier version says nothing of its case.
+    await archive.db[VIEWS].update_one({"_id": "inc-r"}, {"$unset": {"case_id": ""}})
+
+    await archive.consume(
+        story.add(IncidentReopened(reason="再次发酵"), "incident", NOW + timedelta(hours=1))
+    )
+
+    assert (await api.get(f"/archive/v1/cases/{case_id}", headers=office)).status_code == 404
+    reopened = (await api.get("/archive/v1/incidents/inc-r", headers=office)).json()
+    assert reopened["status"] == "open"
+
+
+async def test_reads_follow_a_swap_of_the_read_models_made_by_another_replica(
+    archive: FakeService, api: httpx.AsyncClient
+) -> None:
+    story = Story("inc-a", "school-a").opened()
+    await archive.consume(*story.events)
+    admin = archive.token("admin", "county", "admin")
+    view = (await api.get("/archive/v1/incidents/inc-a", headers=admin)).json()
+    # Another replica's replay: fresh collections, the pointer moved, the old ones dropped.
+    db = archive.db
+    async for doc in db[VIEWS].find({}):
+        await db["incidents_other"].insert_one(doc)
+    await db[READ_MODELS].update_one({"_id": "current"}, {"$set": {"incidents": "incidents_other"}})
+    await db.drop_collection(VIEWS)
+
+    found = await api.get("/archive/v1/incidents/inc-a", headers=admin)
+    listed = await api.get("/archive/v1/incidents", headers=admin)
+
+    assert (found.status_code, found.json()) == (200, view)
+    assert [i["incident_id"] for i in listed.json()["items"]] == ["inc-a"]
+
+
+async def test_a_long_list_pages_through_every_incident_newest_first_once(
+    archive: FakeService, api: httpx.AsyncClient
+) -> None:
+    # Keyset paging: rows months apart, in the future and sharing a time all come out
+    # once, in order, with and without a filter.
+    await archive.consume(*Story("inc-a", "school-a").opened().events)
+    template = await archive.db[VIEWS].find_one({"_id": "inc-a"})
+    assert template is not None
+    times = [NOW + timedelta(days=2)] + [NOW - timedelta(hours=29 * n) for n in range(300)]
+    times += [NOW - timedelta(days=3)] * 5  # ties, ordered by id
+    rows = []
+    for n, at in enumerate(times):
+        incident, level = f"inc-x{n:05d}", 1 + n % 3
+        summary = {**template["summary"], "incident_id": incident, "level": level}
+        rows.append(
+            {**template, "_id": incident, "summary": summary, "level": level, "sort_at": at}
+        )
+    await archive.db[VIEWS].insert_many(rows)
+    admin = archive.token("admin", "county", "admin")
+
+    async def every(**query: Any) -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params = {**query, "limit": 40, **({"cursor": cursor} if cursor else {})}
+            page = await api.get("/archive/v1/incidents", params=params, headers=admin)
+            assert page.status_code == 200, page.text
+            seen += [item["incident_id"] for item in page.json()["items"]]
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                return seen
+
+    everything = sorted([*rows, template], key=lambda r: (r["sort_at"], r["_id"]), reverse=True)
+    assert await every() == [r["_id"] for r in everything]
+    assert await every(level=2) == [r["_id"] for r in everything if r["level"] == 2]

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import jwt
 import pytest
 
 from services.cli import parse_duration, parse_roles
-from shared.auth import TokenService
+from shared.auth import RevocationList, TokenService, TokenTooLong, WeakSecret, check_secret
 from shared.directory import Directory
 from shared.errors import NotFound, Unauthorized
 from shared.identity import Caller, Role
-from shared.settings import CONFIG_DIR
+from shared.service import Context
+from shared.settings import CONFIG_DIR, Settings
 from shared.visibility import IncidentScope, Sight, Visibility
 
 KEY = "unit-test-key-that-is-long-enough-for-hs256"
@@ -21,6 +24,23 @@ KEY = "unit-test-key-that-is-long-enough-for-hs256"
 
 def tokens(ttl: timedelta = timedelta(hours=1)) -> TokenService:
     return TokenService(KEY, "yuqing", ttl)
+
+
+def _claims_token(drop: str, key: str = KEY) -> str:
+    """A well-signed token of this deployment without the claim `drop`."""
+    now = int(time.time())
+    claims = {
+        "sub": "a",
+        "unit": "county",
+        "roles": ["admin"],
+        "iss": "yuqing",
+        "aud": "yuqing",
+        "jti": "j1",
+        "iat": now,
+        "exp": now + 600,
+    }
+    del claims[drop]
+    return jwt.encode(claims, key, algorithm="HS256")
 
 
 def test_a_token_carries_subject_unit_and_roles() -> None:
@@ -51,6 +71,21 @@ def test_a_token_carries_subject_unit_and_roles() -> None:
         ),
         (jwt.encode({"sub": "a", "unit": "county"}, KEY, algorithm="HS256"), "invalid token"),
         ("not-a-token", "invalid token"),
+        (
+            TokenService(KEY, "yuqing", timedelta(hours=1), audience="elsewhere").issue(
+                "a", "county", [Role.ADMIN]
+            ),
+            "invalid token: Audience doesn't match",
+        ),
+        (_claims_token(drop="jti"), 'invalid token: Token is missing the "jti" claim'),
+        (_claims_token(drop="aud"), 'invalid token: Token is missing the "aud" claim'),
+        (
+            # Signed with the right key, but it says it lives 100 years.
+            TokenService(KEY, "yuqing", timedelta(hours=1), max_ttl=timedelta(days=36500)).issue(
+                "a", "county", [Role.ADMIN], ttl=timedelta(days=36500)
+            ),
+            "lives longer than the maximum of 30 days",
+        ),
     ],
 )
 def test_a_bad_token_is_refused_with_the_reason(token: str, reason: str) -> None:
@@ -146,3 +181,115 @@ def test_the_token_command_prints_a_token_the_services_accept(
 
     assert main(["token", "--sub", "x", "--unit", "atlantis", "--roles", "monitor"]) == 2
     assert "unknown unit 'atlantis'" in capsys.readouterr().err
+
+
+def test_every_token_names_its_id_audience_and_issuer() -> None:
+    token = tokens().issue("monitor-chen", "school-a", [Role.MONITOR])
+    other = tokens().issue("monitor-chen", "school-a", [Role.MONITOR])
+
+    claims = jwt.decode(token, KEY, algorithms=["HS256"], audience="yuqing")
+    assert (claims["aud"], claims["iss"]) == ("yuqing", "yuqing")
+    assert claims["jti"] != jwt.decode(other, KEY, algorithms=["HS256"], audience="yuqing")["jti"]
+
+
+def test_no_token_is_minted_for_longer_than_the_maximum() -> None:
+    service = TokenService(KEY, "yuqing", timedelta(hours=8), max_ttl=timedelta(days=30))
+
+    with pytest.raises(TokenTooLong, match=r"at most 30 days .*36500 days was asked"):
+        service.issue("a", "county", [Role.ADMIN], ttl=timedelta(days=36500))
+    service.verify(service.issue("a", "county", [Role.ADMIN], ttl=timedelta(days=30)))
+
+
+def test_a_revoked_token_is_refused_once_its_id_is_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "revoked-tokens"
+    service = TokenService(KEY, "yuqing", timedelta(hours=1), revoked=RevocationList(path))
+    kept = service.issue("a", "county", [Role.ADMIN])
+    dropped = service.issue("b", "county", [Role.ADMIN])
+    jti = service.claims(dropped)["jti"]
+    service.verify(dropped)  # no file yet: nothing is revoked
+
+    # Another process (or an operator) writes the file: this one re-reads it.
+    path.write_text(f"# revoked tokens\n{jti}  # lost laptop\n")
+    with pytest.raises(Unauthorized, match="token revoked"):
+        service.verify(dropped)
+    assert service.verify(kept).id == "a"
+
+    # Taken out of the file again: the change is seen without a restart.
+    path.write_text("# nothing revoked\n")
+    assert service.verify(dropped).id == "b"
+
+
+def test_the_signing_key_must_be_at_least_32_bytes() -> None:
+    with pytest.raises(WeakSecret, match=r"YUQING_SECRET is 1 bytes long.*production") as stop:
+        check_secret("x", production=True)
+    assert isinstance(stop.value, SystemExit)  # the process stops with the message alone
+    assert "YUQING_SECRET" in (check_secret("x", production=False) or "")  # warned
+    assert check_secret("k" * 32, production=True) is None
+
+
+def test_production_does_not_start_with_a_weak_secret(tmp_path: Path) -> None:
+    weak = Settings(secret="x", environment="production", data_dir=tmp_path)
+    with pytest.raises(WeakSecret, match="YUQING_SECRET"):
+        Context.from_settings(weak)
+    # Development starts, warned.
+    Context.from_settings(Settings(secret="x", environment="development", data_dir=tmp_path))
+
+
+def _cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, secret: str | None = KEY) -> None:
+    monkeypatch.setenv("YUQING_DATA_DIR", str(tmp_path))
+    if secret is None:
+        monkeypatch.delenv("YUQING_SECRET", raising=False)
+    else:
+        monkeypatch.setenv("YUQING_SECRET", secret)
+
+
+def test_the_token_command_refuses_a_lifetime_beyond_the_maximum(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.cli import main
+
+    _cli_env(monkeypatch, tmp_path)
+    args = ["token", "--sub", "a", "--unit", "county", "--roles", "admin", "--ttl", "36500d"]
+    assert main(args) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "error: a token lives at most 30 days (YUQING_TOKEN_MAX_TTL_SECONDS=2592000)" in out.err
+
+
+def test_the_token_command_refuses_to_invent_a_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.cli import main
+
+    _cli_env(monkeypatch, tmp_path, secret=None)
+    assert main(["token", "--sub", "a", "--unit", "county", "--roles", "admin"]) == 2
+    out = capsys.readouterr()
+    assert (out.out, "error: no signing key: set YUQING_SECRET" in out.err) == ("", True)
+    assert not (tmp_path / "secret.key").exists()
+
+    # Where the services run (their key file is there), it mints with their key.
+    (tmp_path / "secret.key").write_text(KEY)
+    assert main(["token", "--sub", "a", "--unit", "county", "--roles", "admin"]) == 0
+    assert tokens().verify(capsys.readouterr().out.strip()).id == "a"
+
+
+def test_a_token_revoked_with_the_command_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.cli import main
+
+    _cli_env(monkeypatch, tmp_path)
+    assert main(["token", "--sub", "a", "--unit", "county", "--roles", "admin"]) == 0
+    printed = capsys.readouterr()
+    token = printed.out.strip()
+    jti = jwt.decode(token, KEY, algorithms=["HS256"], audience="yuqing")["jti"]
+    assert f"jti={jti}" in printed.err
+    service = Context.from_settings(Settings()).tokens
+    assert service.verify(token).id == "a"
+
+    assert main(["token", "revoke", jti, "--reason", "离职"]) == 0
+    assert f"revoked {jti}" in capsys.readouterr().out
+    with pytest.raises(Unauthorized, match="token revoked"):
+        service.verify(token)
+    assert main(["token", "revoke", jti]) == 0
+    assert "already revoked" in capsys.readouterr().out

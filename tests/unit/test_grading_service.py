@@ -45,7 +45,9 @@ class Upstream:
         self.versions: dict[str, int] = {}
         self.reports = 0
 
-    def event(self, incident_id: str, payload: EventPayload, stream: str = "incident") -> Envelope:
+    def event(
+        self, incident_id: str, payload: EventPayload, stream: str = "incident", at: datetime = T0
+    ) -> Envelope:
         key = f"{stream}-{incident_id}"
         self.versions[key] = self.versions.get(key, 0) + 1
         return Envelope.new(
@@ -55,7 +57,7 @@ class Upstream:
             stream_version=self.versions[key],
             actor=Actor(type="person", id="monitor-chen", unit_id="school-a"),
             unit_id="school-a",
-            occurred_at=T0,
+            occurred_at=at,
         )
 
     def report(
@@ -91,17 +93,21 @@ class Upstream:
             ),
         )
 
-    def missed(self, incident_id: str, level: Level) -> Envelope:
+    def missed(
+        self, incident_id: str, level: Level, deadline: datetime = T0 + timedelta(minutes=30)
+    ) -> Envelope:
+        """As the deadline watch records a miss: at the true deadline, however late it saw it."""
         return self.event(
             incident_id,
             DeadlineMissed(
                 obligation_id=f"obl-{incident_id}-{int(level)}",
                 kind="first_report",
                 level=level,
-                deadline=T0 + timedelta(minutes=30),
+                deadline=deadline,
                 alerted_roles=("leader",),
             ),
             stream="obligation",
+            at=deadline,
         )
 
 
@@ -259,6 +265,23 @@ async def test_a_missed_deadline_at_the_current_level_raises_it_one_step(
     # A deadline of the level it has left says nothing about the handling now.
     await grading.consume(upstream.missed("inc-1", Level.THREE))
     assert (await grade_of(grading, "inc-1"))["level"] == 2
+
+
+async def test_a_deadline_missed_during_downtime_escalates_as_of_the_true_deadline(
+    upstream: Upstream,
+) -> None:
+    restarted_at = T0 + timedelta(hours=6)  # the system was down; the miss is found now
+    deadline = restarted_at - timedelta(hours=1)
+    async with fake_service("grading", build, clock=lambda: restarted_at) as grading:
+        await grading.consume(upstream.report("inc-down", MediaTier.COUNTY))
+        missed = upstream.missed("inc-down", Level.THREE, deadline=deadline)
+        await grading.consume(missed)
+        *_, escalated = await grading.published()
+
+    assert escalated.event_type == "IncidentEscalated"
+    assert escalated.causation_id == missed.event_id
+    # The new level's deadlines count from here: the miss, not the restart.
+    assert escalated.occurred_at == deadline
 
 
 async def test_a_missed_deadline_on_a_never_graded_incident_is_dead_lettered(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,8 +14,9 @@ import pytest
 
 from services.intake.bootstrap import IntakeParts, build
 from services.intake.domain import Incident
-from services.intake.projections import IntakeViews
+from services.intake.projections import REPORTS, IntakeViews
 from shared.repository import Repository
+from shared.settings import CONFIG_DIR
 from shared.store import Document, UnitOfWork
 from shared.visibility import hidden
 from tests.fakes.harness import FakeService, fake_service, fake_settings
@@ -505,3 +507,48 @@ async def test_a_retry_racing_its_own_first_attempt_gets_the_remembered_answer(
     assert again.headers.get("Idempotent-Replayed") == "true"
     assert reads == [True, True]
     assert len(await intake.published()) == 2
+
+
+async def test_a_look_alike_is_found_behind_more_recent_reports_than_are_compared(
+    tmp_path: Path, clock: Clock
+) -> None:
+    # Only reports sharing a text band with the new one are candidates, so the look-alike
+    # of a report filed before `max_compared` others about the unit still joins it.
+    policy = tmp_path / "intake.yaml"
+    policy.write_text(
+        (CONFIG_DIR / "intake.yaml")
+        .read_text(encoding="utf-8")
+        .replace("max_compared: 300", "max_compared: 3"),
+        encoding="utf-8",
+    )
+    settings = fake_settings(intake_policy_path=policy)
+    async with fake_service("intake", build, settings=settings, clock=clock) as intake:
+        assert parts(intake).policy.similar_text.max_compared == 3
+        async with intake.http() as api:
+            first = await file(api, monitor(intake))
+            for n in range(5):
+                await file(
+                    api,
+                    monitor(intake),
+                    url=f"https://bbs.example.org/other/{n}",
+                    title=f"第{n}号路段积水严重影响通行",
+                    excerpt=f"市民反映第{n}号路段排水不畅。",
+                )
+            look_alike = await file(
+                api, monitor(intake), url="https://bbs.example.org/t/1", **SIMILAR
+            )
+
+    assert (look_alike["incident_id"], look_alike["new_incident"]) == (first["incident_id"], False)
+
+
+async def test_a_report_stored_before_text_bands_is_still_compared(
+    intake: FakeService, api: httpx.AsyncClient
+) -> None:
+    first = await file(api, monitor(intake))
+    await intake.db[REPORTS].update_many({}, {"$unset": {"bands": ""}})
+
+    look_alike = await file(api, monitor(intake), url="https://bbs.example.org/t/1", **SIMILAR)
+    unrelated = await file(api, monitor(intake), url="https://bbs.example.org/t/2", **OTHER_MATTER)
+
+    assert (look_alike["incident_id"], look_alike["new_incident"]) == (first["incident_id"], False)
+    assert unrelated["new_incident"] is True

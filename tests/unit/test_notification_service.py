@@ -116,7 +116,9 @@ class Upstream:
         )
         return self.event(incident_id, payload, "grade")
 
-    def escalated(self, incident_id: str, from_level: Level, to_level: Level) -> Envelope:
+    def escalated(
+        self, incident_id: str, from_level: Level, to_level: Level, at: datetime = T0
+    ) -> Envelope:
         payload = IncidentEscalated(
             from_level=from_level,
             to_level=to_level,
@@ -125,7 +127,7 @@ class Upstream:
             rules_fired=(FiredRule(rule_id="reach", reason="test"),),
             rulebook_version="test",
         )
-        return self.event(incident_id, payload, "grade")
+        return self.event(incident_id, payload, "grade", at)
 
     def resolved(self, incident_id: str) -> Envelope:
         return self.event(incident_id, IncidentResolved(reason="舆情平息"), "incident")
@@ -268,6 +270,35 @@ async def test_escalation_opens_the_new_levels_duties_and_resolving_closes_what_
     assert after["direct_handling"]["state"] == "fulfilled"
     assert after["online_opinion_bulletin"]["state"] == "closed"
     assert after["online_opinion_bulletin"]["closed_reason"] == "事件已办结：舆情平息"
+
+
+async def test_an_escalation_seen_late_counts_the_new_levels_duties_from_when_it_happened(
+    notification: FakeService, upstream: Upstream, clock: Clock
+) -> None:
+    # Grading escalated as of a deadline missed while the system was down; notification
+    # hears of it an hour later, after the restart.
+    await notification.consume(
+        upstream.opened("inc-late"), upstream.graded("inc-late", Level.THREE)
+    )
+    escalated_at = T0 + timedelta(hours=2)
+    clock.now = escalated_at + timedelta(hours=1)
+    await notification.consume(
+        upstream.escalated("inc-late", Level.THREE, Level.TWO, at=escalated_at)
+    )
+
+    (bulletin,) = [
+        e.payload
+        for e in await notification.published("ObligationOpened")
+        if getattr(e.payload, "kind", None) == "online_opinion_bulletin"
+    ]
+    assert bulletin.counted_from == escalated_at
+    office = notification.token("office-li", "county", "office")
+    async with notification.http() as http:
+        listed = {d["kind"]: d for d in await duties(http, office, incident_id="inc-late")}
+    assert datetime.fromisoformat(listed["online_opinion_bulletin"]["deadline"]) == (
+        escalated_at + timedelta(hours=4)
+    )
+    assert listed["online_opinion_bulletin"]["seconds_left"] == 3 * 3600
 
 
 async def test_only_the_owner_role_the_leading_group_or_an_admin_files_a_duty_once(

@@ -186,6 +186,93 @@ def test_the_reviser_of_a_version_cannot_approve_it() -> None:
         statement.approve(OFFICE, "", POLICY)
 
 
+def test_the_author_of_an_earlier_version_approves_or_rejects_no_step_of_a_revision() -> None:
+    # The office drafts v1; a spokesperson revises it; the office may not clear v2.
+    statement = drafted(author=OFFICE.id)
+    statement = record(
+        statement, statement.revise(title="t", body="b", facts=(), outlets=(), by=AUTHOR.id)
+    )
+    statement = record(statement, statement.submit(Level.ONE, POLICY, ["school-a"]))
+
+    with pytest.raises(SelfApproval, match="第1版由本人起草") as refused:
+        statement.approve(OFFICE, "", POLICY)
+    assert refused.value.details == {"authored_versions": [1]}
+    with pytest.raises(SelfApproval, match="第1版由本人起草"):
+        statement.reject(OFFICE, "退回", POLICY)
+    # Nor a later step: the office colleague fills the first, the v1 author none at all.
+    colleague = Caller(id="office-zhao", unit="county", roles=frozenset({Role.OFFICE}))
+    statement = approved_by(statement, colleague)
+    both = Caller(id=OFFICE.id, unit="county", roles=frozenset({Role.OFFICE, Role.PROPAGANDA}))
+    with pytest.raises(SelfApproval):
+        statement.approve(both, "", POLICY)
+    assert statement.state is StatementState.IN_REVIEW
+
+
+def published_at_level_three() -> Statement:
+    statement = approved_by(submitted(Level.THREE), HEAD_A)
+    return record(statement, statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY))
+
+
+def test_a_statement_out_at_level_three_goes_out_again_only_with_the_level_one_chain() -> None:
+    statement = published_at_level_three()
+
+    rechained = statement.rechain(Level.ONE, POLICY, ["school-a"], "升级")
+    assert rechained is not None
+    assert rechained.missing == (ApprovalStep(role="office"), ApprovalStep(role="propaganda"))
+    statement = record(statement, rechained)
+    assert statement.state is StatementState.PUBLISHED  # what is out stays out
+    assert statement.missing() == [ApprovalStep(role="office"), ApprovalStep(role="propaganda")]
+
+    with pytest.raises(NotApproved, match="须按现行级别的审批链审批后再发布") as refused:
+        statement.publish(outlet="官方微博", url="u2", by=AUTHOR.id, rules=POLICY, level=Level.ONE)
+    assert refused.value.details["missing"] == [
+        {"role": "office", "unit_id": None},
+        {"role": "propaganda", "unit_id": None},
+    ]
+    with pytest.raises(OutOfOrder):
+        statement.approve(PROPAGANDA, "", POLICY)
+
+    statement = approved_by(statement, OFFICE, PROPAGANDA)
+    assert statement.missing() == []
+    again = statement.publish(
+        outlet="官方微博", url="u2", by=AUTHOR.id, rules=POLICY, level=Level.ONE
+    )
+    assert (again.version, again.outlet) == (1, "官方微博")
+
+
+def test_publishing_checks_the_chain_of_the_level_in_force_even_before_the_rechain() -> None:
+    # Approved at level 3; the incident is level 1 when the publisher asks.
+    statement = approved_by(submitted(Level.THREE), HEAD_A)
+
+    with pytest.raises(NotApproved, match="缺少：领导小组办公室"):
+        statement.publish(
+            outlet="官网",
+            url="u",
+            by=AUTHOR.id,
+            rules=POLICY,
+            level=Level.ONE,
+            unit_ids=["school-a"],
+        )
+    statement.publish(
+        outlet="官网", url="u", by=AUTHOR.id, rules=POLICY, level=Level.THREE, unit_ids=["school-a"]
+    )
+
+
+def test_a_published_statement_rejected_at_the_new_level_is_not_cleared_again() -> None:
+    statement = published_at_level_three()
+    statement = record(statement, statement.rechain(Level.TWO, POLICY, ["school-a"], "升级"))
+    statement = record(statement, statement.reject(OFFICE, "口径需调整", POLICY))
+
+    with pytest.raises(NotInReview):
+        statement.approve(
+            Caller(id="office-zhao", unit="county", roles=frozenset({Role.OFFICE})), "", POLICY
+        )
+    with pytest.raises(NotApproved):
+        statement.publish(outlet="官方微博", url="u2", by=AUTHOR.id, rules=POLICY, level=Level.TWO)
+    with pytest.raises(NotWithdrawable):
+        statement.withdraw(AUTHOR, "撤回")
+
+
 def test_a_rejected_version_cannot_be_published_or_resubmitted_unchanged() -> None:
     statement = submitted(Level.TWO)
     statement = record(statement, statement.reject(OFFICE, "数据未核实", POLICY))

@@ -53,6 +53,13 @@ RELEASE: dict[str, Any] = {
     "outlets": ["官方微博", "县教育局官网"],
 }
 WEIBO = {"outlet": "官方微博", "url": "https://weibo.example/1"}
+
+
+def revision(body: dict[str, Any]) -> dict[str, Any]:
+    """A PUT body: a version's content (the kind is the statement's, and is no field of it)."""
+    return {k: v for k, v in body.items() if k != "kind"}
+
+
 RULES = (FiredRule(rule_id="media-tier", reason="test"),)
 
 
@@ -366,7 +373,7 @@ async def test_a_rejected_or_withdrawn_version_comes_back_only_as_a_revision(
     assert rejected.json()["state"] == "rejected"
     late = await approve(api, sid, who.head)
     assert error(late) == (409, "not_in_review", "当前版本已被退回")
-    revised = await api.put(base, json={**RELEASE, "body": "更正"}, headers=who.author)
+    revised = await api.put(base, json=revision({**RELEASE, "body": "更正"}), headers=who.author)
     assert (revised.json()["current_version"], revised.json()["state"]) == (2, "draft")
     await api.post(f"{base}/submit", headers=who.author)
 
@@ -376,6 +383,68 @@ async def test_a_rejected_or_withdrawn_version_comes_back_only_as_a_revision(
     assert withdrawn.json()["state"] == "withdrawn"
     unpublishable = await api.post(f"{base}/publish", json=WEIBO, headers=who.author)
     assert error(unpublishable) == (409, "not_approved", "当前版本已撤回，不能发布")
+
+
+async def test_whoever_wrote_an_earlier_version_clears_no_step_of_the_revision(
+    statement: FakeService, api: httpx.AsyncClient, upstream: Upstream, who: People
+) -> None:
+    await known(statement, upstream, "inc-8", Level.TWO)
+    sid = await drafted(api, "inc-8", who.office)  # the office writes v1
+    base = f"{API}/statements/{sid}"
+    revised = await api.put(base, json=revision({**RELEASE, "body": "修改"}), headers=who.author)
+    assert revised.json()["current_version"] == 2
+    await api.post(f"{base}/submit", headers=who.author)
+
+    own = await approve(api, sid, who.office)
+    assert error(own) == (403, "self_approval", "不能审批自己起草过的稿件（第1版由本人起草）")
+    rejected = await api.post(f"{base}/reject", json={"comment": "x"}, headers=who.office)
+    assert error(rejected)[:2] == (403, "self_approval")
+    view = (await api.get(base, headers=who.office)).json()
+    assert (view["state"], [s["role"] for s in view["missing"]]) == ("in_review", ["office"])
+    colleague = statement.token("office-zhao", "county", "office")
+    assert (await approve(api, sid, colleague)).json()["state"] == "approved"
+
+
+async def test_a_statement_out_at_level_three_needs_the_level_one_chain_to_go_out_again(
+    statement: FakeService, api: httpx.AsyncClient, upstream: Upstream, who: People
+) -> None:
+    await known(statement, upstream, "inc-9", Level.THREE)
+    sid = await submitted(api, "inc-9", who)
+    base = f"{API}/statements/{sid}"
+    line = f"{API}/incidents/inc-9/official-line"
+    await approve(api, sid, who.head)
+    first = await api.post(f"{base}/publish", json=WEIBO, headers=who.author)
+    assert first.status_code == 200, first.text
+
+    raised = upstream.escalated("inc-9", Level.THREE, Level.ONE)
+    await statement.consume(raised)
+
+    rechain = (await statement_events(statement, sid))[-1]
+    assert isinstance(rechain.payload, StatementSubmitted)
+    assert (rechain.payload.level, rechain.payload.missing) == (
+        Level.ONE,
+        (ApprovalStep(role="office"), ApprovalStep(role="propaganda")),
+    )
+    view = (await api.get(base, headers=who.office)).json()
+    assert (view["state"], view["level"]) == ("published", 1)
+    assert [s["role"] for s in view["missing"]] == ["office", "propaganda"]
+
+    site = {"outlet": "县教育局官网", "url": "https://edu.example/1"}
+    blocked = await api.post(f"{base}/publish", json=site, headers=who.author)
+    assert error(blocked)[:2] == (409, "not_approved")
+    assert "缺少：领导小组办公室、宣传部（处置专班）" in error(blocked)[2]
+    shown = (await api.get(line, headers=who.office)).json()
+    assert (shown["outlet"], shown["url"]) == ("官方微博", WEIBO["url"])  # the line stays
+
+    assert (await approve(api, sid, who.office)).status_code == 200
+    assert (await approve(api, sid, who.propaganda)).status_code == 200
+    again = await api.post(f"{base}/publish", json=site, headers=who.author)
+    assert again.status_code == 200, again.text
+    shown = (await api.get(line, headers=who.office)).json()
+    assert (shown["outlet"], [c["approved_by"] for c in shown["cleared_by"]]) == (
+        "县教育局官网",
+        ["office-li", "propaganda-wang"],
+    )
 
 
 async def test_the_official_line_is_the_latest_publication_and_a_contradiction_needs_a_reason(
@@ -418,7 +487,7 @@ ROUTES = [
     ("post", "/incidents/{id}/statements", "incident", RELEASE),
     ("get", "/incidents/{id}/statements", "incident", None),
     ("get", "/incidents/{id}/official-line", "incident", None),
-    ("put", "/statements/{id}", "statement", RELEASE),
+    ("put", "/statements/{id}", "statement", revision(RELEASE)),
     ("post", "/statements/{id}/submit", "statement", None),
     ("post", "/statements/{id}/approve", "statement", {"comment": "同意"}),
     ("post", "/statements/{id}/reject", "statement", {"comment": "不同意"}),
@@ -584,7 +653,7 @@ async def test_a_decision_that_keeps_losing_answers_409_and_stores_nothing(
     sid = await submitted(api, "inc-13", who)
     loads = stale_once(statement, monkeypatch, keep=1, times=99)
 
-    r = await api.put(f"{API}/statements/{sid}", json=RELEASE, headers=who.author)
+    r = await api.put(f"{API}/statements/{sid}", json=revision(RELEASE), headers=who.author)
 
     assert error(r)[:2] == (409, "conflict_retry_exhausted")
     assert loads == [2, 2, 2]  # the configured three attempts

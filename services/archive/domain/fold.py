@@ -402,8 +402,12 @@ def _revised(f: _Folder, s: StatementView, event: Envelope, p: StatementRevised)
 
 
 def _cleared(s: StatementView, missing: Iterable[Any], at: datetime) -> None:
-    """The state the statement service stated: approved once no step is missing."""
+    """The state the statement service stated: approved once no step is missing. A
+    version already out stays published when the level moves: `missing` then says what
+    the new level's chain needs before it goes out again."""
     s.missing = list(missing)
+    if any(p.version == s.version for p in s.publications):
+        return
     if s.missing:
         s.state, s.approved_at = StatementState.IN_REVIEW, None
     else:

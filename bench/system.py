@@ -1,0 +1,75 @@
+"""`yuqing up` with every MongoDB command of the services counted, for `make bench`.
+
+Registers a PyMongo command listener in `shared.service.COMMAND_LISTENERS` (the opt-in
+hook the services' clients are built with), then runs the `yuqing up` command in this
+process. On SIGUSR1 it writes the counts so far to `$YUQING_BENCH_COUNTS` as JSON
+(`{"snapshot": n, "commands": {"<database>.<command>": count}}`), atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from types import FrameType
+
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
+
+from services.cli import main
+from shared import service
+
+
+class CountingListener(CommandListener):
+    """Counts commands by database and name, as the driver sends them."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def started(self, event: CommandStartedEvent) -> None:
+        with self._lock:
+            self.counts[f"{event.database_name}.{event.command_name}"] += 1
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        with self._lock:
+            self.errors[f"{event.database_name}.{event.command_name}"] += 1
+
+    def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
+        with self._lock:
+            return dict(self.counts), dict(self.errors)
+
+
+def run() -> int:
+    target = Path(os.environ["YUQING_BENCH_COUNTS"])
+    listener = CountingListener()
+    service.COMMAND_LISTENERS.append(listener)
+    snapshots = 0
+
+    def dump(signum: int, frame: FrameType | None) -> None:
+        nonlocal snapshots
+        snapshots += 1
+        commands, failed = listener.snapshot()
+        body = {"snapshot": snapshots, "commands": commands, "failed": failed}
+        partial = target.with_suffix(".tmp")
+        partial.write_text(json.dumps(body))
+        partial.replace(target)
+
+    signal.signal(signal.SIGUSR1, dump)
+    return main(["up"])
+
+
+if __name__ == "__main__":
+    sys.exit(run())

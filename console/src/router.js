@@ -1,0 +1,27 @@
+import { createRouter, createWebHistory } from 'vue-router'
+import Login from './views/Login.vue'
+import Dashboard from './views/Dashboard.vue'
+import Incident from './views/Incident.vue'
+import { session, loadSession } from './session.js'
+
+export const router = createRouter({
+  history: createWebHistory(),
+  routes: [
+    { path: '/', redirect: '/dashboard' },
+    { path: '/login', component: Login, meta: { public: true, title: '登录' } },
+    { path: '/dashboard', component: Dashboard, meta: { title: '态势总览' } },
+    { path: '/incidents/:id', component: Incident, props: true, meta: { title: '事件详情' } },
+    { path: '/:rest(.*)*', redirect: '/dashboard' },
+  ],
+})
+
+router.beforeEach(async (to) => {
+  if (to.meta.public) return true
+  if (!session.me) await loadSession()
+  if (!session.me) return { path: '/login', query: { next: to.fullPath } }
+  return true
+})
+
+router.afterEach((to) => {
+  document.title = `${to.meta.title || ''} · 舆情处置平台`
+})
