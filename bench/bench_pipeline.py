@@ -730,7 +730,9 @@ async def measure_long(system: System, args: argparse.Namespace) -> dict[str, An
     await completions.start()
     minutes: list[dict[str, Any]] = []
     gate = asyncio.Semaphore(args.concurrency)
-    deadline = time.perf_counter() + args.long
+    total_minutes = max(1, int(args.long // 60))  # whole minutes, each measured alike
+    begun = time.perf_counter()
+    deadline = begun + total_minutes * 60
     done = 0
     try:
         async with client(system, args.concurrency * 2) as api:
@@ -746,8 +748,8 @@ async def measure_long(system: System, args: argparse.Namespace) -> dict[str, An
 
             workers = [asyncio.create_task(worker()) for _ in range(args.concurrency)]
             last = 0
-            while time.perf_counter() < deadline:
-                await asyncio.sleep(60)
+            for minute in range(1, total_minutes + 1):
+                await asyncio.sleep(max(0.0, begun + minute * 60 - time.perf_counter()))
                 minutes.append(
                     {
                         "reports_per_s": round((done - last) / 60, 2),
