@@ -159,9 +159,14 @@ def test_an_incident_is_archived_complete_verifiable_replayable_and_reviewed(
         )
         assert again.json()["incident_id"] == incident_id
     archive.until(lambda v: v.get("level") == 1, "the escalation to level 1")
+    # The miss and the level-1 duties are two events of the notification stream: wait for
+    # both rather than read the duties at the moment the miss shows.
     escalated = archive.until(
-        lambda v: any(o["state"] == "missed" for o in v.get("obligations", [])),
-        "the level-2 bulletin missed",
+        lambda v: (
+            any(o["state"] == "missed" for o in v.get("obligations", []))
+            and any(o["kind"] == "phone_quick_report" for o in v.get("obligations", []))
+        ),
+        "the level-2 bulletin missed and the level-1 duties opened",
     )
     [missed] = [o for o in escalated["obligations"] if o["state"] == "missed"]
     assert missed["kind"] == "online_opinion_bulletin"
