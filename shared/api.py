@@ -6,6 +6,7 @@ import math
 import time
 import uuid
 from collections.abc import Collection
+from http.cookies import SimpleCookie
 from typing import Any
 
 import structlog
@@ -20,7 +21,7 @@ from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.auth import VERIFIED_SCOPE_KEY, TokenService
+from shared.auth import SESSION_COOKIE, VERIFIED_SCOPE_KEY, TokenService
 from shared.errors import (
     BadRequest,
     Conflict,
@@ -280,14 +281,24 @@ class RequestGuard:
         return None
 
     def _claims(self, scope: Scope) -> dict[str, Any] | None:
-        scheme, _, token = (_header(scope, b"authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        """The verified claims of the request's token: the bearer header's, or else the
+        console's session cookie's, so a person signed in to the console is limited as a
+        person and not as the office's shared address."""
+        header = _header(scope, b"authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            token = token.strip() if scheme.lower() == "bearer" else ""
+        else:
+            cookies = SimpleCookie(_header(scope, b"cookie") or "")
+            session = cookies.get(SESSION_COOKIE)
+            token = session.value if session is not None else ""
+        if not token:
             return None
         try:
-            claims = self.tokens.claims(token.strip())
+            claims = self.tokens.claims(token)
         except Unauthorized:
             return None
-        scope[VERIFIED_SCOPE_KEY] = (token.strip(), claims)
+        scope[VERIFIED_SCOPE_KEY] = (token, claims)
         return claims
 
     async def _bounded(self, scope: Scope, receive: Receive) -> tuple[JSONResponse | None, Receive]:

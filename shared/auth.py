@@ -14,6 +14,7 @@ least 32 bytes, or production does not start.
 
 from __future__ import annotations
 
+import hmac
 import os
 import uuid
 from datetime import timedelta
@@ -36,6 +37,11 @@ log = get_logger("yuqing.auth")
 # Where the request guard (shared.api) leaves the token it verified and its claims, so
 # that a request's token is verified once.
 VERIFIED_SCOPE_KEY = "yuqing.verified_token"
+# The console's session (shared/console.py): the same token, in an httpOnly cookie, and
+# the readable cookie a state-changing request must echo in CSRF_HEADER.
+SESSION_COOKIE = "yuqing_session"
+CSRF_COOKIE = "yuqing_csrf"
+CSRF_HEADER = "x-csrf-token"
 MIN_SECRET_BYTES = 32  # HS256 keys shorter than the hash output are guessable (RFC 7518 3.2)
 DEFAULT_AUDIENCE = "yuqing"
 DEFAULT_MAX_TTL = timedelta(days=30)
@@ -246,14 +252,10 @@ def bearer_token(request: Request) -> str | None:
 def current_caller(request: Request) -> Caller:
     token = bearer_token(request)
     if token is None and not request.headers.get("authorization"):
-        # The console's session (shared/console.py): the same token, in an httpOnly cookie;
-        # what changes something must echo the readable `yuqing_csrf` cookie in a header.
-        token = request.cookies.get("yuqing_session") or None
+        token = request.cookies.get(SESSION_COOKIE) or None
         if token and request.method not in ("GET", "HEAD", "OPTIONS"):
-            import hmac
-
-            csrf = request.cookies.get("yuqing_csrf", "")
-            sent = request.headers.get("x-csrf-token", "")
+            csrf = request.cookies.get(CSRF_COOKIE, "")
+            sent = request.headers.get(CSRF_HEADER, "")
             if not csrf or not hmac.compare_digest(csrf.encode(), sent.encode()):
                 raise Forbidden(
                     "a signed-in request that changes something needs the X-CSRF-Token "

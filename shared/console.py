@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp
 
 from shared.api import error_response
-from shared.auth import TokenService, current_caller
+from shared.auth import CSRF_COOKIE, SESSION_COOKIE, TokenService, current_caller
 from shared.catalogue import Catalogue
 from shared.clock import Clock, utcnow
 from shared.directory import Directory, Person
@@ -43,8 +43,6 @@ from shared.settings import Settings
 
 log = structlog.get_logger("yuqing.console")
 
-SESSION_COOKIE = "yuqing_session"
-CSRF_COOKIE = "yuqing_csrf"
 # Paths of the system that are never console pages, even when nothing answers them.
 API_PREFIXES = ("/auth/", "/events/", "/api", "/healthz", "/readyz", "/metrics", "/asyncapi")
 CONTENT_SECURITY_POLICY = (

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from services.cli import composition_root
 from shared.api import CONTENT_SECURITY_POLICY
+from shared.auth import SESSION_COOKIE
 from shared.gateway import Gateway
 from shared.settings import SERVICE_NAMES
 from tests.fakes.harness import FakeService, fake_service, fake_settings
@@ -156,6 +157,25 @@ async def test_too_many_requests_from_one_principal_are_429_with_retry_after(
     assert {r.status_code for r in probes} == {200}
     # Without a token, the client address is the principal.
     assert [r.status_code for r in anonymous] == [401] * 5 + [429]
+
+
+async def test_people_signed_in_to_the_console_are_limited_each_not_by_their_shared_address(
+    statement: FakeService,
+) -> None:
+    """Behind one office's address, each signed-in person has a window of their own."""
+
+    def session(sub: str) -> dict[str, str]:
+        token = statement.token(sub, "county", "office")["Authorization"].split(" ", 1)[1]
+        return {"cookie": f"{SESSION_COOKIE}={token}"}
+
+    async with statement.http() as api:
+        li = [
+            await api.get(f"{API}/statements/s-1", headers=session("office-li")) for _ in range(6)
+        ]
+        zhao = await api.get(f"{API}/statements/s-1", headers=session("office-zhao"))
+
+    assert [r.status_code for r in li] == [404] * 5 + [429]
+    assert zhao.status_code == 404  # the same address, another person: not yet limited
 
 
 async def test_every_answer_carries_the_security_headers(statement: FakeService) -> None:
