@@ -6,10 +6,22 @@
 # files and templates are package data inside the wheel (shared/config/), so no path
 # variable is needed; mount other files and set YUQING_*_PATH to replace them.
 #
-# Built from lock files only: requirements.lock (runtime, hashes) and deploy/build.lock (the
-# build backend). Regenerate both with `make lock` after changing pyproject.toml.
+# Built from lock files only: requirements.lock (runtime, hashes), deploy/build.lock (the
+# build backend) and console/package-lock.json (the console). Regenerate the first two
+# with `make lock` after changing pyproject.toml.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+# ---------------------------------------------------------------------------------------
+# The web console, built from its own lock (console/package-lock.json) into console/dist.
+FROM ${NODE_IMAGE} AS console
+
+WORKDIR /console
+COPY console/package.json console/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY console/ ./
+RUN npm run build
 
 # ---------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
@@ -30,11 +42,13 @@ COPY deploy/build.lock deploy/build.lock
 RUN python -m venv /opt/build \
     && /opt/build/bin/pip install --no-cache-dir --require-hashes --no-deps -r deploy/build.lock
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md hatch_build.py ./
 COPY shared/ shared/
 COPY services/ services/
 COPY config/ config/
-# The wheel carries config/ as shared/config/; nothing beyond the lock is resolved.
+COPY --from=console /console/dist console/dist
+# The wheel carries config/ as shared/config/ and the console as shared/console_dist/;
+# nothing beyond the lock is resolved.
 RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /dist . \
     && /opt/yuqing/bin/pip install --no-cache-dir --no-deps /dist/yuqing-*.whl \
     && /opt/yuqing/bin/pip check

@@ -10,7 +10,7 @@ CONSOLE_STAMP := console/dist/.built
 CONSOLE_SRC   := $(shell find console/src -type f 2>/dev/null) console/index.html \
                  console/vite.config.js console/package.json console/package-lock.json
 
-.PHONY: run test test-unit test-service test-e2e reliability lint format bench bench-long clean install console
+.PHONY: run test test-unit test-service test-e2e reliability reliability-long lint format bench bench-long clean install console
 
 install: $(STAMP)
 
@@ -32,7 +32,7 @@ run: $(STAMP) $(CONSOLE_STAMP)
 	$(BIN)/yuqing up
 
 test: $(STAMP) $(CONSOLE_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
@@ -47,6 +47,10 @@ test-e2e: $(STAMP) $(CONSOLE_STAMP)
 # prints what it injected and what it checked.
 reliability: $(STAMP)
 	$(BIN)/python -m pytest -q -s tests/reliability
+
+# The fault runs too long for `make test` (.ci/run adds it after the suite).
+reliability-long: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m slow tests/reliability
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -332,12 +333,31 @@ class Completions:
         return await waiter
 
 
+# Reports the system refused (503) or dropped and the bench sent again, by what happened.
+REFUSED: Counter[str] = Counter()
+
+
 async def post_one(
     api: httpx.AsyncClient, completions: Completions, n: int
 ) -> tuple[float, float, float]:
-    """(started, accepted, graded) perf_counter times of one report."""
+    """(started, accepted, graded) perf_counter times of one report. A 503 or a dropped
+    connection is tried again, as a client would, from the same start (so it counts in the
+    latency), up to five times; `REFUSED` counts them."""
     started = time.perf_counter()
-    answer = await api.post("/intake/v1/reports", json=report(n))
+    body = report(n)
+    for attempt in range(1, 6):
+        try:
+            answer = await api.post("/intake/v1/reports", json=body)
+        except httpx.TransportError as exc:
+            if attempt == 5:
+                raise
+            REFUSED[type(exc).__name__] += 1
+            await asyncio.sleep(0.2)
+            continue
+        if answer.status_code != 503 or attempt == 5:
+            break
+        REFUSED["503"] += 1
+        await asyncio.sleep(0.2)
     answer.raise_for_status()
     accepted = time.perf_counter()
     graded = await completions.done(answer.json()["incident_id"])
@@ -703,6 +723,7 @@ async def measure(system: System, args: argparse.Namespace) -> dict[str, Any]:
         )
     finally:
         await completions.stop()
+    results["refused_and_retried"] = dict(REFUSED)
 
     incidents = list(completions.seen)
     note("incident view reads", results, args.partial)
@@ -793,6 +814,7 @@ def table(results: dict[str, Any]) -> str:
             f"{results['idle']['commands_per_s']} / {results['idle']['writes_per_s']}",
         ),
         ("pipeline reports/s (concurrency)", f"{p['reports_per_s']} ({p['concurrency']})"),
+        ("reports refused or dropped, sent again", str(results.get("refused_and_retried", {}))),
         (
             "commands per report (writes/reads/txns)",
             f"{p['commands_per_report']} ({p['writes_per_report']}/{p['reads_per_report']}/"

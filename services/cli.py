@@ -10,12 +10,16 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import date, datetime, timedelta
+from datetime import time as dt_time
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import uvicorn
 
-from shared.auth import RevocationList, TokenTooLong
+from shared.auth import API_KEY_HEADER, ApiKeys, RevocationList, TokenTooLong
 from shared.console import PasswordBook
 from shared.directory import Directory
 from shared.embedded import EmbeddedError, EmbeddedInfra
@@ -26,6 +30,7 @@ from shared.logging import configure_logging, get_logger
 from shared.policy import parse_duration as policy_duration
 from shared.service import Build, Context, ServiceParts, ServiceRunner
 from shared.settings import SERVICE_NAMES, Settings
+from shared.tracing import setup_tracing
 
 log = get_logger("yuqing.cli")
 
@@ -95,6 +100,8 @@ def _run(names: Sequence[str], *, announce: bool) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     settings = Settings()
     configure_logging(settings)
+    # One process of the distributed shape is named after its service in the collector.
+    setup_tracing("yuqing" if len(names) > 1 else f"yuqing-{names[0]}")
     infra = EmbeddedInfra(settings)
     try:
         resolved = infra.start()
@@ -151,6 +158,40 @@ def _revoke(args: argparse.Namespace, settings: Settings) -> int:
         print(f"revoked {args.jti} in {settings.revocation_path}")
     else:
         print(f"{args.jti} was already revoked in {settings.revocation_path}")
+    return 0
+
+
+def _key(args: argparse.Namespace) -> int:
+    """Partner API keys: `create` prints a new key once and keeps only its hash; `revoke`
+    and `list` work on the key ids."""
+    settings = Settings()
+    keys = ApiKeys(settings.api_keys_file)
+    if args.key_command == "create":
+        directory = Directory.load(settings.directory_path)
+        if directory.unit(args.unit) is None:
+            known = ", ".join(u.id for u in directory.units)
+            print(f"error: unknown unit {args.unit!r}; units: {known}", file=sys.stderr)
+            return 2
+        key_id, key = keys.create(args.partner, args.unit, args.name)
+        print(key)
+        print(
+            f"key id {key_id}: partner {args.partner} of {args.unit}; send it as the "
+            f"{API_KEY_HEADER} header. It is shown only now: {settings.api_keys_file} keeps "
+            f"its hash (yuqing key revoke {key_id})",
+            file=sys.stderr,
+        )
+        return 0
+    if args.key_command == "revoke":
+        revoked = keys.revoke(args.key_id)
+        if revoked is None:
+            print(f"error: no API key {args.key_id} in {settings.api_keys_file}", file=sys.stderr)
+            return 2
+        state = "revoked" if revoked else "was already revoked"
+        print(f"{args.key_id} {state} in {settings.api_keys_file}")
+        return 0
+    for key_id, record in sorted(keys.records().items()):
+        state = f"revoked {record['revoked_at']}" if record["revoked_at"] else "active"
+        print(f"{key_id}  {record['client_id']}  {record['unit']}  {record['created_at']}  {state}")
     return 0
 
 
@@ -213,6 +254,98 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_since(text: str, tz: str) -> datetime:
+    """'2026-11-01' (local midnight in YUQING_TIMEZONE) or an ISO time with its offset."""
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), dt_time(0), ZoneInfo(tz))
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--since {text!r} is not a date (2026-11-01) or an ISO time") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=ZoneInfo(tz))
+
+
+def _local(value: str | None, tz: ZoneInfo) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromisoformat(value).astimezone(tz).strftime("%m-%d %H:%M")
+
+
+def plan_difference_table(answer: dict[str, Any], tz: ZoneInfo) -> str:
+    """The what-if's answer as a table: one line per incident, then one per duty."""
+    header = (
+        f"{'incident':<38} {'recorded plan':<26} {'level':<6} {'category':<22} "
+        f"{'duty':<24} {'deadline':<11} {'recorded':<11} {'met at':<11} {'outcome':<8} change"
+    )
+    lines = [
+        f"plan {answer['plan']} {answer['version']} against incidents graded since "
+        f"{answer['since']}",
+        header,
+        "-" * len(header),
+    ]
+    for incident in answer["incidents"]:
+        level = f"{incident['recorded_level']}->{incident['level']}"
+        category = f"{incident['recorded_category']}->{incident['category']}"
+        mark = "*" if incident["differs"] else " "
+        lines.append(
+            f"{mark}{incident['incident_id']:<37} {incident['recorded_plan'] or '-':<26} "
+            f"{level:<6} {category:<22}"
+        )
+        for duty in incident["duties"]:
+            lines.append(
+                f"{'':<38} {'':<26} {'':<6} {'':<22} {duty['kind']:<24} "
+                f"{_local(duty['deadline'], tz):<11} {_local(duty['recorded_deadline'], tz):<11} "
+                f"{_local(duty['met_at'], tz):<11} {duty['outcome']:<8} {duty['change']}"
+            )
+        for kind in incident["dropped"]:
+            lines.append(
+                f"{'':<38} {'':<26} {'':<6} {'':<22} {kind:<24} {'-':<11} {'(recorded)':<11} "
+                f"{'':<11} {'':<8} dropped"
+            )
+    differing = sum(1 for i in answer["incidents"] if i["differs"])
+    missed = sum(1 for i in answer["incidents"] if i["would_miss"])
+    lines.append(
+        f"{len(answer['incidents'])} incidents, {differing} would differ (*), "
+        f"{missed} with duties late or missed under {answer['plan']}"
+    )
+    return "\n".join(lines)
+
+
+def _plan_try(args: argparse.Namespace) -> int:
+    """Ask the running grading service what a candidate plan would have done: it replays
+    its own record (nothing is written) and answers per incident what would differ."""
+    settings = Settings()
+    pack = Path(args.pack)  # a name, or the path of a pack in YUQING_PLANS_DIR
+    name = pack.resolve().name if len(pack.parts) > 1 or pack.is_dir() else args.pack
+    if name != args.pack and pack.resolve().parent != settings.plans_dir.resolve():
+        print(
+            f"error: {args.pack} is not a pack of {settings.plans_dir} (YUQING_PLANS_DIR): "
+            "the grading service tries only those",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        since = parse_since(args.since, settings.timezone)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ctx = Context.from_settings(settings)
+    token = ctx.tokens.issue("cli-plan-try", "county", [Role.ANALYST], name="yuqing plan try")
+    url = (args.url or settings.base_url).rstrip("/") + "/grading/v1/plan/try"
+    body = {"plan": name, "since": since.isoformat(), "limit": args.limit}
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=60.0) as http:
+        try:
+            answer = http.post(url, json=body)
+        except httpx.HTTPError as exc:
+            print(f"error: grading at {url} is not reachable: {exc}", file=sys.stderr)
+            return 2
+    if answer.status_code != 200:
+        print(f"error: {answer.status_code} {answer.text}", file=sys.stderr)
+        return 1
+    print(plan_difference_table(answer.json(), ZoneInfo(settings.timezone)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="yuqing", description="舆情处置平台 yuqing")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -238,6 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     revoke.add_argument("jti", help="the token's id, as `yuqing token` printed it")
     revoke.add_argument("--reason", default="", help="a note kept beside the id")
+    key = commands.add_parser("key", help="partner API keys, kept only as hashes")
+    key_commands = key.add_subparsers(dest="key_command", required=True)
+    create = key_commands.add_parser("create", help="make a key (printed once) for a partner")
+    create.add_argument("--partner", required=True, help="the partner client's id")
+    create.add_argument("--unit", required=True, help="its unit, e.g. county")
+    create.add_argument("--name", default=None, help="display name, e.g. 县网信办")
+    key_revoke = key_commands.add_parser("revoke", help="revoke a key by its id")
+    key_revoke.add_argument("key_id", help="the key id `key create` printed")
+    key_commands.add_parser("list", help="the keys: id, partner, unit, created, state")
     passwd = commands.add_parser(
         "passwd", help="set a person's console password (read twice from the terminal, or stdin)"
     )
@@ -247,6 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--url", default=None, help="the system's base URL (default: settings)")
     replay.add_argument("--poll", type=float, default=1.0, help="seconds between progress lines")
+    plan = commands.add_parser("plan", help="plan packs (config/plans/)")
+    plan_commands = plan.add_subparsers(dest="plan_command", required=True)
+    plan_try = plan_commands.add_parser(
+        "try",
+        help="what-if: past incidents replayed through a candidate pack, per incident what "
+        "would differ (the live system is unchanged)",
+    )
+    plan_try.add_argument("pack", help="a pack's name under YUQING_PLANS_DIR, e.g. school")
+    plan_try.add_argument("--since", required=True, help="2026-11-01, or an ISO time")
+    plan_try.add_argument("--limit", type=int, default=100, help="incidents at most")
+    plan_try.add_argument("--url", default=None, help="the system's base URL (default: settings)")
     return parser
 
 
@@ -258,8 +411,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run([args.service], announce=False)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "plan":
+        return _plan_try(args)
     if args.command == "passwd":
         return _passwd(args)
+    if args.command == "key":
+        return _key(args)
     return _token(args)
 
 

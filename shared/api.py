@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -13,15 +14,18 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
+from pydantic import BaseModel, Field
 from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.auth import SESSION_COOKIE, VERIFIED_SCOPE_KEY, TokenService
+from shared.auth import API_KEY_HEADER, SESSION_COOKIE, VERIFIED_SCOPE_KEY, TokenService
 from shared.errors import (
     BadRequest,
     Conflict,
@@ -35,6 +39,7 @@ from shared.identity import Role
 from shared.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from shared.settings import Settings
 from shared.store import ConcurrencyConflict
+from shared.tracing import request_span
 
 log = structlog.get_logger("yuqing.api")
 
@@ -136,30 +141,44 @@ class RequestMetrics:
         status = 500
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
 
-        async def send_wrapper(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
-            await send(message)
+        method = scope["method"]
+        with request_span(method, scope["path"], _header(scope, b"traceparent")) as (
+            correlation,
+            span,
+        ):
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id, service=self.service):
-            try:
-                await self.app(scope, receive, send_wrapper)
-            finally:
-                route = scope.get("route")
-                template = getattr(route, "path", "unmatched")
-                elapsed = time.perf_counter() - started
-                method = scope["method"]
-                HTTP_REQUESTS.labels(self.service, method, template, str(status)).inc()
-                HTTP_SECONDS.labels(self.service, method, template).observe(elapsed)
-                log.info(
-                    "http request",
-                    method=method,
-                    path=scope["path"],
-                    status=status,
-                    ms=round(elapsed * 1000, 1),
-                )
+            async def send_wrapper(message: Any) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    headers = message.setdefault("headers", [])
+                    headers.append((b"x-request-id", request_id.encode()))
+                    # The trace id: the correlation id of every event this request causes.
+                    headers.append((b"x-correlation-id", str(correlation).encode()))
+                await send(message)
+
+            bound = structlog.contextvars.bound_contextvars(
+                request_id=request_id, service=self.service, correlation_id=str(correlation)
+            )
+            with bound:
+                try:
+                    await self.app(scope, receive, send_wrapper)
+                finally:
+                    route = scope.get("route")
+                    template = getattr(route, "path", "unmatched")
+                    elapsed = time.perf_counter() - started
+                    span.update_name(f"{method} {template}")
+                    span.set_attribute("http.route", template)
+                    span.set_attribute("http.response.status_code", status)
+                    HTTP_REQUESTS.labels(self.service, method, template, str(status)).inc()
+                    HTTP_SECONDS.labels(self.service, method, template).observe(elapsed)
+                    log.info(
+                        "http request",
+                        method=method,
+                        path=scope["path"],
+                        status=status,
+                        ms=round(elapsed * 1000, 1),
+                    )
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -283,7 +302,15 @@ class RequestGuard:
     def _claims(self, scope: Scope) -> dict[str, Any] | None:
         """The verified claims of the request's token: the bearer header's, or else the
         console's session cookie's, so a person signed in to the console is limited as a
-        person and not as the office's shared address."""
+        person and not as the office's shared address. A partner's API key counts as its
+        client."""
+        key = _header(scope, API_KEY_HEADER.lower().encode())
+        if key is not None:
+            try:
+                caller = self.tokens.api_keys.verify(key.strip())
+            except Unauthorized:
+                return None
+            return {"sub": caller.id, "roles": [r.value for r in caller.roles]}
         header = _header(scope, b"authorization")
         if header is not None:
             scheme, _, token = header.partition(" ")
@@ -375,6 +402,171 @@ def guard_app(
     )
 
 
+# --------------------------------------------------------------------------- OpenAPI
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="what went wrong, for programs", examples=["not_found"])
+    message: str = Field(description="what went wrong, for people")
+    details: Any = Field(
+        default=None, description="more, per code: for a 422 the fields and why each failed"
+    )
+
+
+class ErrorBody(BaseModel):
+    """Every refusal the API answers: `{"error": {"code", "message", "details"}}`."""
+
+    error: ErrorDetail
+
+
+# What each refusal means, as documented on the operations it can answer, with an example.
+ERROR_DOCS: dict[int, tuple[str, str, str, Any]] = {
+    400: (
+        "a body that is not JSON, or a parameter the API could not use",
+        "bad_request",
+        "cursor is not one this API returned",
+        {"field": "cursor"},
+    ),
+    401: (
+        "no credentials, or a token or key that is expired, revoked or invalid",
+        "unauthorized",
+        "token expired",
+        None,
+    ),
+    403: (
+        "the caller's roles or units do not allow this (or a console write lacks its CSRF header)",
+        "forbidden",
+        "this needs one of the roles: leader",
+        {"roles": "leader"},
+    ),
+    404: (
+        "no such record, or one the caller may not see (the same answer)",
+        "not_found",
+        "no incident inc-0",
+        {"kind": "incident", "id": "inc-0"},
+    ),
+    409: (
+        "not allowed in the record's current state, or a concurrent change",
+        "conflict",
+        "not allowed from the current status",
+        None,
+    ),
+    413: (
+        "the body is larger than YUQING_MAX_BODY_BYTES",
+        "payload_too_large",
+        "the request body is larger than 1048576 bytes (YUQING_MAX_BODY_BYTES)",
+        {"max_body_bytes": 1048576},
+    ),
+    422: (
+        "a missing, malformed or unknown field, naming each and why",
+        "validation_error",
+        "invalid input: title (Field required)",
+        [{"field": "title", "reason": "Field required", "type": "missing"}],
+    ),
+    429: (
+        "too many requests from this principal (YUQING_RATE_LIMIT); see Retry-After",
+        "too_many_requests",
+        "too many requests: at most 300/minute (YUQING_RATE_LIMIT); try again in 12 s",
+        {"retry_after_seconds": 12},
+    ),
+    503: (
+        "the database is not reachable; try again",
+        "unavailable",
+        "the database is not reachable; try again",
+        None,
+    ),
+}
+_WRITES = frozenset({"post", "put", "patch", "delete"})
+
+
+def operation_id(service: str) -> Callable[[APIRoute], str]:
+    """Operation ids as people read them: `<service>_<route function>`, e.g.
+    `intake_submit_report` (unique across the services, since each route's name is unique
+    in its service)."""
+
+    def named(route: APIRoute) -> str:
+        return f"{service}_{route.name}"
+
+    return named
+
+
+def _refusals(path: str, method: str, operation: dict[str, Any]) -> set[int]:
+    """The refusals an operation can answer, from what it takes and who it is for."""
+    statuses: set[int] = set()
+    if operation.get("security"):
+        statuses |= {401, 403, 429, 503}
+        if "{" in path:
+            statuses.add(404)
+        if method in _WRITES:
+            statuses.add(409)
+    parameters = operation.get("parameters", [])
+    if any(p.get("in") == "query" for p in parameters):
+        statuses.add(400)
+    if "requestBody" in operation:
+        statuses |= {400, 413, 422}
+    if parameters:
+        statuses.add(422)
+    return statuses
+
+
+def document_errors(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every operation's refusals in the shape the error handlers answer (`ErrorBody`),
+    with an example each, in place of FastAPI's `{"detail"}` for 422."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    shape = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(shape.pop("$defs", {}))
+    schemas["ErrorBody"] = shape
+    ref = {"$ref": "#/components/schemas/ErrorBody"}
+    for path, item in doc.get("paths", {}).items():
+        for method, operation in item.items():
+            responses = operation.setdefault("responses", {})
+            # A refusal a route declares itself (a 404 of something not in its path) gets
+            # the same shape; the probes' own 503 bodies are not errors of this shape.
+            declared = {
+                int(s)
+                for s in responses
+                if s.isdigit() and int(s) in ERROR_DOCS and operation.get("security")
+            }
+            for status in sorted(_refusals(path, method, operation) | declared):
+                description, code, message, details = ERROR_DOCS[status]
+                entry = responses.setdefault(str(status), {})
+                if str(status) == "422" or not entry.get("description"):
+                    entry["description"] = description
+                entry["content"] = {
+                    "application/json": {
+                        "schema": ref,
+                        "example": error_body(code, message, details),
+                    }
+                }
+                if status == 429:
+                    entry["headers"] = {
+                        "Retry-After": {
+                            "description": "seconds to wait",
+                            "schema": {"type": "integer"},
+                        }
+                    }
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if f"#/components/schemas/{unused}" not in json.dumps(doc):
+            schemas.pop(unused, None)
+    return doc
+
+
+def _documented(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    return openapi
+
+
 def create_app(
     service: str,
     prefix: str,
@@ -394,7 +586,9 @@ def create_app(
         openapi_url=f"{prefix}/openapi.json",
         docs_url=f"{prefix}/docs",
         redoc_url=None,
+        generate_unique_id_function=operation_id(service),
     )
+    app.openapi = _documented(app)  # type: ignore[method-assign]
     for key, value in state.items():
         setattr(app.state, key, value)
     install_error_handlers(app)

@@ -14,15 +14,19 @@ least 32 bytes, or production does not start.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import json
 import os
+import secrets
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
 import jwt
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from shared.errors import Forbidden, Unauthorized
 from shared.events import utcnow
@@ -127,6 +131,122 @@ class RevocationList:
         return True
 
 
+# --------------------------------------------------------------------------- partner API keys
+
+API_KEY_HEADER = "X-API-Key"
+API_KEY_PREFIX = "yq"  # a key reads yq_<key id>_<secret>: the id finds its record
+
+
+class ApiKeyRecord(TypedDict):
+    sha256: str
+    client_id: str
+    unit: str
+    name: str | None
+    created_at: str
+    revoked_at: str | None
+
+
+class ApiKeys:
+    """Partner API keys, stored only as hashes: a JSON file (`YUQING_API_KEYS_PATH`) of
+    {key id: {sha256, client_id, unit, name, created_at, revoked_at}}. A key is
+    `yq_<id>_<secret>` with 256 random bits of secret, so its SHA-256 cannot be reversed
+    and is compared in constant time; the key itself is printed once and kept nowhere.
+    Re-read whenever the file changes, so a key made or revoked by `yuqing key` counts in
+    every running process without a restart. A key acts as a partner's client
+    (`Role.PARTNER`) of its unit and nothing else."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._seen: tuple[int, int, int] | None = None
+        self._records: dict[str, ApiKeyRecord] = {}
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self.path is None:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._seen, self._records = None, {}
+            return
+        except OSError as exc:
+            log.warning("api_keys_unreadable", path=str(self.path), error=str(exc))
+            return
+        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if seen == self._seen:
+            return
+        try:
+            self._records = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # keep what was read last
+            log.warning("api_keys_unreadable", path=str(self.path), error=str(exc))
+            return
+        self._seen = seen
+
+    @staticmethod
+    def _digest(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    def records(self) -> dict[str, ApiKeyRecord]:
+        self._refresh()
+        return dict(self._records)
+
+    def create(self, client_id: str, unit: str, name: str | None = None) -> tuple[str, str]:
+        """A new key for the partner's client `client_id` of `unit`: (key id, key). Only
+        its hash is written; the key is for the caller to hand over once."""
+        if self.path is None:
+            raise ValueError("no API key file is configured")
+        key_id = secrets.token_hex(6)
+        key = f"{API_KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+        records = self.records()
+        records[key_id] = ApiKeyRecord(
+            sha256=self._digest(key),
+            client_id=client_id,
+            unit=unit,
+            name=name,
+            created_at=utcnow().isoformat(timespec="seconds"),
+            revoked_at=None,
+        )
+        self._write(records)
+        return key_id, key
+
+    def revoke(self, key_id: str) -> bool | None:
+        """Revoke a key by its id: False when it was revoked already, None when unknown."""
+        records = self.records()
+        record = records.get(key_id)
+        if record is None:
+            return None
+        if record["revoked_at"] is not None:
+            return False
+        record["revoked_at"] = utcnow().isoformat(timespec="seconds")
+        self._write(records)
+        return True
+
+    def _write(self, records: dict[str, ApiKeyRecord]) -> None:
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}")
+        fresh.write_text(json.dumps(records, indent=2, ensure_ascii=False), encoding="utf-8")
+        fresh.chmod(0o600)
+        fresh.replace(self.path)  # atomic: a reader sees the old file or the new one
+        self._refresh()
+
+    def verify(self, key: str) -> Caller:
+        """The partner's client `key` belongs to, or `Unauthorized` saying why not."""
+        prefix, _, rest = key.partition("_")
+        key_id, _, secret = rest.partition("_")
+        record = self.records().get(key_id) if prefix == API_KEY_PREFIX and secret else None
+        if record is None or not hmac.compare_digest(record["sha256"], self._digest(key)):
+            raise Unauthorized("invalid API key")
+        if record["revoked_at"] is not None:
+            raise Unauthorized("API key revoked")
+        return Caller(
+            id=record["client_id"],
+            unit=record["unit"],
+            roles=frozenset({Role.PARTNER}),
+            name=record["name"],
+        )
+
+
 class TokenService:
     """Issues and verifies the bearer tokens."""
 
@@ -141,6 +261,7 @@ class TokenService:
         audience: str = DEFAULT_AUDIENCE,
         max_ttl: timedelta = DEFAULT_MAX_TTL,
         revoked: RevocationList | None = None,
+        api_keys: ApiKeys | None = None,
     ) -> None:
         self._key = key
         self._issuer = issuer
@@ -148,6 +269,7 @@ class TokenService:
         self.max_ttl = max_ttl
         self._default_ttl = min(default_ttl, max_ttl)
         self.revoked = revoked or RevocationList(None)
+        self.api_keys = api_keys or ApiKeys(None)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenService:
@@ -161,6 +283,7 @@ class TokenService:
             audience=settings.token_audience,
             max_ttl=timedelta(seconds=settings.token_max_ttl_seconds),
             revoked=RevocationList(settings.revocation_path),
+            api_keys=ApiKeys(settings.api_keys_file),
         )
 
     def issue(
@@ -250,6 +373,12 @@ def bearer_token(request: Request) -> str | None:
 
 
 def current_caller(request: Request) -> Caller:
+    """Who is calling: a partner's API key (`X-API-Key`), else the bearer token, else the
+    console's session cookie (a write with its CSRF header)."""
+    key = request.headers.get(API_KEY_HEADER)
+    if key is not None:
+        keys: ApiKeys = request.app.state.tokens.api_keys
+        return keys.verify(key.strip())
     token = bearer_token(request)
     if token is None and not request.headers.get("authorization"):
         token = request.cookies.get(SESSION_COOKIE) or None
@@ -271,4 +400,28 @@ def current_caller(request: Request) -> Caller:
     return tokens.verify(token)
 
 
-CurrentCaller = Annotated[Caller, Depends(current_caller)]
+# The schemes as OpenAPI names them, so Swagger's "Try it out" sends a token or a key; the
+# answer is `current_caller`'s (these never refuse by themselves).
+_BEARER = HTTPBearer(
+    scheme_name="bearer",
+    bearerFormat="JWT",
+    auto_error=False,
+    description="A token from `yuqing token` (or the console's sign-in)",
+)
+_API_KEY = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name="partnerKey",
+    auto_error=False,
+    description="A partner's API key from `yuqing key create` (acts as a partner)",
+)
+
+
+def authenticated(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+    _key: Annotated[str | None, Security(_API_KEY)],
+) -> Caller:
+    return current_caller(request)
+
+
+CurrentCaller = Annotated[Caller, Depends(authenticated)]

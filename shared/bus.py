@@ -5,6 +5,12 @@ order they were stored, keyed by incident so one incident stays in order on ever
 A consumer remembers what it processed in the same transaction as what it did about it,
 so a redelivered event changes nothing; a message it cannot handle goes to the
 dead-letter topic with the reason, and the consumer carries on.
+
+Every event is signed by the service whose outbox relays it (shared/signing.py; the
+producer and the signature travel in headers), and a consumer handles only an event of
+its topic's type, from its topic's owner, whose signature holds: anything else is
+dead-lettered with the reason and changes nothing. The connection's TLS and SASL, and the
+topics' partitions and replicas, come from the settings.
 """
 
 from __future__ import annotations
@@ -18,17 +24,23 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from faststream import AckPolicy
 from faststream.exceptions import NackMessage
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.security import parse_security
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from pydantic import ValidationError
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
@@ -40,19 +52,89 @@ from shared.metrics import (
     DEAD_LETTERS,
     EVENTS_CONSUMED,
     EVENTS_PUBLISHED,
-    OUTBOX_BACKLOG,
     OUTBOX_ERRORS,
 )
 from shared.settings import Settings
-from shared.store import DecideAgain, EventStore, UnitOfWork
+from shared.signing import (
+    PRODUCER_HEADER,
+    SIGNATURE_HEADER,
+    BusKeys,
+    check_signed,
+    secret_problem,
+)
+from shared.store import EVENTS, INBOX, DecideAgain, EventStore, UnitOfWork
+from shared.tracing import consumer_span
 
 log = structlog.get_logger("yuqing.bus")
 
 OUTBOX_LEASE = "outbox-relay"
+# In each service's database: per topic, for each partition, an offset the broker's end was
+# seen at or past ({"_id": topic, "ends": {"<partition>": offset}}): an end below it means
+# the broker lost what the relay had sent it.
+RELAY_HEADS = "relay_heads"
 
 
 class Rejected(Exception):
     """A consumed event that this service cannot act on: it goes to the dead-letter topic."""
+
+
+class BusMisconfigured(SystemExit):
+    """The bus cannot be used as configured (no signing secret in production, a weak one,
+    SASL without credentials): the process stops with this message, not a traceback."""
+
+
+def bus_keys(settings: Settings) -> BusKeys:
+    """Every service's event signing key, from YUQING_BUS_SECRET. Production does not start
+    without one, or with one shorter than 32 bytes; development is warned of a weak one."""
+    secret = settings.bus_secret_value
+    production = settings.environment == "production"
+    if secret is None:
+        raise BusMisconfigured(
+            "error: YUQING_BUS_SECRET is not set; production does not start without the "
+            "secret the services sign their events with (`openssl rand -base64 48`, the same "
+            "for every service)"
+        )
+    problem = secret_problem(secret)
+    if problem and production:
+        raise BusMisconfigured(f"error: {problem}; production does not start with a weak key")
+    if problem:
+        log.warning("weak_bus_secret", problem=problem)
+    return BusKeys(secret, settings.bus_secrets_previous)
+
+
+_SASL = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+
+
+def kafka_security(settings: Settings) -> BaseSecurity | None:
+    """FastStream's security object for the configured protocol (None: plaintext)."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    tls = protocol in ("SSL", "SASL_SSL")
+    context = None
+    if tls:
+        password = settings.kafka_ssl_key_password
+        context = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile,
+            certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+            password=password.get_secret_value() if password else None,
+        )
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    username, password = settings.kafka_sasl_username, settings.kafka_sasl_password
+    if not username or password is None:
+        raise BusMisconfigured(
+            f"error: YUQING_KAFKA_SECURITY_PROTOCOL={protocol} needs "
+            "YUQING_KAFKA_SASL_USERNAME and YUQING_KAFKA_SASL_PASSWORD"
+        )
+    sasl = _SASL[settings.kafka_sasl_mechanism]
+    return sasl(username, password.get_secret_value(), ssl_context=context, use_ssl=tls)
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """The same security as aiokafka client arguments (for the admin client)."""
+    return parse_security(kafka_security(settings))
 
 
 def make_broker(settings: Settings, service: str) -> KafkaBroker:
@@ -62,6 +144,7 @@ def make_broker(settings: Settings, service: str) -> KafkaBroker:
     assert settings.kafka_bootstrap_servers, "Kafka bootstrap servers must be resolved first"
     return KafkaBroker(
         settings.kafka_bootstrap_servers,
+        security=kafka_security(settings),
         client_id=f"yuqing-{service}",
         enable_idempotence=False,
         acks="all",
@@ -80,13 +163,19 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = ALL_TOPICS) -
     Returns True when none of them existed: a fresh broker, which has none of the history.
     """
     assert settings.kafka_bootstrap_servers
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers, **kafka_client_options(settings)
+    )
     await admin.start()
     try:
         wanted = {settings.topic(n) for n in (*names, DEAD_LETTER_TOPIC)}
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name=n, num_partitions=settings.topic_partitions, replication_factor=1)
+            NewTopic(
+                name=n,
+                num_partitions=settings.topic_partitions,
+                replication_factor=settings.topic_replication_factor,
+            )
             for n in sorted(wanted - existing)
         ]
         if missing:
@@ -95,6 +184,60 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = ALL_TOPICS) -
         return len(missing) == len(wanted)
     finally:
         await admin.close()
+
+
+Ends = dict[str, dict[int, int]]  # topic (the deployment's name) -> partition -> end offset
+
+
+async def topic_ends(settings: Settings, topics: Iterable[str]) -> Ends:
+    """The broker's end offset (the next offset it would give) of every partition of
+    `topics`, the deployment's names; the deployment's topics are created first if one of
+    them is missing (a broker that lost everything), so their partitions start at 0."""
+    assert settings.kafka_bootstrap_servers
+    wanted = sorted(set(topics))
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers, **kafka_client_options(settings)
+    )
+    await admin.start()
+    try:
+        if not set(wanted) <= set(await admin.list_topics()):
+            await ensure_topics(settings)
+        described = await admin.describe_topics(wanted)
+    finally:
+        await admin.close()
+    partitions = [
+        TopicPartition(t["topic"], p["partition"])
+        for t in described
+        if t["topic"] in wanted
+        for p in t["partitions"]
+    ]
+    if len({tp.topic for tp in partitions}) < len(wanted):
+        raise KafkaError(f"the broker does not describe every one of {wanted} yet")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        enable_auto_commit=False,
+        **kafka_client_options(settings),
+    )
+    await consumer.start()
+    try:
+        found = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    ends: Ends = {t: {} for t in wanted}
+    for tp, end in found.items():
+        ends[tp.topic][tp.partition] = int(end)
+    return ends
+
+
+def lost_partitions(heads: Ends, ends: Ends) -> list[str]:
+    """The partitions whose end on the broker is below what the broker once acknowledged:
+    it lost what it had been sent there (a wipe, a broker that keeps nothing)."""
+    return [
+        f"{topic}[{partition}]: {ends.get(topic, {}).get(partition, 0)} < {end}"
+        for topic, partitions in sorted(heads.items())
+        for partition, end in sorted(partitions.items())
+        if ends.get(topic, {}).get(partition, 0) < end
+    ]
 
 
 class OutboxRelay:
@@ -107,6 +250,7 @@ class OutboxRelay:
         self.store = store
         self.broker = broker
         self.settings = settings
+        self.keys = bus_keys(settings)  # signs what it publishes as `service`
         self.last_error: str | None = None
         # The last failure to reach the broker (a database that is away is not one).
         self.broker_error: str | None = None
@@ -114,6 +258,12 @@ class OutboxRelay:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lease = timedelta(seconds=settings.outbox_lease_seconds)
         self._task: asyncio.Task[None] | None = None
+        # What the broker acknowledged per partition (loaded when the lease is taken), and
+        # whether to ask the broker at once if it still has it (at start, after an error).
+        self._heads: Ends | None = None
+        self._check_due = True
+        self._checked_at = float("-inf")
+        self.requeued = 0  # events queued again because the broker had lost them
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"outbox-{self.service}")
@@ -152,10 +302,18 @@ class OutboxRelay:
                 # retryable write the embedded server would remember for 30 minutes).
                 if not self.active or time.monotonic() - renewed_at >= renew_every:
                     asked_at = time.monotonic()
+                    was_active = self.active
                     self.active = await self.store.hold_lease(
                         OUTBOX_LEASE, self._owner, self._lease
                     )
                     renewed_at = asked_at
+                    if self.active and not was_active:
+                        self._heads, self._check_due = None, True  # another may have sent
+                check_every = self.settings.outbox_check_seconds
+                if self.active and (
+                    self._check_due or time.monotonic() - self._checked_at >= check_every
+                ):
+                    await self._check_broker_or_carry_on()
                 # Cleared before the read: what is appended after it wakes the wait below.
                 self.store.appended_signal.clear()
                 sent = await self.relay_once() if self.active else 0
@@ -170,8 +328,13 @@ class OutboxRelay:
                     self.broker_error = self.last_error
                 log.warning("outbox relay failed", service=self.service, error=self.last_error)
                 backoff = min(backoff * 2, 10.0)
+                self._check_due = True  # the broker may come back without what it had
                 self.store.appended_signal.clear()  # back off, however much is appended
-            wait = min(backoff, renew_every) if self.active else renew_every
+            wait = (
+                min(backoff, renew_every, self.settings.outbox_check_seconds)
+                if self.active
+                else renew_every
+            )
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel
             # that arrives as the signal is set, and stop() would then wait for ever.
             with contextlib.suppress(TimeoutError):
@@ -179,25 +342,187 @@ class OutboxRelay:
                     await self.store.appended_signal.wait()
 
     async def relay_once(self) -> int:
+        """Send one batch of the outbox, pipelined: every send is handed to the producer
+        before any is awaited (it keeps each partition's order, one request in flight per
+        broker), then the batch is marked sent and the broker's offsets recorded."""
         events = await self.store.unpublished(self.settings.outbox_batch_size)
-        OUTBOX_BACKLOG.labels(self.service).set(len(events))
+        if not events:
+            return 0
+        sends = []
         for event in events:
             topic = self.settings.topic(event.topic)
-            await self.broker.publish(
-                event.to_json(),
-                topic,
-                key=event.incident_id.encode(),
-                headers={
-                    "event_type": event.event_type,
-                    "event_id": str(event.event_id),
-                    "content-type": "application/json",
-                },
-                correlation_id=str(event.correlation_id),
+            sends.append(
+                await self.broker.publish(
+                    event.to_json(),
+                    topic,
+                    key=event.incident_id.encode(),
+                    headers=signed_headers(event, self.service, self.keys),
+                    correlation_id=str(event.correlation_id),
+                    no_confirm=True,
+                )
             )
-            EVENTS_PUBLISHED.labels(self.service, topic).inc()
-        if events:
-            await self.store.mark_published(events)
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        sent = [e for e, r in zip(events, results, strict=True) if not isinstance(r, BaseException)]
+        first: Ends = {}  # per partition, the lowest offset the broker gave this batch
+        for result in results:
+            if not isinstance(result, BaseException):
+                EVENTS_PUBLISHED.labels(self.service, result.topic).inc()
+                low = first.setdefault(result.topic, {})
+                low[result.partition] = min(low.get(result.partition, result.offset), result.offset)
+        if sent:
+            await self.store.mark_published(sent)
+            await self._record_heads(first)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
         return len(events)
+
+    async def _record_heads(self, first: Ends) -> None:
+        """Keep, per partition, a mark the broker's end offset can never again be below: one
+        past the lowest offset it gave the batch. (Not the batch's end: Tansu reports the
+        end of a partition as one past the first record of its last request.) A send given
+        an offset below the mark means the broker lost what it had: everything is queued
+        to be sent again, and the mark starts over from what the broker has now."""
+        if self._heads is None:
+            self._heads = await self._load_heads()
+        heads = self._heads
+        lost = [
+            f"{topic}[{p}]: offset {offset} < {heads.get(topic, {}).get(p, 0)}"
+            for topic, partitions in first.items()
+            for p, offset in partitions.items()
+            if offset < heads.get(topic, {}).get(p, 0)
+        ]
+        if lost:
+            # Everything is queued again, whatever else the broker lost: the marks start
+            # over from this batch's offsets, with nothing known of the other partitions.
+            await self._requeue(lost)
+            for topic in [t for t in heads if t not in first]:
+                await self.store.db[RELAY_HEADS].update_one(
+                    {"_id": topic}, {"$set": {"ends": {}}}, upsert=True
+                )
+                heads[topic] = {}
+        for topic, partitions in first.items():
+            marks = {p: offset + 1 for p, offset in partitions.items()}
+            change: dict[str, Any]
+            if lost:
+                change = {"$set": {"ends": {str(p): mark for p, mark in marks.items()}}}
+                heads[topic] = dict(marks)
+            else:
+                change = {"$max": {f"ends.{p}": mark for p, mark in marks.items()}}
+                known = heads.setdefault(topic, {})
+                for p, mark in marks.items():
+                    known[p] = max(known.get(p, 0), mark)
+            await self.store.db[RELAY_HEADS].update_one({"_id": topic}, change, upsert=True)
+
+    async def _requeue(self, lost: list[str]) -> int:
+        await self.store.republish_all()
+        queued = await self.store.count_unpublished()
+        self.requeued += queued
+        log.warning(
+            "the broker lost events this service had sent: sending them again",
+            service=self.service,
+            lost=lost,
+            queued=queued,
+        )
+        self.store.appended_signal.set()
+        return queued
+
+    async def _load_heads(self) -> Ends:
+        heads: Ends = {}
+        async for doc in self.store.db[RELAY_HEADS].find({}):
+            heads[str(doc["_id"])] = {int(p): int(e) for p, e in doc.get("ends", {}).items()}
+        return heads
+
+    async def _check_broker_or_carry_on(self) -> None:
+        """A check that fails does not hold the outbox back: a send the broker numbers below
+        the mark finds a loss as well. It is asked again after the check interval."""
+        try:
+            await self.check_broker()
+        except KafkaError as exc:
+            log.warning(
+                "could not ask the broker what it holds", service=self.service, error=str(exc)
+            )
+            self._check_due = False
+            self._checked_at = time.monotonic()
+
+    async def check_broker(self) -> int:
+        """Ask the broker whether it still holds what this relay sent it. When it lost any
+        of it (a wipe; the embedded broker keeps nothing), every event of this service is
+        queued to be sent again: the consumers' group offsets went with it, and their inbox
+        marks drop what they had already handled. Returns how many were queued."""
+        if self._heads is None:
+            self._heads = await self._load_heads()
+        own = self.settings.topic(f"{self.service}.events")
+        topics = set(self._heads)
+        if f"{self.service}.events" in ALL_TOPICS:
+            topics.add(own)
+        ends = await topic_ends(self.settings, topics) if topics else {}
+        lost = lost_partitions(self._heads, ends)
+        # Nothing recorded yet (a store older than this record) and an empty topic:
+        # whatever the store marked sent, the broker does not have.
+        if (
+            own in ends
+            and not self._heads.get(own)
+            and not any(ends[own].values())
+            and await self.store.db[EVENTS].find_one({"published": True}, {"_id": 1})
+        ):
+            lost.append(f"{own}: empty, with events of this store marked sent")
+        queued = await self._requeue(lost) if lost else 0
+        # From now on, what the broker has is the mark (what it lost is queued again).
+        # Written only then, or the first time: an idle relay's checks write nothing.
+        for topic, partitions in ends.items():
+            if not lost and topic in self._heads:
+                continue
+            await self.store.db[RELAY_HEADS].update_one(
+                {"_id": topic},
+                {"$set": {"ends": {str(p): end for p, end in partitions.items()}}},
+                upsert=True,
+            )
+        self._heads = ends
+        self._check_due = False
+        self._checked_at = time.monotonic()
+        return queued
+
+
+def signed_headers(event: Envelope, producer: str, keys: BusKeys) -> dict[str, str]:
+    """The headers an event is published with: its type and id, and `producer`'s signature
+    over it as published on its topic (shared/signing.py)."""
+    signature = keys.sign(event.model_dump(mode="json"), topic=event.topic, producer=producer)
+    return {
+        "event_type": event.event_type,
+        "event_id": str(event.event_id),
+        "content-type": "application/json",
+        PRODUCER_HEADER: producer,
+        SIGNATURE_HEADER: signature,
+    }
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How a consumed event came: on which (logical) topic, from whom, with what signature,
+    each checked before any handler sees the event."""
+
+    topic: str
+    producer: str
+    signature: str
+
+
+_DELIVERY: ContextVar[Delivery | None] = ContextVar("yuqing_delivery", default=None)
+
+
+def current_delivery() -> Delivery | None:
+    """The delivery of the event the consumer is handling now; None outside a handler. The
+    archive records it in its chain with the event."""
+    return _DELIVERY.get()
+
+
+@contextlib.contextmanager
+def _delivering(delivery: Delivery | None) -> Iterator[None]:
+    token = _DELIVERY.set(delivery)
+    try:
+        yield
+    finally:
+        _DELIVERY.reset(token)
 
 
 _TRANSIENT = (ConnectionFailure, DecideAgain, StillConflicting)
@@ -219,6 +544,11 @@ class EventConsumer:
     handlers: HandlerMap
     # Set at a stop: a message held by a transient failure is let go, uncommitted.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # The producers' keys, to check every event's signature before it is handled.
+    keys: BusKeys = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = bus_keys(self.settings)
 
     @property
     def name(self) -> str:
@@ -229,6 +559,7 @@ class EventConsumer:
             *(self.settings.topic(t) for t in topics),
             group_id=f"{self.settings.db_prefix}.{self.service}",
             auto_offset_reset="earliest",
+            session_timeout_ms=int(self.settings.kafka_session_timeout_seconds * 1000),
             ack_policy=AckPolicy.ACK,
             title=f"{self.service}-consumer",
         )
@@ -237,16 +568,54 @@ class EventConsumer:
     async def on_message(self, message: KafkaMessage) -> None:
         record = message.raw_message
         topic = getattr(record, "topic", "?")
+        await self.receive(message.body, topic, message.headers)
+
+    async def receive(self, raw: bytes, topic: str, headers: Mapping[str, Any]) -> None:
+        """One message as it came off `topic` (the deployment's name for it): parsed, its
+        signature, topic and producer checked, then handled. A malformed, unsigned, wrongly
+        signed or misplaced event is dead-lettered with the reason and changes nothing."""
         try:
-            event = Envelope.from_json(message.body)
+            event = Envelope.from_json(raw)
         except (ValidationError, EventError, ValueError) as exc:
-            await self.dead_letter(message.body, topic, f"malformed event: {exc}")
+            await self.dead_letter(raw, topic, f"malformed event: {exc}")
+            return
+        delivery = self._checked(event, topic, headers)
+        if isinstance(delivery, str):
+            EVENTS_CONSUMED.labels(self.service, event.event_type, "refused").inc()
+            await self.dead_letter(raw, topic, delivery)
             return
         if self.handlers.handler_for(event) is None:
             return  # not this service's business
-        await self.handle(event, raw=message.body, topic=topic)
+        await self.handle(event, raw=raw, topic=topic, delivery=delivery)
 
-    async def handle(self, event: Envelope, *, raw: bytes | None = None, topic: str = "") -> None:
+    def _checked(self, event: Envelope, topic: str, headers: Mapping[str, Any]) -> Delivery | str:
+        """The event's delivery, or why it is not one its topic's owner published."""
+        prefix = self.settings.topic_prefix
+        if not topic.startswith(prefix):
+            return f"wrong topic: {topic} is not one of this deployment's topics"
+        logical = topic[len(prefix) :]
+        producer = str(headers.get(PRODUCER_HEADER) or "")
+        signature = str(headers.get(SIGNATURE_HEADER) or "")
+        problem = check_signed(
+            self.keys,
+            event.model_dump(mode="json"),
+            topic=logical,
+            producer=producer,
+            signature=signature,
+        )
+        if problem is not None:
+            return problem
+        return Delivery(topic=logical, producer=producer, signature=signature)
+
+    async def handle(
+        self,
+        event: Envelope,
+        *,
+        raw: bytes | None = None,
+        topic: str = "",
+        delivery: Delivery | None = None,
+    ) -> None:
+        """Hand an event already checked (`receive`) to its handler, exactly once in effect."""
         handler = self.handlers.handler_for(event)
         if handler is None:
             return
@@ -257,12 +626,21 @@ class EventConsumer:
             correlation_id=str(event.correlation_id),
             incident_id=event.incident_id,
         )
-        with bound:
+        traced = consumer_span(
+            self.service,
+            topic,
+            event_type=event.event_type,
+            event_id=str(event.event_id),
+            incident_id=event.incident_id,
+            correlation=event.correlation_id,
+        )
+        with bound, traced as span:
             started = time.perf_counter()
             delay = 0.1
             while True:
                 try:
-                    outcome = await self._handle_once(handler, event)
+                    with _delivering(delivery):
+                        outcome = await self._handle_once(handler, event)
                     break
                 except _TRANSIENT as exc:
                     if self.stopping.is_set():
@@ -285,10 +663,19 @@ class EventConsumer:
                     await self.dead_letter(raw or event.to_json(), topic, reason)
                     outcome = "dead_lettered"
                     break
+            span.set_attribute("yuqing.outcome", outcome)
             EVENTS_CONSUMED.labels(self.service, event.event_type, outcome).inc()
             CONSUME_SECONDS.labels(self.service).observe(time.perf_counter() - started)
 
     async def _handle_once(self, handler: Handler, event: Envelope) -> str:
+        # A redelivery (a re-relay after a broker wipe sends a service's whole history) is
+        # told by one read, without a transaction; the mark is only ever added, so one seen
+        # here is final, and the transaction below still decides every other case.
+        if await self.store.db[INBOX].find_one(
+            {"_id": f"{self.name}:{event.event_id}"}, {"_id": 1}
+        ):
+            return "duplicate"
+
         async def work(uow: UnitOfWork) -> str:
             if not await uow.mark_processed(self.name, str(event.event_id)):
                 return "duplicate"

@@ -22,12 +22,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import jwt
 import structlog
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from pwdlib import PasswordHash
 from pydantic import BaseModel, Field
@@ -353,13 +354,25 @@ def events_router(
     browser opens the next one by itself (`retry`), so the session is checked again and a
     stopping server is not held open by its streams. Where the archive runs in another
     process (the distributed shape), its list is read through the system's base URL.
+    `?incident=<id>` also watches that incident's view: its page hears of what happens to it
+    after it left the open list (resolved, reviewed).
     """
     router = APIRouter(prefix="/events/v1", tags=["console"])
     watched = "/archive/v1/incidents?status=open&limit=100"
 
     @router.get("/stream", summary="Server-sent events: `change` when the caller's view changed")
-    async def stream(request: Request) -> StreamingResponse:
+    async def stream(
+        request: Request,
+        incident: Annotated[
+            str | None,
+            Query(max_length=200, description="also watch this incident (its page is open)"),
+        ] = None,
+    ) -> StreamingResponse:
         current_caller(request)
+        # An incident page also watches its incident, which leaves the open list once resolved.
+        paths = [watched] + (
+            [f"/archive/v1/incidents/{quote(incident, safe='')}"] if incident else []
+        )
         token = _bearer_or_session(request)
         loop = asyncio.get_running_loop()
         ends = loop.time() + lifetime_seconds
@@ -368,18 +381,22 @@ def events_router(
             last = ""
             yield b"retry: 2000\n\n"
             while loop.time() < ends and not await request.is_disconnected():
-                try:
-                    if archive_here:
-                        status, body = await _get(system, watched, token)
-                    else:
-                        status, body = await _get_remote(base_url, watched, token)
-                except Exception:  # keep the stream; the page fetches again on its own too
-                    log.exception("change stream poll failed")
-                    status, body = 0, b""
-                if status == 401:
-                    yield b"event: expired\ndata: {}\n\n"
-                    return
-                now = hashlib.sha256(str(status).encode() + body).hexdigest()
+                digest = hashlib.sha256()
+                status = 0
+                for path in paths:
+                    try:
+                        if archive_here:
+                            status, body = await _get(system, path, token)
+                        else:
+                            status, body = await _get_remote(base_url, path, token)
+                    except Exception:  # keep the stream; the page fetches again on its own too
+                        log.exception("change stream poll failed")
+                        status, body = 0, b""
+                    if status == 401:
+                        yield b"event: expired\ndata: {}\n\n"
+                        return
+                    digest.update(str(status).encode() + body)
+                now = digest.hexdigest()
                 if last and now != last:
                     yield b"event: change\ndata: {}\n\n"
                 else:

@@ -67,6 +67,8 @@ class ChildServer:
     argv: list[str]
     port: int
     log_path: Path
+    # How long a stop waits for the server to exit by itself before it is killed.
+    stop_timeout: float = 10.0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _signalled: bool = field(default=False, repr=False)
 
@@ -112,12 +114,12 @@ class ChildServer:
             self.process.terminate()
             self._signalled = True
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         if self.process is None:
             return
         if self.process.poll() is None:
             self.signal_stop()
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + (self.stop_timeout if timeout is None else timeout)
             while self.process.poll() is None and time.monotonic() < deadline:
                 # A server blocked in accept() notices its stop only at the next
                 # connection (SecantusDB would wait 2 s for its accept thread): knock.
@@ -170,6 +172,9 @@ def tansu_server(port: int, log_dir: Path) -> ChildServer:
         [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
         port,
         log_dir / "tansu.log",
+        # It keeps everything in memory, so there is nothing to flush; it waits for a
+        # group's rebalance before exiting when a consumer was joining at the stop.
+        stop_timeout=1.0,
     )
 
 

@@ -223,6 +223,7 @@ class Attachment(FrozenModel):
 class ReportReceived(EventPayload):
     EVENT_TYPE = "ReportReceived"
     TOPIC = INTAKE_TOPIC
+    SCHEMA_VERSION = 2
     report_id: str
     source_type: SourceType
     source_name: str
@@ -238,6 +239,15 @@ class ReportReceived(EventPayload):
     unit_ids: tuple[str, ...]
     filed_by: str
     attachments: tuple[Attachment, ...] = ()
+    # True for a partner agency's report: its media_tier and reach are recorded as its
+    # claims and count for nothing until the office confirms them (ReportClaimsConfirmed).
+    claims_unconfirmed: bool = False
+
+
+@register_upcaster("ReportReceived", 1)
+def _received_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    # Version 1 took every filer's media tier and reach as facts.
+    return {**payload, "claims_unconfirmed": False}
 
 
 class ReportAttached(EventPayload):
@@ -266,28 +276,86 @@ class IncidentReopened(EventPayload):
     reason: str
 
 
+class ReferralOpened(EventPayload):
+    """A partner's report opened an incident of its own (a referral, 转办线索) instead of
+    joining one it cannot see; `matched_incident_ids` are the incidents its URL or text
+    matched, for the office to merge it into."""
+
+    EVENT_TYPE = "ReferralOpened"
+    TOPIC = INTAKE_TOPIC
+    SCHEMA_VERSION = 1
+    report_id: str
+    referred_by: str
+    matched_incident_ids: tuple[str, ...] = ()
+
+
+class ReferralMerged(EventPayload):
+    """The office merged a referral into an incident: the referral's reports were recorded
+    there (their filer a filer of it) and the referral was closed."""
+
+    EVENT_TYPE = "ReferralMerged"
+    TOPIC = INTAKE_TOPIC
+    SCHEMA_VERSION = 1
+    into_incident_id: str
+    report_ids: tuple[str, ...]
+    reason: str
+    merged_by: str
+
+
+class ReportClaimsConfirmed(EventPayload):
+    """The office confirmed a partner's claimed media tier and reach (as given here, which
+    may correct the claim): from now on they count like any other report's."""
+
+    EVENT_TYPE = "ReportClaimsConfirmed"
+    TOPIC = INTAKE_TOPIC
+    SCHEMA_VERSION = 1
+    report_id: str
+    media_tier: MediaTier
+    reach: Reach
+    reason: str
+    confirmed_by: str
+
+
 # grading --------------------------------------------------------------------
 
 
 class IncidentGraded(EventPayload):
     EVENT_TYPE = "IncidentGraded"
     TOPIC = GRADING_TOPIC
+    SCHEMA_VERSION = 2
     level: Level
     category: Category
     rules_fired: tuple[FiredRule, ...]
     rulebook_version: str
     sensitive_topics: tuple[str, ...] = ()
+    # The plan in force (shared/plan.py): its id and version, as YUQING_PLAN's pack says.
+    plan_id: str | None = None
+    plan_version: str | None = None
+
+
+@register_upcaster("IncidentGraded", 1)
+def _graded_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    # Version 1 was graded before plans were recorded: which plan applied is not known.
+    return {**payload, "plan_id": None, "plan_version": None}
 
 
 class IncidentEscalated(EventPayload):
     EVENT_TYPE = "IncidentEscalated"
     TOPIC = GRADING_TOPIC
+    SCHEMA_VERSION = 2
     from_level: Level
     to_level: Level
     category: Category
     reason: str
     rules_fired: tuple[FiredRule, ...]
     rulebook_version: str
+    plan_id: str | None = None
+    plan_version: str | None = None
+
+
+@register_upcaster("IncidentEscalated", 1)
+def _escalated_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "plan_id": None, "plan_version": None}
 
 
 class GradeOverridden(EventPayload):

@@ -14,15 +14,15 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
-from faststream.specification import AsyncAPI
+from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from shared.api import guard_app, install_error_handlers
+from shared.asyncapi import BusMember, asyncapi_document, asyncapi_page
 from shared.bus import ensure_topics
 from shared.console import install_console
-from shared.service import ServiceRunner
+from shared.service import ServiceRunner, ready
 from shared.settings import Settings
 
 log = structlog.get_logger("yuqing.gateway")
@@ -49,12 +49,11 @@ class Gateway:
         await self.root(scope, receive, send)
 
     async def start(self) -> None:
-        fresh_broker = await ensure_topics(self.settings)
-        if fresh_broker:
-            # A broker that lost its topics (the embedded one keeps them in memory) gets
-            # every stored event again; consumers are idempotent, so nothing happens twice.
-            for service in self.services:
-                await service.store.republish_all()
+        # The topics exist before anyone subscribes. Whether the broker still has what a
+        # service sent it is each service's own relay's question (OutboxRelay.check_broker,
+        # at start and every YUQING_OUTBOX_CHECK_SECONDS), so every process of the
+        # distributed shape finds a wipe by itself and sends again only what was lost.
+        await ensure_topics(self.settings)
         await asyncio.gather(*(s.start() for s in self.services))
         self.ready.set()
 
@@ -79,15 +78,10 @@ class Gateway:
                 return
 
     def asyncapi(self) -> dict[str, Any]:
-        spec = AsyncAPI(
-            *(s.broker for s in self.services),
-            title="yuqing events",
-            version="1",
-            description="The topics the yuqing services publish and consume. "
-            "Every message is a shared.events.Envelope, keyed by incident_id.",
-        )
-        result: dict[str, Any] = spec.to_specification().to_jsonable()
-        return result
+        members = [
+            BusMember(s.name, s.parts.topic, tuple(s.parts.handlers.types())) for s in self.services
+        ]
+        return asyncapi_document(self.settings, members)
 
     def _root_app(self) -> FastAPI:
         app = FastAPI(title="yuqing", docs_url=None, redoc_url=None, openapi_url=None)
@@ -99,7 +93,7 @@ class Gateway:
             self.settings,
             self.services[0].ctx.tokens,
             self.services[0].ctx.limiter,
-            private=("/metrics", "/asyncapi.json"),
+            private=("/metrics", "/asyncapi.json", "/asyncapi"),
         )
 
         @app.get("/api")
@@ -117,7 +111,7 @@ class Gateway:
         @app.get("/readyz")
         async def readyz() -> JSONResponse:
             checks = {s.name: await s.readiness() for s in self.services}
-            ok = all(v == "ok" for c in checks.values() for v in c.values())
+            ok = all(ready(c) for c in checks.values())
             return JSONResponse(
                 {"status": "ok" if ok else "unavailable", "services": checks},
                 status_code=200 if ok else 503,
@@ -130,6 +124,10 @@ class Gateway:
         @app.get("/asyncapi.json")
         async def asyncapi() -> dict[str, Any]:
             return self.asyncapi()
+
+        @app.get("/asyncapi", response_class=HTMLResponse)
+        async def asyncapi_html() -> HTMLResponse:
+            return HTMLResponse(asyncapi_page(self.asyncapi()))
 
         # The web console at `/`: sign-in, its change stream, its pages (the last route).
         ctx = self.services[0].ctx

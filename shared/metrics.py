@@ -15,7 +15,29 @@ EVENTS_PUBLISHED = Counter(
     ["service", "topic"],
 )
 OUTBOX_BACKLOG = Gauge(
-    "yuqing_outbox_backlog", "Stored events not yet relayed to Kafka (last seen)", ["service"]
+    "yuqing_outbox_backlog",
+    "Stored events not yet relayed to Kafka, counted in the store by every replica",
+    ["service"],
+)
+CONSUMER_LAG = Gauge(
+    "yuqing_consumer_lag",
+    "Messages on a partition that the service's consumer group has not yet committed",
+    ["service", "topic", "partition"],
+)
+OBLIGATIONS_OWED = Gauge(
+    "yuqing_obligations_owed",
+    "Duties still owed, by level and whether their deadline has passed",
+    ["level", "overdue"],
+)
+DELIVERIES_FAILED = Counter(
+    "yuqing_deliveries_failed_total",
+    "Delivery attempts that failed, by channel",
+    ["channel"],
+)
+ACKNOWLEDGE_SECONDS = Histogram(
+    "yuqing_acknowledge_seconds",
+    "Time from a notification being sent to its recipient acknowledging it",
+    buckets=(30, 60, 120, 300, 600, 900, 1800, 3600, 7200),
 )
 OUTBOX_ERRORS = Counter(
     "yuqing_outbox_errors_total", "Failed attempts to relay the outbox", ["service"]

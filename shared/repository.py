@@ -22,6 +22,7 @@ import structlog
 from shared.errors import StillConflicting
 from shared.events import Actor, Envelope, EventPayload
 from shared.store import DecideAgain, EventStore, UnitOfWork
+from shared.tracing import request_correlation
 
 log = structlog.get_logger("yuqing.repository")
 
@@ -105,7 +106,8 @@ class Repository(Generic[A]):
         if not payloads:
             return None
         version = current.version if current is not None else 0
-        correlation = cause.correlation_id or uuid.uuid4()
+        # A command's events carry the correlation id (the trace) of the request behind it.
+        correlation = cause.correlation_id or request_correlation() or uuid.uuid4()
         envelopes = [
             Envelope.new(
                 payload,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import structlog
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from faststream.kafka import KafkaBroker
@@ -28,8 +29,8 @@ from shared.bus import EventConsumer, OutboxRelay, make_broker
 from shared.catalogue import Catalogue
 from shared.clock import Clock, utcnow
 from shared.directory import Directory
-from shared.events import ALL_TOPICS, Envelope
 from shared.handlers import HandlerMap
+from shared.metrics import CONSUMER_LAG, OUTBOX_BACKLOG
 from shared.repository import CommandRunner, RetryPolicy
 from shared.settings import Settings
 from shared.store import Document, EventStore
@@ -105,6 +106,8 @@ class ServiceParts:
     consumes: tuple[str, ...] = ()
     setup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     background: list[Loop] = field(default_factory=list)
+    # The service's own figures for /metrics, sampled by the runner every interval.
+    gauges: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @property
     def topic(self) -> str:
@@ -113,6 +116,30 @@ class ServiceParts:
 
 P = TypeVar("P", bound=ServiceParts)
 Build = Callable[[Dependencies], P]
+
+
+# How long a stop waits for a consumer that has not yet joined its group to let go.
+JOINING_STOP_SECONDS = 1.0
+
+
+async def _drop_connections(subscriber: object) -> None:
+    """Close a joining consumer's connections without its LeaveGroup (which would wait for
+    the rebalance): the broker sees a member gone, as after a crash, and stops at once."""
+    consumer = getattr(subscriber, "consumer", None)
+    client = getattr(consumer, "_client", None)  # aiokafka's; no public close without leave
+    if client is not None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(JOINING_STOP_SECONDS):
+                await client.close()
+
+
+# Check values under which a service takes requests: a consumer still joining its group
+# does not stop the API, which stores writes and serves reads on its own.
+READY = frozenset({"ok", "joining"})
+
+
+def ready(checks: dict[str, str]) -> bool:
+    return all(v in READY for v in checks.values())
 
 
 class ServiceRunner(Generic[P]):
@@ -136,14 +163,6 @@ class ServiceRunner(Generic[P]):
         self.broker = broker
         self._close = close
         self.relay = OutboxRelay(self.name, self.store, broker, self.settings)
-        if parts.topic in ALL_TOPICS:
-            # Declared for the AsyncAPI document; the relay publishes what the store holds.
-            broker.publisher(
-                self.settings.topic(parts.topic),
-                title=parts.topic,
-                description=f"Events of the {self.name} service, keyed by incident_id",
-                schema=Envelope,
-            )
         self.consumer: EventConsumer | None = None
         if parts.handlers:
             self.consumer = EventConsumer(
@@ -152,6 +171,7 @@ class ServiceRunner(Generic[P]):
             self.consumer.subscribe(parts.consumes)
         self._tasks: list[asyncio.Task[None]] = []
         self.started = False
+        self.joined = False  # the consumer group joined (a service consuming nothing: at once)
         self.app = self._build_app()
 
     @classmethod
@@ -196,10 +216,14 @@ class ServiceRunner(Generic[P]):
         async def healthz() -> dict[str, str]:
             return {"status": "ok", "service": self.name}
 
-        @app.get(f"{self.prefix}/readyz", tags=["operations"])
+        @app.get(
+            f"{self.prefix}/readyz",
+            tags=["operations"],
+            responses={503: {"description": "a dependency is down or the service is starting"}},
+        )
         async def readyz() -> JSONResponse:
             checks = await self.readiness()
-            ok = all(v == "ok" for v in checks.values())
+            ok = ready(checks)
             return JSONResponse(
                 {"status": "ok" if ok else "unavailable", "checks": checks},
                 status_code=200 if ok else 503,
@@ -211,33 +235,90 @@ class ServiceRunner(Generic[P]):
         await self.store.ensure_indexes()
         for step in self.parts.setup:
             await step()
-        await self.broker.start()
+        # The producer first: the relay and the dead-letter topic can send at once. Joining
+        # the consumer group waits for a rebalance (after a crash, until the dead member's
+        # session expires), so it happens beside the HTTP API instead of before it.
+        await self.broker.connect()
         self.relay.start()
-        for loop in self.parts.background:
+        for loop in (*self.parts.background, self._observe, self._join):
             self._tasks.append(asyncio.create_task(loop(), name=f"{self.name}-{loop.__name__}"))
         self.started = True
         log.info("service started", service=self.name)
 
+    async def _join(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.broker.start()
+                self.joined = True
+                log.info("consumer joined its group", service=self.name)
+                return
+            except KafkaError as exc:
+                log.warning("joining the consumer group failed", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
     async def stop(self) -> None:
         """Stop taking work (loops, then the consumer, its message in hand finished), send
         what the outbox can within the drain bound, then let go of the broker and database."""
+        # A consumer still joining its group holds a JoinGroup the broker answers only at
+        # the end of the rebalance: a stop does not wait for that, it lets the member go.
+        joining = not self.joined
+        bound = JOINING_STOP_SECONDS if joining else None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
+                async with asyncio.timeout(bound):
+                    await task
         if self.consumer is not None:
             self.consumer.stopping.set()
         for subscriber in self.broker.subscribers:
-            with contextlib.suppress(Exception):
-                await subscriber.stop()
+            try:
+                async with asyncio.timeout(bound):
+                    await subscriber.stop()
+            except TimeoutError:
+                await _drop_connections(subscriber)
+            except Exception as exc:
+                log.warning("consumer stop failed", service=self.name, error=str(exc))
         await self.relay.stop(drain=self.settings.shutdown_drain_seconds if self.started else 0)
-        with contextlib.suppress(Exception):
-            await self.broker.stop()
+        with contextlib.suppress(TimeoutError, Exception):
+            async with asyncio.timeout(bound):
+                await self.broker.stop()
         if self._close is not None:
             await self._close()
         self.started = False
         log.info("service stopped", service=self.name)
+
+    async def _observe(self) -> None:
+        while True:
+            await self.sample_metrics()
+            await asyncio.sleep(self.settings.metrics_interval_seconds)
+
+    async def sample_metrics(self) -> None:
+        """Sample what /metrics shows of the outbox, the consumer and the service's own
+        figures. Every replica samples, so each answers its own scrape truthfully."""
+        try:
+            OUTBOX_BACKLOG.labels(self.name).set(await self.store.count_unpublished())
+            await self._sample_lag()
+            for gauge in self.parts.gauges:
+                await gauge()
+        except Exception as exc:  # a figure missed is no reason to stop sampling
+            log.warning("metrics sample failed", service=self.name, error=str(exc))
+
+    async def _sample_lag(self) -> None:
+        for subscriber in self.broker.subscribers:
+            consumer = getattr(subscriber, "consumer", None)
+            if consumer is None:
+                continue
+            partitions = list(consumer.assignment())
+            if not partitions:
+                continue
+            ends = await consumer.end_offsets(partitions)
+            for tp in partitions:
+                committed = await consumer.committed(tp)
+                lag = max(ends.get(tp, 0) - (committed or 0), 0)
+                CONSUMER_LAG.labels(self.name, tp.topic, str(tp.partition)).set(lag)
 
     async def readiness(self) -> dict[str, str]:
         # Each dependency by name, "ok" or "unavailable": the errors are in the log, not here.
@@ -251,6 +332,8 @@ class ServiceRunner(Generic[P]):
             checks["mongodb"] = "unavailable"
         checks["kafka"] = "ok" if self.relay.healthy else "unavailable"
         checks["started"] = "ok" if self.started else "starting"
+        # Informational: HTTP is served while the consumer joins its group (see READY).
+        checks["consumer"] = "ok" if self.joined else "joining"
         return checks
 
     def describe(self) -> dict[str, Any]:

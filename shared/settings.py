@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.plan import PlanError, PolicyName, pack_paths
+
 SERVICE_NAMES = ("intake", "grading", "notification", "statement", "archive")
+# The setting that chooses each policy file a plan pack may carry.
+PLAN_FIELDS: dict[PolicyName, str] = {
+    "rulebook": "rulebook_path",
+    "obligations": "obligations_policy_path",
+    "approval": "approval_policy_path",
+    "catalogue": "catalogue_path",
+}
 
 
 def _config_dir() -> Path:
@@ -25,6 +36,15 @@ def _config_dir() -> Path:
 
 
 CONFIG_DIR = _config_dir()
+
+
+def _console_dir() -> Path:
+    """The built console: `shared/console_dist` inside an installed wheel (hatch_build.py),
+    else the checkout's `console/dist`, where `npm run build` puts it."""
+    packaged = Path(str(files("shared").joinpath("console_dist")))
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "console" / "dist"
 
 
 class Settings(BaseSettings):
@@ -50,6 +70,23 @@ class Settings(BaseSettings):
     db_prefix: str = "yuqing"
     topic_prefix: str = ""
     topic_partitions: int = Field(default=3, ge=1)
+    # Replicas of each topic created at start (a real cluster: 3; the embedded broker: 1).
+    topic_replication_factor: int = Field(default=1, ge=1)
+    # How the services reach Kafka (FastStream's broker and the admin client alike):
+    # PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL; SASL with PLAIN or SCRAM-SHA-256/512
+    # and its username and password; TLS with a CA file (else the system's) and, for mutual
+    # TLS, a client certificate and key.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    # How long the group waits for a consumer that stopped heartbeating (one killed -9)
+    # before it hands the consumer's partitions to the others.
+    kafka_session_timeout_seconds: float = Field(default=10.0, ge=6, le=300)
 
     # Ports of the embedded servers, used only when no URL is set above.
     embedded_kafka_port: int = 19092
@@ -57,6 +94,13 @@ class Settings(BaseSettings):
     embedded_start_timeout: float = 30.0
 
     secret: SecretStr | None = None
+    # The secret each service's event signing key is derived from (shared/signing.py);
+    # all services share it. Production does not start without one of 32 bytes or more;
+    # development makes one once in the data directory.
+    bus_secret: SecretStr | None = None
+    # Earlier bus secrets, comma-separated, kept after a rotation: they sign nothing, and
+    # verify what they signed (events still in flight, the archive's log).
+    bus_secret_previous: SecretStr | None = None
     token_issuer: str = "yuqing"  # noqa: S105 - the JWT "iss" claim, not a secret
     token_ttl_seconds: int = 8 * 3600
     token_audience: str = "yuqing"  # noqa: S105 - the JWT "aud" claim, not a secret
@@ -66,6 +110,9 @@ class Settings(BaseSettings):
     # Revoked token ids (jti), one a line; default <data_dir>/revoked-tokens. Re-read
     # whenever it changes.
     token_revocation_path: Path | None = None
+    # Partner API keys (`yuqing key create`), stored only as their SHA-256 hashes; default
+    # <data_dir>/api-keys.json. Re-read whenever it changes.
+    api_keys_path: Path | None = None
     # Request limits: bodies above this many bytes answer 413 unread; requests per
     # principal (the token's subject, else the client address) per window answer 429.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
@@ -76,7 +123,7 @@ class Settings(BaseSettings):
 
     # The web console (shared/console.py): where its built files are, how long a sign-in
     # lasts (renewed while in use), lockout after wrong passwords, the change stream's poll.
-    console_dir: Path = Path(__file__).resolve().parent.parent / "console" / "dist"
+    console_dir: Path = _console_dir()
     session_ttl_seconds: int = Field(default=3600, ge=60)
     login_max_failures: int = Field(default=5, ge=1)
     password_min_length: int = Field(default=10, ge=1)
@@ -87,6 +134,10 @@ class Settings(BaseSettings):
     # for passwords set with `yuqing passwd`; on by default only in development.
     demo_passwords: bool | None = None
 
+    # The plan pack (shared/plan.py): every policy path below not set explicitly defaults to
+    # the pack's file when the pack has one. `plans_dir` holds the packs an analyst may try.
+    plan: Path = CONFIG_DIR / "plans" / "huaning"
+    plans_dir: Path = CONFIG_DIR / "plans"
     directory_path: Path = CONFIG_DIR / "directory.yaml"
     catalogue_path: Path = CONFIG_DIR / "catalogue.yaml"
     intake_policy_path: Path = CONFIG_DIR / "intake.yaml"
@@ -95,12 +146,22 @@ class Settings(BaseSettings):
     approval_policy_path: Path = CONFIG_DIR / "approval.yaml"
     archive_report_template: Path = CONFIG_DIR / "templates" / "archive_case_report.md.j2"
     archive_replay_batch_size: int = Field(default=200, ge=1)
+    # Reports embedded in the archive's incident view (the rest are counted and listed by
+    # page at /incidents/{id}/reports), so that a view stays far below MongoDB's 16 MB.
+    archive_embedded_reports: int = Field(default=50, ge=1, le=1000)
+    # The largest `limit` a paged list accepts (422 naming `limit` above it), and the
+    # longest time window one export of the events may ask for (422 naming the bound).
+    max_page_size: int = Field(default=100, ge=1, le=1000)
+    export_max_window_days: int = Field(default=31, ge=1)
     timezone: str = "Asia/Shanghai"
 
     outbox_poll_seconds: float = Field(default=0.5, gt=0)
     outbox_batch_size: int = Field(default=200, ge=1)
     # How long a service's active outbox relay may go silent before a replica takes over.
     outbox_lease_seconds: float = Field(default=15.0, gt=0)
+    # How often the active relay asks the broker whether it still holds what the relay sent
+    # it (a broker that lost its data gets the service's events again).
+    outbox_check_seconds: float = Field(default=10.0, gt=0)
     consumer_retry_max_seconds: float = Field(default=30.0, gt=0)
     # A command that lost a race to another writer is decided again this often, backing off.
     conflict_retry_attempts: int = Field(default=5, ge=1)
@@ -109,7 +170,28 @@ class Settings(BaseSettings):
     deadline_poll_seconds: float = Field(default=1.0, gt=0)
     # At a stop, how long the outbox relays may go on sending what is stored but unsent.
     shutdown_drain_seconds: float = Field(default=2.0, ge=0)
+    # How often each service samples its gauges (outbox backlog, consumer lag, duties owed).
+    metrics_interval_seconds: float = Field(default=15.0, gt=0)
     delivery_poll_seconds: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _plan_defaults(self) -> Settings:
+        """The plan pack's files for the policy paths the environment does not set. A pack
+        that cannot be read changes nothing here: the start refuses it, naming the file
+        (shared/service.py, Context.from_settings)."""
+        try:
+            provided = pack_paths(self.plan)
+        except PlanError:
+            return self
+        for name, path in provided.items():
+            field = PLAN_FIELDS[name]
+            if field not in self.model_fields_set:
+                setattr(self, field, path)
+        return self
+
+    @property
+    def policy_paths(self) -> dict[PolicyName, Path]:
+        return {name: getattr(self, field) for name, field in PLAN_FIELDS.items()}
 
     @property
     def base_url(self) -> str:
@@ -132,10 +214,42 @@ class Settings(BaseSettings):
         return self.token_revocation_path or self.data_dir / "revoked-tokens"
 
     @property
+    def api_keys_file(self) -> Path:
+        return self.api_keys_path or self.data_dir / "api-keys.json"
+
+    @property
     def docs_are_public(self) -> bool:
         if self.public_docs is not None:
             return self.public_docs
         return self.environment != "production"
+
+    @property
+    def bus_secrets_previous(self) -> tuple[bytes, ...]:
+        given = self.bus_secret_previous.get_secret_value() if self.bus_secret_previous else ""
+        return tuple(p.strip().encode() for p in given.split(",") if p.strip())
+
+    @property
+    def bus_secret_path(self) -> Path:
+        """Where the bus secret made once for a deployment without YUQING_BUS_SECRET is kept."""
+        return self.data_dir / "bus.key"
+
+    @cached_property
+    def bus_secret_value(self) -> bytes | None:
+        """YUQING_BUS_SECRET; else, outside production, one made once in the data directory;
+        else None (production refuses to start: shared.bus.bus_keys)."""
+        given = self.bus_secret.get_secret_value() if self.bus_secret is not None else ""
+        if given:  # empty, as a blank line of an .env file gives it, is not set
+            return given.encode()
+        if self.environment == "production":
+            return None
+        path = self.bus_secret_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Made by whichever process of the data directory comes first; the others read it.
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(secrets.token_urlsafe(48))
+        return path.read_text().strip().encode()
 
     @property
     def signing_key_path(self) -> Path:

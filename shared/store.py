@@ -3,6 +3,13 @@
 Events are appended, never updated, under a unique index on (stream_id, stream_version)
 and another on event_id, so two writers at one version cannot both win. The stored event
 doubles as the outbox entry: `published` stays false until the relay has put it on Kafka.
+The relay sends in `seq` order. A `seq` is time-ordered (microseconds) and, per incident,
+strictly increasing in commit order: each append moves its incident's `outbox_order`
+document in its transaction, so two transactions of one incident collide there and the
+later one takes a later `seq`, while appends to different incidents never meet (there is
+no shared counter). Events of one incident, which share a Kafka key, so reach the relay
+in the order they were committed; one incident's later event is never visible while an
+earlier one is still uncommitted.
 Several events are appended in one transaction, with the inbox mark of the message that
 caused them and the projection updates, so nothing half-written is ever stored.
 """
@@ -10,6 +17,9 @@ caused them and the projection updates, so nothing half-written is ever stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,6 +31,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     BulkWriteError,
+    CollectionInvalid,
     ConnectionFailure,
     DuplicateKeyError,
     ExecutionTimeout,
@@ -34,6 +45,8 @@ from shared.metrics import EVENTS_APPENDED
 
 EVENTS = "events"
 COUNTERS = "counters"
+# Per incident: the last `seq` given to one of its events (see the module's docstring).
+OUTBOX_ORDER = "outbox_order"
 INBOX = "inbox"
 LEASES = "leases"
 
@@ -101,24 +114,41 @@ class UnitOfWork:
                 raise ValueError(
                     f"events must continue stream {stream_id} from version {expected_version}"
                 )
-        counter = await self.db[COUNTERS].find_one_and_update(
-            {"_id": "events"},
-            {"$inc": {"value": len(events)}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-            session=self.session,
-        )
-        assert counter is not None
-        first_seq = int(counter["value"]) - len(events) + 1
+        # Each incident's events take consecutive `seq`s, in stream order.
+        seq_of: dict[int, int] = {}
+        for incident_id, count in Counter(e.incident_id for e in events).items():
+            first = await self._reserve(incident_id, count)
+            mine = [i for i, e in enumerate(events) if e.incident_id == incident_id]
+            seq_of.update({i: first + n for n, i in enumerate(mine)})
         now = utcnow()
         stamped = [e.model_copy(update={"recorded_at": now}) for e in events]
-        docs = [event_to_document(e, first_seq + i) for i, e in enumerate(stamped)]
+        docs = [event_to_document(e, seq_of[i]) for i, e in enumerate(stamped)]
         try:
             await self.db[EVENTS].insert_many(docs, ordered=True, session=self.session)
         except (DuplicateKeyError, BulkWriteError) as exc:
             raise ConcurrencyConflict(stream_id, expected_version) from exc
         self.appended.extend(stamped)
         return stamped
+
+    async def _reserve(self, incident_id: str, count: int) -> int:
+        """The first of `count` consecutive `seq`s for the incident's next events: from
+        the clock, or just past the incident's last one when that is not behind it (a
+        replica whose clock is behind, or the same microsecond)."""
+        wanted = time.time_ns() // 1000
+        before = await self.db[OUTBOX_ORDER].find_one_and_update(
+            {"_id": incident_id},
+            {"$max": {"seq": wanted + count - 1}},
+            upsert=True,
+            return_document=ReturnDocument.BEFORE,
+            session=self.session,
+        )
+        last = int(before["seq"]) if before is not None else 0
+        if last < wanted:
+            return wanted
+        await self.db[OUTBOX_ORDER].update_one(
+            {"_id": incident_id}, {"$set": {"seq": last + count}}, session=self.session
+        )
+        return last + 1
 
     async def mark_processed(self, consumer: str, event_id: str) -> bool:
         """Remember a consumed event; False if this consumer had already processed it.
@@ -135,6 +165,15 @@ class UnitOfWork:
         except DuplicateKeyError as exc:
             raise InboxRace(key) from exc
         return True
+
+
+async def ensure_collection(db: AsyncDatabase[Document], name: str) -> None:
+    """Create the collection now if it is missing: created by a transaction's first write,
+    it would make every concurrent transaction writing to it conflict until that one
+    commits (and older MongoDB servers refuse it)."""
+    if name not in await db.list_collection_names():
+        with contextlib.suppress(CollectionInvalid):
+            await db.create_collection(name)
 
 
 class Transactions(Protocol):
@@ -225,6 +264,7 @@ class EventStore:
         await events.create_index([("event_id", ASCENDING)], unique=True, name="event_id_unique")
         await events.create_index([("published", ASCENDING), ("seq", ASCENDING)], name="outbox")
         await events.create_index([("incident_id", ASCENDING), ("seq", ASCENDING)])
+        await ensure_collection(self.db, OUTBOX_ORDER)
 
     async def transaction(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """Run `work` in one transaction."""
@@ -256,6 +296,10 @@ class EventStore:
     async def unpublished(self, limit: int) -> list[Envelope]:
         cursor = self.db[EVENTS].find({"published": False}, sort=[("seq", ASCENDING)], limit=limit)
         return [document_to_event(doc) async for doc in cursor]
+
+    async def count_unpublished(self) -> int:
+        """The outbox's true backlog (the relay only ever sees one batch of it)."""
+        return await self.db[EVENTS].count_documents({"published": False})
 
     async def mark_published(self, events: Sequence[Envelope]) -> None:
         ids = [str(e.event_id) for e in events]

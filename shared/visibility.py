@@ -2,7 +2,9 @@
 
 A principal sees the incidents of its own unit and the units below it (admin and
 analyst: every unit). A partner's client sees only the incidents it referred, whatever
-else its token carries, and of them only what `Sight.REFERRED` allows. An incident
+else its token carries, and of them only what `Sight.REFERRED` allows: the
+`ReferredIncident` every service answers it with (`scope_filter(at_least=FULL)` leaves
+it out of the bureau's records: cases, duties, the assessment, the export). An incident
 outside a caller's sight answers exactly like one that does not exist, so ids cannot be
 probed: `hidden()` is that one answer.
 """
@@ -11,11 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from shared.directory import Directory
 from shared.errors import NotFound
+from shared.events import Category, IncidentStatus, Level, StatementKind
 from shared.identity import Caller, Role
 
 
@@ -32,6 +38,42 @@ class IncidentScope:
     incident_id: str
     unit_ids: tuple[str, ...] = ()
     filed_by: tuple[str, ...] = ()
+
+
+class PublishedLine(BaseModel):
+    """One publication of a statement as it went out (the official line): what was said,
+    when and where; no author, approver, comment or draft."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    statement_id: str
+    kind: StatementKind
+    version: int
+    title: str | None
+    body: str | None
+    outlet: str
+    url: str
+    published_at: datetime
+
+
+class ReferredIncident(BaseModel):
+    """All a partner sees of an incident it referred (`Sight.REFERRED`), in every service:
+    its id, status, level and category, the times it was closed and, where a service adds
+    them, the partner's own reports and the published statements. Never drafts,
+    approvals, comments, obligations, recipients, other filers, reasons or review text.
+    Each service answers a partner this shape (or a subclass adding only its own reports
+    and the official line) instead of its record; `sight` tells the two apart."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sight: Literal["referred"] = "referred"
+    incident_id: str
+    status: IncidentStatus | None = None
+    level: Level | None = None
+    category: Category | None = None
+    resolved_at: datetime | None = None
+    dismissed_at: datetime | None = None
+    archived_at: datetime | None = None
 
 
 def hidden(kind: str, key: str) -> NotFound:
@@ -91,10 +133,19 @@ class Visibility:
         return not caller.is_partner and self.may_file_for(caller, incident.unit_ids)
 
     def scope_filter(
-        self, caller: Caller, *, units_field: str = "unit_ids", filers_field: str = "filed_by"
+        self,
+        caller: Caller,
+        *,
+        units_field: str = "unit_ids",
+        filers_field: str = "filed_by",
+        at_least: Sight = Sight.REFERRED,
     ) -> dict[str, Any]:
-        """The same rule as a MongoDB filter, for lists, counts, searches and exports."""
+        """The same rule as a MongoDB filter, for lists, counts, searches and exports; with
+        `at_least=Sight.FULL` (the bureau's records: cases, duties, the assessment, the
+        event export) a partner's filter matches nothing, whatever its token carries."""
         if caller.is_partner:
+            if at_least is Sight.FULL:
+                return {"_id": {"$in": []}}
             return {filers_field: caller.id}
         visible = self.units(caller)
         return {} if visible is None else {units_field: {"$in": sorted(visible)}}

@@ -1,6 +1,7 @@
 // Every call to the API: the session cookie goes along, what changes something carries the
 // CSRF header, and every error becomes one clear Chinese message (ApiError.message).
 import { ElMessage } from 'element-plus'
+import { reasonZh, fieldName } from './fields.js'
 
 let onExpired = () => {}
 export function whenSessionExpires(handler) {
@@ -8,7 +9,7 @@ export function whenSessionExpires(handler) {
 }
 
 // How an error message names roles; session.js gives it the catalogue's names.
-export const naming = { role: (r) => r }
+export const naming = { role: (r) => r, field: fieldName }
 
 export class ApiError extends Error {
   constructor(message, status, body) {
@@ -17,7 +18,7 @@ export class ApiError extends Error {
     this.body = body
     this.fields = {}
     for (const d of (body?.error?.details instanceof Array ? body.error.details : [])) {
-      if (d && d.field) this.fields[d.field] = d.reason
+      if (d && d.field) this.fields[d.field] = reasonZh(d)
     }
   }
 }
@@ -51,15 +52,15 @@ export function explain(status, body, what) {
   if (status === 404) return `${what}失败：未找到该记录，或您无权查看。`
   if (status === 409) return `${what}未执行：与当前状态冲突（${error.message || '记录已变化'}）。请刷新后查看最新情况。`
   if (status === 422) {
-    const fields = (Array.isArray(details) ? details : []).map((d) => `${d.field}：${d.reason}`)
+    const fields = (Array.isArray(details) ? details : []).map((d) => `${naming.field(d.field)}：${reasonZh(d)}`)
     return `${what}未执行：填写有误${fields.length ? '（' + fields.join('；') + '）' : ''}。`
   }
   if (status >= 500) return `${what}失败：服务暂时不可用（HTTP ${status}）。已保存的数据没有丢失，请稍后重试。`
   return `${what}失败（HTTP ${status}）：${error.message || '未知错误'}`
 }
 
-export async function api(method, path, { body, what = '操作', quiet401 = false } = {}) {
-  const headers = { Accept: 'application/json' }
+export async function api(method, path, { body, what = '操作', quiet401 = false, headers: extra = {} } = {}) {
+  const headers = { Accept: 'application/json', ...extra }
   if (body !== undefined) headers['Content-Type'] = 'application/json'
   if (!['GET', 'HEAD'].includes(method)) headers['X-CSRF-Token'] = cookie('yuqing_csrf')
   let response

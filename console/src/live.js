@@ -2,11 +2,14 @@
 // changed, and the page fetches it again. Closed when the page goes away.
 import { onBeforeUnmount, onMounted, ref } from 'vue'
 
-export function useLive(refetch) {
+// `incident` (a function giving an incident id) also watches that incident, so its page
+// hears of what happens to it after it left the list of open ones.
+export function useLive(refetch, incident = null) {
   const connected = ref(false)
   let source = null
   onMounted(() => {
-    source = new EventSource('/events/v1/stream')
+    const id = incident && incident()
+    source = new EventSource('/events/v1/stream' + (id ? `?incident=${encodeURIComponent(id)}` : ''))
     source.onopen = () => (connected.value = true)
     source.onerror = () => (connected.value = false)
     source.addEventListener('change', () => refetch())

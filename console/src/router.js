@@ -2,6 +2,9 @@ import { createRouter, createWebHistory } from 'vue-router'
 import Login from './views/Login.vue'
 import Dashboard from './views/Dashboard.vue'
 import Incident from './views/Incident.vue'
+import Ack from './views/Ack.vue'
+import Inbox from './views/Inbox.vue'
+import File from './views/File.vue'
 import { session, loadSession } from './session.js'
 
 export const router = createRouter({
@@ -11,6 +14,10 @@ export const router = createRouter({
     { path: '/login', component: Login, meta: { public: true, title: '登录' } },
     { path: '/dashboard', component: Dashboard, meta: { title: '态势总览' } },
     { path: '/incidents/:id', component: Incident, props: true, meta: { title: '事件详情' } },
+    // A notification's "确认收到" link (services/notification/dispatch.py ack_url).
+    { path: '/file', component: File, meta: { title: '报送舆情' } },
+    { path: '/inbox', component: Inbox, meta: { title: '审批待办' } },
+    { path: '/ack/:id', component: Ack, props: true, meta: { title: '确认收到通知' } },
     { path: '/:rest(.*)*', redirect: '/dashboard' },
   ],
 })

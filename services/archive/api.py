@@ -4,12 +4,21 @@ Who sees what is the one visibility policy (`shared.visibility`): lists, searche
 and the assessment filter with its scope; every route with an id resolves the incident's
 scope first, and an incident outside the caller's sight answers exactly like one that does
 not exist. The archive's records of an incident (its obligations, statements,
-notifications and review) are the bureau's internal records: they need full sight, so a
-partner's client gets the 404 for them.
+notifications and review) are the bureau's internal records: they need full sight. A
+partner's client sees of an incident it referred only `partner_view` (the view, also
+`as_of`, its own reports by page, its rows of the list: `ReferredIncident`); the timeline,
+the chain check, the review, cases, the case report, the assessment and the export are
+records, and answer it the 404 of an unknown id (or, for lists, nothing).
+
+Limits: a page is at most `YUQING_MAX_PAGE_SIZE` rows and an export of every incident at
+most `YUQING_EXPORT_MAX_WINDOW_DAYS` long (the last such window unless `since` is given);
+either beyond answers 422 naming the parameter. The view embeds the first
+`YUQING_ARCHIVE_EMBEDDED_REPORTS` reports and counts them all.
 
 Writes: the review of a resolved incident (leader, office), which the archive records as
 events in its own store; they come back through Kafka into the log like every other event,
-so the view turns `archived` and the case appears only from the log. Replay (admin).
+so the view turns `archived` and the case appears only from the log. Replay (admin or
+analyst: it rebuilds read models from the log and changes no fact).
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ import binascii
 import json
 import re
 from collections.abc import AsyncIterator
-from datetime import datetime, tzinfo
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
 from typing import Annotated, Literal
 
 import structlog
@@ -32,8 +42,12 @@ from services.archive.domain import (
     ChainReport,
     IncidentSummary,
     IncidentView,
+    ReferredIncidentView,
+    ReportView,
     TimelineEntry,
     fold,
+    partner_summary,
+    partner_view,
     timeline,
 )
 from services.archive.domain.cases import (
@@ -54,22 +68,41 @@ from services.archive.report import CaseReport
 from shared.auth import CurrentCaller
 from shared.catalogue import Catalogue
 from shared.clock import Clock
-from shared.errors import BadRequest, Forbidden, NotFound
+from shared.errors import BadRequest, Forbidden, Invalid, NotFound
 from shared.events import Category, IncidentStatus
 from shared.identity import Caller, Role
 from shared.store import Document
-from shared.visibility import Sight, Visibility, hidden
+from shared.visibility import ReferredIncident, Sight, Visibility, hidden
 
 log = structlog.get_logger("yuqing.archive")
 
-MAX_PAGE = 100
 # What the archive holds of an incident is the bureau's record: a partner sees none of it.
 RECORDS = Sight.FULL
+# The list filters on what a partner does not see (units, title, duties, opening time).
+PARTNER_REFUSED_FILTERS = ("unit", "q", "overdue", "opened_from", "opened_to")
+
+# The whole record, or what a partner sees of an incident it referred: told apart by `sight`.
+AnyIncidentView = Annotated[IncidentView | ReferredIncidentView, Field(discriminator="sight")]
+AnySummary = Annotated[IncidentSummary | ReferredIncident, Field(discriminator="sight")]
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    embedded_reports: int = 50  # reports kept in the incident view; the rest by page
+    max_page_size: int = 100  # the largest `limit` of a paged list
+    export_max_window: timedelta = timedelta(days=31)  # the longest window of one export
 
 
 class IncidentPage(BaseModel):
-    items: list[IncidentSummary]
+    items: list[AnySummary]
     next_cursor: str | None  # pass as `cursor` for the next page; null on the last one
+
+
+class ReportPage(BaseModel):
+    incident_id: str
+    total: int  # every report of the incident the caller sees (a partner: its own)
+    items: list[ReportView]  # oldest first, by when intake received them
+    next_cursor: str | None
 
 
 class Timeline(BaseModel):
@@ -120,8 +153,12 @@ def build_router(
     tz: tzinfo,
     clock: Clock,
     replay_batch_size: int,
+    limits: ArchiveLimits | None = None,
 ) -> APIRouter:
+    limits = limits or ArchiveLimits()
+    max_page = limits.max_page_size
     router = APIRouter(tags=["archive"])
+    people = {p.id: p.name for p in visibility.directory.people}
     # Replays run beside the request that started them; held here so they are not collected.
     replays: set[asyncio.Task[ReplayJob]] = set()
 
@@ -129,13 +166,43 @@ def build_router(
         """A time given without an offset is the bureau's local time."""
         return moment if moment.tzinfo is not None else moment.replace(tzinfo=tz)
 
-    async def visible_incident(caller: Caller, incident_id: str) -> StoredIncident:
+    async def visible_incident(
+        caller: Caller, incident_id: str, at_least: Sight = RECORDS
+    ) -> tuple[StoredIncident, Sight]:
         found = await views.incident(incident_id)
-        visibility.require(
-            caller, found.scope if found else None, "incident", incident_id, at_least=RECORDS
+        sight = visibility.require(
+            caller, found.scope if found else None, "incident", incident_id, at_least=at_least
         )
         assert found is not None
-        return found
+        return found, sight
+
+    def page_size(limit: int) -> int:
+        if limit > max_page:
+            raise Invalid("limit", f"at most {max_page} (YUQING_MAX_PAGE_SIZE)", "less_than_equal")
+        return limit
+
+    def export_window(
+        since: datetime | None, until: datetime | None, incident_id: str | None
+    ) -> tuple[datetime | None, datetime | None]:
+        """The export's [since, until): at most the configured window. An export of every
+        incident without `since` covers the last such window; one of a single incident
+        without `since` is its whole log."""
+        window = limits.export_max_window
+        if since is not None and until is not None and until <= since:
+            raise Invalid("until", "must be after since", "export_window")
+        if since is None and incident_id is not None:
+            return since, until
+        end = until or clock()
+        start = since or end - window
+        if end - start > window:
+            days = window / timedelta(days=1)
+            raise Invalid(
+                "since",
+                f"the window is longer than {days:g} days (YUQING_EXPORT_MAX_WINDOW_DAYS): "
+                "export it in shorter windows",
+                "export_window",
+            )
+        return start, until
 
     async def visible_case(caller: Caller, case_id: str) -> StoredCase:
         found = await views.case(case_id)
@@ -151,9 +218,10 @@ def build_router(
         category: Category | None,
         opened_from: datetime | None,
         opened_to: datetime | None,
+        at_least: Sight = Sight.REFERRED,
     ) -> list[Document]:
         conditions: list[Document] = []
-        if visible := visibility.scope_filter(caller):
+        if visible := visibility.scope_filter(caller, at_least=at_least):
             conditions.append(visible)
         if unit is not None:
             conditions.append({"unit_ids": unit})
@@ -180,9 +248,21 @@ def build_router(
         overdue: Annotated[
             bool | None, Query(description="with an obligation past its deadline and not met")
         ] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
+        limit: Annotated[int, Query(ge=1, description="at most YUQING_MAX_PAGE_SIZE")] = 20,
         cursor: str | None = None,
     ) -> IncidentPage:
+        """Newest first. A partner gets its referred incidents as `ReferredIncident` rows
+        and may filter them by level, category and status only (422 naming the rest)."""
+        page_size(limit)
+        if caller.is_partner:
+            asked = dict(
+                zip(
+                    PARTNER_REFUSED_FILTERS, (unit, q, overdue, opened_from, opened_to), strict=True
+                )
+            )
+            for name, value in asked.items():
+                if value is not None:
+                    raise Invalid(name, "not a filter of what a partner sees", "partner_filter")
         conditions = common_filters(caller, unit, level, category, opened_from, opened_to)
         if status is not None:
             conditions.append({"status": status.value})
@@ -190,19 +270,22 @@ def build_router(
             conditions.append({"title": {"$regex": re.escape(q), "$options": "i"}})
         if overdue is not None:
             now = clock()
-            conditions.append(
-                {"due": {"$lt": now}}
-                if overdue
-                else {"$or": [{"due": None}, {"due": {"$gte": now}}]}
-            )
+            # Not overdue: no deadline unmet (`due` null) or none past yet; one field, so
+            # the query stays flat (see services/archive/listing.py).
+            conditions.append({"due": {"$lt": now}} if overdue else {"due": {"$not": {"$lt": now}}})
         after = _decode_cursor(cursor) if cursor else None
         rows, last = await views.list_page("incidents", conditions, limit, after)
+        summaries = [IncidentSummary.model_validate(row["summary"]) for row in rows]
         return IncidentPage(
-            items=[IncidentSummary.model_validate(row["summary"]) for row in rows],
+            items=[partner_summary(s) for s in summaries] if caller.is_partner else summaries,
             next_cursor=_encode_cursor(last) if last else None,
         )
 
-    @router.get("/incidents/{incident_id}", response_model=IncidentView, summary="One incident")
+    @router.get(
+        "/incidents/{incident_id}",
+        response_model=AnyIncidentView,
+        summary="One incident (a partner: what it may see of one it referred)",
+    )
     async def get_incident(
         incident_id: str,
         caller: CurrentCaller,
@@ -210,14 +293,44 @@ def build_router(
             datetime | None,
             Query(description="fold only what had happened by this time (ISO 8601)"),
         ] = None,
-    ) -> IncidentView:
-        found = await visible_incident(caller, incident_id)
-        if as_of is None:
-            return found.view
-        view = fold(incident_id, await views.load_log(incident_id), aware(as_of))
-        if view.event_count == 0:
-            raise NotFound(f"nothing had happened in incident {incident_id} by {as_of}")
-        return view
+    ) -> IncidentView | ReferredIncidentView:
+        found, sight = await visible_incident(caller, incident_id, Sight.REFERRED)
+        view = found.view
+        if as_of is not None:
+            records = await views.load_log(incident_id)
+            view = fold(incident_id, records, aware(as_of), limits.embedded_reports)
+            if view.event_count == 0:
+                raise NotFound(f"nothing had happened in incident {incident_id} by {as_of}")
+        return partner_view(view, caller.id) if sight is Sight.REFERRED else view
+
+    @router.get(
+        "/incidents/{incident_id}/reports",
+        response_model=ReportPage,
+        summary="Every report of an incident by page, oldest first (a partner: its own)",
+    )
+    async def list_reports(
+        incident_id: str,
+        caller: CurrentCaller,
+        limit: Annotated[int, Query(ge=1, description="at most YUQING_MAX_PAGE_SIZE")] = 50,
+        cursor: str | None = None,
+    ) -> ReportPage:
+        page_size(limit)
+        _, sight = await visible_incident(caller, incident_id, Sight.REFERRED)
+        after = _decode_cursor(cursor) if cursor else None
+        full = fold(incident_id, await views.load_log(incident_id))
+        seen = partner_view(full, caller.id).reports if sight is Sight.REFERRED else full.reports
+        ordered = sorted(seen, key=lambda r: (r.received_at, r.report_id))
+        rest = [r for r in ordered if after is None or (r.received_at, r.report_id) > after]
+        items = rest[:limit]
+        more = len(rest) > limit
+        return ReportPage(
+            incident_id=incident_id,
+            total=len(ordered),
+            items=items,
+            next_cursor=(
+                _encode_cursor((items[-1].received_at, items[-1].report_id)) if more else None
+            ),
+        )
 
     @router.get(
         "/incidents/{incident_id}/timeline",
@@ -233,7 +346,7 @@ def build_router(
         records = await views.load_log(incident_id)
         return Timeline(
             incident_id=incident_id,
-            events=timeline(records, tz, catalogue, event_type or ()),
+            events=timeline(records, tz, catalogue, event_type or (), people),
         )
 
     @router.get(
@@ -271,11 +384,14 @@ def build_router(
         until: Annotated[datetime | None, Query(description="occurred before")] = None,
     ) -> StreamingResponse:
         caller.require(Role.ANALYST)
-        # The log keeps each event's unit and no filer: the scope is its unit, and a partner's
-        # filter (by filer) matches no stored event, whatever other roles its token carries.
+        # The log is the bureau's record, scoped by each event's unit: a partner's filter
+        # matches nothing, whatever other roles its token carries.
         conditions: list[Document] = []
-        if visible := visibility.scope_filter(caller, units_field="unit_id"):
+        if visible := visibility.scope_filter(caller, units_field="unit_id", at_least=RECORDS):
             conditions.append(visible)
+        since, until = export_window(
+            aware(since) if since else None, aware(until) if until else None, incident_id
+        )
         if incident_id is not None:
             conditions.append({"incident_id": incident_id})
         if unit is not None:
@@ -283,9 +399,9 @@ def build_router(
         if event_type:
             conditions.append({"event_type": {"$in": event_type}})
         if since is not None:
-            conditions.append({"occurred_at": {"$gte": aware(since)}})
+            conditions.append({"occurred_at": {"$gte": since}})
         if until is not None:
-            conditions.append({"occurred_at": {"$lt": aware(until)}})
+            conditions.append({"occurred_at": {"$lt": until}})
 
         async def lines() -> AsyncIterator[bytes]:
             async for row in views.export(conditions, after):
@@ -322,10 +438,14 @@ def build_router(
         q: Annotated[
             str | None, Query(max_length=100, description="text in the title or the review")
         ] = None,
-        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
+        limit: Annotated[int, Query(ge=1, description="at most YUQING_MAX_PAGE_SIZE")] = 20,
         cursor: str | None = None,
     ) -> CasePage:
-        conditions = common_filters(caller, unit, level, category, opened_from, opened_to)
+        page_size(limit)
+        # The case library is the bureau's record: a partner's search finds nothing.
+        conditions = common_filters(
+            caller, unit, level, category, opened_from, opened_to, at_least=RECORDS
+        )
         if q:
             conditions.append({"text": {"$regex": re.escape(q), "$options": "i"}})
         after = _decode_cursor(cursor) if cursor else None
@@ -377,7 +497,7 @@ def build_router(
             raise Forbidden(f"unit {unit} is outside the units you may assess", {"unit": unit})
         units = {unit} if unit is not None else visible
         conditions: list[Document] = [{"sort_at": {"$lt": end}}]
-        if scope := visibility.scope_filter(caller):
+        if scope := visibility.scope_filter(caller, at_least=RECORDS):
             conditions.append(scope)
         if units is not None:
             conditions.append({"unit_ids": {"$in": sorted(units)}})
@@ -388,10 +508,12 @@ def build_router(
         "/replay",
         response_model=ReplayJob,
         status_code=status.HTTP_202_ACCEPTED,
-        summary="Rebuild the read models from the log into fresh collections (admin)",
+        summary="Rebuild the read models from the log into fresh collections (admin, analyst)",
     )
     async def replay(caller: CurrentCaller) -> ReplayJob:
-        caller.require(Role.ADMIN)
+        caller.require(Role.ADMIN, Role.ANALYST)
+        if caller.is_partner:  # an admin role beside partner makes no administrator
+            raise Forbidden("a partner's client may not rebuild the archive")
         job = await views.start_replay(caller.id)  # ReplayRunning (409) while one builds
         task = asyncio.create_task(
             views.run_replay(job.job_id, replay_batch_size), name=f"archive-replay-{job.job_id}"
@@ -406,12 +528,14 @@ def build_router(
             log.error("replay failed", task=task.get_name(), error=str(error))
 
     @router.get(
-        "/replay/{job_id}", response_model=ReplayJob, summary="Progress of a replay (admin)"
+        "/replay/{job_id}",
+        response_model=ReplayJob,
+        summary="Progress of a replay (admin, analyst)",
     )
     async def replay_progress(job_id: str, caller: CurrentCaller) -> ReplayJob:
-        caller.require(Role.ADMIN)
+        caller.require(Role.ADMIN, Role.ANALYST)
         job = await views.replay_job(job_id)
-        if job is None:
+        if job is None or caller.is_partner:
             raise hidden("replay job", job_id)
         return job
 

@@ -9,13 +9,15 @@ the start), the handler map recording every event type of every topic, and the r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
-from services.archive.api import build_router
+from services.archive.api import ArchiveLimits, build_router
 from services.archive.domain.review import ReviewLog, evolve, review_stream
 from services.archive.handlers import Recorder, ReviewCommands
 from services.archive.projections import ArchiveViews
 from services.archive.report import CaseReport
+from shared.bus import bus_keys
 from shared.events import ALL_TOPICS, event_types
 from shared.handlers import HandlerMap
 from shared.repository import Repository
@@ -32,7 +34,9 @@ class ArchiveParts(ServiceParts):
 def build(deps: Dependencies) -> ArchiveParts:
     settings = deps.settings
     tz = ZoneInfo(settings.timezone)
-    views = ArchiveViews(deps.store.db, deps.clock)
+    views = ArchiveViews(
+        deps.store.db, deps.clock, settings.archive_embedded_reports, keys=bus_keys(settings)
+    )
     reviews = ReviewCommands(
         views,
         Repository[ReviewLog](review_stream, evolve),
@@ -51,6 +55,11 @@ def build(deps: Dependencies) -> ArchiveParts:
         tz,
         deps.clock,
         settings.archive_replay_batch_size,
+        limits=ArchiveLimits(
+            embedded_reports=settings.archive_embedded_reports,
+            max_page_size=settings.max_page_size,
+            export_max_window=timedelta(days=settings.export_max_window_days),
+        ),
     )
     return ArchiveParts(
         name="archive",
@@ -66,7 +75,7 @@ def build(deps: Dependencies) -> ArchiveParts:
         router=router,
         handlers=handlers,
         consumes=ALL_TOPICS,
-        setup=[views.ensure_indexes, views.abandon_interrupted_replays],
+        setup=[views.ensure_indexes, views.mark_signing_start, views.abandon_interrupted_replays],
         views=views,
         reviews=reviews,
         report=report,

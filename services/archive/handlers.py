@@ -22,6 +22,7 @@ from services.archive.domain.review import (
     decide_review,
 )
 from services.archive.projections import ArchiveViews
+from shared.bus import current_delivery
 from shared.clock import Clock
 from shared.events import Envelope
 from shared.identity import Caller
@@ -36,7 +37,8 @@ class Recorder:
     async def record(self, event: Envelope, uow: UnitOfWork) -> None:
         # One read of the incident's log serves the duplicate check and the fold.
         records = await self.views.load_log(event.incident_id, uow)
-        if await self.views.append_to_log(uow, event, records):
+        # With the producer and signature the consumer checked it came with.
+        if await self.views.append_to_log(uow, event, records, current_delivery()):
             await self.views.refresh(uow, event.incident_id, records)
 
 

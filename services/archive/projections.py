@@ -44,13 +44,17 @@ from services.archive.domain import (
     fold,
     incident_summary,
     link_hash,
+    signature_problem,
     unmet_deadlines,
     verify_chain,
 )
 from services.archive.domain.cases import CaseRecord, case_record
+from services.archive.listing import ListWindows, aware, flat_query
+from shared.bus import Delivery
 from shared.clock import Clock, utcnow
 from shared.errors import Conflict
 from shared.events import Envelope
+from shared.signing import BusKeys
 from shared.store import COUNTERS, ConcurrencyConflict, Document, UnitOfWork
 from shared.visibility import IncidentScope
 
@@ -66,6 +70,7 @@ PRODUCER_FAULTS = "producer_faults"
 logger = structlog.get_logger("yuqing.archive")
 _LOG_SEQ = "log"
 _POINTER = "current"
+_SIGNING = "signing"  # where signed logging began: {from_seq}
 # How long a read trusts the pointer it last read: a replay's swap is seen within this, or
 # at once by the reads that then find nothing where the old collections were.
 _POINTER_TTL_SECONDS = 1.0
@@ -89,6 +94,8 @@ class ReplayJob(BaseModel):
     collections: ReadModels
     requested_by: str
     error: str | None = None
+    # Logged events left out of the fold: their producer's signature does not hold.
+    not_folded: list[str] = []
 
 
 class ExportedEvent(BaseModel):
@@ -100,6 +107,9 @@ class ExportedEvent(BaseModel):
     hash: str
     ingested_at: datetime
     envelope: dict[str, Any]  # the envelope exactly as stored and hashed
+    # Who published it and their signature over it (shared/signing.py), as recorded.
+    producer: str | None = None
+    signature: str | None = None
 
 
 class ReplayRunning(Conflict):
@@ -144,7 +154,7 @@ def _view_document(view: IncidentView, records: Sequence[Logged]) -> Document:
         # Until its opening arrives an incident is listed by when it was first heard of.
         "sort_at": view.opened_at or first_seen,
         # Who referred it: a partner sees the incidents it filed a report of.
-        "filed_by": sorted({r.filed_by for r in view.reports}),
+        "filed_by": view.filed_by,
         "due": min(deadlines) if deadlines else None,
         "last_seq": max(r.seq for r in records),
     }
@@ -159,7 +169,7 @@ def _case_document(view: IncidentView, last_seq: int) -> Document | None:
         "case": case.model_dump(mode="json"),
         "incident_id": view.incident_id,
         "unit_ids": case.unit_ids,
-        "filed_by": sorted({r.filed_by for r in view.reports}),
+        "filed_by": view.filed_by,
         "level": int(case.level) if case.level is not None else None,
         "category": case.category.value if case.category is not None else None,
         "opened_at": case.opened_at,
@@ -173,9 +183,9 @@ def _case_document(view: IncidentView, last_seq: int) -> Document | None:
 
 
 def _model_writes(
-    incident_id: str, records: Sequence[Logged]
+    incident_id: str, records: Sequence[Logged], embedded_reports: int | None = None
 ) -> tuple[IncidentView, Document, Document | None]:
-    view = fold(incident_id, records)
+    view = fold(incident_id, records, embedded_reports=embedded_reports)
     document = _view_document(view, records)
     case = _case_document(view, document["last_seq"])
     # Whether a case was written beside it: a refresh then knows if there is one to remove.
@@ -190,10 +200,20 @@ def _logged(doc: Document) -> Logged:
 class ArchiveViews:
     """The archive's database: the log it records, the views folded from it, the replay."""
 
-    def __init__(self, db: AsyncDatabase[Document], clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        db: AsyncDatabase[Document],
+        clock: Clock = utcnow,
+        embedded_reports: int | None = None,
+        keys: BusKeys | None = None,
+    ) -> None:
         self.db = db
         self.clock = clock
+        self.keys = keys  # the producers' keys: verify checks each event's signature
+        self._signed_from = 1  # the first log seq recorded with signatures (set at start)
+        self.embedded_reports = embedded_reports  # reports kept in a stored view; None: all
         self._served: tuple[ReadModels, float] | None = None  # the pointer, when read
+        self._windows = ListWindows(clock)  # how the lists read a page
 
     async def _served_models(self, *, fresh: bool = False) -> tuple[ReadModels, bool]:
         """The collections the API reads, from the pointer read within the last second
@@ -261,9 +281,14 @@ class ArchiveViews:
     # ------------------------------------------------------------------ recording
 
     async def append_to_log(
-        self, uow: UnitOfWork, event: Envelope, loaded: list[Logged] | None = None
+        self,
+        uow: UnitOfWork,
+        event: Envelope,
+        loaded: list[Logged] | None = None,
+        delivery: Delivery | None = None,
     ) -> bool:
-        """Store the event at the end of its incident's chain; False if it is stored already.
+        """Store the event at the end of its incident's chain, with the producer and the
+        signature it was delivered with; False if it is stored already.
 
         `loaded`, the incident's log as read in this transaction, stands in for the lookup
         of the event_id (an event is logged under its own incident) and gets the new record.
@@ -298,6 +323,10 @@ class ArchiveViews:
             "prev_hash": prev,
             "hash": digest,
             "envelope": envelope,
+            # Who published it and their signature over it (shared/signing.py): verify
+            # checks it again, so an event written here without the producer's key is named.
+            "producer": delivery.producer if delivery else None,
+            "signature": delivery.signature if delivery else None,
             "event_type": event.event_type,
             "topic": event.topic,
             "unit_id": event.unit_id,
@@ -363,7 +392,38 @@ class ArchiveViews:
         cursor = self.db[LOG].find(
             {"incident_id": incident_id}, sort=[("seq", ASCENDING)], session=session
         )
-        return [_logged(doc) async for doc in cursor]
+        return [_logged(doc) async for doc in cursor if self.signed(doc)]
+
+    async def mark_signing_start(self) -> None:
+        """Remember, once, where signed logging began: an archive upgraded with its log
+        keeps folding the events it logged before (their hash chain still checks)."""
+        last = await self.db[LOG].find_one({}, {"seq": 1}, sort=[("seq", DESCENDING)])
+        first_signed = int(last["seq"]) + 1 if last else 1
+        await self.db[READ_MODELS].update_one(
+            {"_id": _SIGNING}, {"$setOnInsert": {"from_seq": first_signed}}, upsert=True
+        )
+        marker = await self.db[READ_MODELS].find_one({"_id": _SIGNING})
+        self._signed_from = int(marker["from_seq"]) if marker else first_signed
+
+    def before_signing(self, doc: Document) -> bool:
+        # Absent, not null: what this archive logged before it recorded signatures.
+        return "signature" not in doc and int(doc.get("seq", 0)) < self._signed_from
+
+    def signed(self, doc: Document) -> bool:
+        """Whether a logged event carries its producer's signature: one written into the
+        store by other means (its hash recomputed) is named by verify and folded nowhere."""
+        if self.keys is None or self.before_signing(doc):
+            return True
+        envelope = doc.get("envelope")
+        problem = signature_problem(
+            envelope if isinstance(envelope, dict) else {},
+            doc.get("producer"),
+            doc.get("signature"),
+            self.keys,
+        )
+        if problem is not None:
+            logger.warning("logged event not folded", event_id=str(doc.get("_id")), reason=problem)
+        return problem is None
 
     async def refresh(
         self, uow: UnitOfWork, incident_id: str, records: Sequence[Logged] | None = None
@@ -373,7 +433,7 @@ class ArchiveViews:
         session = uow.session
         if records is None:
             records = await self.load_log(incident_id, uow)
-        view, document, case = _model_writes(incident_id, records)
+        view, document, case = _model_writes(incident_id, records, self.embedded_reports)
         db = uow.db
         for models in await self._written_models(session):
             before = await db[models.incidents].find_one_and_replace(
@@ -419,7 +479,7 @@ class ArchiveViews:
     async def scan_views(self, conditions: Sequence[Document]) -> AsyncIterator[IncidentView]:
         """Every view matching `conditions`, fetched from the server in batches."""
         models = await self.current_models()
-        query: Document = {"$and": list(conditions)} if conditions else {}
+        query = flat_query(conditions)
         async for doc in self.db[models.incidents].find(query, {"view": 1}, batch_size=200):
             yield IncidentView.model_validate(doc["view"])
 
@@ -431,34 +491,27 @@ class ArchiveViews:
         after: tuple[datetime, str] | None,
     ) -> tuple[list[Document], tuple[datetime, str] | None]:
         """One page of incidents or cases, newest first; the key of its last row when more
-        follow."""
-        clauses = list(conditions)
-        if after is not None:
-            sort_at, key = after
-            clauses.append(
-                {"$or": [{"sort_at": {"$lt": sort_at}}, {"sort_at": sort_at, "_id": {"$lt": key}}]}
-            )
-        query: Document = {"$and": clauses} if clauses else {}
+        follow.
+
+        Keyset paging on (`sort_at`, `_id`), the `list_order` index, read in windows of
+        `sort_at` going back in time (`_ListWindows`): each query is a flat filter whose
+        first clause is a `sort_at` range (or, for the rest of a cursor's tie, its value),
+        which the embedded server serves from the index; it uses no index for a clause
+        inside `$and` or `$or`, and sorts every candidate before the limit, so an
+        unbounded query costs the whole collection. Only the list's fields are returned.
+        """
+        filters = flat_query(conditions)
         models, fresh = await self._served_models()
-
-        async def page(models: ReadModels) -> list[Document]:
-            cursor = self.db[getattr(models, kind)].find(
-                query,
-                {"summary": 1, "case": 1, "sort_at": 1},
-                sort=[("sort_at", DESCENDING), ("_id", DESCENDING)],
-                limit=limit + 1,
-            )
-            return [doc async for doc in cursor]
-
-        rows = await page(models)
+        rows = await self._windows.page(self.db[getattr(models, kind)], filters, limit, after)
         if not rows and not fresh:
             models_now, _ = await self._served_models(fresh=True)
             if models_now != models:
-                rows = await page(models_now)
+                collection = self.db[getattr(models_now, kind)]
+                rows = await self._windows.page(collection, filters, limit, after)
         if len(rows) <= limit:
             return rows, None
         last = rows[limit - 1]
-        return rows[:limit], (last["sort_at"], str(last["_id"]))
+        return rows[:limit], (aware(last["sort_at"]), str(last["_id"]))
 
     async def verify(self, incident_id: str) -> ChainReport:
         head = await self.db[CHAINS].find_one({"_id": incident_id})
@@ -473,9 +526,12 @@ class ArchiveViews:
                     envelope=envelope if isinstance(envelope, dict) else {},
                     prev_hash=str(doc.get("prev_hash", "")),
                     hash=str(doc.get("hash", "")),
+                    producer=doc.get("producer"),
+                    signature=doc.get("signature"),
+                    before_signing=self.before_signing(doc),
                 )
             )
-        return verify_chain(incident_id, links, int(head["length"]) if head else 0)
+        return verify_chain(incident_id, links, int(head["length"]) if head else 0, self.keys)
 
     async def export(
         self, conditions: Sequence[Document], after: int
@@ -491,6 +547,8 @@ class ArchiveViews:
                 hash=doc["hash"],
                 ingested_at=doc["ingested_at"],
                 envelope=doc["envelope"],
+                producer=doc.get("producer"),
+                signature=doc.get("signature"),
             )
 
     # ------------------------------------------------------------------ replay
@@ -545,6 +603,7 @@ class ArchiveViews:
         job = await self.replay_job(job_id)
         assert job is not None, f"replay job {job_id} was not started"
         target = job.collections
+        unsigned: list[str] = []
         try:
             incident_ids = sorted(str(i) for i in await db[LOG].distinct("incident_id"))
             await db[REPLAY_JOBS].update_one(
@@ -555,8 +614,15 @@ class ArchiveViews:
                 logs: dict[str, list[Logged]] = {incident_id: [] for incident_id in batch}
                 cursor = db[LOG].find({"incident_id": {"$in": batch}}, sort=[("seq", ASCENDING)])
                 async for doc in cursor:
-                    logs[doc["incident_id"]].append(_logged(doc))
-                written = [_model_writes(i, records) for i, records in logs.items() if records]
+                    if self.signed(doc):
+                        logs[doc["incident_id"]].append(_logged(doc))
+                    else:
+                        unsigned.append(str(doc["_id"]))
+                written = [
+                    _model_writes(i, records, self.embedded_reports)
+                    for i, records in logs.items()
+                    if records
+                ]
                 await self._replace_older(target.incidents, (w[1] for w in written))
                 # A case goes in only beside the view it came from: if a refresh has
                 # meanwhile written a newer view, it has also written (or removed) the case.
@@ -582,7 +648,8 @@ class ArchiveViews:
             await self._abandon(job_id, target, f"{type(exc).__name__}: {exc}")
             raise
         await db[REPLAY_JOBS].update_one(
-            {"_id": job_id}, {"$set": {"state": "completed", "finished_at": self.clock()}}
+            {"_id": job_id},
+            {"$set": {"state": "completed", "finished_at": self.clock(), "not_folded": unsigned}},
         )
         # The old collections are served no more once the pointer has moved.
         self._served = None

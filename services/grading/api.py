@@ -10,18 +10,27 @@ checked.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.grading.domain import Rulebook
 from services.grading.handlers import GradingCommands
 from services.grading.projections import GradeView, GradingViews
+from services.grading.whatif import Candidate, IncidentDifference, compare
 from shared.auth import CurrentCaller
+from shared.clock import Clock
 from shared.errors import Forbidden
 from shared.events import Category, Level
-from shared.identity import Role
+from shared.identity import Caller, Role
 from shared.models import FrozenModel
-from shared.visibility import Sight, Visibility, hidden
+from shared.plan import PACK_NAME, Plan
+from shared.plan_rules import ObligationRule
+from shared.visibility import ReferredIncident, Sight, Visibility, hidden
 
 
 class OverrideIn(FrozenModel):
@@ -40,21 +49,212 @@ class OverrideOut(BaseModel):
     reason: str
 
 
+class Named(BaseModel):
+    id: str
+    name: str
+
+
+class DutyOut(BaseModel):
+    kind: str
+    title: str
+    owner_role: Named
+    recipients: tuple[Named, ...]
+    deadline: str = Field(description="'30m' after grading, or 'same day by 23:59 (...)'")
+    every: str | None = Field(default=None, description="a recurring duty's period")
+
+
+class ChainStepOut(BaseModel):
+    role: Named
+    unit: str | None = Field(default=None, description="a unit id, or 'incident'")
+
+
+class LevelOut(BaseModel):
+    id: int
+    name: str
+    short: str
+    duties: tuple[DutyOut, ...]
+    chain: tuple[ChainStepOut, ...]
+
+
+class CategoryOut(BaseModel):
+    id: str
+    name: str
+    duties: tuple[DutyOut, ...]
+
+
+class PlanOut(BaseModel):
+    """The plan in force: what the deployment's pack (YUQING_PLAN) says."""
+
+    id: str
+    name: str
+    version: str
+    seed: str
+    rulebook_version: str
+    duties_version: str
+    approval_version: str
+    levels: tuple[LevelOut, ...]
+    categories: tuple[CategoryOut, ...]
+    articles: tuple[dict[str, str], ...]
+
+
+class PlanTryIn(FrozenModel):
+    plan: str = Field(pattern=PACK_NAME, description="a pack's name under config/plans/")
+    since: AwareDatetime = Field(description="incidents graded at or after this time")
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class DutyDifferenceOut(BaseModel):
+    kind: str
+    title: str
+    counted_from: datetime
+    deadline: datetime
+    recorded_deadline: datetime | None
+    met_at: datetime | None
+    outcome: str = Field(description="met, late, missed or open: by the recorded fulfilment")
+    change: str = Field(description="same, new (the record has no such duty) or moved")
+
+
+class IncidentDifferenceOut(BaseModel):
+    incident_id: str
+    recorded_plan: str | None
+    differs: bool
+    recorded_level: int
+    level: int
+    recorded_category: str
+    category: str
+    duties: tuple[DutyDifferenceOut, ...]
+    dropped: tuple[str, ...]
+    would_miss: tuple[str, ...]
+
+    @classmethod
+    def of(cls, d: IncidentDifference) -> IncidentDifferenceOut:
+        return cls(
+            incident_id=d.incident_id,
+            recorded_plan=d.recorded_plan,
+            differs=d.differs,
+            recorded_level=int(d.recorded_level),
+            level=int(d.level),
+            recorded_category=d.recorded_category.value,
+            category=d.category.value,
+            duties=tuple(
+                DutyDifferenceOut.model_validate(x, from_attributes=True) for x in d.duties
+            ),
+            dropped=d.dropped,
+            would_miss=d.would_miss,
+        )
+
+
+class PlanTryOut(BaseModel):
+    plan: str
+    version: str
+    since: datetime
+    incidents: tuple[IncidentDifferenceOut, ...]
+
+
+@dataclass(frozen=True)
+class PlanParts:
+    """The plan in force, and how to load a candidate by name (raises a domain error)."""
+
+    plan: Plan
+    rulebook: Rulebook
+    candidate: Callable[[str], tuple[Plan, Rulebook]]
+    tz: ZoneInfo
+    clock: Clock
+
+
+def _deadline_text(rule: ObligationRule) -> str:
+    if rule.same_day is not None:
+        day = rule.same_day
+        return (
+            f"same day by {day.due:%H:%M} (graded at or after {day.cutoff:%H:%M}: "
+            f"next day by {day.rollover_to:%H:%M})"
+        )
+    assert rule.within is not None
+    minutes = int(rule.within.total_seconds() // 60)
+    return f"{minutes}m" if minutes % 60 else f"{minutes // 60}h"
+
+
+def plan_view(plan: Plan, rulebook: Rulebook) -> PlanOut:
+    names = plan.catalogue
+
+    def role(r: Role) -> Named:
+        return Named(id=r.value, name=names.role(r.value))
+
+    def duty(rule: ObligationRule) -> DutyOut:
+        every = int(rule.every.total_seconds() // 3600) if rule.every is not None else None
+        return DutyOut(
+            kind=rule.kind,
+            title=rule.title,
+            owner_role=role(rule.owner_role),
+            recipients=tuple(role(r) for r in rule.recipients),
+            deadline=_deadline_text(rule),
+            every=f"{every}h" if every is not None else None,
+        )
+
+    manifest = plan.manifest
+    return PlanOut(
+        id=manifest.id,
+        name=manifest.name,
+        version=manifest.version,
+        seed=manifest.seed,
+        rulebook_version=rulebook.version,
+        duties_version=plan.obligations.version,
+        approval_version=plan.approval.version,
+        levels=tuple(
+            LevelOut(
+                id=int(level),
+                name=names.level(level),
+                short=names.level_name(level),
+                duties=tuple(duty(r) for r in plan.obligations.levels.get(level, ())),
+                chain=tuple(
+                    ChainStepOut(role=role(step.role), unit=step.unit)
+                    for step in plan.approval.levels.get(level, ())
+                ),
+            )
+            for level in sorted(manifest.levels)
+        ),
+        categories=tuple(
+            CategoryOut(
+                id=category.value,
+                name=names.category(category),
+                duties=tuple(duty(r) for r in plan.obligations.categories.get(category, ())),
+            )
+            for category in manifest.categories
+        ),
+        articles=tuple(a.model_dump() for a in manifest.articles),
+    )
+
+
+def _bureau_only(caller: Caller) -> None:
+    """The plan is the bureau's internal rules (seed 003 marks them 保密): no partner."""
+    if caller.is_partner:
+        raise Forbidden("the plan in force is for the bureau's staff", {"roles": "not partner"})
+
+
 def build_router(
-    commands: GradingCommands, views: GradingViews, visibility: Visibility, rulebook: Rulebook
+    commands: GradingCommands,
+    views: GradingViews,
+    visibility: Visibility,
+    rulebook: Rulebook,
+    plans: PlanParts | None = None,
 ) -> APIRouter:
     router = APIRouter(tags=["grading"])
 
     @router.get(
         "/incidents/{incident_id}/grade",
-        response_model=GradeView,
-        summary="The current level and category, the rules that fired, and the history",
+        response_model=GradeView | ReferredIncident,
+        summary="The current level and category, the rules that fired, and the history "
+        "(a partner, of an incident it referred: the level and category only)",
     )
-    async def get_grade(incident_id: str, caller: CurrentCaller) -> GradeView:
-        visibility.require(caller, await views.scope(incident_id), "grade", incident_id)
+    async def get_grade(incident_id: str, caller: CurrentCaller) -> GradeView | ReferredIncident:
+        sight = visibility.require(caller, await views.scope(incident_id), "grade", incident_id)
         grade = await views.grade(incident_id)
         if grade is None:
             raise hidden("grade", incident_id)
+        if sight is Sight.REFERRED:  # no rules, reasons, history or units
+            return ReferredIncident(
+                incident_id=incident_id, level=grade.level, category=grade.category
+            )
         return grade
 
     @router.post(
@@ -94,5 +294,44 @@ def build_router(
     @router.get("/rulebook", response_model=Rulebook, summary="The rules in force")
     async def get_rulebook(_: CurrentCaller) -> Rulebook:
         return rulebook
+
+    if plans is None:
+        return router
+
+    @router.get(
+        "/plan",
+        response_model=PlanOut,
+        summary="The plan in force: levels, categories, duties and clearance chains, named",
+        responses={403: {"description": "a partner"}},
+    )
+    async def get_plan(caller: CurrentCaller) -> PlanOut:
+        _bureau_only(caller)
+        return plan_view(plans.plan, plans.rulebook)
+
+    @router.post(
+        "/plan/try",
+        response_model=PlanTryOut,
+        summary="What-if (analysts): past incidents replayed through a candidate plan of "
+        "config/plans/, per incident what would differ; nothing is written",
+        responses={
+            403: {"description": "not an analyst"},
+            404: {"description": "no such plan pack"},
+            422: {"description": "the pack is malformed (the message names file and entry)"},
+        },
+    )
+    async def try_plan(body: PlanTryIn, caller: CurrentCaller) -> PlanTryOut:
+        _bureau_only(caller)
+        caller.require(Role.ANALYST)  # (or admin, as everywhere)
+        plan, candidate_rulebook = plans.candidate(body.plan)
+        candidate = Candidate(plan.id, plan.version, candidate_rulebook, plan.obligations)
+        now = plans.clock()
+        differences = [
+            IncidentDifferenceOut.of(compare(recorded, candidate, plans.tz, now))
+            for scope, recorded in await views.recorded_since(body.since, body.limit)
+            if recorded.reports and visibility.sight(caller, scope) is Sight.FULL
+        ]
+        return PlanTryOut(
+            plan=plan.id, version=plan.version, since=body.since, incidents=tuple(differences)
+        )
 
     return router

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from services.grading.api import build_router
+from services.grading.api import PlanParts, build_router
 from services.grading.domain import (
     Grade,
+    PlanStamp,
     Rulebook,
     RulebookError,
     evolve,
@@ -19,6 +21,8 @@ from services.grading.domain import (
 )
 from services.grading.handlers import GradingCommands, GradingHandlers
 from services.grading.projections import GradingViews
+from services.grading.whatif import check_rulebook
+from shared.errors import Invalid, NotFound
 from shared.events import (
     GRADING_TOPIC,
     INTAKE_TOPIC,
@@ -26,11 +30,16 @@ from shared.events import (
     DeadlineMissed,
     IncidentDismissed,
     IncidentReopened,
+    ObligationFulfilled,
+    ObligationOpened,
+    ReportClaimsConfirmed,
     ReportReceived,
 )
 from shared.handlers import HandlerMap
+from shared.plan import MANIFEST, Plan, PlanError, load_plan
 from shared.repository import Repository
 from shared.service import Dependencies, ServiceParts
+from shared.settings import PLAN_FIELDS, Settings
 
 DESCRIPTION = (
     "Grades each incident (研判、分级) by the bureau's rulebook on its first report, "
@@ -53,29 +62,75 @@ def load_rulebook(path: Path) -> Rulebook:
 @dataclass(kw_only=True)
 class GradingParts(ServiceParts):
     rulebook: Rulebook
+    plans: PlanParts
     views: GradingViews
     grades: Repository[Grade]
     commands: GradingCommands
 
 
+class UnknownPlan(NotFound):
+    code = "unknown_plan"
+
+
+def _checked(plan: Plan, rulebook: Rulebook) -> Plan:
+    problems = check_rulebook(plan, rulebook)
+    if problems:
+        raise PlanError("; ".join(problems))
+    return plan
+
+
+def plan_parts(deps: Dependencies, rulebook: Rulebook) -> PlanParts:
+    """The plan in force (YUQING_PLAN), checked against the directory and the rulebook: a
+    malformed pack stops the start naming file and entry. A candidate for a what-if is a
+    pack under YUQING_PLANS_DIR, by name only; what it does not hold is the shipped file."""
+    settings = deps.settings
+    try:
+        tz = ZoneInfo(settings.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise PlanError(f"YUQING_TIMEZONE {settings.timezone!r} is not a time zone") from exc
+    plan = _checked(
+        load_plan(settings.plan, settings.policy_paths, deps.directory, pack_wins=False),
+        rulebook,
+    )
+    shipped = {name: Settings.model_fields[field].default for name, field in PLAN_FIELDS.items()}
+
+    def candidate(name: str) -> tuple[Plan, Rulebook]:
+        pack = settings.plans_dir / name
+        if not (pack / MANIFEST).is_file():
+            raise UnknownPlan(f"no plan pack {name!r}", {"plan": name})
+        try:
+            found = load_plan(pack, shipped, deps.directory)
+            candidate_rulebook = load_rulebook(found.paths["rulebook"])
+            return _checked(found, candidate_rulebook), candidate_rulebook
+        except (PlanError, RulebookError) as exc:
+            raise Invalid("plan", str(exc), "invalid_plan") from None
+
+    return PlanParts(plan=plan, rulebook=rulebook, candidate=candidate, tz=tz, clock=deps.clock)
+
+
 def build(deps: Dependencies) -> GradingParts:
-    # A malformed rulebook stops the service here, before it consumes anything.
+    # A malformed rulebook or plan stops the service here, before it consumes anything.
     rulebook = load_rulebook(deps.settings.rulebook_path)
+    plans = plan_parts(deps, rulebook)
+    stamp = PlanStamp(plans.plan.id, plans.plan.version)
 
     views = GradingViews(deps.store.db)
     grades = Repository(grade_stream, evolve, projectors=[views.apply])
 
-    reactions = GradingHandlers(rulebook, grades, views, deps.clock)
+    reactions = GradingHandlers(rulebook, grades, views, deps.clock, stamp)
     handlers = (
         HandlerMap()
         .on(ReportReceived, reactions.report_received)
+        .on(ReportClaimsConfirmed, reactions.claims_confirmed)
         .on(IncidentDismissed, reactions.dismissed)
         .on(IncidentReopened, reactions.reopened)
         .on(DeadlineMissed, reactions.deadline_missed)
+        .on(ObligationOpened, reactions.duty_opened)
+        .on(ObligationFulfilled, reactions.duty_fulfilled)
     )
 
     commands = GradingCommands(deps.command_runner(), grades, views, deps.clock)
-    router = build_router(commands, views, deps.visibility, rulebook)
+    router = build_router(commands, views, deps.visibility, rulebook, plans)
 
     return GradingParts(
         name="grading",
@@ -87,6 +142,7 @@ def build(deps: Dependencies) -> GradingParts:
         handlers=handlers,
         consumes=(INTAKE_TOPIC, NOTIFICATION_TOPIC),
         rulebook=rulebook,
+        plans=plans,
         views=views,
         grades=grades,
         commands=commands,

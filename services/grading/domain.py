@@ -7,7 +7,7 @@ Levels count down: 1 is the most severe, so "raising" a level makes the number s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Self
 
 from pydantic import Field, PositiveInt, ValidationError, model_validator
@@ -24,6 +24,7 @@ from shared.events import (
     Level,
     MediaTier,
     Reach,
+    ReportClaimsConfirmed,
     ReportReceived,
 )
 from shared.models import FrozenModel
@@ -121,6 +122,20 @@ class Rulebook(FrozenModel):
         return self
 
 
+@dataclass(frozen=True)
+class PlanStamp:
+    """The plan in force, recorded in every grade event (its id and version)."""
+
+    plan_id: str | None = None
+    plan_version: str | None = None
+
+    def fields(self) -> dict[str, str | None]:
+        return {"plan_id": self.plan_id, "plan_version": self.plan_version}
+
+
+NO_PLAN = PlanStamp()
+
+
 class RulebookError(ValueError):
     """A rulebook that cannot be used; the message names the bad entry."""
 
@@ -162,6 +177,9 @@ class ReportFacts:
     normalized_url: str
     reach: Reach
     text: str
+    # A partner's media tier and reach, not yet confirmed by the office: graded as if
+    # they had not been made (what the report says still counts).
+    claims_unconfirmed: bool = False
 
     @classmethod
     def of(cls, report: ReportReceived) -> ReportFacts:
@@ -172,6 +190,16 @@ class ReportFacts:
             normalized_url=report.normalized_url,
             reach=report.reach,
             text=f"{report.title}\n{report.excerpt}",
+            claims_unconfirmed=report.claims_unconfirmed,
+        )
+
+    def confirmed(self, confirmation: ReportClaimsConfirmed) -> ReportFacts:
+        """The report once the office confirmed its claims, as the office stated them."""
+        return replace(
+            self,
+            media_tier=confirmation.media_tier,
+            reach=confirmation.reach,
+            claims_unconfirmed=False,
         )
 
 
@@ -208,20 +236,31 @@ def incident_reach(reports: Sequence[ReportFacts]) -> Reach:
     )
 
 
+# Not a rule of the rulebook: what a grade says when a partner's claims were left out.
+CLAIMS_PENDING = "partner-claims-unconfirmed"
+CLAIMS_PENDING_REASON = "合作单位所报媒体级别与传播数据待办公室核实，暂不计入"
+
+
 def _mentions(text: str, keywords: Keywords) -> str | None:
     lowered = text.casefold()
     return next((k for k in keywords if k.casefold() in lowered), None)
 
 
 def assess(rulebook: Rulebook, reports: Sequence[ReportFacts]) -> Assessment:
-    """What the rulebook says about an incident with these reports."""
+    """What the rulebook says about an incident with these reports. A partner's claims
+    that the office has not confirmed count for no tier and no reach."""
     findings: list[Finding] = []
+    stated = [r for r in reports if not r.claims_unconfirmed]
     for rule in rulebook.tiers:
-        sources = [r.source_name for r in reports if r.media_tier in rule.media_tiers]
+        sources = [r.source_name for r in stated if r.media_tier in rule.media_tiers]
         if sources:
             names = "、".join(dict.fromkeys(sources))
             findings.append(Finding(rule.id, f"{rule.reason}（{names}）", rule.level))
-    reach = incident_reach(reports)
+    pending = [r.source_name for r in reports if r.claims_unconfirmed]
+    if pending:
+        names = "、".join(dict.fromkeys(pending))
+        findings.append(Finding(CLAIMS_PENDING, f"{CLAIMS_PENDING_REASON}（{names}）"))
+    reach = incident_reach(stated)
     for reach_rule in rulebook.reach:
         value = getattr(reach, reach_rule.metric)
         if value >= reach_rule.at_least:
@@ -295,6 +334,7 @@ def on_report(
     prior: Sequence[ReportFacts],
     new: ReportFacts,
     dismissed: bool,
+    plan: PlanStamp = NO_PLAN,
 ) -> EventPayload | None:
     """Grade an incident on its first report; escalate it when a later one raises it.
 
@@ -313,8 +353,37 @@ def on_report(
             rules_fired=now.rules_fired,
             rulebook_version=rulebook.version,
             sensitive_topics=now.sensitive_topics,
+            **plan.fields(),
         )
-    before = assess(rulebook, prior)
+    return _raised(rulebook, grade, assess(rulebook, prior), now, plan)
+
+
+def on_claims_confirmed(
+    rulebook: Rulebook,
+    grade: Grade | None,
+    reports: Sequence[ReportFacts],
+    confirmation: ReportClaimsConfirmed,
+    dismissed: bool,
+    plan: PlanStamp = NO_PLAN,
+) -> IncidentEscalated | None:
+    """The office confirmed a partner's claims: the incident is assessed again with them,
+    and escalated if they raise it (as a new report would). Nothing is lowered."""
+    if dismissed or grade is None:
+        return None
+    after = [
+        r.confirmed(confirmation) if r.report_id == confirmation.report_id else r for r in reports
+    ]
+    return _raised(rulebook, grade, assess(rulebook, reports), assess(rulebook, after), plan)
+
+
+def _raised(
+    rulebook: Rulebook,
+    grade: Grade,
+    before: Assessment,
+    now: Assessment,
+    plan: PlanStamp = NO_PLAN,
+) -> IncidentEscalated | None:
+    """The escalation when the facts now raise the assessment above before and the grade."""
     if now.level >= before.level or now.level >= grade.level:
         return None
     known = {f.rule_id for f in before.findings}
@@ -326,11 +395,16 @@ def on_report(
         reason="；".join(f.reason for f in raising),
         rules_fired=tuple(f.fired() for f in raising),
         rulebook_version=rulebook.version,
+        **plan.fields(),
     )
 
 
 def on_deadline_missed(
-    rulebook: Rulebook, grade: Grade | None, missed_level: Level, dismissed: bool
+    rulebook: Rulebook,
+    grade: Grade | None,
+    missed_level: Level,
+    dismissed: bool,
+    plan: PlanStamp = NO_PLAN,
 ) -> IncidentEscalated | None:
     """A deadline of the current level missed: the incident was mishandled and grows.
 
@@ -349,6 +423,7 @@ def on_deadline_missed(
         reason=rule.reason,
         rules_fired=(FiredRule(rule_id=rule.id, reason=rule.reason),),
         rulebook_version=rulebook.version,
+        **plan.fields(),
     )
 
 

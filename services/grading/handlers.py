@@ -9,9 +9,12 @@ the grade stream first.
 from __future__ import annotations
 
 from services.grading.domain import (
+    NO_PLAN,
     Grade,
+    PlanStamp,
     ReportFacts,
     Rulebook,
+    on_claims_confirmed,
     on_deadline_missed,
     on_report,
     override,
@@ -28,6 +31,9 @@ from shared.events import (
     IncidentDismissed,
     IncidentReopened,
     Level,
+    ObligationFulfilled,
+    ObligationOpened,
+    ReportClaimsConfirmed,
     ReportReceived,
 )
 from shared.repository import Cause, CommandRunner, Repository
@@ -38,9 +44,15 @@ RULEBOOK_ACTOR = Actor.rule("rulebook")
 
 class GradingHandlers:
     def __init__(
-        self, rulebook: Rulebook, grades: Repository[Grade], views: GradingViews, clock: Clock
+        self,
+        rulebook: Rulebook,
+        grades: Repository[Grade],
+        views: GradingViews,
+        clock: Clock,
+        plan: PlanStamp = NO_PLAN,
     ) -> None:
         self.rulebook = rulebook
+        self.plan = plan
         self.grades = grades
         self.views = views
         self.clock = clock
@@ -62,9 +74,31 @@ class GradingHandlers:
             return  # the same report under another event id: already counted
         grade = await self.grades.get(uow, event.incident_id)
         decision = on_report(
-            self.rulebook, grade, facts.reports, ReportFacts.of(report), facts.dismissed
+            self.rulebook, grade, facts.reports, ReportFacts.of(report), facts.dismissed, self.plan
         )
         await self.views.add_report(event.incident_id, report, uow)
+        decided = [decision] if decision is not None else []
+        await self.grades.save(uow, event.incident_id, grade, decided, self._cause(event))
+
+    async def claims_confirmed(
+        self, event: Envelope, confirmation: ReportClaimsConfirmed, uow: UnitOfWork
+    ) -> None:
+        facts = await self.views.facts(event.incident_id, uow)
+        claimed = next((r for r in facts.reports if r.report_id == confirmation.report_id), None)
+        if claimed is None:
+            # Intake confirms only a report it recorded on this incident, which comes first
+            # on the same partition: the topics disagree, which someone must look at.
+            raise Rejected(
+                f"claims of {confirmation.report_id} confirmed on {event.incident_id}, "
+                "where grading has no such report"
+            )
+        if not claimed.claims_unconfirmed:
+            return  # the same confirmation under another event id: already counted
+        grade = await self.grades.get(uow, event.incident_id)
+        decision = on_claims_confirmed(
+            self.rulebook, grade, facts.reports, confirmation, facts.dismissed, self.plan
+        )
+        await self.views.confirm_claims(event.incident_id, claimed.confirmed(confirmation), uow)
         decided = [decision] if decision is not None else []
         await self.grades.save(uow, event.incident_id, grade, decided, self._cause(event))
 
@@ -83,9 +117,19 @@ class GradingHandlers:
             # graded means the topics disagree, which someone must look at.
             raise Rejected(f"a deadline was missed on {event.incident_id}, which was never graded")
         facts = await self.views.facts(event.incident_id, uow)
-        decision = on_deadline_missed(self.rulebook, grade, missed.level, facts.dismissed)
+        decision = on_deadline_missed(
+            self.rulebook, grade, missed.level, facts.dismissed, self.plan
+        )
         decided = [decision] if decision is not None else []
         await self.grades.save(uow, event.incident_id, grade, decided, self._as_of(event))
+
+    async def duty_opened(self, event: Envelope, opened: ObligationOpened, uow: UnitOfWork) -> None:
+        await self.views.duty_opened(event, opened, uow)
+
+    async def duty_fulfilled(
+        self, event: Envelope, fulfilled: ObligationFulfilled, uow: UnitOfWork
+    ) -> None:
+        await self.views.duty_fulfilled(event, fulfilled, uow)
 
 
 class GradingCommands:

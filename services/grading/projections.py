@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.grading.domain import ReportFacts
+from services.grading.whatif import GradeStep, RecordedDuty, RecordedIncident
 from shared.events import (
     Actor,
     Category,
@@ -26,6 +27,8 @@ from shared.events import (
     IncidentGraded,
     Level,
     MediaTier,
+    ObligationFulfilled,
+    ObligationOpened,
     Reach,
     ReportReceived,
 )
@@ -34,6 +37,9 @@ from shared.visibility import IncidentScope, scope_of
 
 FACTS = "facts"
 GRADES = "grades"
+# The duties notification opened on each incident and when each was met: what a what-if
+# (services/grading/whatif.py) compares a candidate plan's deadlines with.
+DUTIES = "duties"
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,8 @@ class GradeView(BaseModel):
     category: Category
     rules_fired: tuple[FiredRule, ...]
     rulebook_version: str
+    plan_id: str | None = None
+    plan_version: str | None = None
     sensitive_topics: tuple[str, ...] = ()
     unit_ids: tuple[str, ...] = ()
     dismissed: bool = False
@@ -83,6 +91,7 @@ def _facts_doc(report: ReportFacts) -> Document:
         "normalized_url": report.normalized_url,
         "reach": report.reach.model_dump(),
         "text": report.text,
+        "claims_unconfirmed": report.claims_unconfirmed,
     }
 
 
@@ -94,6 +103,7 @@ def _facts_of(doc: Document) -> ReportFacts:
         normalized_url=doc["normalized_url"],
         reach=Reach.model_validate(doc["reach"]),
         text=doc["text"],
+        claims_unconfirmed=bool(doc.get("claims_unconfirmed", False)),
     )
 
 
@@ -140,6 +150,16 @@ class GradingViews:
             session=uow.session,
         )
 
+    async def confirm_claims(
+        self, incident_id: str, confirmed: ReportFacts, uow: UnitOfWork
+    ) -> None:
+        """A report's partner claims, as the office confirmed them, now count."""
+        await self.db[FACTS].update_one(
+            {"_id": incident_id, "reports.report_id": confirmed.report_id},
+            {"$set": {f"reports.$.{k}": v for k, v in _facts_doc(confirmed).items()}},
+            session=uow.session,
+        )
+
     async def set_dismissed(self, incident_id: str, dismissed: bool, uow: UnitOfWork) -> None:
         await self.db[FACTS].update_one(
             {"_id": incident_id},
@@ -182,6 +202,8 @@ class GradingViews:
                     incident_id=event.incident_id,
                     graded_at=event.occurred_at,
                     rulebook_version=graded.rulebook_version,
+                    plan_id=graded.plan_id,
+                    plan_version=graded.plan_version,
                     rules_fired=_rules(graded.rules_fired),
                     sensitive_topics=list(graded.sensitive_topics),
                     unit_ids=facts.get("unit_ids", []),
@@ -196,7 +218,11 @@ class GradingViews:
                     reason=escalated.reason,
                     rules_fired=_rules(escalated.rules_fired),
                 )
-                current.update(rulebook_version=escalated.rulebook_version)
+                current.update(
+                    rulebook_version=escalated.rulebook_version,
+                    plan_id=escalated.plan_id,
+                    plan_version=escalated.plan_version,
+                )
                 category = escalated.category
             case GradeOverridden() as overridden:
                 entry.update(
@@ -223,3 +249,70 @@ class GradingViews:
         return GradeView.model_validate(
             {k: v for k, v in doc.items() if k in GradeView.model_fields}
         )
+
+    # ------------------------------------------------------------------ duties
+
+    async def duty_opened(self, event: Envelope, opened: ObligationOpened, uow: UnitOfWork) -> None:
+        await self.db[DUTIES].update_one(
+            {"_id": opened.obligation_id},
+            {
+                "$set": {
+                    "incident_id": event.incident_id,
+                    "kind": opened.kind,
+                    "level": int(opened.level),
+                    "counted_from": opened.counted_from,
+                    "deadline": opened.deadline,
+                }
+            },
+            upsert=True,
+            session=uow.session,
+        )
+
+    async def duty_fulfilled(
+        self, event: Envelope, fulfilled: ObligationFulfilled, uow: UnitOfWork
+    ) -> None:
+        await self.db[DUTIES].update_one(
+            {"_id": fulfilled.obligation_id},
+            {"$set": {"incident_id": event.incident_id, "fulfilled_at": fulfilled.fulfilled_at}},
+            upsert=True,
+            session=uow.session,
+        )
+
+    async def recorded_since(
+        self, since: datetime, limit: int
+    ) -> list[tuple[IncidentScope, RecordedIncident]]:
+        """Incidents graded at or after `since`, oldest first, as grading recorded them
+        (reports, grade history, duties and when they were met): what a what-if replays.
+        Only reads."""
+        found: list[tuple[IncidentScope, RecordedIncident]] = []
+        cursor = self.db[GRADES].find({"graded_at": {"$gte": since}}, sort=[("graded_at", 1)])
+        async for doc in cursor.limit(limit):
+            incident_id = doc["_id"]
+            facts = await self.db[FACTS].find_one({"_id": incident_id}) or {}
+            duties = self.db[DUTIES].find({"incident_id": incident_id, "kind": {"$exists": True}})
+            recorded = RecordedIncident(
+                incident_id=incident_id,
+                graded_at=doc["graded_at"],
+                level=Level(doc["level"]),
+                category=Category(doc["category"]),
+                plan_id=doc.get("plan_id"),
+                plan_version=doc.get("plan_version"),
+                history=tuple(
+                    GradeStep(at=step["at"], level=Level(step["level"]))
+                    for step in doc.get("history", [])
+                ),
+                reports=tuple(_facts_of(r) for r in facts.get("reports", [])),
+                duties=tuple(
+                    [
+                        RecordedDuty(
+                            kind=d["kind"],
+                            deadline=d["deadline"],
+                            fulfilled_at=d.get("fulfilled_at"),
+                        )
+                        async for d in duties
+                    ]
+                ),
+            )
+            scope = scope_of(incident_id, facts.get("unit_ids", []), facts.get("filed_by", []))
+            found.append((scope, recorded))
+        return found

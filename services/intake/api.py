@@ -5,6 +5,10 @@ Who may do what (DOMAIN.md, "Who uses it"):
   leader, dept_head, spokesperson, partner (and admin), only for units they act for;
 - resolve, dismiss (网络伪舆情) and reopen: the leading group and its office (leader,
   office, admin);
+- merge a partner's referral into an incident, and confirm a partner's claimed media tier
+  and reach: the office (office, admin), acting for every unit of both;
+- a partner's report never joins an incident it does not already see, nor reopens one,
+  nor adds units to one: it opens a referral of its own;
 - read: whoever `shared.visibility` lets see the incident (a partner only what it
   referred). Every `{id}` route asks it first, so another unit's id answers the same 404
   as an unknown one, before any role or status is checked.
@@ -28,7 +32,7 @@ from services.intake.domain import (
     normalize_url,
 )
 from services.intake.handlers import Idempotency, IntakeCommands
-from services.intake.projections import IncidentOut, IntakeViews, ReportOut
+from services.intake.projections import IncidentOut, IntakeViews, PartnerIncidentOut, ReportOut
 from shared.auth import CurrentCaller
 from shared.clock import Clock
 from shared.directory import Directory
@@ -43,7 +47,7 @@ from shared.events import (
     SourceType,
 )
 from shared.identity import Role
-from shared.visibility import Visibility
+from shared.visibility import Sight, Visibility
 
 FILERS = (
     Role.MONITOR,
@@ -54,6 +58,7 @@ FILERS = (
     Role.PARTNER,
 )
 LIFECYCLE = (Role.LEADER, Role.OFFICE)
+REFERRAL_DESK = (Role.OFFICE,)
 
 UnitId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 # Far above any real count, and within the 64-bit integers the database stores.
@@ -110,8 +115,9 @@ class ReportIn(BaseModel):
     @field_validator("reach")
     @classmethod
     def _bounded_reach(cls, value: Reach) -> Reach:
-        if max(value.model_dump().values()) > MAX_REACH:
-            raise ValueError(f"each figure must be at most {MAX_REACH}")
+        too_large = [k for k, v in value.model_dump().items() if v > MAX_REACH]
+        if too_large:
+            raise ValueError(f"{', '.join(too_large)}: each figure must be at most {MAX_REACH}")
         return value
 
     @field_validator("published_at", "observed_at")
@@ -137,6 +143,47 @@ class ReportAnswer(BaseModel):
     report_id: str
     incident_id: str
     new_incident: bool = Field(description="true when the report opened a new incident")
+    referral: bool = Field(
+        default=False,
+        description="true when a partner's report opened a referral of its own for the "
+        "office to merge, instead of joining an incident the partner does not see",
+    )
+
+
+class MergeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    into: str = Field(min_length=1, max_length=64, description="the incident to merge into")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class MergeOut(BaseModel):
+    referral: IncidentStatusOut
+    into: IncidentStatusOut
+
+
+class ConfirmClaimsIn(BaseModel):
+    """The office confirms a partner's claims as filed, or as it found them."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    reason: str = Field(min_length=1, max_length=2000, description="what was checked")
+    media_tier: MediaTier | None = Field(
+        default=None, description="the tier found, if not as claimed"
+    )
+    reach: Reach | None = Field(default=None, description="the reach found, if not as claimed")
+
+
+class ConfirmClaimsOut(BaseModel):
+    report_id: str
+    incident_id: str
+    version: int
+
+
+class IncidentStatusOut(BaseModel):
+    incident_id: str
+    status: IncidentStatus
+    version: int
 
 
 class ReasonIn(BaseModel):
@@ -145,10 +192,12 @@ class ReasonIn(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
 
 
-class IncidentStatusOut(BaseModel):
-    incident_id: str
-    status: IncidentStatus
-    version: int
+def _plausible(reach: Reach, policy: IntakePolicy) -> None:
+    """422 naming the first reach figure beyond the policy's bound for it (`reach_max`)."""
+    for field, limit in policy.reach_max.beyond(reach):
+        raise Invalid(
+            f"reach.{field}", f"must be at most {limit} (intake policy reach_max)", "too_large"
+        )
 
 
 def _fingerprint(body: ReportIn) -> str:
@@ -201,6 +250,7 @@ def build_router(
             )
         if not visibility.may_file_for(caller, body.unit_ids):
             raise Forbidden(f"{caller.id} may not file reports for {', '.join(body.unit_ids)}")
+        _plausible(body.reach, policy)
         report = ReportReceived(
             report_id=new_report_id(),
             source_type=body.source_type,
@@ -217,6 +267,7 @@ def build_router(
             unit_ids=tuple(body.unit_ids),
             filed_by=caller.id,
             attachments=tuple(body.attachments),
+            claims_unconfirmed=caller.is_partner,
         )
         idempotency = (
             Idempotency(f"{caller.id}:{idempotency_key}", _fingerprint(body))
@@ -239,21 +290,76 @@ def build_router(
     )
     async def get_report(report_id: str, caller: CurrentCaller) -> ReportOut:
         found = await views.report(report_id)
-        visibility.require(caller, found.scope if found else None, "report", report_id)
+        sight = visibility.require(caller, found.scope if found else None, "report", report_id)
         assert found is not None
-        return found
+        if sight is Sight.FULL:
+            return found
+        # A partner reads its own report as filed; why intake put it where it is and the
+        # office's notes on its claims are the bureau's.
+        return found.model_copy(update={"match": None, "score": None, "claims_confirmed": None})
 
     @router.get(
         "/incidents/{incident_id}",
-        response_model=IncidentOut,
-        summary="Intake's view of an incident",
+        response_model=Annotated[IncidentOut | PartnerIncidentOut, Field(discriminator="sight")],
+        summary="Intake's view of an incident (a partner: only its own part of it)",
         responses={404: {"description": "no such incident, or one the caller may not see"}},
     )
-    async def get_incident(incident_id: str, caller: CurrentCaller) -> IncidentOut:
+    async def get_incident(
+        incident_id: str, caller: CurrentCaller
+    ) -> IncidentOut | PartnerIncidentOut:
         found = await views.incident(incident_id)
-        visibility.require(caller, found.scope if found else None, "incident", incident_id)
+        sight = visibility.require(caller, found.scope if found else None, "incident", incident_id)
         assert found is not None
-        return found
+        return found if sight is Sight.FULL else found.for_partner(caller.id)
+
+    @router.post(
+        "/incidents/{incident_id}/merge",
+        response_model=MergeOut,
+        summary="Merge a partner's referral into an incident (the office)",
+        responses={
+            403: {"description": "not the office, or not acting for every unit of both"},
+            404: {"description": "no such incident (either), or one the caller may not see"},
+            409: {"description": "not an open referral, already merged, or a closed target"},
+        },
+    )
+    async def merge_referral(incident_id: str, body: MergeIn, caller: CurrentCaller) -> MergeOut:
+        scope = await views.incident_scope(incident_id)
+        visibility.require(caller, scope, "incident", incident_id)
+        caller.require(*REFERRAL_DESK)
+        referral, into = await commands.merge(incident_id, body.into, body.reason, caller)
+        return MergeOut(
+            referral=IncidentStatusOut(
+                incident_id=referral.incident_id, status=referral.status, version=referral.version
+            ),
+            into=IncidentStatusOut(
+                incident_id=into.incident_id, status=into.status, version=into.version
+            ),
+        )
+
+    @router.post(
+        "/reports/{report_id}/confirm-claims",
+        response_model=ConfirmClaimsOut,
+        summary="Confirm a partner's claimed media tier and reach (the office)",
+        responses={
+            403: {"description": "not the office, or not acting for every unit of the incident"},
+            404: {"description": "no such report, or one the caller may not see"},
+            409: {"description": "the report has no unconfirmed claims"},
+        },
+    )
+    async def confirm_claims(
+        report_id: str, body: ConfirmClaimsIn, caller: CurrentCaller
+    ) -> ConfirmClaimsOut:
+        found = await views.report(report_id)
+        visibility.require(caller, found.scope if found else None, "report", report_id)
+        caller.require(*REFERRAL_DESK)
+        if body.reach is not None:
+            _plausible(body.reach, policy)
+        after = await commands.confirm_claims(
+            report_id, body.reason, caller, body.media_tier, body.reach
+        )
+        return ConfirmClaimsOut(
+            report_id=report_id, incident_id=after.incident_id, version=after.version
+        )
 
     def lifecycle(
         action: str, decide: Callable[[Incident, str], list[EventPayload]], summary: str

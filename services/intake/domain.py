@@ -29,7 +29,12 @@ from shared.events import (
     IncidentReopened,
     IncidentResolved,
     IncidentStatus,
+    MediaTier,
+    Reach,
+    ReferralMerged,
+    ReferralOpened,
     ReportAttached,
+    ReportClaimsConfirmed,
     ReportReceived,
 )
 from shared.models import FrozenModel
@@ -53,6 +58,21 @@ class TextMatching(FrozenModel):
         return timedelta(hours=self.window_hours)
 
 
+class ReachLimits(FrozenModel):
+    """The largest figure a report may state for each reach field (config/intake.yaml,
+    `reach_max`): beyond it the figure is a typo or a lie, refused with 422 naming it."""
+
+    views: PositiveInt = 10_000_000_000
+    reposts: PositiveInt = 1_000_000_000
+    comments: PositiveInt = 1_000_000_000
+    likes: PositiveInt = 10_000_000_000
+
+    def beyond(self, reach: Reach) -> list[tuple[str, int]]:
+        """The fields of `reach` above their bound, each with its bound."""
+        limits = self.model_dump()
+        return [(f, limits[f]) for f, v in reach.model_dump().items() if v > limits[f]]
+
+
 class IntakePolicy(FrozenModel):
     """The deployment's intake policy (config/intake.yaml)."""
 
@@ -64,6 +84,7 @@ class IntakePolicy(FrozenModel):
     similar_text: TextMatching = Field(default_factory=TextMatching)
     # How far in the future an observed_at may lie before it is refused as a wrong clock.
     clock_skew_minutes: PositiveFloat = 5
+    reach_max: ReachLimits = Field(default_factory=ReachLimits)
 
     @property
     def reopen_window(self) -> timedelta:
@@ -229,6 +250,31 @@ class IllegalTransition(Conflict):
         self.status = status
 
 
+class NotAReferral(Conflict):
+    """Only a partner's referral is merged, once, into another open incident."""
+
+    code = "not_mergeable"
+
+
+class ClaimsNotPending(Conflict):
+    """The report states no unconfirmed partner claims (none made, or already confirmed)."""
+
+    code = "claims_not_pending"
+
+
+@dataclass(frozen=True)
+class Referral:
+    """What makes an incident a partner's referral: who referred it, what it matched, and
+    where the office merged it."""
+
+    referred_by: str
+    matched_incident_ids: tuple[str, ...]
+    merged_into: str | None = None
+
+
+MERGED_REFERRAL = "merged_referral"
+
+
 @dataclass(frozen=True)
 class Incident:
     """The incident aggregate as its stream tells it."""
@@ -240,6 +286,14 @@ class Incident:
     unit_ids: tuple[str, ...]
     report_ids: tuple[str, ...]
     status_changed_at: datetime
+    filed_by: tuple[str, ...] = ()
+    reports: tuple[ReportReceived, ...] = ()
+    unconfirmed: frozenset[str] = frozenset()  # reports whose partner claims await the office
+    referral: Referral | None = None
+
+    @property
+    def merged(self) -> bool:
+        return self.referral is not None and self.referral.merged_into is not None
 
     @classmethod
     def replay(cls, events: Sequence[Envelope]) -> Incident | None:
@@ -258,7 +312,86 @@ class Incident:
 
     def reopen(self, reason: str) -> list[EventPayload]:
         self._require(IncidentStatus.RESOLVED, IncidentStatus.DISMISSED, action="reopened")
+        if self.merged:
+            # Its reports live on in the incident it was merged into.
+            raise IllegalTransition(self.incident_id, "reopened", self.status)
         return [IncidentReopened(reason=reason)]
+
+    def merge(
+        self, into: Incident, reason: str, merged_by: str
+    ) -> tuple[list[EventPayload], list[EventPayload]]:
+        """The office merges this referral into `into`: (what this referral records, what
+        `into` records). The referrer's reports are recorded on `into` as filed, their
+        claims still as unconfirmed as they were, about `into`'s own units only (a merge
+        adds no unit), and the referral is closed."""
+        if self.referral is None:
+            raise NotAReferral(
+                f"incident {self.incident_id} is not a partner's referral",
+                {"incident_id": self.incident_id},
+            )
+        if self.merged:
+            raise NotAReferral(
+                f"referral {self.incident_id} was already merged into {self.referral.merged_into}",
+                {"incident_id": self.incident_id, "merged_into": self.referral.merged_into},
+            )
+        if into.incident_id == self.incident_id:
+            raise NotAReferral(
+                "a referral cannot be merged into itself", {"incident_id": self.incident_id}
+            )
+        self._require(IncidentStatus.OPEN, action="merged")
+        into._require(IncidentStatus.OPEN, action="merged into")
+        moved = [
+            r
+            for r in self.reports
+            if r.filed_by == self.referral.referred_by and r.report_id not in into.report_ids
+        ]
+        recorded: list[EventPayload] = []
+        for report in moved:
+            units = tuple(u for u in report.unit_ids if u in into.unit_ids) or into.unit_ids
+            recorded.append(
+                report.model_copy(
+                    update={
+                        "unit_ids": units,
+                        "claims_unconfirmed": report.report_id in self.unconfirmed,
+                    }
+                )
+            )
+            recorded.append(ReportAttached(report_id=report.report_id, match=MERGED_REFERRAL))
+        closed: list[EventPayload] = [
+            ReferralMerged(
+                into_incident_id=into.incident_id,
+                report_ids=tuple(r.report_id for r in moved),
+                reason=reason,
+                merged_by=merged_by,
+            ),
+            IncidentResolved(reason=f"已并入事件 {into.incident_id}：{reason}"),
+        ]
+        return closed, recorded
+
+    def confirm_claims(
+        self,
+        report_id: str,
+        reason: str,
+        confirmed_by: str,
+        media_tier: MediaTier | None = None,
+        reach: Reach | None = None,
+    ) -> list[EventPayload]:
+        """The office confirms a partner's claimed media tier and reach (or corrects them);
+        only then do they count in grading."""
+        if report_id not in self.unconfirmed:
+            raise ClaimsNotPending(
+                f"report {report_id} has no unconfirmed claims", {"report_id": report_id}
+            )
+        claimed = next(r for r in self.reports if r.report_id == report_id)
+        return [
+            ReportClaimsConfirmed(
+                report_id=report_id,
+                media_tier=media_tier or claimed.media_tier,
+                reach=reach or claimed.reach,
+                reason=reason,
+                confirmed_by=confirmed_by,
+            )
+        ]
 
     def _require(self, *allowed: IncidentStatus, action: str) -> None:
         if self.status not in allowed:
@@ -283,9 +416,30 @@ def evolve(incident: Incident | None, event: Envelope) -> Incident:
     incident = replace(incident, version=event.stream_version)
     if isinstance(payload, ReportReceived):
         units = incident.unit_ids + tuple(u for u in payload.unit_ids if u not in incident.unit_ids)
-        return replace(
-            incident, unit_ids=units, report_ids=(*incident.report_ids, payload.report_id)
+        filers = incident.filed_by + (
+            () if payload.filed_by in incident.filed_by else (payload.filed_by,)
         )
+        unconfirmed = incident.unconfirmed | (
+            {payload.report_id} if payload.claims_unconfirmed else set()
+        )
+        return replace(
+            incident,
+            unit_ids=units,
+            report_ids=(*incident.report_ids, payload.report_id),
+            filed_by=filers,
+            reports=(*incident.reports, payload),
+            unconfirmed=frozenset(unconfirmed),
+        )
+    if isinstance(payload, ReferralOpened):
+        return replace(
+            incident, referral=Referral(payload.referred_by, payload.matched_incident_ids)
+        )
+    if isinstance(payload, ReferralMerged) and incident.referral is not None:
+        return replace(
+            incident, referral=replace(incident.referral, merged_into=payload.into_incident_id)
+        )
+    if isinstance(payload, ReportClaimsConfirmed):
+        return replace(incident, unconfirmed=incident.unconfirmed - {payload.report_id})
     status = {
         IncidentResolved: IncidentStatus.RESOLVED,
         IncidentDismissed: IncidentStatus.DISMISSED,
@@ -310,7 +464,7 @@ class Routing(str, Enum):
 def route_report(existing: Incident | None, now: datetime, policy: IntakePolicy) -> Routing:
     """A dismissed pseudo-incident stays dismissed and keeps what is filed about it; a
     resolved one comes back to life only while the matter is recent."""
-    if existing is None:
+    if existing is None or existing.merged:
         return Routing.OPEN_NEW
     if existing.status is IncidentStatus.RESOLVED:
         if now - existing.status_changed_at <= policy.reopen_window:
@@ -320,6 +474,30 @@ def route_report(existing: Incident | None, now: datetime, policy: IntakePolicy)
 
 
 REOPEN_REASON = "已办结事件在复开期限内收到新的舆情件，自动重新打开"
+
+
+def partner_may_join(existing: Incident | None, partner_id: str, unit_ids: Sequence[str]) -> bool:
+    """A partner's report joins only an open incident it already sees (one it filed for)
+    and names no unit the incident does not concern: a partner neither reopens an
+    incident nor adds units to it. Otherwise it opens a referral of its own."""
+    return (
+        existing is not None
+        and existing.status is IncidentStatus.OPEN
+        and partner_id in existing.filed_by
+        and set(unit_ids) <= set(existing.unit_ids)
+    )
+
+
+def place_referral(report: ReportReceived, matched: Sequence[str]) -> list[EventPayload]:
+    """The events of a partner's referral: an incident of its own, linked to what it matched."""
+    return [
+        *place_report(Routing.OPEN_NEW, report, ""),
+        ReferralOpened(
+            report_id=report.report_id,
+            referred_by=report.filed_by,
+            matched_incident_ids=tuple(dict.fromkeys(matched)),
+        ),
+    ]
 
 
 MATCH_SAME_URL = "same_url"

@@ -4,10 +4,11 @@ decide, and saves the resulting events with the read-model writes in one transac
 Two writers deciding on one incident, or racing to open one for one URL, collide on a
 unique index (`ConcurrencyConflict`, `UrlClaimLost`); the `CommandRunner` has the loser
 decide again against what the winner stored. Near-identical texts under different URLs
-have no index to collide on; they still meet because every append bumps the store's one
-sequence document in the same transaction, so two filings at once conflict and the loser
-is run again against the winner's report (the service test
-`..._filed_at_once_make_one_incident` holds us to it).
+have no index to collide on: every filing bumps the text guards of its units and its
+text's LSH bands (`IntakeViews.guard_text`) in its transaction, so two filings at once
+that could match each other conflict and the loser is run again against the winner's
+report (the service test `..._filed_at_once_make_one_incident` holds us to it), while
+filings that could not match each other do not meet.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from services.intake.domain import (
     TextMatch,
     best_text_match,
     new_incident_id,
+    partner_may_join,
+    place_referral,
     place_report,
     report_text,
     route_report,
@@ -35,7 +38,7 @@ from services.intake.domain import (
 from services.intake.projections import IntakeViews
 from shared.clock import Clock
 from shared.errors import Conflict, Forbidden
-from shared.events import EventPayload, ReportReceived
+from shared.events import EventPayload, MediaTier, Reach, ReportReceived
 from shared.identity import Caller
 from shared.repository import Cause, CommandRunner, Repository
 from shared.store import DecideAgain, UnitOfWork
@@ -56,12 +59,14 @@ class SubmitAnswer:
     incident_id: str
     new_incident: bool
     replayed: bool = False
+    referral: bool = False
 
     def body(self) -> dict[str, Any]:
         return {
             "report_id": self.report_id,
             "incident_id": self.incident_id,
             "new_incident": self.new_incident,
+            "referral": self.referral,
         }
 
 
@@ -96,6 +101,9 @@ class IntakeCommands:
                 if found is not None:
                     return _replay(found, idempotency)
             now = self.clock()
+            # First: a filing it could be compared with that is in flight makes this one
+            # conflict here, at once, before it has decided anything.
+            await self.views.guard_text(report.unit_ids, report_text(report), uow.session)
             # Claims are per unit, so a URL only leads to an incident about one of the
             # report's own units; the first unit with a claim decides.
             claims = await self.views.claims(report.normalized_url, report.unit_ids, uow.session)
@@ -110,25 +118,39 @@ class IntakeCommands:
                         similar.incident_id,
                     )
             existing = await self.incidents.get(uow, belongs_to) if belongs_to else None
-            routing = route_report(existing, now, self.policy)
-            current = None if routing is Routing.OPEN_NEW else existing
+            referral = caller.is_partner and not partner_may_join(
+                existing, caller.id, report.unit_ids
+            )
+            if referral:
+                # Never into what the partner cannot see: an incident of its own, linked to
+                # every incident its URL or text matched, for the office to merge.
+                matched = [claims[u] for u in report.unit_ids if u in claims]
+                matched += [belongs_to] if belongs_to is not None else []
+                routing, current = Routing.OPEN_NEW, None
+                placed = place_referral(report, matched)
+            else:
+                routing = route_report(existing, now, self.policy)
+                current = None if routing is Routing.OPEN_NEW else existing
+                placed = place_report(routing, report, match, score)
             incident_id = current.incident_id if current is not None else new_incident_id()
             await self.incidents.save(
                 uow,
                 incident_id,
                 current,
-                place_report(routing, report, match, score),
+                placed,
                 Cause(caller.actor, incident_id, report.unit_ids[0], occurred_at=now),
             )
             for unit_id in report.unit_ids:
                 previous = claims.get(unit_id)
-                if routing is Routing.OPEN_NEW or previous is None:
+                if previous is None or (routing is Routing.OPEN_NEW and not referral):
                     # A URL first seen on a look-alike, or about a unit the incident did
                     # not cover yet, now leads straight to its incident for that unit.
                     await self.views.claim(
                         report.normalized_url, unit_id, incident_id, previous, uow.session
                     )
-            answer = SubmitAnswer(report.report_id, incident_id, routing is Routing.OPEN_NEW)
+            answer = SubmitAnswer(
+                report.report_id, incident_id, routing is Routing.OPEN_NEW, referral=referral
+            )
             if idempotency is not None:
                 try:
                     await self.views.remember(
@@ -161,14 +183,7 @@ class IntakeCommands:
         Only a caller acting for every unit of the incident may change it."""
 
         async def work(uow: UnitOfWork) -> Incident:
-            incident = await self.incidents.get(uow, incident_id)
-            if incident is None:
-                raise hidden("incident", incident_id)
-            if not self.visibility.may_act_on(caller, scope_of(incident_id, incident.unit_ids, ())):
-                raise Forbidden(
-                    f"{caller.id} may not act for every unit of incident {incident_id}",
-                    {"unit_ids": list(incident.unit_ids)},
-                )
+            incident = await self._acted_on(uow, incident_id, caller)
             saved = await self.incidents.save(
                 uow,
                 incident_id,
@@ -180,6 +195,97 @@ class IntakeCommands:
             return saved.aggregate
 
         return await self.run(work)
+
+    async def merge(
+        self, referral_id: str, into_id: str, reason: str, caller: Caller
+    ) -> tuple[Incident, Incident]:
+        """The office merges a partner's referral into an incident it may act on: the
+        referral's reports are recorded there and the referral is closed, in one
+        transaction. Both incidents must be in the caller's sight (404 otherwise) and in
+        its hands (403)."""
+
+        async def work(uow: UnitOfWork) -> tuple[Incident, Incident]:
+            referral = await self._acted_on(uow, referral_id, caller)
+            into = await self._acted_on(uow, into_id, caller)
+            closed, recorded = referral.merge(into, reason, caller.id)
+            for report in recorded:
+                if not isinstance(report, ReportReceived):
+                    continue
+                # Its URL now leads to the incident it was merged into, for that one's units.
+                claims = await self.views.claims(report.normalized_url, into.unit_ids, uow.session)
+                for unit_id, claimed in claims.items():
+                    if claimed == referral_id:
+                        await self.views.claim(
+                            report.normalized_url, unit_id, into_id, referral_id, uow.session
+                        )
+            at = self.clock()
+            saved_into = await self.incidents.save(
+                uow,
+                into_id,
+                into,
+                recorded,
+                Cause(caller.actor, into_id, into.unit_ids[0], occurred_at=at),
+            )
+            saved_referral = await self.incidents.save(
+                uow,
+                referral_id,
+                referral,
+                closed,
+                Cause(caller.actor, referral_id, referral.unit_ids[0], occurred_at=at),
+            )
+            assert saved_referral is not None, "a merge always closes the referral"
+            return saved_referral.aggregate, saved_into.aggregate if saved_into else into
+
+        return await self.run(work)
+
+    async def confirm_claims(
+        self,
+        report_id: str,
+        reason: str,
+        caller: Caller,
+        media_tier: MediaTier | None,
+        reach: Reach | None,
+    ) -> Incident:
+        """The office confirms a partner's claimed media tier and reach, on the incident
+        the report now belongs to; grading counts them from then on."""
+
+        async def work(uow: UnitOfWork) -> Incident:
+            found = await self.views.report(report_id, uow.session)
+            if found is None or not self.visibility.can_see(caller, found.scope):
+                raise hidden("report", report_id)
+            incident = await self._acted_on(uow, found.incident_id, caller)
+            saved = await self.incidents.save(
+                uow,
+                incident.incident_id,
+                incident,
+                incident.confirm_claims(report_id, reason, caller.id, media_tier, reach),
+                Cause(
+                    caller.actor,
+                    incident.incident_id,
+                    incident.unit_ids[0],
+                    occurred_at=self.clock(),
+                ),
+            )
+            assert saved is not None
+            return saved.aggregate
+
+        return await self.run(work)
+
+    async def _acted_on(self, uow: UnitOfWork, incident_id: str, caller: Caller) -> Incident:
+        """The incident, for a caller who sees it (404 otherwise) and acts for every unit
+        it concerns (403 otherwise: never a partner)."""
+        incident = await self.incidents.get(uow, incident_id)
+        if incident is None:
+            raise hidden("incident", incident_id)
+        scope = scope_of(incident_id, incident.unit_ids, incident.filed_by)
+        if not self.visibility.can_see(caller, scope):
+            raise hidden("incident", incident_id)
+        if not self.visibility.may_act_on(caller, scope):
+            raise Forbidden(
+                f"{caller.id} may not act for every unit of incident {incident_id}",
+                {"unit_ids": list(incident.unit_ids)},
+            )
+        return incident
 
 
 def _replay(found: dict[str, Any], idempotency: Idempotency) -> SubmitAnswer:
@@ -194,4 +300,5 @@ def _replay(found: dict[str, Any], idempotency: Idempotency) -> SubmitAnswer:
         incident_id=answer["incident_id"],
         new_incident=answer["new_incident"],
         replayed=True,
+        referral=answer.get("referral", False),
     )

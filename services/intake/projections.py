@@ -8,15 +8,20 @@
   about one unit cannot both win, while the same URL filed about another unit opens or
   finds that unit's own incident instead of joining (and exposing) this one.
 - `idempotency`: the first answer given to an Idempotency-Key, stored with the events.
+- `text_guards`: one small document per unit and LSH band slot, which every filing bumps
+  for its units and its text's bands in its transaction (`guard_text`): two filings at
+  once that could match each other (a unit and a band in common) collide there, and the
+  loser decides again against the winner's report; filings that could not, never meet.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pymongo import ASCENDING, DESCENDING
+from pydantic import Field
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -34,18 +39,26 @@ from shared.events import (
     IncidentStatus,
     MediaTier,
     Reach,
+    ReferralMerged,
+    ReferralOpened,
     ReportAttached,
+    ReportClaimsConfirmed,
     ReportReceived,
     SourceType,
 )
 from shared.models import FrozenModel
-from shared.store import DecideAgain, Document, UnitOfWork
-from shared.visibility import IncidentScope, scope_of
+from shared.store import DecideAgain, Document, UnitOfWork, ensure_collection
+from shared.visibility import IncidentScope, ReferredIncident, scope_of
 
 REPORTS = "reports"
 INCIDENTS = "incidents"
 URL_CLAIMS = "url_claims"
 IDEMPOTENCY = "idempotency"
+TEXT_GUARDS = "text_guards"
+# Slots per unit and band: bounds the guards kept (at most 20 x 4096 per unit); two
+# unrelated filings about one unit at once share one (and one is decided again) about
+# once in two hundred.
+_GUARD_SLOTS = 4096
 
 
 class UrlClaimLost(DecideAgain):
@@ -55,8 +68,19 @@ class UrlClaimLost(DecideAgain):
 # --------------------------------------------------------------------------- read models
 
 
+class ClaimsConfirmation(FrozenModel):
+    """The office's confirmation of a partner's claimed media tier and reach."""
+
+    media_tier: MediaTier
+    reach: Reach
+    reason: str
+    confirmed_by: str
+    at: datetime
+
+
 class ReportOut(FrozenModel):
-    """A report as filed, where it went and why."""
+    """A report as filed, where it went and why. A partner's media tier and reach are its
+    claims: `claims_unconfirmed` until the office confirms them (`claims_confirmed`)."""
 
     report_id: str
     incident_id: str
@@ -78,6 +102,8 @@ class ReportOut(FrozenModel):
     score: float | None = None  # how alike the texts were, for "similar_text"
     received_at: datetime
     actor: Actor
+    claims_unconfirmed: bool = False
+    claims_confirmed: ClaimsConfirmation | None = None
 
     @property
     def scope(self) -> IncidentScope:
@@ -95,6 +121,7 @@ class ReportSummary(FrozenModel):
     received_at: datetime
     match: str | None = None
     score: float | None = None
+    claims_unconfirmed: bool = False  # a partner's media tier and reach, not yet confirmed
 
 
 class HistoryEntry(FrozenModel):
@@ -105,9 +132,21 @@ class HistoryEntry(FrozenModel):
     event_id: str
 
 
+class ReferralOut(FrozenModel):
+    """The incident is a partner's referral: who referred it, the incidents it matched, and
+    whether the office merged it (then it is resolved, its reports recorded there)."""
+
+    referred_by: str
+    matched_incident_ids: list[str]
+    merged_into: str | None = None
+    merged_at: datetime | None = None
+    merge_reason: str | None = None
+
+
 class IncidentOut(FrozenModel):
     """Intake's view of an incident: where it stands, its units, reports and history."""
 
+    sight: Literal["full"] = "full"  # the whole record; a partner gets `PartnerIncidentOut`
     incident_id: str
     status: IncidentStatus
     title: str
@@ -118,10 +157,47 @@ class IncidentOut(FrozenModel):
     opened_at: datetime
     updated_at: datetime
     version: int
+    referral: ReferralOut | None = None
 
     @property
     def scope(self) -> IncidentScope:
         return scope_of(self.incident_id, self.unit_ids, self.filed_by)
+
+    def for_partner(self, partner_id: str) -> PartnerIncidentOut:
+        """What a partner sees of an incident it filed for (`Sight.REFERRED`): where it
+        stands, when it closed, its own reports and, of its own referral, where the office
+        merged it; nothing of the bureau's handling."""
+
+        def last(status: str) -> datetime | None:
+            times = [h.at for h in self.history if h.status == status]
+            return times[-1] if times and self.status.value == status else None
+
+        referral = self.referral
+        return PartnerIncidentOut(
+            incident_id=self.incident_id,
+            status=self.status,
+            resolved_at=last(IncidentStatus.RESOLVED.value),
+            dismissed_at=last(IncidentStatus.DISMISSED.value),
+            reports=[
+                r.model_copy(update={"match": None, "score": None})
+                for r in self.reports
+                if r.filed_by == partner_id
+            ],
+            filed_by=[f for f in self.filed_by if f == partner_id],
+            merged_into=referral.merged_into
+            if referral is not None and referral.referred_by == partner_id
+            else None,
+        )
+
+
+class PartnerIncidentOut(ReferredIncident):
+    """A partner's sight of an incident it referred (DESIGN.md, "Who may do what"): the
+    shared `ReferredIncident`, its own reports and, of its referral, the incident the
+    office merged it into (the outcome, which it may then follow)."""
+
+    reports: list[ReportSummary] = Field(default_factory=list)
+    filed_by: list[str] = Field(default_factory=list, description="itself: no other filer")
+    merged_into: str | None = None
 
 
 # --------------------------------------------------------------------------- projection
@@ -139,12 +215,16 @@ class IntakeViews:
             IncidentResolved: self._status_changed,
             IncidentDismissed: self._status_changed,
             IncidentReopened: self._status_changed,
+            ReferralOpened: self._referred,
+            ReferralMerged: self._merged,
+            ReportClaimsConfirmed: self._claims_confirmed,
         }
 
     async def ensure_indexes(self) -> None:
         await self.db[REPORTS].create_index([("incident_id", ASCENDING)])
         await self.db[REPORTS].create_index([("unit_ids", ASCENDING), ("received_at", DESCENDING)])
         await self.db[INCIDENTS].create_index([("unit_ids", ASCENDING)])
+        await ensure_collection(self.db, TEXT_GUARDS)
 
     async def apply(self, event: Envelope, uow: UnitOfWork) -> None:
         """Project one saved event, in the transaction that saved it."""
@@ -189,7 +269,12 @@ class IntakeViews:
             received_at=at,
             actor=event.actor.model_dump(),
         )
-        await self.db[REPORTS].insert_one(report, session=session)
+        del report["_id"]
+        # A referral's report merged into another incident moves there, keeping what the
+        # office confirmed of it.
+        await self.db[REPORTS].update_one(
+            {"_id": payload.report_id}, {"$set": report}, upsert=True, session=session
+        )
         summary = {
             "report_id": payload.report_id,
             "title": payload.title,
@@ -200,6 +285,7 @@ class IntakeViews:
             "received_at": at,
             "match": None,
             "score": None,
+            "claims_unconfirmed": payload.claims_unconfirmed,
         }
         await self.db[INCIDENTS].update_one(
             {"_id": event.incident_id},
@@ -255,6 +341,55 @@ class IntakeViews:
             session=session,
         )
 
+    async def _referred(
+        self, event: Envelope, payload: ReferralOpened, session: AsyncClientSession | None
+    ) -> None:
+        referral = {
+            "referred_by": payload.referred_by,
+            "matched_incident_ids": list(payload.matched_incident_ids),
+            "merged_into": None,
+            "merged_at": None,
+            "merge_reason": None,
+        }
+        await self.db[INCIDENTS].update_one(
+            {"_id": event.incident_id},
+            {"$set": _at(event, referral=referral)},
+            session=session,
+        )
+
+    async def _merged(
+        self, event: Envelope, payload: ReferralMerged, session: AsyncClientSession | None
+    ) -> None:
+        merged = {
+            "referral.merged_into": payload.into_incident_id,
+            "referral.merged_at": event.occurred_at,
+            "referral.merge_reason": payload.reason,
+        }
+        await self.db[INCIDENTS].update_one(
+            {"_id": event.incident_id}, {"$set": _at(event, **merged)}, session=session
+        )
+
+    async def _claims_confirmed(
+        self, event: Envelope, payload: ReportClaimsConfirmed, session: AsyncClientSession | None
+    ) -> None:
+        confirmation = {
+            "media_tier": payload.media_tier.value,
+            "reach": payload.reach.model_dump(),
+            "reason": payload.reason,
+            "confirmed_by": payload.confirmed_by,
+            "at": event.occurred_at,
+        }
+        await self.db[REPORTS].update_one(
+            {"_id": payload.report_id},
+            {"$set": {"claims_unconfirmed": False, "claims_confirmed": confirmation}},
+            session=session,
+        )
+        await self.db[INCIDENTS].update_one(
+            {"_id": event.incident_id, "reports.report_id": payload.report_id},
+            {"$set": _at(event, **{"reports.$.claims_unconfirmed": False})},
+            session=session,
+        )
+
     # ------------------------------------------------------------------ text matching
 
     async def text_candidates(
@@ -289,6 +424,24 @@ class IntakeViews:
             .limit(limit)
         )
         return [TextCandidate(doc["incident_id"], doc["text"]) async for doc in cursor]
+
+    async def guard_text(
+        self, unit_ids: Sequence[str], text: str, session: AsyncClientSession | None
+    ) -> None:
+        """Bump the guard of each of the units and each LSH band of `text`, in one command:
+        a concurrent filing that could be compared with this one (it shares a unit and a
+        band, see `text_candidates`) writes one of the same documents, so only one of the
+        two commits and the other is run again, seeing it."""
+        # A band is "<index>:<hash>": band i of one text only ever meets band i of another.
+        slots = {
+            f"{index}:{int(digest, 16) % _GUARD_SLOTS}"
+            for index, digest in (band.split(":", 1) for band in text_bands(text))
+        }
+        keys = sorted(f"{unit_id} {slot}" for unit_id in set(unit_ids) for slot in slots)
+        await self.db[TEXT_GUARDS].bulk_write(
+            [UpdateOne({"_id": key}, {"$inc": {"filings": 1}}, upsert=True) for key in keys],
+            session=session,
+        )
 
     # ------------------------------------------------------------------ URL claims
 
@@ -350,8 +503,12 @@ class IntakeViews:
 
     # ------------------------------------------------------------------ queries
 
-    async def report(self, report_id: str) -> ReportOut | None:
-        doc = await self.db[REPORTS].find_one({"_id": report_id}, {"_id": 0, "text": 0, "bands": 0})
+    async def report(
+        self, report_id: str, session: AsyncClientSession | None = None
+    ) -> ReportOut | None:
+        doc = await self.db[REPORTS].find_one(
+            {"_id": report_id}, {"_id": 0, "text": 0, "bands": 0}, session=session
+        )
         return None if doc is None else ReportOut.model_validate(doc)
 
     async def incident(self, incident_id: str) -> IncidentOut | None:
@@ -379,6 +536,11 @@ _STATUS_AFTER: dict[type[EventPayload], IncidentStatus] = {
     IncidentDismissed: IncidentStatus.DISMISSED,
     IncidentReopened: IncidentStatus.OPEN,
 }
+
+
+def _at(event: Envelope, **fields: Any) -> Document:
+    """`fields` and the incident's updated time and version, for a `$set`."""
+    return {**fields, "updated_at": event.occurred_at, "version": event.stream_version}
 
 
 def _history(status: str, event: Envelope, reason: str | None) -> Document:

@@ -79,6 +79,28 @@ class AckView(BaseModel):
     acknowledged_at: datetime
 
 
+class NotificationView(BaseModel):
+    """One message as it was sent, with what it asked: what the console's acknowledgement
+    page shows (the recipient's address is not shown)."""
+
+    notification_id: str
+    incident_id: str
+    obligation_id: str
+    recipient: str
+    channel: str
+    reason: str
+    state: str
+    incident_title: str
+    units: list[str]
+    level: Level
+    obligation_title: str
+    deadline: datetime
+    subject: str | None
+    text: str | None
+    sent_at: datetime | None
+    acknowledged_at: datetime | None
+
+
 def _spell(seconds: int) -> str:
     minutes = abs(seconds) // 60
     hours, minutes = divmod(minutes, 60)
@@ -152,6 +174,47 @@ def build_router(
         updated = await views.obligation(obligation_id)
         assert updated is not None
         return _view(updated, clock())
+
+    @router.get(
+        "/notifications/{notification_id}",
+        tags=["notifications"],
+        response_model=NotificationView,
+    )
+    async def notification(notification_id: str, caller: CurrentCaller) -> NotificationView:
+        """A notification as sent (subject, text) and what it asks (the incident, level,
+        duty and deadline), with its state: read by the page its acknowledgement link opens.
+        Only for those who fully see the incident (others get 404); reading changes nothing."""
+        found = await dispatcher.delivery(notification_id)
+        units = (found["unit_id"],) if found and found["unit_id"] else ()
+        scope = await views.scope(found["incident_id"], units) if found else None
+        visibility.require(caller, scope, "notification", notification_id, at_least=Sight.FULL)
+        assert found is not None
+        context = found["context"]
+        # The page may have started before the service knew the incident's title and units
+        # (grading can arrive first): what it knows now, as the message sent later says.
+        incident = await views.incidents.get(found["incident_id"])
+        title = incident.title if incident and incident.title else context["incident_title"]
+        unit_names: list[str] = context["units"]
+        if incident and incident.unit_ids:
+            unit_names = [dispatcher.directory.unit_name(u) for u in incident.unit_ids]
+        return NotificationView(
+            notification_id=notification_id,
+            incident_id=found["incident_id"],
+            obligation_id=found["obligation_id"],
+            recipient=found["recipient"],
+            channel=found["channel"],
+            reason=found["reason"],
+            state=found["state"],
+            incident_title=title,
+            units=unit_names,
+            level=context["level"],
+            obligation_title=context["obligation_title"],
+            deadline=context["deadline"],
+            subject=found.get("subject"),
+            text=found.get("body"),
+            sent_at=found.get("sent_at"),
+            acknowledged_at=found.get("acknowledged_at"),
+        )
 
     @router.post(
         "/notifications/{notification_id}/ack",

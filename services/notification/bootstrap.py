@@ -37,9 +37,12 @@ from shared.events import (
     IncidentOpened,
     IncidentReopened,
     IncidentResolved,
+    Level,
     ReportReceived,
 )
 from shared.handlers import HandlerMap
+from shared.metrics import OBLIGATIONS_OWED
+from shared.plan import load_plan
 from shared.policy import PolicyError, load_policy
 from shared.repository import Repository
 from shared.service import Dependencies, ServiceParts
@@ -70,6 +73,10 @@ def build(deps: Dependencies) -> NotificationParts:
 
     # Policies are checked before anything connects, so a bad file stops the start.
     policy = load_policy(settings.obligations_policy_path, NotificationPolicy)
+    # The plan pack (YUQING_PLAN): every duty at one of its levels, its roles held by someone.
+    load_plan(
+        settings.plan, settings.policy_paths, deps.directory, pack_wins=False, checks={"duties"}
+    )
     try:
         tz = ZoneInfo(settings.timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -150,6 +157,14 @@ def build(deps: Dependencies) -> NotificationParts:
             await guarded("deadline watch pass", workflow.record_missed)
             await asyncio.sleep(settings.deadline_poll_seconds)
 
+    async def owed_duties() -> None:
+        counts = await projections.owed_by_level(deps.clock())
+        for level in Level:
+            for overdue in (False, True):
+                OBLIGATIONS_OWED.labels(str(int(level)), str(overdue).lower()).set(
+                    counts.get((int(level), overdue), 0)
+                )
+
     return NotificationParts(
         name=NAME,
         prefix="/notifications/v1",
@@ -166,6 +181,7 @@ def build(deps: Dependencies) -> NotificationParts:
         consumes=(INTAKE_TOPIC, GRADING_TOPIC),
         setup=[projections.ensure_indexes, dispatcher.ensure_indexes],
         background=[watch_deadlines, deliver],
+        gauges=[owed_duties],
         policy=policy,
         projections=projections,
         workflow=workflow,

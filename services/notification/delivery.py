@@ -22,11 +22,11 @@ from zoneinfo import ZoneInfo
 import jinja2
 from pydantic import Field, model_validator
 
-from services.notification.domain import ObligationPolicy
 from shared.catalogue import Catalogue
 from shared.directory import Directory
 from shared.identity import Role
 from shared.models import FrozenModel
+from shared.plan_rules import ObligationPolicy
 from shared.policy import Duration
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 import structlog
@@ -56,6 +57,7 @@ from shared.events import (
 )
 from shared.identity import Caller, Role
 from shared.incident_context import IncidentSnapshot
+from shared.metrics import ACKNOWLEDGE_SECONDS, DELIVERIES_FAILED
 from shared.repository import Cause, CommandRunner, Repository
 from shared.store import Document, UnitOfWork
 from shared.visibility import hidden
@@ -272,11 +274,16 @@ class Dispatcher:
         config = self.policy.channels.get(channel)
         return self.catalogue.channel(config.type.value) if config else channel
 
+    # Links people open from a phone or a mail: console pages (served at `/` by the
+    # gateway, after sign-in if needed), never an API route. Opening one changes nothing;
+    # the acknowledgement page asks for a confirm, which POSTs to
+    # /notifications/v1/notifications/{id}/ack with the session and its CSRF header.
+
     def incident_url(self, incident_id: str) -> str:
-        return f"{self.base_url}/archive/v1/incidents/{incident_id}"
+        return f"{self.base_url}/incidents/{quote(incident_id, safe='')}"
 
     def ack_url(self, notification_id: str) -> str:
-        return f"{self.base_url}/notifications/v1/notifications/{notification_id}/ack"
+        return f"{self.base_url}/ack/{quote(notification_id, safe='')}"
 
     # the loop ---------------------------------------------------------------------------
 
@@ -342,6 +349,7 @@ class Dispatcher:
             log.info("notification sent", notification_id=doc["_id"], channel=doc["channel"])
 
     async def _failed(self, doc: Document, attempts: int, reason: str, now: datetime) -> None:
+        DELIVERIES_FAILED.labels(doc["channel"]).inc()
         log.warning(
             "delivery attempt failed",
             notification_id=doc["_id"],
@@ -453,7 +461,7 @@ class Dispatcher:
         """The recipient (or an admin) saw it: the page stops re-notifying and escalating.
         The caller's sight of the incident is checked before this is asked."""
 
-        async def work(uow: UnitOfWork) -> None:
+        async def work(uow: UnitOfWork) -> datetime | None:
             doc = await self.deliveries.find_one({"_id": notification_id}, session=uow.session)
             if doc is None:
                 raise hidden("notification", notification_id)
@@ -478,8 +486,12 @@ class Dispatcher:
                 {"$set": {"state": PAGE_ACKED, "acknowledged_by": caller.id}},
                 session=uow.session,
             )
+            return doc.get("sent_at") if doc.get("state") != ACKNOWLEDGED else None
 
-        await self.run(work)
+        sent_at = await self.run(work)
+        if isinstance(sent_at, datetime):
+            sent_at = sent_at if sent_at.tzinfo else sent_at.replace(tzinfo=UTC)
+            ACKNOWLEDGE_SECONDS.observe(max((now - sent_at).total_seconds(), 0.0))
 
     async def delivery(self, notification_id: str) -> Document | None:
         return await self.deliveries.find_one({"_id": notification_id})

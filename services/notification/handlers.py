@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from services.notification.domain import Ledger, NotObligationOwner, ObligationPolicy
+from services.notification.domain import Ledger, NotObligationOwner
 from services.notification.projections import NotificationProjections
 from shared.catalogue import Catalogue
 from shared.errors import Invalid, StillConflicting
@@ -40,6 +40,7 @@ from shared.events import (
 )
 from shared.identity import Caller, Role
 from shared.incident_context import IncidentSnapshot
+from shared.plan_rules import ObligationPolicy
 from shared.repository import Cause, CommandRunner, Repository
 from shared.store import UnitOfWork
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -145,6 +145,21 @@ class NotificationProjections:
             limit=limit,
         )
         return [(doc["incident_id"], doc["obligation_id"]) async for doc in cursor]
+
+    async def owed_by_level(self, now: datetime) -> dict[tuple[int, bool], int]:
+        """How many duties are still owed, by (level, deadline passed): the figures an
+        operator's alert on an overdue duty reads. Owed duties are few, so they are
+        counted here rather than by an aggregation every server may not run alike."""
+        owed = sorted(s.value for s in OWED_STATES)
+        counts: dict[tuple[int, bool], int] = {}
+        cursor = self.obligations.find({"state": {"$in": owed}}, {"level": 1, "deadline": 1})
+        async for doc in cursor:
+            deadline = doc.get("deadline")
+            if isinstance(deadline, datetime) and deadline.tzinfo is None:
+                deadline = deadline.replace(tzinfo=UTC)
+            key = (int(doc["level"]), isinstance(deadline, datetime) and deadline <= now)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
 
     async def find(self, f: ObligationFilter, now: datetime, limit: int) -> list[ObligationRow]:
         clauses: list[dict[str, Any]] = []

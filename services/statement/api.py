@@ -32,7 +32,7 @@ from services.statement.projections import (
 from shared.auth import CurrentCaller
 from shared.events import EventPayload, Fact, StatementKind
 from shared.identity import Caller, Role
-from shared.visibility import Sight, Visibility, hidden
+from shared.visibility import PublishedLine, Sight, Visibility, hidden
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Outlet = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -91,6 +91,19 @@ class PublishRequest(BaseModel):
     )
 
 
+class InboxView(BaseModel):
+    waiting: list[StatementView] = Field(description="waiting for the caller's step, oldest first")
+    mine: list[StatementView] = Field(description="written by the caller, newest first")
+
+
+class PartnerOfficialLine(PublishedLine):
+    """The official line as a partner sees it (`Sight.REFERRED`): what went out, not who
+    wrote or cleared it."""
+
+    incident_id: str
+    facts: list[Fact]
+
+
 def build_router(
     workflow: StatementWorkflow,
     views: StatementProjections,
@@ -141,13 +154,34 @@ def build_router(
         await see_incident(incident_id, caller)
         return await views.of_incident(incident_id)
 
-    @router.get("/incidents/{incident_id}/official-line")
-    async def official_line(incident_id: str, caller: CurrentCaller) -> OfficialLineView:
+    @router.get(
+        "/incidents/{incident_id}/official-line",
+        response_model=OfficialLineView | PartnerOfficialLine,
+    )
+    async def official_line(
+        incident_id: str, caller: CurrentCaller
+    ) -> OfficialLineView | PartnerOfficialLine:
         """The incident's current official line (口径): the latest published version, its
         outlet and URL, who cleared it and when, and every figure as last published.
-        404 while nothing is published."""
-        await see_incident(incident_id, caller)
-        return official_line_view(await workflow.official_line(incident_id), rules)
+        404 while nothing is published. A partner, of an incident it referred, gets what
+        went out (text, facts, outlet, URL, time) and not who wrote or cleared it."""
+        scope = await views.incident_scope(incident_id)
+        sight = visibility.require(caller, scope, "incident", incident_id)
+        line = official_line_view(await workflow.official_line(incident_id), rules)
+        if sight is Sight.REFERRED:
+            return PartnerOfficialLine(
+                incident_id=line.incident_id,
+                statement_id=line.statement_id,
+                kind=line.kind,
+                version=line.version,
+                title=line.title,
+                body=line.body,
+                facts=line.facts,
+                outlet=line.outlet,
+                url=line.url,
+                published_at=line.published_at,
+            )
+        return line
 
     @router.put("/statements/{statement_id}")
     async def revise(
@@ -239,6 +273,29 @@ def build_router(
             )
 
         return await decide(statement_id, caller, publication, PUBLISHER_ROLES)
+
+    @router.get("/inbox")
+    async def inbox(caller: CurrentCaller) -> InboxView:
+        """The console's approval inbox: statements whose next step is the caller's to fill
+        now (their role and unit; never a statement they wrote or a chain they already
+        approved in), and the statements they wrote, newest first, with any rejection and
+        its comment. Only statements of incidents the caller fully sees."""
+        held = sorted(role.value for role in caller.roles)
+
+        async def seen(view: StatementView) -> bool:
+            scope = await views.incident_scope(view.incident_id)
+            return visibility.sight(caller, scope) is Sight.FULL
+
+        waiting = [
+            view
+            for view in await views.awaiting(held)
+            if (view.missing[0].unit_id in (None, caller.unit))
+            and all(v.author != caller.id for v in view.versions)
+            and all(step.approved_by != caller.id for step in view.chain)
+            and await seen(view)
+        ]
+        mine = [view for view in await views.written_by(caller.id) if await seen(view)]
+        return InboxView(waiting=waiting, mine=mine)
 
     @router.get("/statements/{statement_id}")
     async def get_statement(statement_id: str, caller: CurrentCaller) -> StatementView:

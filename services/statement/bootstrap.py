@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from services.statement.api import build_router
 from services.statement.domain import (
-    ApprovalPolicy,
     ApprovalRules,
     Statement,
     evolve,
@@ -24,6 +23,8 @@ from services.statement.projections import StatementProjections
 from shared.events import GRADING_TOPIC, INTAKE_TOPIC
 from shared.handlers import HandlerMap
 from shared.incident_context import UPSTREAM_TYPES
+from shared.plan import load_plan
+from shared.plan_rules import ApprovalPolicy
 from shared.policy import load_policy
 from shared.repository import Repository
 from shared.service import Dependencies, ServiceParts
@@ -39,6 +40,11 @@ class StatementParts(ServiceParts):
 
 def build(deps: Dependencies) -> StatementParts:
     policy = load_policy(deps.settings.approval_policy_path, ApprovalPolicy)
+    # The plan pack (YUQING_PLAN): every chain at one of its levels, each step's role held.
+    settings = deps.settings
+    load_plan(
+        settings.plan, settings.policy_paths, deps.directory, pack_wins=False, checks={"chains"}
+    )
     rules = ApprovalRules(policy, deps.catalogue.roles)
 
     projections = StatementProjections(deps.store.db, rules)

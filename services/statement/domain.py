@@ -23,8 +23,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from pydantic import Field, model_validator
-
 from shared.errors import Conflict, Forbidden, NotFound
 from shared.events import (
     ApprovalStep,
@@ -44,9 +42,7 @@ from shared.events import (
     StatementWithdrawn,
 )
 from shared.identity import Caller, Role
-from shared.models import FrozenModel
-
-INCIDENT_UNIT = "incident"  # in the policy: the unit(s) the incident concerns
+from shared.plan_rules import INCIDENT_UNIT, ApprovalPolicy
 
 
 def stream_id(statement_id: str) -> str:
@@ -151,29 +147,7 @@ class NoOfficialLine(NotFound):
 # --------------------------------------------------------------------------- the policy
 
 
-class StepRule(FrozenModel):
-    role: Role
-    unit: str | None = Field(
-        default=None,
-        description=f"a unit id, or {INCIDENT_UNIT!r} for each unit the incident concerns",
-    )
-
-
-class ApprovalPolicy(FrozenModel):
-    """Who clears a statement at each level, in order, from config/approval.yaml."""
-
-    version: str
-    levels: dict[Level, tuple[StepRule, ...]]
-
-    @model_validator(mode="after")
-    def _complete(self) -> ApprovalPolicy:
-        for level in Level:
-            if not self.levels.get(level):
-                raise ValueError(f"levels.{int(level)}: every level needs at least one step")
-        return self
-
-    def roles(self) -> set[Role]:
-        return {rule.role for rules in self.levels.values() for rule in rules}
+# StepRule and ApprovalPolicy: shared/plan_rules.py (the plan view reads them too).
 
 
 @dataclass(frozen=True)

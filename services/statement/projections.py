@@ -361,6 +361,25 @@ class StatementProjections:
         cursor = self.statements.find({"incident_id": incident_id}).sort("drafted_at", ASCENDING)
         return [StatementSummary.model_validate(doc) async for doc in cursor]
 
+    async def awaiting(self, roles: list[str], limit: int = 200) -> list[StatementView]:
+        """Statements whose next open step one of `roles` fills (the inbox's candidates:
+        the caller's unit, authorship and sight are checked by the route), oldest first."""
+        states = [s.value for s in (StatementState.IN_REVIEW, StatementState.APPROVED)]
+        states.append(StatementState.PUBLISHED.value)  # a published one being cleared again
+        cursor = self.statements.find(
+            {"state": {"$in": states}, "missing.0.role": {"$in": roles}},
+            sort=[("drafted_at", ASCENDING)],
+            limit=limit,
+        )
+        return [StatementView.model_validate(doc) async for doc in cursor]
+
+    async def written_by(self, person_id: str, limit: int = 100) -> list[StatementView]:
+        """Statements any version of which `person_id` wrote, newest first."""
+        cursor = self.statements.find(
+            {"versions.author": person_id}, sort=[("drafted_at", -1)], limit=limit
+        )
+        return [StatementView.model_validate(doc) async for doc in cursor]
+
     async def incident_scope(self, incident_id: str) -> IncidentScope | None:
         """Whom the incident concerns, as visibility decides on it; None if unheard of."""
         incident = await self.incidents.get(incident_id)

@@ -88,7 +88,10 @@ def test_the_dockerfile_passes_hadolint() -> None:
 def test_the_image_is_built_from_the_locks_in_stages_and_runs_as_nobody_in_particular() -> None:
     text = DOCKERFILE.read_text()
     stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\w+)", text, re.M | re.I)
-    assert stages == ["builder", "runtime"]
+    assert stages == ["console", "builder", "runtime"]
+    console = text.split("AS console", 1)[1].split("AS builder", 1)[0]
+    assert "npm ci" in console  # from the console's own lock
+    assert "COPY --from=console /console/dist console/dist" in text
     builder, runtime = re.split(r"^FROM .* AS runtime$", text, flags=re.M)
     assert "--require-hashes --no-deps -r requirements.lock" in builder
     assert "--require-hashes --no-deps -r deploy/build.lock" in builder
@@ -119,7 +122,8 @@ def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
     assert sources
     for source in sources:
         assert (ROOT / source).exists(), source
-        assert source in allowed, f"{source} is copied but kept out by .dockerignore"
+        let_in = source in allowed or any(source.startswith(f"{a}/") for a in allowed)
+        assert let_in, f"{source} is copied but kept out by .dockerignore"
 
 
 def test_the_lock_pins_every_runtime_dependency_within_its_range() -> None:
@@ -187,9 +191,11 @@ def test_the_env_example_lists_every_variable_the_code_and_compose_read() -> Non
     assert not wanted - listed, f"missing from .env.example: {sorted(wanted - listed)}"
     interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", COMPOSE.read_text()))
     assert not interpolated - listed, sorted(interpolated - listed)
-    # Only the channels and the prefix may be empty (an empty value is a value).
+    # Only the channels, the two secrets to fill in and the prefix may be empty (an empty
+    # value is a value).
     empty = {k for k, v in values.items() if v == ""}
-    assert empty <= channel_variables() | {"YUQING_SECRET", "YUQING_TOPIC_PREFIX"}, empty
+    secrets = {"YUQING_SECRET", "YUQING_BUS_SECRET"}
+    assert empty <= channel_variables() | secrets | {"YUQING_TOPIC_PREFIX"}, empty
 
 
 def test_the_env_example_values_are_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:

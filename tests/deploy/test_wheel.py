@@ -12,6 +12,7 @@ It takes about 40 s on a warm pip cache (`pytest tests/deploy/test_wheel.py --du
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -222,6 +223,14 @@ def test_the_installed_wheel_starts_all_five_services_and_archives_a_reviewed_ca
             what="/readyz 200",
         )
     assert set(ready.json()["services"]) == set(SERVICE_NAMES)
+    # The console is in the wheel too: `/` and a deep link (a notification's) serve it.
+    with system.client() as browser:
+        for path in ("/", "/ack/some-notification"):
+            page = browser.get(path)
+            assert page.status_code == 200, path
+            assert "<title>舆情处置平台</title>" in page.text, path
+        (script,) = re.findall(r'src="(/assets/[^"]+\.js)"', browser.get("/").text)
+        assert browser.get(script).status_code == 200
 
     # Tokens from the installed command: it reads the data directory's key, as `up` does.
     monitor = token(installed, elsewhere, "monitor-chen", "school-a", "monitor")

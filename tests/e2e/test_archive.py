@@ -294,25 +294,39 @@ def test_an_incident_is_archived_complete_verifiable_replayable_and_reviewed(
         db["log"].replace_one({"_id": escalation_id}, original)
         assert archive.verify()["ok"] is True
 
-        # Replay into fresh collections gives the same read models as the live ones.
-        pointer = db["read_models"].find_one({"_id": "current"})
-        assert pointer is not None
-        live = {
-            name: list(db[pointer[name]].find({}, sort=[("_id", 1)]))
-            for name in ("incidents", "cases")
-        }
-        started = archive.http.post("/archive/v1/replay")
-        assert started.status_code == 202, started.text
-        job = wait_for(
-            lambda: archive.http.get(f"/archive/v1/replay/{started.json()['job_id']}").json(),
-            lambda j: j["state"] != "running",
-            what="the replay finished",
-        )
-        assert (job["state"], job["processed"]) == ("completed", job["total"])
-        for name, documents in live.items():
-            fresh = job["collections"][name]
-            assert fresh != pointer[name]
-            assert list(db[fresh].find({}, sort=[("_id", 1)])) == documents
+        # Replay into fresh collections gives the same read models as the live ones: every
+        # document folded from the same log (the same last_seq) is equal. Deliveries and
+        # tracking may log more meanwhile; a document folded from more of the log is not
+        # compared, and the replay is run again until this incident's is.
+        compared_own = False
+        for _ in range(3):
+            pointer = db["read_models"].find_one({"_id": "current"})
+            assert pointer is not None
+            live = {
+                name: {d["_id"]: d for d in db[pointer[name]].find({})}
+                for name in ("incidents", "cases")
+            }
+            started = archive.http.post("/archive/v1/replay")
+            assert started.status_code == 202, started.text
+            job_url = f"/archive/v1/replay/{started.json()['job_id']}"
+            job = wait_for(
+                lambda url=job_url: archive.http.get(url).json(),
+                lambda j: j["state"] != "running",
+                what="the replay finished",
+            )
+            assert (job["state"], job["processed"]) == ("completed", job["total"])
+            for name, documents in live.items():
+                fresh = job["collections"][name]
+                assert fresh != pointer[name]
+                rebuilt = {d["_id"]: d for d in db[fresh].find({})}
+                assert set(documents) <= set(rebuilt)
+                for key, document in documents.items():
+                    if rebuilt[key].get("last_seq") == document.get("last_seq"):
+                        assert rebuilt[key] == document
+                        compared_own |= name == "incidents" and key == archive.incident_id
+            if compared_own:
+                break
+        assert compared_own, "the incident's log never held still through a replay"
     finally:
         mongo.close()
     assert archive.view() == view

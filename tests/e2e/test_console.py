@@ -1,6 +1,9 @@
 """The web console in Debian's headless Chromium, driven by Playwright (never a downloaded
 browser): the office signs in, sees a level-1 incident and its countdowns, opens it and
-fulfils a duty; at 1440 px and at 375 px, with a screenshot of each page.
+fulfils a duty; a page is acknowledged from the link its notification carries; the approval
+inbox; the forms (a report, a statement, a grade override, resolution, dismissal, the
+review) with their checks and the API's field errors; and one level-1 incident walked from
+filing to review by its people; at 1440 px and at 375 px, with a screenshot of each page.
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from shared.identity import Role
 from tests.conftest import Infra
 from tests.e2e.conftest import RunningSystem, system_env, wait_for
-from tests.e2e.test_walking_skeleton import report
+from tests.e2e.test_walking_skeleton import report, token_for
+from tests.service.notification_receivers import HttpReceiver
 
 pytestmark = pytest.mark.e2e
 
@@ -313,3 +319,595 @@ def test_a_session_cookie_needs_the_csrf_header_to_change_anything(system: Runni
         assert refused.json()["error"]["details"] == {"csrf": "missing or wrong"}
         csrf = http.cookies["yuqing_csrf"]
         assert http.post(fulfil, json={}, headers={"X-CSRF-Token": csrf}).status_code == 404
+
+
+# --- acknowledging a page from its link ------------------------------------------------
+
+PAGING_POLICY = """\
+version: e2e-console-paging
+alert_roles: [leader]
+levels:
+  1:
+    - {{kind: phone_quick_report, title: 一级舆情手机快报, owner_role: office,
+       recipients: [leader], within: 60m}}
+    - {{kind: written_quick_report, title: 一级舆情纸质快报, owner_role: office,
+       recipients: [leader], within: 60m}}
+delivery:
+  channels:
+    webhook: {{type: webhook, url: "{url}", secret_env: YUQING_E2E_WEBHOOK_SECRET}}
+  kinds:
+    default: [webhook]
+  retry: {{attempts: 3, first: 1s, cap: 2s}}
+  ack_window: 30s
+  renotify: 1
+"""
+
+
+@pytest.fixture(scope="module")
+def paging(
+    infra: Infra, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RunningSystem, HttpReceiver]]:
+    """The system paging the leader by a signed webhook; a page nobody acknowledges within
+    30 seconds is sent again."""
+    tmp = tmp_path_factory.mktemp("console-paging")
+    with HttpReceiver().running() as receiver:
+        policy = tmp / "obligations.yaml"
+        policy.write_text(PAGING_POLICY.format(url=receiver.url), encoding="utf-8")
+        run = uuid.uuid4().hex[:8]
+        running = RunningSystem(
+            system_env(
+                tmp / "data",
+                KAFKA_BOOTSTRAP_SERVERS=infra.kafka,
+                MONGODB_URL=infra.mongo,
+                YUQING_DB_PREFIX=f"paging{run}",
+                YUQING_TOPIC_PREFIX=f"paging{run}.",
+                YUQING_OUTBOX_POLL_SECONDS="0.2",
+                YUQING_OBLIGATIONS_POLICY_PATH=str(policy),
+                YUQING_E2E_WEBHOOK_SECRET="e2e-console-webhook-secret",
+            )
+        )
+        yield running, receiver
+        running.stop()
+
+
+def pages_about(receiver: HttpReceiver, incident_id: str) -> list[dict[str, Any]]:
+    return [r.json() for r in list(receiver.requests) if r.json()["incident_id"] == incident_id]
+
+
+def link(text: str, label: str) -> str:
+    """The address on the line `label：<url>` of a notification's text, as it was sent."""
+    found = re.search(rf"^{label}：(\S+)$", text, re.MULTILINE)
+    assert found, f"no {label} link in: {text}"
+    return found.group(1)
+
+
+def test_a_page_is_acknowledged_from_its_link_after_sign_in_and_is_not_chased(
+    paging: tuple[RunningSystem, HttpReceiver], browser: sync_api.Browser
+) -> None:
+    expect = sync_api.expect
+    system, receiver = paging
+    incident_id, owed = level_1_incident(system, "实验小学午餐出现异物视频传播（控制台）")
+    written = next(o for o in owed if o["kind"] == "written_quick_report")
+    phone = next(o for o in owed if o["kind"] == "phone_quick_report")
+    sent = wait_for(
+        lambda: pages_about(receiver, incident_id),
+        lambda got: {p["obligation_id"] for p in got} >= {written["obligation_id"]},
+        timeout=30,
+        what="the leader paged about the written quick report",
+    )
+    message = next(p for p in sent if p["obligation_id"] == written["obligation_id"])
+    assert message["recipient"] == "leader-zhang"
+    ack_link = link(message["text"], "确认收到")
+    detail_link = link(message["text"], "事件详情")
+    # The links are console pages at the public base URL, not API routes.
+    assert ack_link == message["ack_url"] == f"{system.base_url}/ack/{message['notification_id']}"
+    assert detail_link == message["incident_url"] == f"{system.base_url}/incidents/{incident_id}"
+
+    context = browser.new_context(
+        viewport={"width": 375, "height": 812}, locale="zh-CN", is_mobile=True, has_touch=True
+    )
+    page = context.new_page()
+    page.goto(ack_link)  # opened from the phone, signed out: sign in first, then back here
+    page.get_by_label("用户名").fill("leader-zhang")
+    page.get_by_label("密码", exact=True).fill(passwords(system)["leader-zhang"])
+    page.get_by_role("button", name="登录").click()
+    expect(page).to_have_url(ack_link)
+    card = page.locator(f"[data-notification='{message['notification_id']}']")
+    expect(card.get_by_role("link", name="实验小学午餐出现异物视频传播（控制台）")).to_be_visible()
+    expect(card.get_by_text("一级舆情", exact=True)).to_be_visible()
+    expect(card.locator(".asked")).to_have_text("一级舆情纸质快报")
+    expect(card.get_by_text("已发送，待确认")).to_be_visible()
+    assert no_sideways_scroll(page), "the acknowledgement page scrolls sideways at 375 px"
+    page.screenshot(path=str(SHOTS / "ack-375.png"), full_page=True)
+
+    # Opening the page (and signing in) acknowledged nothing: only the button does.
+    read = f"/notifications/v1/notifications/{message['notification_id']}"
+    with system.client() as api:
+        assert api.get(read).json()["state"] == "sent"
+    card.get_by_role("button", name="确认收到").click()
+    expect(card.get_by_text("本通知已于")).to_be_visible()
+    expect(card.get_by_role("button", name="确认收到")).to_have_count(0)
+    page.screenshot(path=str(SHOTS / "ack-done-375.png"), full_page=True)
+    with system.client() as api:
+        shown = api.get(read).json()
+        assert shown["state"] == "acknowledged"
+        assert shown["acknowledged_at"]
+
+    # The detail link opens the incident page.
+    page.goto(detail_link)
+    expect(page.get_by_role("heading", name="定级记录")).to_be_visible()
+    expect(page.get_by_text("实验小学午餐出现异物视频传播（控制台）").first).to_be_visible()
+    context.close()
+
+    # The other page, not acknowledged, is sent again once its window passes; the
+    # acknowledged one is not (both were due at the same instant, and their renotices go
+    # out together, before either is on the record the archive shows).
+    def renotices(got: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [p for p in got if p["subject"].startswith("【再次提醒")]
+
+    wait_for(
+        lambda: pages_about(receiver, incident_id),
+        lambda got: any(p["obligation_id"] == phone["obligation_id"] for p in renotices(got)),
+        timeout=90,
+        what="the unacknowledged page sent again",
+    )
+    with system.client() as api:
+        wait_for(
+            lambda: api.get(f"/archive/v1/incidents/{incident_id}/timeline").json()["events"],
+            lambda events: sum(e["event_type"] == "NotificationSent" for e in events) >= 3,
+            timeout=30,
+            what="the renotice on the record",
+        )
+        assert api.get(read).json()["state"] == "acknowledged"
+    chased = [
+        p
+        for p in pages_about(receiver, incident_id)
+        if p["obligation_id"] == written["obligation_id"]
+    ]
+    assert [p["notification_id"] for p in chased] == [message["notification_id"]], chased
+
+
+# --- the approval inbox ----------------------------------------------------------------
+
+
+def sign_in_here(page: sync_api.Page, system: RunningSystem, person: str) -> None:
+    """Sign in on the page the browser is on (the sign-in page it was sent to)."""
+    page.get_by_label("用户名").fill(person)
+    page.get_by_label("密码", exact=True).fill(passwords(system)[person])
+    page.get_by_role("button", name="登录").click()
+
+
+def test_the_inbox_shows_whose_step_it_is_and_approvals_and_rejections_are_made_there(
+    system: RunningSystem, browser: sync_api.Browser
+) -> None:
+    expect = sync_api.expect
+    title = "实验小学校服收费问题引发家长议论（控制台审批）"
+    incident_id, _ = level_1_incident(system, title)
+    writer = token_for(system, "spokesperson-sun", "school-a", Role.SPOKESPERSON)
+    draft = {
+        "kind": "online_reply",
+        "title": "关于校服收费问题的情况说明",
+        "body": "经核实，校服费用为自愿征订。",
+        "facts": [{"label": "征订人数", "value": "300"}],
+        "outlets": ["学校官网"],
+    }
+    with system.client(writer) as api:
+        statement_id = api.post(
+            f"/statements/v1/incidents/{incident_id}/statements", json=draft
+        ).json()["statement_id"]
+        content = {k: v for k, v in draft.items() if k != "kind"}
+        revised = {**content, "body": "经核实，校服费用为自愿征订，学校未强制收费。"}
+        assert api.put(f"/statements/v1/statements/{statement_id}", json=revised).is_success
+        submitted = wait_for(
+            lambda: api.post(f"/statements/v1/statements/{statement_id}/submit"),
+            lambda r: r.status_code == 200,
+            what="the statement submitted on the graded incident",
+        )
+        assert submitted.json()["state"] == "in_review"
+
+    office = browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
+    page = office.new_page()
+    sign_in(page, system, "office-li", passwords(system)["office-li"])
+    page.get_by_role("navigation", name="主导航").get_by_role("link", name="审批待办").click()
+    card = page.locator(f"[data-statement='{statement_id}']")
+    expect(card.get_by_role("heading", name="关于校服收费问题的情况说明")).to_be_visible()
+    expect(card.get_by_role("link", name=title)).to_be_visible()
+    expect(card.get_by_text("第 1 版 → 第 2 版的改动")).to_be_visible()
+    expect(card.get_by_text("+经核实，校服费用为自愿征订，学校未强制收费。")).to_be_visible()
+    expect(card.get_by_label("审批流程")).to_contain_text("领导小组办公室")
+    page.screenshot(path=str(SHOTS / "inbox-1440.png"), full_page=True)
+
+    # Rejecting needs a reason: checked before anything is sent.
+    card.get_by_role("button", name="退回").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("button", name="确认退回").click()
+    expect(dialog.get_by_text("退回时须写明理由")).to_be_visible()
+    with system.client() as api:
+        assert api.get(f"/statements/v1/statements/{statement_id}").json()["state"] == "in_review"
+    page.screenshot(path=str(SHOTS / "inbox-reject-empty-1440.png"), animations="disabled")
+    dialog.get_by_label("退回理由（必填）").fill("请补充收费标准的文件依据。")
+    dialog.get_by_role("button", name="确认退回").click()
+    expect(card).to_have_count(0)
+    with system.client() as api:
+        shown = api.get(f"/statements/v1/statements/{statement_id}").json()
+    assert shown["state"] == "rejected"
+    assert shown["rejections"][-1]["comment"] == "请补充收费标准的文件依据。"
+    assert shown["rejections"][-1]["approver"] == "office-li"
+
+    # The author sees the rejection and its comment.
+    author = browser.new_context(
+        viewport={"width": 375, "height": 812}, locale="zh-CN", is_mobile=True, has_touch=True
+    )
+    mine = author.new_page()
+    mine.goto(f"{system.base_url}/inbox")
+    sign_in_here(mine, system, "spokesperson-sun")
+    expect(mine).to_have_url(f"{system.base_url}/inbox")
+    row = mine.locator(f"li.mine[data-statement='{statement_id}']")
+    expect(row.get_by_text("已退回")).to_be_visible()
+    expect(row.get_by_role("note")).to_contain_text("请补充收费标准的文件依据。")
+    assert no_sideways_scroll(mine), "the inbox scrolls sideways at 375 px"
+    mine.screenshot(path=str(SHOTS / "inbox-rejected-375.png"), full_page=True)
+    author.close()
+
+    # Revised and submitted again, the office approves, then the propaganda department.
+    with system.client(writer) as api:
+        again = {**revised, "body": revised["body"] + "收费标准依据县发改委文件。"}
+        assert api.put(f"/statements/v1/statements/{statement_id}", json=again).is_success
+        assert api.post(f"/statements/v1/statements/{statement_id}/submit").is_success
+    page.reload()
+    card.get_by_role("button", name="同意").click()
+    page.get_by_role("dialog").get_by_label("审批意见（选填）").fill("同意，报专班审定。")
+    page.get_by_role("dialog").get_by_role("button", name="确认同意").click()
+    expect(card).to_have_count(0)
+    office.close()
+
+    task_force = browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
+    page = task_force.new_page()
+    page.goto(f"{system.base_url}/inbox")
+    sign_in_here(page, system, "propaganda-wang")
+    card = page.locator(f"[data-statement='{statement_id}']")
+    expect(card.get_by_label("审批流程")).to_contain_text("已同意")
+    card.get_by_role("button", name="同意").click()
+    page.get_by_role("dialog").get_by_role("button", name="确认同意").click()
+    expect(card).to_have_count(0)
+    task_force.close()
+    with system.client() as api:
+        cleared = api.get(f"/statements/v1/statements/{statement_id}").json()
+    assert cleared["state"] == "approved"
+    assert [s["approved_by"] for s in cleared["chain"]] == ["office-li", "propaganda-wang"]
+
+
+# --- the forms -------------------------------------------------------------------------
+
+
+def choose(page: sync_api.Page, label: str, option: str) -> None:
+    """Pick `option` of the select labelled `label` (Element Plus renders its own list),
+    opened from the keyboard."""
+    box = page.get_by_role("combobox", name=label)
+    box.focus()
+    box.press("Enter")
+    listbox = page.locator(f"#{box.get_attribute('aria-controls')}")
+    listbox.get_by_role("option", name=option, exact=True).click()
+    # The list closes once chosen; the option, hidden then, says it is the one selected.
+    chosen = listbox.get_by_role("option", name=option, exact=True, include_hidden=True)
+    sync_api.expect(chosen).to_have_attribute("aria-selected", "true")
+
+
+def field(page: sync_api.Page, key: str) -> sync_api.Locator:
+    """The form item of the field `key` (its API name), with its label, input and error."""
+    return page.locator(f".field-{re.sub(r'[^A-Za-z0-9]', '-', key)}")
+
+
+def test_reports_statements_grades_resolution_and_review_are_made_with_the_console_forms(
+    system: RunningSystem, browser: sync_api.Browser
+) -> None:
+    expect = sync_api.expect
+    run = uuid.uuid4().hex[:8]
+    title = f"网传实验小学食堂使用过期牛奶（控制台表单{run}）"
+    desktop = {"viewport": {"width": 1440, "height": 900}, "locale": "zh-CN"}
+
+    # A monitor files a report; what is missing is said at each field, nothing is sent.
+    monitor = browser.new_context(**desktop, timezone_id="Asia/Shanghai")
+    page = monitor.new_page()
+    sign_in(page, system, "monitor-chen", passwords(system)["monitor-chen"])
+    page.get_by_role("navigation", name="主导航").get_by_role("link", name="报送舆情").click()
+    expect(page.get_by_role("heading", name="报送舆情")).to_be_visible()
+    page.get_by_role("button", name="报送").click()
+    # Taken to the first field to fix.
+    expect(page.get_by_role("combobox", name="来源类型")).to_be_focused()
+    expect(field(page, "source_name")).to_contain_text("此项必填")
+    expect(field(page, "url")).to_contain_text("此项必填")
+    expect(field(page, "media_tier")).to_contain_text("请选择")
+    expect(field(page, "unit_ids")).not_to_contain_text("请选择")  # the monitor's own unit
+    page.screenshot(path=str(SHOTS / "file-empty-1440.png"), full_page=True)
+
+    choose(page, "来源类型", "微博")
+    page.get_by_label("来源名称").fill("新浪微博")
+    choose(page, "媒体层级", "中央媒体")
+    page.get_by_label("网址").fill("weibo.example/1")
+    page.get_by_label("标题").fill(title)
+    page.get_by_label("摘要").fill("有网友发帖称学校食堂使用过期牛奶。")
+    page.get_by_label("浏览量").fill("20000000000")
+    page.get_by_role("button", name="报送").click()
+    expect(field(page, "url")).to_contain_text("网址须以 http:// 或 https:// 开头")
+    page.get_by_label("网址").fill(f"https://weibo.example/{run}")
+    # The API refuses the reach beyond the intake policy's bound: shown at the field.
+    page.get_by_role("button", name="报送").click()
+    expect(field(page, "reach.views")).to_contain_text("不能大于 10000000000")
+    expect(page.get_by_role("alert")).to_contain_text("请按提示修改")
+    page.screenshot(path=str(SHOTS / "file-refused-1440.png"), full_page=True)
+    with system.client() as api:
+        listed = api.get("/archive/v1/incidents", params={"limit": 100}).json()["items"]
+        assert title not in [i["title"] for i in listed]
+    page.get_by_label("浏览量").fill("5000")
+    page.get_by_role("button", name="报送").click()
+    expect(page).to_have_url(re.compile(r"/incidents/inc-"))
+    incident_id = page.url.rsplit("/", 1)[1]
+    expect(page.get_by_role("heading", name=title)).to_be_visible(timeout=20_000)
+    monitor.close()
+    with system.client() as api:
+        wait_for(
+            lambda: api.get(f"/archive/v1/incidents/{incident_id}").json(),
+            lambda v: v.get("level") == 1,
+            timeout=20,
+            what="the filed report graded level 1",
+        )
+
+    # The spokesperson drafts and submits a statement.
+    writer = browser.new_context(**desktop)
+    page = writer.new_page()
+    page.goto(f"{system.base_url}/incidents/{incident_id}")
+    sign_in_here(page, system, "spokesperson-sun")
+    page.get_by_role("button", name="起草口径").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("标题").fill("关于网传食堂使用过期牛奶的情况说明")
+    dialog.get_by_role("button", name="保存并提交审批").click()
+    expect(field(dialog, "body")).to_contain_text("此项必填")
+    dialog.get_by_label("正文").fill("经查，涉事牛奶在保质期内，网传情况不实。")
+    dialog.get_by_role("button", name="添加一项数据").click()
+    dialog.get_by_label("第 1 项数据名称").fill("涉事牛奶批次")
+    dialog.get_by_label("第 1 项数据数值").fill("1")
+    dialog.get_by_label("拟发布渠道").fill("学校官网、官方微博")
+    page.screenshot(
+        path=str(SHOTS / "statement-form-1440.png"), full_page=True, animations="disabled"
+    )
+    dialog.get_by_role("button", name="保存并提交审批").click()
+    row = page.locator("li.statement").filter(has_text="关于网传食堂使用过期牛奶的情况说明")
+    expect(row.get_by_text("审核中").first).to_be_visible(timeout=20_000)
+    writer.close()
+    with system.client() as api:
+        (statement,) = api.get(f"/statements/v1/incidents/{incident_id}/statements").json()
+        shown = api.get(f"/statements/v1/statements/{statement['statement_id']}").json()
+    assert shown["state"] == "in_review"
+    assert shown["versions"][-1]["facts"] == [{"label": "涉事牛奶批次", "value": "1"}]
+    assert shown["versions"][-1]["outlets"] == ["学校官网", "官方微博"]
+
+    # The leader lowers the grade, with the reason the form asks for.
+    leader = browser.new_context(**desktop)
+    page = leader.new_page()
+    page.goto(f"{system.base_url}/incidents/{incident_id}")
+    sign_in_here(page, system, "leader-zhang")
+    page.get_by_role("button", name="调整定级").click()
+    dialog = page.get_by_role("dialog")
+    choose(page, "级别", "二级")
+    dialog.get_by_role("button", name="确认调整").click()
+    expect(field(dialog, "reason")).to_contain_text("此项必填")
+    dialog.get_by_label("调整理由").fill("经核实影响范围有限，调整为二级。")
+    dialog.get_by_role("button", name="确认调整").click()
+    expect(dialog).to_have_count(0)
+    expect(page.get_by_text("人工调整：一级 → 二级")).to_be_visible(timeout=20_000)
+    with system.client() as api:
+        grade = api.get(f"/grading/v1/incidents/{incident_id}/grade").json()
+    assert grade["level"] == 2
+
+    # The leader resolves it, then writes the review.
+    page.get_by_role("button", name="办结").click()
+    page.get_by_role("dialog").get_by_label("办结说明（舆情平息的情况）").fill(
+        "情况说明发布后舆情平息。"
+    )
+    page.get_by_role("dialog").get_by_role("button", name="确认办结").click()
+    expect(page.get_by_role("button", name="撰写总结评估")).to_be_visible(timeout=20_000)
+    page.get_by_role("button", name="撰写总结评估").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("事件起因").fill("家长误将临期牛奶当作过期牛奶。")
+    dialog.get_by_label("处置经过").fill("监测发现后一小时内核实并发布说明。")
+    dialog.get_by_role("button", name="提交总结评估").click()
+    expect(field(dialog, "lessons")).to_contain_text("此项必填")
+    dialog.get_by_label("经验教训").fill("食材公示应包含保质期信息。")
+    dialog.get_by_role("button", name="提交总结评估").click()
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    review = page.locator(".review")
+    expect(review.get_by_role("heading", name="总结评估")).to_be_visible(timeout=20_000)
+    expect(review.get_by_text("食材公示应包含保质期信息。")).to_be_visible()
+    expect(page.get_by_role("button", name="撰写总结评估")).to_have_count(0)
+    page.screenshot(path=str(SHOTS / "incident-reviewed-1440.png"), full_page=True)
+    with system.client() as api:
+        view = api.get(f"/archive/v1/incidents/{incident_id}").json()
+    assert view["status"] in ("resolved", "archived")
+    assert view["review"]["lessons"] == "食材公示应包含保质期信息。"
+
+    # Another report is a pseudo-incident: the office dismisses it, with the reason.
+    with system.client() as api:
+        other = api.post(
+            "/intake/v1/reports",
+            json=report(
+                title=f"网传第二中学停课（控制台{run}）",
+                url=f"https://forum.example/{run}",
+                media_tier="self_media",
+                excerpt="网传第二中学明日停课。",
+                unit_ids=["school-b"],
+            ),
+        ).json()["incident_id"]
+        wait_for(
+            lambda: api.get(f"/archive/v1/incidents/{other}").status_code,
+            lambda code: code == 200,
+            what="the other incident in the archive",
+        )
+    leader.close()
+    office = browser.new_context(
+        viewport={"width": 375, "height": 812}, locale="zh-CN", is_mobile=True, has_touch=True
+    )
+    page = office.new_page()
+    page.goto(f"{system.base_url}/incidents/{other}")
+    sign_in_here(page, system, "office-li")
+    page.get_by_role("button", name="排除为伪舆情").click()
+    page.get_by_role("dialog").get_by_label("排除理由").fill("经核实为旧闻翻炒，学校正常上课。")
+    assert no_sideways_scroll(page), "the dismiss dialog scrolls sideways at 375 px"
+    page.screenshot(path=str(SHOTS / "dismiss-375.png"), animations="disabled")
+    page.get_by_role("dialog").get_by_role("button", name="确认排除").click()
+    expect(page.get_by_text("已排除（伪舆情）").first).to_be_visible(timeout=20_000)
+    office.close()
+    with system.client() as api:
+        assert api.get(f"/archive/v1/incidents/{other}").json()["status"] == "dismissed"
+
+
+# --- the walk: one level-1 incident from filing to review, in the console only ---------
+
+
+def test_a_level_1_incident_is_walked_from_filing_to_review_in_the_console_by_its_people(
+    paging: tuple[RunningSystem, HttpReceiver], browser: sync_api.Browser
+) -> None:
+    """Each person in a browser of their own: the monitor files, the leader acknowledges the
+    page from its link, the office watches the countdown and fulfils the phone report, the
+    spokesperson drafts, the office and the propaganda department clear it (the level-1
+    chain), the spokesperson publishes, the office resolves and writes the review."""
+    expect = sync_api.expect
+    system, receiver = paging
+    run = uuid.uuid4().hex[:8]
+    title = f"实验小学学生午休时间被压缩引发家长热议（全程{run}）"
+    phone = {"viewport": {"width": 375, "height": 812}, "is_mobile": True, "has_touch": True}
+    desktop = {"viewport": {"width": 1440, "height": 900}}
+
+    def person(who: str, size: dict[str, Any], start: str = "/") -> sync_api.Page:
+        page = browser.new_context(**size, locale="zh-CN", timezone_id="Asia/Shanghai").new_page()
+        page.goto(system.base_url + start)
+        sign_in_here(page, system, who)
+        return page
+
+    # The monitor files it from a phone.
+    monitor = person("monitor-chen", phone, "/file")
+    expect(monitor.get_by_role("heading", name="报送舆情")).to_be_visible()
+    choose(monitor, "来源类型", "新闻网站")
+    monitor.get_by_label("来源名称").fill("人民网")
+    choose(monitor, "媒体层级", "中央媒体")
+    monitor.get_by_label("网址").fill(f"https://people.example.cn/n1/{run}.html")
+    monitor.get_by_label("标题").fill(title)
+    monitor.get_by_label("摘要").fill("多名家长反映学校压缩学生午休时间。")
+    monitor.get_by_label("浏览量").fill("150000")
+    assert no_sideways_scroll(monitor), "the report form scrolls sideways at 375 px"
+    monitor.screenshot(path=str(SHOTS / "walk-1-file-375.png"), full_page=True)
+    monitor.get_by_role("button", name="报送").click()
+    expect(monitor).to_have_url(re.compile(r"/incidents/inc-"))
+    incident_id = monitor.url.rsplit("/", 1)[1]
+    expect(monitor.get_by_role("heading", name=title)).to_be_visible(timeout=20_000)
+    monitor.context.close()
+
+    # The leader is paged and acknowledges from the link, on a phone.
+    sent = wait_for(
+        lambda: pages_about(receiver, incident_id),
+        lambda got: any(p["subject"].startswith("【一级舆情】") for p in got),
+        timeout=30,
+        what="the leader paged about the level-1 duties",
+    )
+    message = next(p for p in sent if p["subject"].startswith("【一级舆情】"))
+    leader = browser.new_context(**phone, locale="zh-CN").new_page()
+    leader.goto(link(message["text"], "确认收到"))
+    sign_in_here(leader, system, "leader-zhang")
+    card = leader.locator(f"[data-notification='{message['notification_id']}']")
+    card.get_by_role("button", name="确认收到").click()
+    expect(card.get_by_text("本通知已于")).to_be_visible()
+    leader.screenshot(path=str(SHOTS / "walk-2-ack-375.png"), full_page=True)
+    leader.context.close()
+
+    # The office sees the countdown the API states and fulfils the phone report.
+    with system.client() as api:
+        owed = api.get("/notifications/v1/obligations", params={"incident_id": incident_id})
+        duty = next(o for o in owed.json()["obligations"] if o["kind"] == "phone_quick_report")
+    office = person("office-li", desktop)
+    timer = office.locator(f"li.obligation[data-obligation='{duty['obligation_id']}'] [role=timer]")
+    expect(timer).to_contain_text("剩余")
+    shown = int(timer.get_attribute("data-seconds-left") or "0")
+    deadline = datetime.fromisoformat(duty["deadline"].replace("Z", "+00:00")).timestamp()
+    assert abs((deadline - time.time()) - shown) <= 2, (shown, duty["deadline"])
+    office.screenshot(path=str(SHOTS / "walk-3-dashboard-1440.png"), full_page=True)
+    office.locator(f"li.incident[data-incident='{incident_id}']").get_by_role("link").click()
+    row = office.locator(f"li.obligation[data-obligation='{duty['obligation_id']}']")
+    row.get_by_role("button", name="登记报送").click()
+    office.get_by_label("文号或备注（选填）").fill("已电话报县委值班室")
+    office.get_by_role("button", name="确认已报送").click()
+    expect(row.get_by_text("已报送").first).to_be_visible()
+
+    # The spokesperson drafts the reply and submits it.
+    writer = person("spokesperson-sun", desktop, f"/incidents/{incident_id}")
+    writer.get_by_role("button", name="起草口径").click()
+    dialog = writer.get_by_role("dialog")
+    dialog.get_by_label("标题").fill("关于学生午休时间安排的说明")
+    dialog.get_by_label("正文").fill("学校已恢复原午休时间安排，并向家长说明情况。")
+    dialog.get_by_label("拟发布渠道").fill("学校官网")
+    dialog.get_by_role("button", name="保存并提交审批").click()
+    expect(dialog).to_have_count(0)
+
+    # The level-1 chain: the office, then the propaganda department, from their inboxes.
+    def clear(page: sync_api.Page) -> None:
+        page.goto(f"{system.base_url}/inbox")
+        card = page.locator(".statement").filter(has_text="关于学生午休时间安排的说明")
+        card.get_by_role("button", name="同意").click()
+        page.get_by_role("dialog").get_by_role("button", name="确认同意").click()
+        expect(card).to_have_count(0)
+
+    clear(office)
+    propaganda = person("propaganda-wang", desktop, "/inbox")
+    expect(propaganda.get_by_role("heading", name="关于学生午休时间安排的说明")).to_be_visible()
+    propaganda.screenshot(path=str(SHOTS / "walk-4-inbox-1440.png"), full_page=True)
+    clear(propaganda)
+    propaganda.context.close()
+
+    # The spokesperson publishes it: it is the incident's official line.
+    with system.client() as api:
+        wait_for(
+            lambda: api.get(f"/archive/v1/incidents/{incident_id}").json()["statements"],
+            lambda found: [s["state"] for s in found] == ["approved"],
+            timeout=20,
+            what="the approved statement in the archive",
+        )
+    writer.reload()
+    writer.get_by_role("button", name="登记发布").click()
+    writer.get_by_role("dialog").get_by_label("发布网址或文号").fill(
+        f"https://school.example/{run}"
+    )
+    writer.get_by_role("dialog").get_by_role("button", name="确认已发布").click()
+    expect(writer.locator("li.statement").get_by_text("已发布").first).to_be_visible(timeout=20_000)
+    writer.screenshot(path=str(SHOTS / "walk-5-published-1440.png"), full_page=True)
+    writer.context.close()
+
+    # The office resolves it and writes the review.
+    office.goto(f"{system.base_url}/incidents/{incident_id}")
+    office.get_by_role("button", name="办结").click()
+    office.get_by_role("dialog").get_by_label("办结说明（舆情平息的情况）").fill(
+        "说明发布后家长认可。"
+    )
+    office.get_by_role("dialog").get_by_role("button", name="确认办结").click()
+    office.get_by_role("button", name="撰写总结评估").click(timeout=20_000)
+    dialog = office.get_by_role("dialog")
+    dialog.get_by_label("事件起因").fill("学校调整作息未提前告知家长。")
+    dialog.get_by_label("处置经过").fill("半小时内电话报告，当日发布说明。")
+    dialog.get_by_label("经验教训").fill("作息调整应提前公示并听取家长意见。")
+    dialog.get_by_role("button", name="提交总结评估").click()
+    expect(office.locator(".review").get_by_text("作息调整应提前公示")).to_be_visible(
+        timeout=20_000
+    )
+    office.screenshot(path=str(SHOTS / "walk-6-reviewed-1440.png"), full_page=True)
+    office.context.close()
+
+    with system.client() as api:
+        view = api.get(f"/archive/v1/incidents/{incident_id}").json()
+        line = api.get(f"/statements/v1/incidents/{incident_id}/official-line").json()
+        note = api.get(f"/notifications/v1/notifications/{message['notification_id']}").json()
+    assert view["status"] in ("resolved", "archived")
+    assert view["case_id"]
+    assert view["review"]["lessons"] == "作息调整应提前公示并听取家长意见。"
+    met = next(o for o in view["obligations"] if o["obligation_id"] == duty["obligation_id"])
+    assert (met["state"], met["fulfilled_by"]) == ("fulfilled", "office-li")
+    assert line["url"] == f"https://school.example/{run}"
+    assert [s["approved_by"] for s in line["cleared_by"]] == ["office-li", "propaganda-wang"]
+    assert note["state"] == "acknowledged"

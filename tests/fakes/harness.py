@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from shared.bus import make_broker
+from shared.bus import make_broker, signed_headers
 from shared.clock import Clock, utcnow
 from shared.events import Envelope
 from shared.service import Build, Context, Dependencies, ServiceParts, ServiceRunner
@@ -27,6 +27,7 @@ from tests.fakes.mongo import FakeMongo
 P = TypeVar("P", bound=ServiceParts)
 
 SECRET = "fake-layer-secret-key-long-enough-for-hs256"
+BUS_SECRET = "fake-layer-bus-secret-long-enough-to-sign-events"
 
 
 def fake_settings(tmp: Path | None = None, **overrides: Any) -> Settings:
@@ -34,6 +35,7 @@ def fake_settings(tmp: Path | None = None, **overrides: Any) -> Settings:
         kafka_bootstrap_servers="127.0.0.1:1",  # never dialled: the broker is not started
         mongodb_url="mongodb://127.0.0.1:1",
         secret=SECRET,
+        bus_secret=BUS_SECRET,
         data_dir=tmp or Path(tempfile.gettempdir()) / "yuqing-fake",
         **overrides,
     )
@@ -62,10 +64,19 @@ class FakeService:
         return {"Authorization": f"Bearer {token}"}
 
     async def consume(self, *events: Envelope) -> None:
-        """Hand events to the service's consumer as Kafka would, one after the other."""
-        assert self.runner.consumer is not None, f"{self.runner.name} consumes nothing"
+        """Hand events to the service's consumer as Kafka would, one after the other, each
+        signed by its topic's owner as that service's outbox relay signs it."""
+        consumer = self.runner.consumer
+        assert consumer is not None, f"{self.runner.name} consumes nothing"
         for event in events:
-            await self.runner.consumer.handle(event, raw=event.to_json(), topic=event.topic)
+            producer = event.topic.removesuffix(".events")
+            headers = signed_headers(event, producer, consumer.keys)
+            await self.receive(event.to_json(), event.topic, headers)
+
+    async def receive(self, raw: bytes, topic: str, headers: dict[str, str]) -> None:
+        """Hand one message to the consumer as it came off `topic`: checked, then handled."""
+        assert self.runner.consumer is not None, f"{self.runner.name} consumes nothing"
+        await self.runner.consumer.receive(raw, self.runner.settings.topic(topic), headers)
 
     async def published(self, event_type: str | None = None) -> list[Envelope]:
         """Everything the service has stored for its outbox, in store order."""

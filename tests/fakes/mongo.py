@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import mongomock
-from pymongo import ReplaceOne
+from pymongo import ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.results import BulkWriteResult
 
@@ -77,15 +77,16 @@ class FakeCollection:
         return FakeCursor(self._c.find(*args, **kwargs))
 
     async def bulk_write(self, requests: list[Any], ordered: bool = True, **_: Any) -> Any:
-        """ReplaceOne requests, one by one, failing as the server does: every request is
-        tried when unordered, and duplicate keys are reported together at the end."""
+        """ReplaceOne and UpdateOne requests, one by one, failing as the server does: every
+        request is tried when unordered, and duplicate keys are reported together at the end."""
         errors: list[dict[str, Any]] = []
         upserted = 0
         for index, request in enumerate(requests):
-            if not isinstance(request, ReplaceOne):
+            if not isinstance(request, ReplaceOne | UpdateOne):
                 raise NotImplementedError(f"{type(request).__name__} in a fake bulk write")
+            write = self._c.replace_one if isinstance(request, ReplaceOne) else self._c.update_one
             try:
-                result = self._c.replace_one(request._filter, request._doc, upsert=request._upsert)
+                result = write(request._filter, request._doc, upsert=request._upsert)
                 upserted += result.upserted_id is not None
             except DuplicateKeyError as exc:
                 errors.append({"index": index, "code": 11000, "errmsg": str(exc)})
@@ -123,6 +124,9 @@ class FakeDatabase:
 
     async def command(self, name: str, *_: Any, **__: Any) -> dict[str, Any]:
         return {"ok": 1.0}
+
+    async def create_collection(self, name: str, **_: Any) -> FakeCollection:
+        return FakeCollection(self._db.create_collection(name))
 
     async def drop_collection(self, name: str, **_: Any) -> None:
         self._db.drop_collection(name)

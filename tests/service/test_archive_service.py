@@ -36,6 +36,7 @@ from shared.events import (
 )
 from shared.service import Context, ServiceRunner
 from shared.settings import Settings
+from tests.service.upstream_events import kafka_headers
 
 pytestmark = pytest.mark.asyncio
 
@@ -184,7 +185,10 @@ async def produce(settings: Settings) -> AsyncIterator[Callable[[list[Envelope]]
     async def send(events: list[Envelope]) -> None:
         for e in events:
             await producer.send_and_wait(
-                settings.topic(e.topic), e.to_json(), key=e.incident_id.encode()
+                settings.topic(e.topic),
+                e.to_json(),
+                key=e.incident_id.encode(),
+                headers=kafka_headers(settings, e),
             )
 
     yield send
@@ -531,14 +535,14 @@ async def test_replay_rebuilds_the_read_models_in_fresh_collections_and_swaps_th
     settings: Settings,
 ) -> None:
     admin = auth(settings, "admin", "county", ["admin"])
-    analyst = auth(settings, "analyst-zhao", "county", ["analyst"])
     for incident, unit in (("inc-1", "school-a"), ("inc-2", "school-b"), ("inc-3", "road-1")):
         await produce(incident_events(incident, unit, MediaTier.PROVINCIAL))
         await until_ingested(client, admin, incident, 6)
     live = await read_model_documents(archive, projections.VIEWS)
     listed = (await client.get("/archive/v1/incidents", headers=admin)).json()
 
-    assert (await client.post("/archive/v1/replay", headers=analyst)).status_code == 403
+    monitor = auth(settings, "monitor-chen", "school-a", ["monitor"])
+    assert (await client.post("/archive/v1/replay", headers=monitor)).status_code == 403
     started = await client.post("/archive/v1/replay", headers=admin)
     assert started.status_code == 202, started.text
     job = started.json()

@@ -471,6 +471,29 @@ async def test_a_look_alike_of_a_dismissed_pseudo_incident_joins_it_without_reop
     assert (await event_types(service, incident))[-2:] == ["ReportReceived", "ReportAttached"]
 
 
+async def test_reports_of_one_url_filed_at_once_make_one_incident(
+    service: IntakeService, api: httpx.AsyncClient
+) -> None:
+    # Texts too unlike to match: only the URL brings them together.
+    titles = ["食堂饭菜变质", "校车超载事故", "教师体罚学生", "宿舍漏水无人修", "操场塌陷"]
+
+    answers = await asyncio.gather(
+        *(
+            api.post(
+                "/intake/v1/reports",
+                json=report(
+                    url="https://news.example.com/2026/1121/once.html", title=title, excerpt=title
+                ),
+                headers=monitor(service),
+            )
+            for title in titles
+        )
+    )
+
+    assert len({a.json()["incident_id"] for a in answers}) == 1, [a.text for a in answers]
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 200, 201]
+
+
 async def test_near_identical_reports_filed_at_once_make_one_incident(
     service: IntakeService, api: httpx.AsyncClient
 ) -> None:

@@ -165,7 +165,9 @@ async def test_level_one_reaches_the_leader_by_signed_webhook_and_email_in_chine
     assert "一级舆情手机快报" in body["subject"]
     assert "网传某校食堂问题" in body["text"]
     assert "涉及单位：实验小学" in body["text"]
-    assert body["incident_url"] == f"{settings.base_url}/archive/v1/incidents/inc-d1"
+    # The links open console pages (the incident; the acknowledgement page), not the API.
+    assert body["incident_url"] == f"{settings.base_url}/incidents/inc-d1"
+    assert body["ack_url"] == f"{settings.base_url}/ack/{body['notification_id']}"
     timestamp = call.headers["X-Yuqing-Timestamp"]
     assert call.headers["X-Yuqing-Signature"] == webhook_signature(SECRET, timestamp, call.body)
 
@@ -174,8 +176,8 @@ async def test_level_one_reaches_the_leader_by_signed_webhook_and_email_in_chine
     assert "一级舆情纸质快报" in mail["Subject"]
     text = mail.get_content()
     assert "张组长" in text
-    assert f"{settings.base_url}/archive/v1/incidents/inc-d1" in text
-    assert "/notifications/v1/notifications/" in text  # the acknowledgement link
+    assert f"{settings.base_url}/incidents/inc-d1" in text
+    assert f"{settings.base_url}/ack/" in text  # the acknowledgement page
 
     sent = {e["channel"]: e for e in await events(service, "NotificationSent")}
     assert sent["webhook"]["notification_id"] == body["notification_id"]
@@ -185,11 +187,20 @@ async def test_level_one_reaches_the_leader_by_signed_webhook_and_email_in_chine
     leader = bearer(settings, "leader-zhang", "county", "leader")
     office = bearer(settings, "office-li", "county", "office")
     ack = f"/notifications/v1/notifications/{body['notification_id']}/ack"
+    read = f"/notifications/v1/notifications/{body['notification_id']}"
     async with client(service) as http:
+        # What the acknowledgement page shows: the message as sent and what it asks.
+        shown = await http.get(read, headers=leader)
+        assert shown.status_code == 200, shown.text
+        assert shown.json()["state"] == "sent"
+        assert shown.json()["obligation_title"] == "一级舆情手机快报"
+        assert shown.json()["text"] == body["text"]
+        assert (await http.get(f"{read}-nope", headers=leader)).status_code == 404
         assert (await http.post(ack, headers=office)).status_code == 403
         first = await http.post(ack, headers=leader)
         assert first.status_code == 200, first.text
         assert first.json()["state"] == "acknowledged"
+        assert (await http.get(read, headers=leader)).json()["state"] == "acknowledged"
         assert (await http.post(ack, headers=leader)).status_code == 409
         missing = "/notifications/v1/notifications/nope/ack"
         assert (await http.post(missing, headers=leader)).status_code == 404

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 import pytest
@@ -28,7 +28,7 @@ from shared.service import Context, ServiceParts, ServiceRunner
 from shared.settings import Settings
 from shared.store import ConcurrencyConflict, EventStore, UnitOfWork
 from tests.fakes.mongo import FakeMongo
-from tests.service.upstream_events import wait_for
+from tests.service.upstream_events import kafka_headers, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -128,11 +128,45 @@ async def test_a_redelivered_event_is_marked_once(store: EventStore) -> None:
     assert await store.transaction(mark) is False
 
 
+async def test_appends_to_other_incidents_commit_while_one_incident_is_mid_transaction(
+    server_store: EventStore,
+) -> None:
+    # No shared counter: a transaction open on one incident holds up no other incident,
+    # and no transaction is run again; the outbox keeps each incident's order.
+    runs: dict[str, int] = {}
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    def appending(incident: str, hold: bool = False) -> Callable[[UnitOfWork], Awaitable[None]]:
+        async def work(uow: UnitOfWork) -> None:
+            runs[incident] = runs.get(incident, 0) + 1
+            await uow.append([resolved(incident, 1), resolved(incident, 2)], expected_version=0)
+            if hold:
+                holding.set()
+                await release.wait()
+
+        return work
+
+    held = asyncio.create_task(server_store.transaction(appending("held", hold=True)))
+    await holding.wait()
+    others = [f"other-{n}" for n in range(8)]
+    async with asyncio.timeout(30):
+        await asyncio.gather(*(server_store.transaction(appending(i)) for i in others))
+    release.set()
+    await held
+
+    assert runs == dict.fromkeys(["held", *others], 1)
+    queued = await server_store.unpublished(100)
+    for incident in ["held", *others]:
+        assert [e.stream_version for e in queued if e.incident_id == incident] == [1, 2]
+
+
 Recorder = ServiceRunner[ServiceParts]
 
 
 def recorder_parts(store: EventStore) -> ServiceParts:
-    """A minimal service that counts the events it consumes in a projection."""
+    """A minimal service that counts the events it consumes in a projection. It stands in
+    for intake: its outbox relays IncidentResolved onto intake.events, which only intake's
+    signature gets past the consumer."""
 
     async def count(event: Envelope, payload: IncidentResolved, uow: UnitOfWork) -> None:
         if payload.reason == "poison":
@@ -145,7 +179,7 @@ def recorder_parts(store: EventStore) -> ServiceParts:
         )
 
     return ServiceParts(
-        name="recorder",
+        name="intake",
         prefix="/recorder/v1",
         title="recorder",
         description="counts what it consumes",
@@ -160,7 +194,7 @@ def recorder_parts(store: EventStore) -> ServiceParts:
 async def recorder(settings: Settings) -> AsyncIterator[Recorder]:
     await ensure_topics(settings)
     service = ServiceRunner.connect(
-        "recorder", lambda deps: recorder_parts(deps.store), Context.from_settings(settings)
+        "intake", lambda deps: recorder_parts(deps.store), Context.from_settings(settings)
     )
     await service.start()
     yield service
@@ -187,7 +221,12 @@ async def test_outbox_relays_in_order_and_a_redelivered_event_changes_nothing(
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     await producer.start()
     try:
-        await producer.send_and_wait(settings.topic(INTAKE_TOPIC), events[2].to_json(), key=b"i5")
+        await producer.send_and_wait(
+            settings.topic(INTAKE_TOPIC),
+            events[2].to_json(),
+            key=b"i5",
+            headers=kafka_headers(settings, events[2]),  # signed, as intake published it
+        )
     finally:
         await producer.stop()
     # A later event on the same key lands behind the duplicate in the partition: once it

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaProducer
 
+from shared.bus import bus_keys, signed_headers
 from shared.events import (
     Actor,
     Category,
@@ -27,6 +28,7 @@ from shared.events import (
 )
 from shared.service import Context, ServiceRunner
 from shared.settings import Settings
+from shared.signing import TOPIC_OWNERS
 
 GRADER = Actor.rule("rulebook")
 RULE = (FiredRule(rule_id="media-tier", reason="test"),)
@@ -85,13 +87,24 @@ def overridden(incident: str, from_level: Level, to_level: Level, version: int) 
     return _event(payload, incident, "grade", version, None)
 
 
+def kafka_headers(settings: Settings, event: Envelope) -> list[tuple[str, bytes]]:
+    """The headers the event's own service would publish it with: its producer and its
+    signature with that service's key (the deployment's bus secret)."""
+    headers = signed_headers(event, TOPIC_OWNERS[event.topic], bus_keys(settings))
+    return [(name, value.encode()) for name, value in headers.items()]
+
+
 async def feed(settings: Settings, *events: Envelope) -> None:
+    """Put events on their topics as their own services' outbox relays would, signed."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     await producer.start()
     try:
         for event in events:
             await producer.send_and_wait(
-                settings.topic(event.topic), event.to_json(), key=event.incident_id.encode()
+                settings.topic(event.topic),
+                event.to_json(),
+                key=event.incident_id.encode(),
+                headers=kafka_headers(settings, event),
             )
     finally:
         await producer.stop()

@@ -45,7 +45,10 @@ from shared.events import (
     ObligationFulfilled,
     ObligationOpened,
     Reach,
+    ReferralMerged,
+    ReferralOpened,
     ReportAttached,
+    ReportClaimsConfirmed,
     ReportReceived,
     ReviewRecorded,
     SourceType,
@@ -870,3 +873,96 @@ def test_notification_channels_are_named_by_the_catalogue() -> None:
         f"已通过{name}通知 leader-zhang：「手机快报」（第 1 次）"
         for name in ("企业微信", "钉钉", "飞书")
     ]
+    # With the directory's names, as the archive's API reads them, staff see the person.
+    named = timeline(
+        s.logged(), SHANGHAI, CATALOGUE, ["NotificationSent"], {"leader-zhang": "张组长"}
+    )
+    assert named[0].summary == "已通过企业微信通知 张组长：「手机快报」（第 1 次）"
+
+
+# --------------------------------------------------------------------------- referrals
+
+
+def referral_script() -> tuple[Script, datetime]:
+    """A partner's referral, its claims confirmed by the office, then merged."""
+    s = Script("inc-r")
+    stream = "incident-inc-r"
+    partner = Actor(type="client", id="partner-wxb", unit_id="county")
+    office = Actor(type="person", id="office-li", unit_id="county")
+    claimed = report("rp", MediaTier.CENTRAL, "网信办转办", "实验小学食堂问题").model_copy(
+        update={"filed_by": "partner-wxb", "claims_unconfirmed": True}
+    )
+    s.add(
+        IncidentOpened(title="实验小学食堂问题", unit_ids=("school-a",), first_report_id="rp"),
+        stream,
+        at(),
+        actor=partner,
+    )
+    s.add(claimed, stream, at(), actor=partner)
+    s.add(
+        ReferralOpened(report_id="rp", referred_by="partner-wxb", matched_incident_ids=("inc-1",)),
+        stream,
+        at(),
+        actor=partner,
+    )
+    confirmed_at = at(minutes=5)
+    s.add(
+        ReportClaimsConfirmed(
+            report_id="rp",
+            media_tier=MediaTier.CENTRAL,
+            reach=claimed.reach,
+            reason="已核实",
+            confirmed_by="office-li",
+        ),
+        stream,
+        confirmed_at,
+        actor=office,
+    )
+    s.add(
+        ReferralMerged(
+            into_incident_id="inc-1", report_ids=("rp",), reason="同一事项", merged_by="office-li"
+        ),
+        stream,
+        at(minutes=10),
+        actor=office,
+    )
+    s.add(
+        IncidentResolved(reason="已并入事件 inc-1：同一事项"), stream, at(minutes=10), actor=office
+    )
+    return s, confirmed_at
+
+
+def test_a_referral_shows_its_link_its_merge_and_the_confirmed_claims() -> None:
+    s, confirmed_at = referral_script()
+    before = fold("inc-r", s.logged(), as_of=at(minutes=1))
+    assert before.referral is not None
+    assert before.referral.matched_incident_ids == ["inc-1"]
+    assert before.referral.merged_into is None
+    assert before.reports[0].claims_unconfirmed is True
+
+    view = fold("inc-r", s.logged())
+
+    assert view.referral is not None
+    assert (view.referral.referred_by, view.referral.merged_into) == ("partner-wxb", "inc-1")
+    assert (view.referral.merged_by, view.referral.merge_reason) == ("office-li", "同一事项")
+    assert view.status.value == "resolved"
+    (claimed,) = view.reports
+    assert claimed.claims_unconfirmed is False
+    assert claimed.claims_confirmed is not None
+    assert (claimed.claims_confirmed.confirmed_by, claimed.claims_confirmed.at) == (
+        "office-li",
+        confirmed_at,
+    )
+    lines = [e.summary for e in lines_of(s.logged())]
+    assert any("待核实" in line for line in lines)
+    assert any("转办线索并入事件 inc-1" in line for line in lines)
+    assert any("办公室核实舆情件 rp" in line for line in lines)
+
+
+def test_a_confirmation_seen_before_its_report_waits_for_it() -> None:
+    s, _ = referral_script()
+    order = [0, 3, 2, 1, 4, 5]  # the confirmation and the link before the report
+    view = fold("inc-r", s.logged(order))
+    assert view.reports[0].claims_confirmed is not None
+    assert view.referral is not None
+    assert view.referral.merged_into == "inc-1"

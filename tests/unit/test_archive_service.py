@@ -494,6 +494,9 @@ ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/archive/v1/incidents/{}/verify", {}),
     ("POST", "/archive/v1/incidents/{}/review", {"json": REVIEW}),
 ]
+# The records of an incident a partner referred (its view is `partner_view`:
+# tests/unit/test_cross_unit_probes.py).
+RECORD_ROUTES = [r for r in ROUTES if not r[1].endswith("/incidents/{}")]
 CASE_ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/archive/v1/cases/{}", {}),
     ("GET", "/archive/v1/cases/{}/report", {}),
@@ -520,7 +523,7 @@ async def test_another_units_incident_answers_like_an_unknown_one_on_every_route
     caller = archive.token(sub, unit, *roles)
 
     for routes, known, unknown_id in (
-        (ROUTES, "inc-b", "inc-random-9f3"),
+        (RECORD_ROUTES if "partner" in roles else ROUTES, "inc-b", "inc-random-9f3"),
         (CASE_ROUTES, case_id, "case-random-9f3"),
     ):
         for method, url, kwargs in routes:
@@ -584,7 +587,7 @@ async def test_lists_and_searches_show_only_what_the_caller_may_see(
     assert await listed("incidents", partner) == ["inc-b"]  # what it referred, nothing more
     assert await listed("cases", school_a) == ["inc-a"]
     assert await listed("cases", school_a, q="供货商") == ["inc-a"]
-    assert await listed("cases", partner) == ["inc-b"]
+    assert await listed("cases", partner) == []  # the case library is the bureau's record
 
 
 async def test_an_export_is_every_unit_for_an_analyst_and_nothing_for_a_partner(
@@ -655,8 +658,8 @@ async def test_a_replay_rebuilds_the_same_views_from_the_log(
     await until(done)
     assert (await api.get(job_url, headers=admin)).json()["state"] == "completed"
     assert (await api.get("/archive/v1/incidents/inc-a", headers=admin)).json() == view
-    analyst = archive.token("analyst-zhao", "county", "analyst")
-    assert (await api.post("/archive/v1/replay", headers=analyst)).status_code == 403
+    monitor = archive.token("monitor-chen", "school-a", "monitor")
+    assert (await api.post("/archive/v1/replay", headers=monitor)).status_code == 403
 
 
 async def test_an_event_that_passes_the_inbox_again_is_logged_once(
@@ -753,3 +756,28 @@ async def test_a_long_list_pages_through_every_incident_newest_first_once(
     everything = sorted([*rows, template], key=lambda r: (r["sort_at"], r["_id"]), reverse=True)
     assert await every() == [r["_id"] for r in everything]
     assert await every(level=2) == [r["_id"] for r in everything if r["level"] == 2]
+
+
+async def test_the_overdue_filter_splits_the_list_by_deadlines_past_and_not(
+    archive: FakeService, api: httpx.AsyncClient
+) -> None:
+    await archive.consume(*Story("inc-a", "school-a").opened().events)
+    template = await archive.db[VIEWS].find_one({"_id": "inc-a"})
+    assert template is not None
+    dues = {"inc-past": NOW - timedelta(minutes=1), "inc-none": None}
+    dues["inc-later"] = NOW + timedelta(minutes=1)
+    for n, (incident, due) in enumerate(dues.items()):
+        summary = {**template["summary"], "incident_id": incident}
+        at = NOW - timedelta(minutes=n)
+        doc = {**template, "_id": incident, "summary": summary, "due": due, "sort_at": at}
+        await archive.db[VIEWS].insert_one(doc)
+    await archive.db[VIEWS].delete_one({"_id": "inc-a"})
+    admin = archive.token("admin", "county", "admin")
+
+    async def listed(overdue: str) -> set[str]:
+        page = await api.get("/archive/v1/incidents", params={"overdue": overdue}, headers=admin)
+        assert page.status_code == 200, page.text
+        return {item["incident_id"] for item in page.json()["items"]}
+
+    assert await listed("true") == {"inc-past"}
+    assert await listed("false") == {"inc-none", "inc-later"}

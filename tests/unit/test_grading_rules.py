@@ -19,6 +19,7 @@ from services.grading.domain import (
     RulebookError,
     assess,
     evolve,
+    on_claims_confirmed,
     on_deadline_missed,
     on_report,
     override,
@@ -37,6 +38,7 @@ from shared.events import (
     Level,
     MediaTier,
     Reach,
+    ReportClaimsConfirmed,
 )
 from shared.settings import CONFIG_DIR
 
@@ -384,3 +386,80 @@ def test_an_unreadable_file_is_refused(tmp_path: Path) -> None:
 def test_the_shipped_rulebook_is_valid() -> None:
     assert isinstance(RULEBOOK, Rulebook)
     assert RULEBOOK.version
+
+
+# --------------------------------------------------------------------------- partner claims
+
+
+def claimed(tier: MediaTier, **reach: int) -> ReportFacts:
+    """A partner's report: its media tier and reach are claims the office has not confirmed."""
+    return replace(facts(tier, url="https://p/claimed", **reach), claims_unconfirmed=True)
+
+
+def confirmation(
+    report: ReportFacts, tier: MediaTier | None = None, **reach: int
+) -> ReportClaimsConfirmed:
+    return ReportClaimsConfirmed(
+        report_id=report.report_id,
+        media_tier=tier or report.media_tier,
+        reach=Reach(**reach) if reach else report.reach,
+        reason="已核实",
+        confirmed_by="office-li",
+    )
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        claimed(MediaTier.CENTRAL, views=10),
+        claimed(MediaTier.SELF_MEDIA, views=10**12),
+        claimed(MediaTier.PROVINCIAL, reposts=50_000),
+    ],
+)
+def test_unconfirmed_partner_claims_grade_as_if_not_made(report: ReportFacts) -> None:
+    decision = on_report(RULEBOOK, None, [], report, dismissed=False)
+    assert isinstance(decision, IncidentGraded)
+    assert decision.level is Level.THREE
+    assert ids(decision.rules_fired) >= {"level-default", "partner-claims-unconfirmed"}
+    assert not any(r.startswith(("tier-", "reach-")) for r in ids(decision.rules_fired))
+
+
+def test_what_a_partners_report_says_still_counts() -> None:
+    assessment = assess(RULEBOOK, [replace(claimed(MediaTier.CENTRAL), text="学生在食堂食物中毒")])
+    assert assessment.level is Level.TWO  # the sensitive topic, not the claimed tier
+    assert "food_safety" in assessment.sensitive_topics
+
+
+def test_an_unconfirmed_central_claim_does_not_escalate_an_incident() -> None:
+    first = facts(MediaTier.PROVINCIAL, url="https://p/1")
+    grade = Grade(Level.TWO, Category.INQUIRY, 1)
+    assert on_report(RULEBOOK, grade, [first], claimed(MediaTier.CENTRAL), False) is None
+
+
+def test_confirmed_claims_regrade_the_incident() -> None:
+    report = claimed(MediaTier.CENTRAL, views=10)
+    grade = Grade(Level.THREE, Category.INQUIRY, 1)
+    decision = on_claims_confirmed(RULEBOOK, grade, [report], confirmation(report), False)
+    assert isinstance(decision, IncidentEscalated)
+    assert (decision.from_level, decision.to_level) == (Level.THREE, Level.ONE)
+    assert ids(decision.rules_fired) == {"tier-central"}
+
+
+def test_claims_confirmed_as_corrected_count_as_corrected() -> None:
+    report = claimed(MediaTier.CENTRAL, views=10)
+    grade = Grade(Level.THREE, Category.INQUIRY, 1)
+    county = confirmation(report, MediaTier.COUNTY)
+    assert on_claims_confirmed(RULEBOOK, grade, [report], county, False) is None
+    spreading = confirmation(report, MediaTier.COUNTY, views=150_000)
+    decision = on_claims_confirmed(RULEBOOK, grade, [report], spreading, False)
+    assert isinstance(decision, IncidentEscalated)
+    assert decision.to_level is Level.TWO
+
+
+def test_confirmation_never_lowers_nor_touches_a_dismissed_incident() -> None:
+    report = claimed(MediaTier.COUNTY)
+    one = Grade(Level.ONE, Category.INQUIRY, 2)
+    assert on_claims_confirmed(RULEBOOK, one, [report], confirmation(report), False) is None
+    central = claimed(MediaTier.CENTRAL)
+    three = Grade(Level.THREE, Category.INQUIRY, 1)
+    assert on_claims_confirmed(RULEBOOK, three, [central], confirmation(central), True) is None

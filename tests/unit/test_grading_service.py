@@ -5,6 +5,7 @@ API, the leader's override, and who may see what."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from services.grading.bootstrap import GradingParts, build
+from services.intake.bootstrap import build as build_intake
 from shared.events import (
     Actor,
     DeadlineMissed,
@@ -498,3 +500,53 @@ async def test_a_malformed_rulebook_stops_the_build_naming_the_entry(tmp_path: P
     with pytest.raises(ValueError, match=r"reach\[1\] \(reach-reposts-5k\)\.at_least"):
         async with fake_service("grading", build, settings=settings):
             pass  # pragma: no cover - never reached
+
+
+# --------------------------------------------------------------------------- partner claims
+
+
+async def test_a_partners_central_claim_raises_no_level_until_the_office_confirms_it(
+    grading: FakeService,
+) -> None:
+    """Intake and grading on fakes, intake's events handed to grading as Kafka would."""
+    claim = {
+        "source_type": "referral",
+        "source_name": "网信办转办",
+        "media_tier": "central",
+        "url": "https://people.example.cn/n1/claimed.html",
+        "title": "网传某校门口道路积水",
+        "published_at": "2026-11-21T08:00:00+08:00",
+        "observed_at": "2026-11-21T08:05:00+08:00",
+        "reach": {"views": 10},
+        "unit_ids": ["school-a"],
+    }
+    async with (
+        fake_service("intake", build_intake, clock=lambda: T0 + timedelta(hours=1)) as intake,
+        intake.http() as api,
+    ):
+        partner = intake.token("partner-wxb", "county", "partner")
+        filed = await api.post("/intake/v1/reports", json=claim, headers=partner)
+        assert filed.status_code == 201, filed.text
+        incident_id, report_id = filed.json()["incident_id"], filed.json()["report_id"]
+        await grading.consume(*await intake.published())
+
+        graded = await grade_of(grading, incident_id)
+        assert graded["level"] == 3
+        assert not any(r["rule_id"].startswith("tier-") for r in graded["rules_fired"])
+
+        office = intake.token("office-li", "county", "office")
+        confirm = f"/intake/v1/reports/{report_id}/confirm-claims"
+        confirmed = await api.post(confirm, json={"reason": "已核实"}, headers=office)
+        assert confirmed.status_code == 200, confirmed.text
+        (confirmation,) = await intake.published("ReportClaimsConfirmed")
+        await grading.consume(confirmation)
+        await grading.consume(confirmation.model_copy(update={"event_id": uuid.uuid4()}))
+
+    regraded = await grade_of(grading, incident_id)
+    assert regraded["level"] == 1
+    assert [(h["event_type"], h["level"]) for h in regraded["history"]] == [
+        ("IncidentGraded", 3),
+        ("IncidentEscalated", 1),
+    ]
+    (escalated,) = await grading.published("IncidentEscalated")
+    assert escalated.causation_id == confirmation.event_id

@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 
 from services.intake.domain import (
+    MERGED_REFERRAL,
+    ClaimsNotPending,
     IllegalTransition,
     Incident,
     IntakePolicy,
+    NotAReferral,
+    ReachLimits,
     Routing,
     TextCandidate,
     TextMatch,
@@ -20,6 +24,8 @@ from services.intake.domain import (
     incident_stream,
     normalize_text,
     normalize_url,
+    partner_may_join,
+    place_referral,
     place_report,
     route_report,
     text_similarity,
@@ -36,7 +42,10 @@ from shared.events import (
     IncidentStatus,
     MediaTier,
     Reach,
+    ReferralMerged,
+    ReferralOpened,
     ReportAttached,
+    ReportClaimsConfirmed,
     ReportReceived,
     SourceType,
 )
@@ -315,3 +324,144 @@ def test_a_bad_text_matching_setting_is_refused_naming_it(tmp_path: Path) -> Non
     bad.write_text("similar_text:\n  threshold: 1.5\n")
     with pytest.raises(ValueError, match="threshold"):
         load_policy(bad, IntakePolicy)
+
+
+# --------------------------------------------------------------------------- partners
+
+PARTNER = "partner-wxb"
+
+
+def partner_report(
+    report_id: str = "rep-p", units: tuple[str, ...] = ("school-a",)
+) -> ReportReceived:
+    return report(report_id, units).model_copy(
+        update={"filed_by": PARTNER, "claims_unconfirmed": True, "reach": Reach(views=10)}
+    )
+
+
+def incident_of(*payloads: EventPayload, incident_id: str = "inc-1") -> Incident:
+    events = [
+        e.model_copy(update={"incident_id": incident_id, "stream_id": incident_stream(incident_id)})
+        for e in stream(*payloads)
+    ]
+    incident = Incident.replay(events)
+    assert incident is not None
+    return incident
+
+
+def referral() -> Incident:
+    return incident_of(*place_referral(partner_report(), ["inc-1"]), incident_id="inc-r")
+
+
+def test_a_partner_joins_only_an_open_incident_it_already_files_for_without_new_units() -> None:
+    school = opened()  # a monitor's: the partner is no filer of it
+    assert not partner_may_join(None, PARTNER, ["school-a"])
+    assert not partner_may_join(school, PARTNER, ["school-a"])
+    own = referral()
+    assert partner_may_join(own, PARTNER, ["school-a"])
+    assert not partner_may_join(own, PARTNER, ["school-a", "road-1"])  # would add a unit
+    closed = incident_of(*place_referral(partner_report(), []), IncidentResolved(reason="x"))
+    assert not partner_may_join(closed, PARTNER, ["school-a"])  # would reopen it
+
+
+def test_a_referral_is_an_incident_of_its_own_marked_and_linked_to_what_it_matched() -> None:
+    payloads = place_referral(partner_report(), ["inc-1", "inc-2", "inc-1"])
+    assert [type(p) for p in payloads] == [IncidentOpened, ReportReceived, ReferralOpened]
+    assert payloads[2] == ReferralOpened(
+        report_id="rep-p", referred_by=PARTNER, matched_incident_ids=("inc-1", "inc-2")
+    )
+    incident = referral()
+    assert incident.referral is not None
+    assert incident.referral.referred_by == PARTNER
+    assert incident.unconfirmed == {"rep-p"}
+    assert incident.filed_by == (PARTNER,)
+
+
+def test_merging_records_the_partners_reports_on_the_target_and_closes_the_referral() -> None:
+    school = opened()
+    own = referral()
+    closed, recorded = own.merge(school, "同一事项", "office-li")
+    assert [type(p) for p in closed] == [ReferralMerged, IncidentResolved]
+    assert closed[0] == ReferralMerged(
+        into_incident_id="inc-1", report_ids=("rep-p",), reason="同一事项", merged_by="office-li"
+    )
+    copied, attached = recorded
+    assert isinstance(copied, ReportReceived)
+    assert (copied.report_id, copied.filed_by, copied.claims_unconfirmed) == (
+        "rep-p",
+        PARTNER,
+        True,
+    )
+    assert attached == ReportAttached(report_id="rep-p", match=MERGED_REFERRAL)
+    after = incident_of(*opened_payloads(), *recorded)
+    assert PARTNER in after.filed_by
+    assert after.unit_ids == school.unit_ids
+    merged = incident_of(*place_referral(partner_report(), ["inc-1"]), *closed)
+    assert merged.merged
+    assert merged.status is IncidentStatus.RESOLVED
+    with pytest.raises(IllegalTransition):
+        merged.reopen("再议")
+    with pytest.raises(NotAReferral):
+        merged.merge(school, "again", "office-li")
+    # A URL that led to the merged referral leads to a new incident, never reopens it.
+    assert route_report(merged, T0, POLICY) is Routing.OPEN_NEW
+
+
+def test_a_merge_adds_no_unit_to_the_target() -> None:
+    own = incident_of(
+        *place_referral(partner_report(units=("school-a", "road-1")), []), incident_id="inc-r"
+    )
+    _, recorded = own.merge(opened(), "同一事项", "office-li")
+    assert isinstance(recorded[0], ReportReceived)
+    assert recorded[0].unit_ids == ("school-a",)
+
+
+@pytest.mark.parametrize(
+    ("target", "into_status"),
+    [
+        ((), None),  # a monitor's incident is no referral
+        ((IncidentResolved(reason="x"),), IncidentStatus.RESOLVED),
+    ],
+)
+def test_only_an_open_referral_is_merged_and_only_into_an_open_incident(
+    target: tuple[EventPayload, ...], into_status: IncidentStatus | None
+) -> None:
+    if into_status is None:
+        with pytest.raises(NotAReferral):
+            opened().merge(referral(), "x", "office-li")
+        return
+    with pytest.raises(IllegalTransition) as err:
+        referral().merge(incident_of(*opened_payloads(), *target), "x", "office-li")
+    assert err.value.status is into_status
+    with pytest.raises(NotAReferral):
+        referral().merge(referral(), "into itself", "office-li")
+
+
+def test_the_office_confirms_a_partners_claims_once() -> None:
+    own = referral()
+    confirmed = own.confirm_claims("rep-p", "已核实为人民网报道", "office-li")
+    assert confirmed == [
+        ReportClaimsConfirmed(
+            report_id="rep-p",
+            media_tier=MediaTier.CENTRAL,
+            reach=Reach(views=10),
+            reason="已核实为人民网报道",
+            confirmed_by="office-li",
+        )
+    ]
+    corrected = own.confirm_claims("rep-p", "实为县级媒体", "office-li", MediaTier.COUNTY)
+    assert isinstance(corrected[0], ReportClaimsConfirmed)
+    assert corrected[0].media_tier is MediaTier.COUNTY
+    after = incident_of(*place_referral(partner_report(), []), *confirmed)
+    assert after.unconfirmed == frozenset()
+    with pytest.raises(ClaimsNotPending):
+        after.confirm_claims("rep-p", "again", "office-li")
+    with pytest.raises(ClaimsNotPending):  # a monitor's report states facts, not claims
+        opened().confirm_claims("rep-1", "x", "office-li")
+
+
+def test_reach_beyond_its_bound_is_named_per_field() -> None:
+    limits = ReachLimits(views=1000, reposts=10)
+    assert limits.beyond(Reach(views=1000, reposts=10)) == []
+    assert limits.beyond(Reach(views=1001, reposts=11)) == [("views", 1000), ("reposts", 10)]
+    assert POLICY.reach_max.beyond(Reach(views=10**12)) == [("views", POLICY.reach_max.views)]

@@ -552,3 +552,273 @@ async def test_a_report_stored_before_text_bands_is_still_compared(
 
     assert (look_alike["incident_id"], look_alike["new_incident"]) == (first["incident_id"], False)
     assert unrelated["new_incident"] is True
+
+
+# --------------------------------------------------------------------------- partners
+
+
+def partner(intake: FakeService) -> dict[str, str]:
+    return intake.token("partner-wxb", "county", "partner")
+
+
+def office(intake: FakeService) -> dict[str, str]:
+    return intake.token("office-li", "county", "office")
+
+
+PARTNER_CLAIM = {"source_type": "referral", "media_tier": "central", "reach": {"views": 10}}
+
+
+async def incident_doc(
+    api: httpx.AsyncClient, intake: FakeService, incident_id: str
+) -> dict[str, Any]:
+    got = await api.get(f"/intake/v1/incidents/{incident_id}", headers=leader(intake))
+    assert got.status_code == 200, got.text
+    body: dict[str, Any] = got.json()
+    return body
+
+
+async def refer(api: httpx.AsyncClient, intake: FakeService, **overrides: Any) -> httpx.Response:
+    return await api.post(
+        "/intake/v1/reports",
+        json=report(**{**PARTNER_CLAIM, **overrides}),
+        headers=partner(intake),
+    )
+
+
+async def test_a_partners_report_matching_a_schools_incident_opens_a_referral_of_its_own(
+    intake: FakeService, api: httpx.AsyncClient
+) -> None:
+    school = await file(api, monitor(intake), media_tier="county")
+    before = await incident_doc(api, intake, school["incident_id"])
+
+    referred = await refer(api, intake)
+
+    assert referred.status_code == 201, referred.text
+    answer = referred.json()
+    assert answer["referral"] is True
+    assert answer["new_incident"] is True
+    assert answer["incident_id"] != school["incident_id"]
+    assert await incident_doc(api, intake, school["incident_id"]) == before
+    assert await types(intake, school["incident_id"]) == ["IncidentOpened", "ReportReceived"]
+    assert await types(intake, answer["incident_id"]) == [
+        "IncidentOpened",
+        "ReportReceived",
+        "ReferralOpened",
+    ]
+    (opened_referral,) = await intake.published("ReferralOpened")
+    assert opened_referral.payload.model_dump()["matched_incident_ids"] == (school["incident_id"],)
+    referral = await incident_doc(api, intake, answer["incident_id"])
+    assert referral["referral"]["matched_incident_ids"] == [school["incident_id"]]
+    assert referral["referral"]["referred_by"] == "partner-wxb"
+    assert referral["reports"][0]["claims_unconfirmed"] is True
+    # The school's incident stays out of the partner's sight.
+    theirs = await api.get(f"/intake/v1/incidents/{school['incident_id']}", headers=partner(intake))
+    assert theirs.json() == not_found("incident", school["incident_id"])
+    # The URL still leads the school's own people to the school's incident.
+    again = await file(api, monitor(intake))
+    assert again["incident_id"] == school["incident_id"]
+
+
+async def test_a_partner_neither_reopens_nor_adds_units_to_an_incident(
+    intake: FakeService, api: httpx.AsyncClient
+) -> None:
+    school = await file(api, monitor(intake))
+    resolve = f"/intake/v1/incidents/{school['incident_id']}/resolve"
+    assert (await api.post(resolve, json=REASON, headers=leader(intake))).status_code == 200
+    own = (await refer(api, intake, url="https://bbs.example.org/own")).json()
+
+    reopening = await refer(api, intake)
+    widening = await refer(
+        api, intake, url="https://bbs.example.org/own", unit_ids=["school-a", "road-1"]
+    )
+
+    assert reopening.status_code == widening.status_code == 201
+    assert reopening.json()["referral"]
+    assert widening.json()["referral"]
+    assert "IncidentReopened" not in await types(intake)
+    resolved = await incident_doc(api, intake, school["incident_id"])
+    assert (resolved["status"], resolved["unit_ids"]) == ("resolved", ["school-a"])
+    assert (await incident_doc(api, intake, own["incident_id"]))["unit_ids"] == ["school-a"]
+    # Its own open referral, about the same units, it does join.
+    joined = await refer(api, intake, url="https://bbs.example.org/own")
+    assert (joined.status_code, joined.json()["incident_id"]) == (200, own["incident_id"])
+    # Nor does it move an incident through its lifecycle, its own referral included.
+    for action in ("resolve", "dismiss"):
+        moved = await api.post(
+            f"/intake/v1/incidents/{own['incident_id']}/{action}",
+            json=REASON,
+            headers=intake.token("partner-wxb", "county", "partner", "leader"),
+        )
+        assert moved.status_code == 403, moved.text
+
+
+async def test_the_office_merges_a_referral_and_the_partner_sees_only_its_own_part(
+    intake: FakeService, api: httpx.AsyncClient
+) -> None:
+    school = await file(api, monitor(intake), media_tier="county")
+    answer = (await refer(api, intake)).json()
+    merge = f"/intake/v1/incidents/{answer['incident_id']}/merge"
+    body = {"into": school["incident_id"], "reason": "同一事项，并入学校事件"}
+
+    for who, status in [
+        (partner(intake), 403),  # it sees its referral, but may not merge
+        (intake.token("partner-wxb", "county", "partner", "office"), 403),
+        (monitor(intake), 403),
+        (leader(intake), 403),
+        (intake.token("office-b", "school-b", "office"), 404),  # neither is in its sight
+    ]:
+        refused = await api.post(merge, json=body, headers=who)
+        assert refused.status_code == status, (who, refused.text)
+    assert "ReferralMerged" not in await types(intake)
+
+    merged = await api.post(merge, json=body, headers=office(intake))
+
+    assert merged.status_code == 200, merged.text
+    assert merged.json()["referral"]["status"] == "resolved"
+    assert await types(intake, answer["incident_id"]) == [
+        "IncidentOpened",
+        "ReportReceived",
+        "ReferralOpened",
+        "ReferralMerged",
+        "IncidentResolved",
+    ]
+    assert await types(intake, school["incident_id"]) == [
+        "IncidentOpened",
+        "ReportReceived",
+        "ReportReceived",
+        "ReportAttached",
+    ]
+    target = await incident_doc(api, intake, school["incident_id"])
+    assert (target["status"], target["unit_ids"]) == ("open", ["school-a"])
+    assert target["filed_by"] == ["monitor-chen", "partner-wxb"]
+    assert [(r["report_id"], r["match"]) for r in target["reports"]] == [
+        (school["report_id"], None),
+        (answer["report_id"], "merged_referral"),
+    ]
+    referral = await incident_doc(api, intake, answer["incident_id"])
+    assert referral["referral"]["merged_into"] == school["incident_id"]
+    assert referral["referral"]["merge_reason"] == body["reason"]
+    # The partner: the outcome of its referral, and of the school's incident only its own.
+    seen = await api.get(f"/intake/v1/incidents/{answer['incident_id']}", headers=partner(intake))
+    assert seen.status_code == 200, seen.text
+    assert seen.json()["sight"] == "referred"
+    assert (seen.json()["status"], seen.json()["merged_into"]) == (
+        "resolved",
+        school["incident_id"],
+    )
+    assert seen.json()["resolved_at"] is not None
+    there = await api.get(f"/intake/v1/incidents/{school['incident_id']}", headers=partner(intake))
+    assert there.status_code == 200, there.text
+    assert there.json()["sight"] == "referred"
+    assert [r["report_id"] for r in there.json()["reports"]] == [answer["report_id"]]
+    assert there.json()["filed_by"] == ["partner-wxb"]
+    assert "history" not in there.json()
+    assert "unit_ids" not in there.json()
+    theirs = await api.get(f"/intake/v1/reports/{school['report_id']}", headers=partner(intake))
+    assert theirs.json() == not_found("report", school["report_id"])
+    own = await api.get(f"/intake/v1/reports/{answer['report_id']}", headers=partner(intake))
+    assert own.json()["incident_id"] == school["incident_id"]
+    assert own.json()["match"] is None  # why intake put it there is the bureau's reasoning
+    as_office = await api.get(f"/intake/v1/reports/{answer['report_id']}", headers=office(intake))
+    assert as_office.json()["match"] == "merged_referral"
+    # Merged once; a merged referral is not reopened, nor merged again.
+    again = await api.post(merge, json=body, headers=office(intake))
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "not_mergeable")
+    reopen = f"/intake/v1/incidents/{answer['incident_id']}/reopen"
+    refused = await api.post(reopen, json=REASON, headers=office(intake))
+    assert refused.status_code == 409, refused.text
+    # Its URL, filed again by the partner, now joins the incident it sees.
+    follow_up = await refer(api, intake)
+    assert (follow_up.status_code, follow_up.json()["incident_id"]) == (200, school["incident_id"])
+
+
+async def test_only_a_referral_is_merged_and_only_into_an_incident_in_sight(
+    intake: FakeService, api: httpx.AsyncClient
+) -> None:
+    school = await file(api, monitor(intake))
+    answer = (await refer(api, intake, url="https://bbs.example.org/x")).json()
+    unknown = f"inc-{uuid.uuid4().hex[:12]}"
+
+    not_referral = await api.post(
+        f"/intake/v1/incidents/{school['incident_id']}/merge",
+        json={"into": answer["incident_id"], "reason": "x"},
+        headers=office(intake),
+    )
+    into_unknown = await api.post(
+        f"/intake/v1/incidents/{answer['incident_id']}/merge",
+        json={"into": unknown, "reason": "x"},
+        headers=office(intake),
+    )
+    extra = await api.post(
+        f"/intake/v1/incidents/{answer['incident_id']}/merge",
+        json={"into": school["incident_id"], "reason": "x", "grant": "all"},
+        headers=office(intake),
+    )
+
+    assert (not_referral.status_code, not_referral.json()["error"]["code"]) == (
+        409,
+        "not_mergeable",
+    )
+    assert into_unknown.json() == not_found("incident", unknown)
+    assert extra.status_code == 422
+    assert "ReferralMerged" not in await types(intake)
+
+
+async def test_the_office_confirms_a_partners_claims_once_and_it_is_recorded(
+    intake: FakeService, api: httpx.AsyncClient
+) -> None:
+    answer = (await refer(api, intake)).json()
+    confirm = f"/intake/v1/reports/{answer['report_id']}/confirm-claims"
+    claimed = await api.get(f"/intake/v1/reports/{answer['report_id']}", headers=office(intake))
+    assert (claimed.json()["media_tier"], claimed.json()["claims_unconfirmed"]) == ("central", True)
+
+    by_partner = await api.post(confirm, json=REASON, headers=partner(intake))
+    by_leader = await api.post(confirm, json=REASON, headers=leader(intake))
+    confirmed = await api.post(
+        confirm, json={"reason": "已核实为人民网报道"}, headers=office(intake)
+    )
+    twice = await api.post(confirm, json=REASON, headers=office(intake))
+
+    assert (by_partner.status_code, by_leader.status_code) == (403, 403)
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json()["incident_id"] == answer["incident_id"]
+    assert (twice.status_code, twice.json()["error"]["code"]) == (409, "claims_not_pending")
+    (event,) = await intake.published("ReportClaimsConfirmed")
+    assert event.payload.model_dump() == {
+        "report_id": answer["report_id"],
+        "media_tier": "central",
+        "reach": {"views": 10, "reposts": 0, "comments": 0, "likes": 0},
+        "reason": "已核实为人民网报道",
+        "confirmed_by": "office-li",
+    }
+    shown = (
+        await api.get(f"/intake/v1/reports/{answer['report_id']}", headers=office(intake))
+    ).json()
+    assert shown["claims_unconfirmed"] is False
+    assert shown["claims_confirmed"]["confirmed_by"] == "office-li"
+    monitors = await file(api, monitor(intake), url="https://bbs.example.org/m", **OTHER_MATTER)
+    facts = await api.post(
+        f"/intake/v1/reports/{monitors['report_id']}/confirm-claims",
+        json=REASON,
+        headers=office(intake),
+    )
+    assert facts.status_code == 409  # a monitor's report states no claims to confirm
+
+
+@pytest.mark.parametrize(
+    ("reach", "field"),
+    [
+        ({"views": 10**12}, "reach.views"),
+        ({"reposts": 2 * 10**9}, "reach.reposts"),
+        ({"comments": 2 * 10**9}, "reach.comments"),
+        ({"likes": -1}, "reach.likes"),
+    ],
+)
+async def test_reach_beyond_its_plausible_bound_is_refused_naming_the_field(
+    intake: FakeService, api: httpx.AsyncClient, reach: dict[str, int], field: str
+) -> None:
+    refused = await refer(api, intake, media_tier="self_media", reach=reach)
+
+    assert refused.status_code == 422, refused.text
+    assert field in [d["field"] for d in refused.json()["error"]["details"]]
+    assert await intake.published() == []

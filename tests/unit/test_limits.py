@@ -242,10 +242,14 @@ async def test_metrics_and_asyncapi_need_a_token_when_the_docs_are_not_public() 
         analyst = s.token("analyst-zhao", "county", "analyst")
         transport = httpx.ASGITransport(app=gateway.root)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as api:
-            for path in ("/metrics", "/asyncapi.json"):
+            for path in ("/metrics", "/asyncapi.json", "/asyncapi"):
                 anonymous = await api.get(path)
                 assert anonymous.status_code == 401, path
                 assert anonymous.json()["error"]["code"] == "unauthorized"
                 assert anonymous.headers["x-content-type-options"] == "nosniff"
                 assert (await api.get(path, headers=analyst)).status_code == 200, path
             assert (await api.get("/healthz")).status_code == 200
+            page = await api.get("/asyncapi", headers=analyst)
+            assert page.headers["content-type"].startswith("text/html")
+            assert 'id="StatementPublished"' in page.text
+            assert "<script" not in page.text

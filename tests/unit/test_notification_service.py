@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.notification.bootstrap import NotificationParts, build
 from services.notification.domain import Ledger
@@ -594,3 +596,75 @@ def fake_build(tmp_path: Path, policy: Path) -> NotificationParts:
     ctx = Context.from_settings(settings)
     store = FakeMongo().store("notification")
     return build(Dependencies(settings, ctx.directory, ctx.catalogue, store))
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def scraped(name: str, **labels: str) -> float:
+    """A sample as a Prometheus scrape of /metrics reads it (0 when absent)."""
+    for family in text_string_to_metric_families(generate_latest(REGISTRY).decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def test_a_scrape_shows_duties_owed_by_level_and_those_past_their_deadline(
+    notification: FakeService, upstream: Upstream, clock: Clock
+) -> None:
+    await notification.consume(upstream.opened("inc-m"), upstream.graded("inc-m", Level.TWO))
+    await notification.runner.sample_metrics()
+    assert scraped("yuqing_obligations_owed", level="2", overdue="false") == 1
+    assert scraped("yuqing_obligations_owed", level="2", overdue="true") == 0
+
+    clock.now = T0 + timedelta(hours=5)  # the 4-hour bulletin is now late
+    await notification.runner.sample_metrics()
+    assert scraped("yuqing_obligations_owed", level="2", overdue="false") == 0
+    assert scraped("yuqing_obligations_owed", level="2", overdue="true") == 1
+
+
+async def test_a_scrape_shows_the_whole_outbox_backlog_not_one_batch_of_it(
+    notification: FakeService,
+) -> None:
+    waiting = [
+        Envelope.new(
+            IncidentResolved(reason="舆情平息"),
+            incident_id="inc-backlog",
+            stream_id="backlog",
+            stream_version=n,
+            actor=Actor.system("notification"),
+        )
+        for n in range(1, 252)
+    ]
+    await notification.store.append(waiting, expected_version=0)
+    await notification.runner.sample_metrics()
+    assert notification.runner.settings.outbox_batch_size < 251
+    assert scraped("yuqing_outbox_backlog", service="notification") == 251
+
+
+async def test_a_scrape_counts_failed_deliveries_and_times_acknowledgements(
+    notification: FakeService, upstream: Upstream, clock: Clock, hook: HttpReceiver
+) -> None:
+    failed_before = scraped("yuqing_deliveries_failed_total", channel="webhook")
+    acks_before = scraped("yuqing_acknowledge_seconds_count")
+    within_5m = scraped("yuqing_acknowledge_seconds_bucket", le="300.0")
+    within_10m = scraped("yuqing_acknowledge_seconds_bucket", le="600.0")
+    hook.fail_first = 1
+    await notification.consume(upstream.opened("inc-n"), upstream.graded("inc-n", Level.TWO))
+    dispatcher = parts(notification).dispatcher
+    await dispatcher.run_once(clock(), 10)
+    assert scraped("yuqing_deliveries_failed_total", channel="webhook") == failed_before + 1
+
+    await notification.consume(upstream.opened("inc-o"), upstream.graded("inc-o", Level.TWO))
+    await dispatcher.run_once(clock(), 10)
+    (sent,) = [c.json() for c in hook.requests[1:] if c.json().get("to") == "leader-zhang"]
+    clock.now = T0 + timedelta(minutes=7)
+    leader = notification.token("leader-zhang", "county", "leader")
+    async with notification.http() as http:
+        r = await http.post(ACK.format(sent["notification_id"]), headers=leader)
+        assert r.status_code == 200, r.text
+    assert scraped("yuqing_acknowledge_seconds_count") == acks_before + 1
+    # Seven minutes after it was sent: counted within ten minutes, not within five.
+    assert scraped("yuqing_acknowledge_seconds_bucket", le="600.0") == within_10m + 1
+    assert scraped("yuqing_acknowledge_seconds_bucket", le="300.0") == within_5m

@@ -533,7 +533,12 @@ async def test_another_units_id_answers_exactly_like_an_unknown_one(
     theirs, nobodys = await ask(real), await ask(unknown)
 
     assert (theirs.status_code, nobodys.status_code) == (404, 404)
-    assert theirs.json() == not_found(kind, real)
+    if "partner" in outsider and route.endswith("official-line"):
+        # The partner referred it and reads its official line (none yet): it learns
+        # nothing it did not know (tests/unit/test_cross_unit_probes.py shows the line).
+        assert theirs.json()["error"]["code"] == "no_official_line"
+    else:
+        assert theirs.json() == not_found(kind, real)
     assert nobodys.json() == not_found(kind, unknown)
     assert len(await statement.published()) == before
 

@@ -19,11 +19,17 @@ from services.archive.domain.chain import (
     ChainReport,
     canonical_json,
     link_hash,
+    signature_problem,
     verify_chain,
 )
 from services.archive.domain.fold import STEPS, fold
 from services.archive.domain.ordering import Logged, causal_order
-from services.archive.domain.summaries import IncidentSummary, incident_summary, unmet_deadlines
+from services.archive.domain.summaries import (
+    IncidentSummary,
+    incident_summary,
+    partner_summary,
+    unmet_deadlines,
+)
 from services.archive.domain.timeline import TimelineEntry, summarize, timeline
 from services.archive.domain.views import (
     ApprovalView,
@@ -33,9 +39,12 @@ from services.archive.domain.views import (
     NotificationView,
     ObligationView,
     PublicationView,
+    ReferredIncidentView,
     ReportView,
     ReviewView,
     StatementView,
+    partner_view,
+    published_lines,
 )
 
 __all__ = [
@@ -53,6 +62,7 @@ __all__ = [
     "NotificationView",
     "ObligationView",
     "PublicationView",
+    "ReferredIncidentView",
     "ReportView",
     "ReviewView",
     "StatementView",
@@ -62,6 +72,10 @@ __all__ = [
     "fold",
     "incident_summary",
     "link_hash",
+    "partner_summary",
+    "partner_view",
+    "published_lines",
+    "signature_problem",
     "summarize",
     "timeline",
     "unmet_deadlines",

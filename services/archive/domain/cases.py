@@ -101,7 +101,7 @@ def case_figures(view: IncidentView, now: datetime) -> CaseFigures:
         level=view.level,
         highest_level=min(levels) if levels else None,  # level 1 is the most severe
         category=view.category,
-        report_count=len(view.reports),
+        report_count=max(view.report_count, len(view.reports)),
         obligations=[
             ObligationFigure(
                 obligation_id=o.obligation_id,

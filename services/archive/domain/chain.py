@@ -1,27 +1,26 @@
-"""The per-incident hash chain: each stored event linked to the one stored before it.
+"""The per-incident hash chain: each stored event linked to the one stored before it, with
+the signature its producer gave it.
 
 The chain follows ingest order, not causal order: it must only ever grow at its end, or an
-honest late arrival would look like an edit.
+honest late arrival would look like an edit. A link's hash proves the log was not edited
+after the archive stored it; the producer's signature (shared/signing.py), recorded with
+it, proves the event is one its topic's owner published: an event written into the log
+with its hash recomputed has no signature that holds, since that needs the producer's key.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
+from shared.signing import BusKeys, check_signed, event_topic
+from shared.signing import canonical_json as canonical_json  # one byte form, re-exported
+
 GENESIS = "0" * 64
-
-
-def canonical_json(document: Mapping[str, Any]) -> bytes:
-    """One byte form per JSON value: sorted keys, no spaces, UTF-8."""
-    return json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
 
 
 def link_hash(prev_hash: str, envelope: Mapping[str, Any]) -> str:
@@ -31,13 +30,18 @@ def link_hash(prev_hash: str, envelope: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class ChainLink:
-    """One stored event as the chain sees it."""
+    """One stored event as the chain sees it, and who signed it."""
 
     position: int
     event_id: str
     envelope: Mapping[str, Any]
     prev_hash: str
     hash: str
+    producer: str | None = None
+    signature: str | None = None
+    # Logged before this archive began recording signatures: its hash chain is checked,
+    # it has no signature to check.
+    before_signing: bool = False
 
 
 class ChainBreak(BaseModel):
@@ -51,37 +55,78 @@ class ChainReport(BaseModel):
     ok: bool
     length: int
     head: str
+    # The first link that does not hold (its hash, its place or its signature).
     broken: ChainBreak | None = None
+    # Every stored event whose hash or producer signature does not hold, in chain order.
+    failures: list[ChainBreak] = []
+    # Links logged before signing began (an archive upgraded with its log): hash only.
+    unsigned_before_signing: int = 0
 
 
-def verify_chain(incident_id: str, links: Sequence[ChainLink], expected_length: int) -> ChainReport:
-    """Recompute the chain in stored order and name the first link that does not hold."""
-    prev = GENESIS
-    broken: ChainBreak | None = None
-    for expected_position, link in enumerate(links, start=1):
-        reason: str | None = None
-        if link.position != expected_position:
-            reason = f"position {expected_position} is missing (found {link.position})"
-        elif link.prev_hash != prev:
-            reason = "prev_hash does not match the hash of the link before"
-        elif str(link.envelope.get("event_id")) != link.event_id:
-            reason = "stored event_id differs from the envelope's"
-        elif link_hash(prev, link.envelope) != link.hash:
-            reason = "the stored event does not match its hash: it was altered"
+def _link_problem(link: ChainLink, expected_position: int, prev: str) -> str | None:
+    if link.position != expected_position:
+        return f"position {expected_position} is missing (found {link.position})"
+    if link.prev_hash != prev:
+        return "prev_hash does not match the hash of the link before"
+    if str(link.envelope.get("event_id")) != link.event_id:
+        return "stored event_id differs from the envelope's"
+    if link_hash(prev, link.envelope) != link.hash:
+        return "the stored event does not match its hash: it was altered"
+    return None
+
+
+def signature_problem(
+    envelope: Mapping[str, Any], producer: str | None, signature: str | None, keys: BusKeys
+) -> str | None:
+    """Why a logged event is not one its producer signed, or None when it is."""
+    if not signature:
+        return "no producer signature is recorded: not an event a service published"
+    topic = event_topic(envelope) or "?"
+    problem = check_signed(keys, envelope, topic=topic, producer=producer, signature=signature)
+    return f"the producer signature does not hold ({problem})" if problem else None
+
+
+def _signature_problem(link: ChainLink, keys: BusKeys) -> str | None:
+    return signature_problem(link.envelope, link.producer, link.signature, keys)
+
+
+def verify_chain(
+    incident_id: str,
+    links: Sequence[ChainLink],
+    expected_length: int,
+    keys: BusKeys | None = None,
+) -> ChainReport:
+    """Recompute the chain in stored order; name the first link that does not hold, and
+    every event whose hash, or (given the bus keys) producer signature, does not hold."""
+    prev, expected_position = GENESIS, 1
+    failures: list[ChainBreak] = []
+    for link in links:
+        reason = _link_problem(link, expected_position, prev)
+        if reason is None and keys is not None and not link.before_signing:
+            reason = _signature_problem(link, keys)
         if reason:
-            broken = ChainBreak(position=expected_position, event_id=link.event_id, reason=reason)
-            break
-        prev = link.hash
-    if broken is None and len(links) != expected_length:
-        broken = ChainBreak(
-            position=min(len(links), expected_length) + 1,
-            event_id=None,
-            reason=f"the chain head records {expected_length} links but {len(links)} are stored",
+            failures.append(
+                ChainBreak(position=expected_position, event_id=link.event_id, reason=reason)
+            )
+        # Each link is checked against the one stored before it, so that one edit or one
+        # removal names one place, not every link after it.
+        prev, expected_position = link.hash, link.position + 1
+    if len(links) != expected_length:
+        failures.append(
+            ChainBreak(
+                position=min(len(links), expected_length) + 1,
+                event_id=None,
+                reason=(
+                    f"the chain head records {expected_length} links but {len(links)} are stored"
+                ),
+            )
         )
     return ChainReport(
         incident_id=incident_id,
-        ok=broken is None,
+        ok=not failures,
         length=len(links),
         head=links[-1].hash if links else GENESIS,
-        broken=broken,
+        broken=failures[0] if failures else None,
+        failures=failures,
+        unsigned_before_signing=sum(1 for link in links if link.before_signing),
     )

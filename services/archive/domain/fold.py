@@ -17,12 +17,14 @@ from typing import Any
 from services.archive.domain.ordering import Logged, causal_order
 from services.archive.domain.views import (
     ApprovalView,
+    ClaimsConfirmationView,
     Gap,
     GradeChange,
     IncidentView,
     NotificationView,
     ObligationView,
     PublicationView,
+    ReferralView,
     ReportView,
     ReviewView,
     StatementView,
@@ -47,7 +49,10 @@ from shared.events import (
     ObligationFulfilled,
     ObligationOpened,
     ObligationState,
+    ReferralMerged,
+    ReferralOpened,
     ReportAttached,
+    ReportClaimsConfirmed,
     ReportReceived,
     ReviewRecorded,
     StatementApproved,
@@ -99,8 +104,13 @@ class _Folder:
         if step is not None:  # a type newer than this fold: it is in the log and the timeline
             step(self, event, event.payload)
 
-    def finish(self) -> IncidentView:
+    def finish(self, embedded_reports: int | None = None) -> IncidentView:
         view = self.view
+        view.report_count = len(view.reports)
+        view.filed_by = sorted({r.filed_by for r in view.reports})
+        if embedded_reports is not None:
+            # The first ones stay in the view; all of them are listed by page.
+            view.reports = view.reports[:embedded_reports]
         if not view.unit_ids:
             view.unit_ids = list(self.envelope_units)
         if view.title is None and view.reports:
@@ -120,14 +130,18 @@ Step = Callable[[_Folder, Envelope, Any], None]
 
 
 def fold(
-    incident_id: str, records: Iterable[Logged], as_of: datetime | None = None
+    incident_id: str,
+    records: Iterable[Logged],
+    as_of: datetime | None = None,
+    embedded_reports: int | None = None,
 ) -> IncidentView:
-    """The incident as the log says it is (or was at `as_of`, by when things happened)."""
+    """The incident as the log says it is (or was at `as_of`, by when things happened),
+    with at most `embedded_reports` of its reports in `reports` (all when None)."""
     folder = _Folder(incident_id)
     for record in causal_order(records):
         if as_of is None or record.event.occurred_at <= as_of:
             folder.add(record.event)
-    view = folder.finish()
+    view = folder.finish(embedded_reports)
     view.as_of = as_of
     return view
 
@@ -162,6 +176,7 @@ def _report_received(f: _Folder, event: Envelope, p: ReportReceived) -> None:
         unit_ids=list(p.unit_ids),
         filed_by=p.filed_by,
         received_at=event.occurred_at,
+        claims_unconfirmed=p.claims_unconfirmed,
     )
     f.reports[p.report_id] = report
     f.view.reports.append(report)
@@ -174,6 +189,37 @@ def _report_attached(f: _Folder, event: Envelope, p: ReportAttached) -> None:
         f.reports[p.report_id].match = p.match
     else:
         f.park(f"report:{p.report_id}", event)
+
+
+def _claims_confirmed(f: _Folder, event: Envelope, p: ReportClaimsConfirmed) -> None:
+    report = f.reports.get(p.report_id)
+    if report is None:
+        f.park(f"report:{p.report_id}", event)
+        return
+    report.claims_unconfirmed = False
+    report.claims_confirmed = ClaimsConfirmationView(
+        media_tier=p.media_tier,
+        reach=p.reach,
+        reason=p.reason,
+        confirmed_by=p.confirmed_by,
+        at=event.occurred_at,
+    )
+
+
+def _referral_opened(f: _Folder, event: Envelope, p: ReferralOpened) -> None:
+    f.view.referral = ReferralView(
+        referred_by=p.referred_by, matched_incident_ids=list(p.matched_incident_ids)
+    )
+    f.release("referral")
+
+
+def _referral_merged(f: _Folder, event: Envelope, p: ReferralMerged) -> None:
+    referral = f.view.referral
+    if referral is None:
+        f.park("referral", event)
+        return
+    referral.merged_into, referral.merged_at = p.into_incident_id, event.occurred_at
+    referral.merged_by, referral.merge_reason = p.merged_by, p.reason
 
 
 def _resolved(f: _Folder, event: Envelope, p: IncidentResolved) -> None:
@@ -205,6 +251,7 @@ def _graded(f: _Folder, event: Envelope, p: IncidentGraded) -> None:
     view = f.view
     view.level, view.category, view.graded_at = p.level, p.category, event.occurred_at
     view.sensitive_topics = list(p.sensitive_topics)
+    view.plan_id, view.plan_version = p.plan_id, p.plan_version
     view.grade_history.append(
         GradeChange(
             change="graded",
@@ -212,6 +259,8 @@ def _graded(f: _Folder, event: Envelope, p: IncidentGraded) -> None:
             category=p.category,
             rules_fired=list(p.rules_fired),
             rulebook_version=p.rulebook_version,
+            plan_id=p.plan_id,
+            plan_version=p.plan_version,
             actor=event.actor,
             at=event.occurred_at,
             event_id=event.event_id,
@@ -230,6 +279,8 @@ def _escalated(f: _Folder, event: Envelope, p: IncidentEscalated) -> None:
             reason=p.reason,
             rules_fired=list(p.rules_fired),
             rulebook_version=p.rulebook_version,
+            plan_id=p.plan_id,
+            plan_version=p.plan_version,
             actor=event.actor,
             at=event.occurred_at,
             event_id=event.event_id,
@@ -467,6 +518,9 @@ def _published(f: _Folder, s: StatementView, event: Envelope, p: StatementPublis
             url=p.url,
             published_by=p.published_by,
             at=event.occurred_at,
+            # Only the current version is published: its text is the one that went out.
+            title=s.title if p.version == s.version else None,
+            body=s.body if p.version == s.version else None,
         )
     )
     s.state = StatementState.PUBLISHED
@@ -501,6 +555,9 @@ STEPS: dict[type[EventPayload], Step] = {
     IncidentOpened: _opened,
     ReportReceived: _report_received,
     ReportAttached: _report_attached,
+    ReportClaimsConfirmed: _claims_confirmed,
+    ReferralOpened: _referral_opened,
+    ReferralMerged: _referral_merged,
     IncidentResolved: _resolved,
     IncidentDismissed: _dismissed,
     IncidentReopened: _reopened,

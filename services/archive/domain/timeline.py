@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -33,7 +33,10 @@ from shared.events import (
     ObligationClosed,
     ObligationFulfilled,
     ObligationOpened,
+    ReferralMerged,
+    ReferralOpened,
     ReportAttached,
+    ReportClaimsConfirmed,
     ReportReceived,
     ReviewRecorded,
     StatementApproved,
@@ -71,6 +74,11 @@ class Words:
     catalogue: Catalogue
     tz: tzinfo
     names: Mapping[str, str]
+    # The directory's names of people (id -> 张组长): staff read names, not ids.
+    people: Mapping[str, str] = field(default_factory=dict)
+
+    def person(self, person_id: str) -> str:
+        return self.people.get(person_id, person_id)
 
     def when(self, moment: datetime) -> str:
         return moment.astimezone(self.tz).strftime("%Y-%m-%d %H:%M")
@@ -103,6 +111,8 @@ Line = Callable[[Any, Words], str]
 
 def _report_received(p: ReportReceived, w: Words) -> str:
     tier = w.catalogue.media_tiers[p.media_tier]
+    if p.claims_unconfirmed:
+        tier += "，合作单位所报，待核实"
     return f"舆情件来自 {p.source_name}（{tier}）：{short(p.title)}"
 
 
@@ -112,6 +122,20 @@ def _opened(p: IncidentOpened, w: Words) -> str:
 
 def _attached(p: ReportAttached, w: Words) -> str:
     return f"舆情件 {p.report_id} 归入本事件（{w.catalogue.match(p.match)}）"
+
+
+def _referral_opened(p: ReferralOpened, w: Words) -> str:
+    linked = f"，与事件 {'、'.join(p.matched_incident_ids)} 相关" if p.matched_incident_ids else ""
+    return f"合作单位 {p.referred_by} 转办线索，单独立为转办事件{linked}，待办公室核并"
+
+
+def _referral_merged(p: ReferralMerged, w: Words) -> str:
+    return f"转办线索并入事件 {p.into_incident_id}：{short(p.reason)}"
+
+
+def _claims_confirmed(p: ReportClaimsConfirmed, w: Words) -> str:
+    tier = w.catalogue.media_tiers[p.media_tier]
+    return f"办公室核实舆情件 {p.report_id} 的媒体级别（{tier}）与传播数据：{short(p.reason)}"
 
 
 def _resolved(p: IncidentResolved, w: Words) -> str:
@@ -155,26 +179,26 @@ def _obligation_opened(p: ObligationOpened, w: Words) -> str:
 
 def _sent(p: NotificationSent, w: Words) -> str:
     return (
-        f"已通过{w.catalogue.channel(p.channel)}通知 {p.recipient}：{w.obligation(p.obligation_id)}"
+        f"已通过{w.catalogue.channel(p.channel)}通知 {w.person(p.recipient)}："
+        f"{w.obligation(p.obligation_id)}"
         f"（第 {p.attempt} 次）"
     )
 
 
 def _failed(p: NotificationFailed, w: Words) -> str:
     return (
-        f"通过{w.catalogue.channel(p.channel)}通知 {p.recipient} 失败"
+        f"通过{w.catalogue.channel(p.channel)}通知 {w.person(p.recipient)} 失败"
         f"（已尝试 {p.attempts} 次）：{short(p.reason)}"
     )
 
 
 def _acknowledged(p: NotificationAcknowledged, w: Words) -> str:
-    return f"{p.acknowledged_by} 确认收到通知：{w.obligation(p.obligation_id)}"
+    return f"{w.person(p.acknowledged_by)} 确认收到通知：{w.obligation(p.obligation_id)}"
 
 
 def _fulfilled(p: ObligationFulfilled, w: Words) -> str:
-    line = (
-        f"报送义务{w.obligation(p.obligation_id)}已完成，{w.when(p.fulfilled_at)}，{p.fulfilled_by}"
-    )
+    done = f"{w.when(p.fulfilled_at)}，{w.person(p.fulfilled_by)}"
+    line = f"报送义务{w.obligation(p.obligation_id)}已完成，{done}"
     return line + "（迟报）" if p.late else line
 
 
@@ -192,11 +216,11 @@ def _missed(p: DeadlineMissed, w: Words) -> str:
 
 def _drafted(p: StatementDrafted, w: Words) -> str:
     kind = w.catalogue.statement_kinds[p.kind]
-    return f"{p.author} 起草{kind}「{short(p.title, 40)}」（第 {p.version} 版）"
+    return f"{w.person(p.author)} 起草{kind}「{short(p.title, 40)}」（第 {p.version} 版）"
 
 
 def _revised(p: StatementRevised, w: Words) -> str:
-    return f"{p.author} 修改为{w.statement(p.statement_id, p.version)}"
+    return f"{w.person(p.author)} 修改为{w.statement(p.statement_id, p.version)}"
 
 
 def _submitted(p: StatementSubmitted, w: Words) -> str:
@@ -210,19 +234,21 @@ def _submitted(p: StatementSubmitted, w: Words) -> str:
 
 
 def _approved(p: StatementApproved, w: Words) -> str:
-    line = f"{p.approver}（{w.role(p.step.role)}）审核通过{w.statement(p.statement_id, p.version)}"
+    who = f"{w.person(p.approver)}（{w.role(p.step.role)}）"
+    line = f"{who}审核通过{w.statement(p.statement_id, p.version)}"
     return line if p.missing else line + "，审核全部完成，可以发布"
 
 
 def _rejected(p: StatementRejected, w: Words) -> str:
     return (
-        f"{p.approver}（{w.role(p.step.role)}）退回"
+        f"{w.person(p.approver)}（{w.role(p.step.role)}）退回"
         f"{w.statement(p.statement_id, p.version)}：{short(p.comment)}"
     )
 
 
 def _withdrawn(p: StatementWithdrawn, w: Words) -> str:
-    return f"{p.withdrawn_by} 撤回{w.statement(p.statement_id, p.version)}：{short(p.reason)}"
+    what = w.statement(p.statement_id, p.version)
+    return f"{w.person(p.withdrawn_by)} 撤回{what}：{short(p.reason)}"
 
 
 def _published(p: StatementPublished, w: Words) -> str:
@@ -242,6 +268,9 @@ LINES: dict[type[EventPayload], Line] = {
     ReportReceived: _report_received,
     IncidentOpened: _opened,
     ReportAttached: _attached,
+    ReferralOpened: _referral_opened,
+    ReferralMerged: _referral_merged,
+    ReportClaimsConfirmed: _claims_confirmed,
     IncidentResolved: _resolved,
     IncidentDismissed: _dismissed,
     IncidentReopened: _reopened,
@@ -278,10 +307,11 @@ def timeline(
     tz: tzinfo,
     catalogue: Catalogue,
     event_types: Sequence[str] = (),
+    people: Mapping[str, str] | None = None,
 ) -> list[TimelineEntry]:
     """Every event in causal order with a Chinese line; only `event_types` when given."""
     ordered = causal_order(records)
-    words = Words(catalogue, tz, _names(r.event for r in ordered))
+    words = Words(catalogue, tz, _names(r.event for r in ordered), dict(people or {}))
     return [
         TimelineEntry(
             event_id=r.event.event_id,

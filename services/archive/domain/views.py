@@ -1,4 +1,6 @@
-"""What the archive shows of an incident: the view folded from its log (see `fold`).
+"""What the archive shows of an incident: the view folded from its log (see `fold`), and
+`partner_view`, the one projection of it to what a partner sees of an incident it
+referred (`Sight.REFERRED`).
 
 The states are the owning services' words (`IncidentStatus`, `ObligationState`,
 `StatementState`), as their events state them; the archive adds none of its own.
@@ -10,7 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from shared.events import (
     Actor,
@@ -27,6 +29,17 @@ from shared.events import (
     StatementKind,
     StatementState,
 )
+from shared.visibility import PublishedLine, ReferredIncident
+
+
+class ClaimsConfirmationView(BaseModel):
+    """The office's confirmation of a partner's claimed media tier and reach."""
+
+    media_tier: MediaTier
+    reach: Reach
+    reason: str
+    confirmed_by: str
+    at: datetime
 
 
 class ReportView(BaseModel):
@@ -45,6 +58,21 @@ class ReportView(BaseModel):
     filed_by: str
     received_at: datetime
     match: str | None = None  # why intake attached it; None for the report that opened it
+    # A partner's media tier and reach are claims until the office confirms them.
+    claims_unconfirmed: bool = False
+    claims_confirmed: ClaimsConfirmationView | None = None
+
+
+class ReferralView(BaseModel):
+    """The incident is a partner's referral: who referred it, what it matched, and where
+    the office merged it."""
+
+    referred_by: str
+    matched_incident_ids: list[str] = []
+    merged_into: str | None = None
+    merged_at: datetime | None = None
+    merged_by: str | None = None
+    merge_reason: str | None = None
 
 
 class GradeChange(BaseModel):
@@ -55,6 +83,9 @@ class GradeChange(BaseModel):
     reason: str | None = None
     rules_fired: list[FiredRule] = []
     rulebook_version: str | None = None
+    # The plan (YUQING_PLAN) the grade was decided under; None before plans were recorded.
+    plan_id: str | None = None
+    plan_version: str | None = None
     actor: Actor
     at: datetime
     event_id: uuid.UUID
@@ -107,6 +138,9 @@ class PublicationView(BaseModel):
     url: str
     published_by: str
     at: datetime
+    # The text of the version as it went out (a later revision changes the statement's).
+    title: str | None = None
+    body: str | None = None
 
 
 class StatementView(BaseModel):
@@ -148,6 +182,7 @@ class Gap(BaseModel):
 
 
 class IncidentView(BaseModel):
+    sight: Literal["full"] = "full"  # the whole record; a partner gets `ReferredIncidentView`
     incident_id: str
     status: IncidentStatus = IncidentStatus.OPEN
     status_reason: str | None = None
@@ -157,7 +192,12 @@ class IncidentView(BaseModel):
     unit_ids: list[str] = []
     title: str | None = None
     first_report_id: str | None = None
+    referral: ReferralView | None = None  # set when a partner's report opened it
+    # The first `archive_embedded_reports` reports; all of them by page at
+    # /incidents/{id}/reports. `report_count` counts them all, `filed_by` names every filer.
     reports: list[ReportView] = []
+    report_count: int = 0
+    filed_by: list[str] = []
     grade_history: list[GradeChange] = []
     obligations: list[ObligationView] = []
     statements: list[StatementView] = []
@@ -166,6 +206,9 @@ class IncidentView(BaseModel):
     case_figures: dict[str, Any] | None = None
     opened_at: datetime | None = None
     graded_at: datetime | None = None
+    # The plan the incident was graded under (its first grade): the version that applied.
+    plan_id: str | None = None
+    plan_version: str | None = None
     resolved_at: datetime | None = None
     dismissed_at: datetime | None = None
     archived_at: datetime | None = None
@@ -175,3 +218,56 @@ class IncidentView(BaseModel):
     gaps: list[Gap] = []
     event_count: int = 0
     as_of: datetime | None = None
+
+
+class ReferredIncidentView(ReferredIncident):
+    """What a partner sees of an incident it referred: the shared `ReferredIncident`, the
+    reports it filed itself (as it filed them) and every publication of a statement."""
+
+    reports: list[ReportView] = Field(default_factory=list)
+    statements: list[PublishedLine] = Field(default_factory=list)
+    # Of its own referral: the incident the office merged it into (the outcome).
+    merged_into: str | None = None
+
+
+def published_lines(view: IncidentView) -> list[PublishedLine]:
+    """Every publication of the incident's statements, oldest first: the official line."""
+    lines = [
+        PublishedLine(
+            statement_id=s.statement_id,
+            kind=s.kind,
+            version=p.version,
+            title=p.title,
+            body=p.body,
+            outlet=p.outlet,
+            url=p.url,
+            published_at=p.at,
+        )
+        for s in view.statements
+        for p in s.publications
+    ]
+    return sorted(lines, key=lambda line: (line.published_at, line.statement_id))
+
+
+def partner_view(view: IncidentView, partner: str) -> ReferredIncidentView:
+    """The one projection of an incident view to what partner `partner` may see of it."""
+    return ReferredIncidentView(
+        incident_id=view.incident_id,
+        status=view.status,
+        level=view.level,
+        category=view.category,
+        resolved_at=view.resolved_at,
+        dismissed_at=view.dismissed_at,
+        archived_at=view.archived_at,
+        # Why intake attached a report, and who checked its claims and why, are the
+        # bureau's reasoning, not what was filed.
+        reports=[
+            r.model_copy(update={"match": None, "claims_confirmed": None})
+            for r in view.reports
+            if r.filed_by == partner
+        ],
+        statements=published_lines(view),
+        merged_into=referral.merged_into
+        if (referral := view.referral) is not None and referral.referred_by == partner
+        else None,
+    )

@@ -1,0 +1,247 @@
+"""The AsyncAPI 3 document of the event bus, written from the declared events themselves.
+
+Every event type is a message with its own payload schema (the envelope with that type's
+payload, `event_type` and `schema_version` fixed), on the channel of its topic; each
+service sends on its topic and receives the types its handler map reacts to; the
+dead-letter topic is a channel too. A partner's engineer can generate a consumer from it
+that rejects what the system would never send.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Literal
+
+import jinja2
+from pydantic import BaseModel, Field, create_model
+from pydantic.json_schema import models_json_schema
+
+from shared.events import ALL_TOPICS, DEAD_LETTER_TOPIC, Envelope, EventPayload, event_types
+from shared.settings import Settings
+
+REF = "#/components/schemas/{model}"
+
+
+@dataclass(frozen=True)
+class BusMember:
+    """What the document says of one service: the topic it sends on, the types it handles."""
+
+    name: str
+    topic: str
+    handles: tuple[type[EventPayload], ...]
+
+
+class DeadLetter(BaseModel):
+    """A message a consumer could not act on, with the reason (yuqing.deadletter)."""
+
+    consumer: str = Field(description="The consumer that gave up on it, e.g. grading-consumer")
+    source_topic: str = Field(description="The topic it arrived on")
+    reason: str = Field(description="Why it was not handled")
+    failed_at: str = Field(description="When, ISO 8601")
+    message: str = Field(description="The message as received, decoded as UTF-8")
+
+
+def _typed_envelope(kind: type[EventPayload]) -> type[BaseModel]:
+    """The envelope as it travels with a `kind` payload: a schema, never a validator."""
+    fields: dict[str, Any] = {
+        "event_type": (Literal[kind.EVENT_TYPE], ...),
+        "schema_version": (Literal[kind.SCHEMA_VERSION], ...),
+        "payload": (kind, ...),
+    }
+    doc = " ".join((f"{kind.EVENT_TYPE} on {kind.TOPIC}.", (kind.__doc__ or "").strip()))
+    model: type[BaseModel] = create_model(
+        kind.EVENT_TYPE + "Event", __base__=Envelope, __doc__=doc.strip(), **fields
+    )
+    return model
+
+
+def _summary(kind: type[EventPayload]) -> str:
+    doc = (kind.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else kind.EVENT_TYPE
+
+
+HEADERS = {
+    "type": "object",
+    "properties": {
+        "event_type": {"type": "string", "description": "The message's event type"},
+        "event_id": {"type": "string", "format": "uuid"},
+        "content-type": {"type": "string", "const": "application/json"},
+    },
+    "required": ["event_type", "event_id"],
+}
+
+
+def _package_version() -> str:
+    try:
+        return version("yuqing")
+    except PackageNotFoundError:
+        return "0"
+
+
+def asyncapi_document(settings: Settings, members: Sequence[BusMember]) -> dict[str, Any]:
+    kinds = sorted(event_types().values(), key=lambda k: (k.TOPIC, k.EVENT_TYPE))
+    envelopes = {k.EVENT_TYPE: _typed_envelope(k) for k in kinds}
+    models: list[type[BaseModel]] = [*envelopes.values(), DeadLetter]
+    _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
+    schemas: dict[str, Any] = top.get("$defs", {})
+
+    messages: dict[str, Any] = {
+        k.EVENT_TYPE: {
+            "name": k.EVENT_TYPE,
+            "title": k.EVENT_TYPE,
+            "summary": _summary(k),
+            "contentType": "application/json",
+            "headers": HEADERS,
+            "payload": {"$ref": REF.format(model=envelopes[k.EVENT_TYPE].__name__)},
+            "correlationId": {"location": "$message.payload#/correlation_id"},
+            "bindings": {"kafka": {"key": {"type": "string", "description": "incident_id"}}},
+        }
+        for k in kinds
+    }
+    messages["DeadLetter"] = {
+        "name": "DeadLetter",
+        "title": "DeadLetter",
+        "summary": _summary_of(DeadLetter),
+        "contentType": "application/json",
+        "payload": {"$ref": REF.format(model="DeadLetter")},
+    }
+
+    channels: dict[str, Any] = {}
+    for topic in ALL_TOPICS:
+        channels[_channel(topic)] = {
+            "address": settings.topic(topic),
+            "description": f"Events of the {topic.split('.')[0]} service, keyed by incident_id",
+            "messages": {
+                k.EVENT_TYPE: {"$ref": f"#/components/messages/{k.EVENT_TYPE}"}
+                for k in kinds
+                if topic == k.TOPIC
+            },
+        }
+    channels[_channel(DEAD_LETTER_TOPIC)] = {
+        "address": settings.topic(DEAD_LETTER_TOPIC),
+        "description": "Messages a consumer could not act on, with the reason",
+        "messages": {"DeadLetter": {"$ref": "#/components/messages/DeadLetter"}},
+    }
+
+    operations: dict[str, Any] = {}
+    for member in members:
+        sent = [k for k in kinds if member.topic == k.TOPIC]
+        if sent:
+            operations[f"{member.name}_sends"] = _operation(
+                "send", member.topic, sent, f"{member.name} relays its stored events"
+            )
+        for topic in sorted({k.TOPIC for k in member.handles}):
+            handled = sorted(
+                (k for k in member.handles if topic == k.TOPIC), key=lambda k: k.EVENT_TYPE
+            )
+            operations[f"{member.name}_receives_{_channel(topic)}"] = _operation(
+                "receive", topic, handled, f"{member.name} reacts to these types"
+            )
+        operations[f"{member.name}_dead_letters"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{_channel(DEAD_LETTER_TOPIC)}"},
+            "summary": f"{member.name} gives up on a message, with the reason",
+            "messages": [{"$ref": f"#/channels/{_channel(DEAD_LETTER_TOPIC)}/messages/DeadLetter"}],
+        }
+
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "yuqing events",
+            "version": _package_version(),
+            "description": (
+                "The topics the yuqing services publish and consume. Every message is an "
+                "envelope (event id, type, schema version, incident, stream position, actor, "
+                "correlation) around its type's payload, keyed by incident_id; one incident "
+                "stays in order on every topic."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "kafka": {
+                "host": settings.kafka_bootstrap_servers or "localhost:9092",
+                "protocol": "kafka",
+                "description": "The deployment's Kafka-protocol brokers",
+            }
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages, "schemas": schemas},
+    }
+
+
+def _summary_of(model: type[BaseModel]) -> str:
+    return (model.__doc__ or model.__name__).strip().splitlines()[0]
+
+
+def _channel(topic: str) -> str:
+    return topic.replace(".", "_")
+
+
+def _operation(
+    action: str, topic: str, kinds: Iterable[type[EventPayload]], summary: str
+) -> dict[str, Any]:
+    channel = _channel(topic)
+    return {
+        "action": action,
+        "channel": {"$ref": f"#/channels/{channel}"},
+        "summary": summary,
+        "messages": [{"$ref": f"#/channels/{channel}/messages/{k.EVENT_TYPE}"} for k in kinds],
+    }
+
+
+_PAGE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
+    """<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8">
+<title>{{ doc.info.title }} · AsyncAPI {{ doc.asyncapi }}</title></head>
+<body>
+<h1>{{ doc.info.title }} <small>v{{ doc.info.version }}</small></h1>
+<p>{{ doc.info.description }}</p>
+<p>机器可读版本：<a href="asyncapi.json">asyncapi.json</a>（AsyncAPI {{ doc.asyncapi }}）</p>
+<h2>主题 Channels</h2>
+<table border="1" cellpadding="4">
+<thead><tr><th>主题 address</th><th>说明</th><th>消息 messages</th></tr></thead>
+<tbody>
+{% for name, channel in doc.channels.items() %}<tr>
+<td><code>{{ channel.address }}</code></td><td>{{ channel.description }}</td>
+<td>{% for m in channel.messages %}<a href="#{{ m }}">{{ m }}</a>
+{% endfor %}</td>
+</tr>{% endfor %}
+</tbody></table>
+<h2>收发 Operations</h2>
+<table border="1" cellpadding="4">
+<thead><tr><th>operation</th><th>action</th><th>channel</th><th>messages</th></tr></thead>
+<tbody>
+{% for name, op in doc.operations.items() %}<tr>
+<td><code>{{ name }}</code></td><td>{{ op.action }}</td>
+<td><code>{{ op.channel["$ref"].rsplit("/", 1)[-1] }}</code></td>
+<td>{{ op.messages | map(attribute="$ref") | map("replace", "#/channels/", "") | join(", ") }}</td>
+</tr>{% endfor %}
+</tbody></table>
+<h2>消息 Messages</h2>
+{% for name, message in doc.components.messages.items() %}
+<h3 id="{{ name }}">{{ name }}</h3>
+<p>{{ message.summary }}</p>
+<details><summary>payload schema</summary><pre>{{ schemas[name] }}</pre></details>
+{% endfor %}
+</body></html>
+"""
+)
+
+
+def asyncapi_page(document: dict[str, Any]) -> str:
+    """The document as a page a partner's engineer reads in a browser: no script, nothing
+    loaded from elsewhere."""
+    components = document["components"]
+    schemas = {
+        name: json.dumps(
+            components["schemas"][message["payload"]["$ref"].rsplit("/", 1)[-1]],
+            ensure_ascii=False,
+            indent=2,
+        )
+        for name, message in components["messages"].items()
+    }
+    return _PAGE.render(doc=document, schemas=schemas)

@@ -1,0 +1,127 @@
+"""The duties and clearance chains of a plan, as its policy files state them: the models of
+obligations.yaml (duties per level and category, with their deadlines) and approval.yaml
+(who clears a statement, per level). Pure: the notification and statement services decide
+with them, and grading's plan view and what-if read the same rules (shared/plan.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, model_validator
+
+from shared.events import Category, Level
+from shared.identity import Role
+from shared.models import FrozenModel
+from shared.policy import ClockTime, Duration
+
+INCIDENT_UNIT = "incident"  # in the approval policy: the unit(s) the incident concerns
+
+
+class SameDay(FrozenModel):
+    """当日回复: due at `due` local time on the day of grading; a case graded at or after
+    `cutoff` (late evening) is due at `rollover_to` the next day instead."""
+
+    due: ClockTime
+    cutoff: ClockTime
+    rollover_to: ClockTime
+
+    @model_validator(mode="after")
+    def _cutoff_not_after_due(self) -> SameDay:
+        if self.cutoff > self.due:
+            raise ValueError("cutoff must not be later than due, or some deadlines would be past")
+        return self
+
+    def deadline(self, counted_from: datetime, tz: ZoneInfo) -> datetime:
+        local = counted_from.astimezone(tz)
+        day: date = local.date()
+        at = self.due
+        if local.time() >= self.cutoff:
+            day, at = day + timedelta(days=1), self.rollover_to
+        return datetime.combine(day, at, tzinfo=tz).astimezone(UTC)
+
+
+class ObligationRule(FrozenModel):
+    kind: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$")
+    title: str = Field(min_length=1)
+    owner_role: Role
+    recipients: tuple[Role, ...] = Field(min_length=1)
+    within: Duration | None = None
+    same_day: SameDay | None = None
+    alert_roles: tuple[Role, ...] | None = None
+    # A duty that recurs while the incident is open (动态跟踪): each round met or missed
+    # opens the next, due this long after the last round's deadline.
+    every: Duration | None = None
+
+    @model_validator(mode="after")
+    def _one_deadline(self) -> ObligationRule:
+        if (self.within is None) == (self.same_day is None):
+            raise ValueError(f"{self.kind}: give exactly one of 'within' or 'same_day'")
+        return self
+
+    def deadline(self, counted_from: datetime, tz: ZoneInfo) -> datetime:
+        if self.same_day is not None:
+            return self.same_day.deadline(counted_from, tz)
+        assert self.within is not None
+        return counted_from + self.within
+
+
+class ObligationPolicy(FrozenModel):
+    """What each level and category obliges: the duties part of config/obligations.yaml."""
+
+    version: str
+    alert_roles: tuple[Role, ...] = Field(min_length=1)
+    levels: dict[Level, tuple[ObligationRule, ...]]
+    categories: dict[Category, tuple[ObligationRule, ...]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _kinds_unique(self) -> ObligationPolicy:
+        # A kind names one duty of an incident: two rules with one kind could never both open.
+        seen: dict[str, str] = {}
+        for where, rule in self._all_rules():
+            if rule.kind in seen:
+                raise ValueError(f"kind {rule.kind!r} appears in {seen[rule.kind]} and {where}")
+            seen[rule.kind] = where
+        return self
+
+    def _all_rules(self) -> Iterable[tuple[str, ObligationRule]]:
+        for level, rules in self.levels.items():
+            for rule in rules:
+                yield f"levels.{int(level)}", rule
+        for category, rules in self.categories.items():
+            for rule in rules:
+                yield f"categories.{category.value}", rule
+
+    def rule(self, kind: str) -> ObligationRule | None:
+        return next((rule for _, rule in self._all_rules() if rule.kind == kind), None)
+
+    def rules_for(self, level: Level | None, category: Category | None) -> list[ObligationRule]:
+        by_level = list(self.levels.get(level, ())) if level is not None else []
+        by_category = list(self.categories.get(category, ())) if category is not None else []
+        return by_level + by_category
+
+
+class StepRule(FrozenModel):
+    role: Role
+    unit: str | None = Field(
+        default=None,
+        description=f"a unit id, or {INCIDENT_UNIT!r} for each unit the incident concerns",
+    )
+
+
+class ApprovalPolicy(FrozenModel):
+    """Who clears a statement at each level, in order, from config/approval.yaml."""
+
+    version: str
+    levels: dict[Level, tuple[StepRule, ...]]
+
+    @model_validator(mode="after")
+    def _complete(self) -> ApprovalPolicy:
+        for level in Level:
+            if not self.levels.get(level):
+                raise ValueError(f"levels.{int(level)}: every level needs at least one step")
+        return self
+
+    def roles(self) -> set[Role]:
+        return {rule.role for rules in self.levels.values() for rule in rules}
