@@ -20,9 +20,10 @@ import json
 import os
 import secrets
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, TypedDict, TypeVar
 
 import jwt
 from fastapi import Depends, Request, Security
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 log = get_logger("yuqing.auth")
+T = TypeVar("T")
 
 # Where the request guard (shared.api) leaves the token it verified and its claims, so
 # that a request's token is verified once.
@@ -77,6 +79,47 @@ def check_secret(key: str, *, production: bool) -> str | None:
     return problem
 
 
+class WatchedFile:
+    """A file read again whenever it changes (its size, time or inode), so that every
+    process reading the same file (a mounted ConfigMap or volume in the distributed shape)
+    acts on the same contents without a restart."""
+
+    def __init__(self, path: Path | None, unreadable: str) -> None:
+        self.path = path
+        self.unreadable = unreadable  # the log event when it cannot be read
+        self._seen: tuple[int, int, int] | None = None
+
+    def read_if_changed(self, parse: Callable[[str], T], missing: T) -> T | None:
+        """The parsed contents when the file changed since the last read (`missing` when
+        there is no file), None when it did not change or cannot be read or parsed: what
+        was read last then stands, rather than forgetting revocations or keys."""
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._seen = None
+            return missing
+        except OSError as exc:
+            log.warning(self.unreadable, path=str(self.path), error=str(exc))
+            return None
+        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if seen == self._seen:
+            return None
+        try:
+            parsed = parse(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning(self.unreadable, path=str(self.path), error=str(exc))
+            return None
+        self._seen = seen
+        return parsed
+
+
+def _revoked_ids(text: str) -> frozenset[str]:
+    ids = (line.split(maxsplit=1) for line in text.splitlines())
+    return frozenset(w[0] for w in ids if w and not w[0].startswith("#"))
+
+
 class RevocationList:
     """The ids (`jti`) of revoked tokens: a text file, one id a line (what follows the id
     on its line, and lines starting with '#', are notes). Read when made and re-read
@@ -86,32 +129,14 @@ class RevocationList:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._seen: tuple[int, int, int] | None = None
+        self._file = WatchedFile(path, "revocation_list_unreadable")
         self._ids: frozenset[str] = frozenset()
         self._refresh()
 
     def _refresh(self) -> None:
-        if self.path is None:
-            return
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            self._seen, self._ids = None, frozenset()
-            return
-        except OSError as exc:  # keep what was read last rather than forget revocations
-            log.warning("revocation_list_unreadable", path=str(self.path), error=str(exc))
-            return
-        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if seen == self._seen:
-            return
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except OSError as exc:
-            log.warning("revocation_list_unreadable", path=str(self.path), error=str(exc))
-            return
-        ids = (line.split(maxsplit=1) for line in text.splitlines())
-        self._ids = frozenset(w[0] for w in ids if w and not w[0].startswith("#"))
-        self._seen = seen
+        ids: frozenset[str] | None = self._file.read_if_changed(_revoked_ids, frozenset[str]())
+        if ids is not None:
+            self._ids = ids
 
     def __contains__(self, jti: object) -> bool:
         self._refresh()
@@ -157,30 +182,15 @@ class ApiKeys:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._seen: tuple[int, int, int] | None = None
+        self._file = WatchedFile(path, "api_keys_unreadable")
         self._records: dict[str, ApiKeyRecord] = {}
         self._refresh()
 
     def _refresh(self) -> None:
-        if self.path is None:
-            return
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            self._seen, self._records = None, {}
-            return
-        except OSError as exc:
-            log.warning("api_keys_unreadable", path=str(self.path), error=str(exc))
-            return
-        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if seen == self._seen:
-            return
-        try:
-            self._records = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:  # keep what was read last
-            log.warning("api_keys_unreadable", path=str(self.path), error=str(exc))
-            return
-        self._seen = seen
+        empty: dict[str, ApiKeyRecord] = {}
+        records: dict[str, ApiKeyRecord] | None = self._file.read_if_changed(json.loads, empty)
+        if records is not None:
+            self._records = records
 
     @staticmethod
     def _digest(key: str) -> str:
