@@ -157,6 +157,14 @@ def make_broker(settings: Settings, service: str) -> KafkaBroker:
     )
 
 
+def topic_configs(settings: Settings) -> dict[str, str]:
+    """What the topics are created with beyond partitions and replicas: the retention, when
+    configured (else the broker's default). The archive is the long-term record, so
+    retention need only cover the longest time a consumer may be down."""
+    hours = settings.topic_retention_hours
+    return {} if hours is None else {"retention.ms": str(int(hours * 3_600_000))}
+
+
 async def ensure_topics(settings: Settings, names: Iterable[str] = ALL_TOPICS) -> bool:
     """Create the topics before anyone subscribes, so consumers never wait on auto-creation.
 
@@ -175,6 +183,7 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = ALL_TOPICS) -
                 name=n,
                 num_partitions=settings.topic_partitions,
                 replication_factor=settings.topic_replication_factor,
+                topic_configs=topic_configs(settings),
             )
             for n in sorted(wanted - existing)
         ]

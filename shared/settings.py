@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=3, ge=1)
     # Replicas of each topic created at start (a real cluster: 3; the embedded broker: 1).
     topic_replication_factor: int = Field(default=1, ge=1)
+    # How long the topics keep messages, set when they are created (None: the broker's
+    # default). The archive keeps the record; this covers a consumer that is down.
+    topic_retention_hours: float | None = Field(default=None, gt=0)
     # How the services reach Kafka (FastStream's broker and the admin client alike):
     # PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL; SASL with PLAIN or SCRAM-SHA-256/512
     # and its username and password; TLS with a CA file (else the system's) and, for mutual

@@ -20,6 +20,7 @@ from shared.bus import (
     kafka_client_options,
     kafka_security,
     make_broker,
+    topic_configs,
 )
 from shared.settings import Settings
 
@@ -148,6 +149,7 @@ async def test_topics_are_created_with_the_configured_security_and_replication(
         kafka_sasl_password="pw",
         topic_replication_factor=3,
         topic_partitions=6,
+        topic_retention_hours=168,
     )
 
     fresh = await ensure_topics(s)
@@ -158,3 +160,6 @@ async def test_topics_are_created_with_the_configured_security_and_replication(
     assert admin["sasl_plain_username"] == "yuqing"
     assert len(created) == 6  # five topics and the dead-letter topic
     assert {(t.num_partitions, t.replication_factor) for t in created} == {(6, 3)}
+    # A week, as Kafka counts it; unset, the broker's own default applies.
+    assert {tuple(t.topic_configs.items()) for t in created} == {(("retention.ms", "604800000"),)}
+    assert topic_configs(settings(tmp_path)) == {}
