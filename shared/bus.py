@@ -68,6 +68,8 @@ from shared.tracing import consumer_span
 log = structlog.get_logger("yuqing.bus")
 
 OUTBOX_LEASE = "outbox-relay"
+# The longest a stop waits for a cancelled background task before it goes on without it.
+STOP_WAIT_SECONDS = 5.0
 # In each service's database: per topic, for each partition, an offset the broker's end was
 # seen at or past ({"_id": topic, "ends": {"<partition>": offset}}): an end below it means
 # the broker lost what the relay had sent it.
@@ -281,8 +283,15 @@ class OutboxRelay:
         """Stop relaying; first, for up to `drain` seconds, send what is still unsent."""
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                # Bounded: a broker check cancelled inside a client's start or close must
+                # not hold the stop for ever (the relay's state is in the store).
+                async with asyncio.timeout(STOP_WAIT_SECONDS):
+                    await self._task
+            except asyncio.CancelledError:
+                pass
+            except TimeoutError:
+                log.warning("outbox relay did not stop in time", service=self.service)
         if self.active and drain > 0:
             # What is not sent now stays stored, unsent, for the next start to send.
             with contextlib.suppress(TimeoutError, KafkaError, PyMongoError, OSError):

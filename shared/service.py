@@ -25,7 +25,7 @@ from pymongo.monitoring import CommandListener
 
 from shared.api import RateLimiter, create_app
 from shared.auth import TokenService
-from shared.bus import EventConsumer, OutboxRelay, make_broker
+from shared.bus import STOP_WAIT_SECONDS, EventConsumer, OutboxRelay, make_broker
 from shared.catalogue import Catalogue
 from shared.clock import Clock, utcnow
 from shared.directory import Directory
@@ -268,9 +268,15 @@ class ServiceRunner(Generic[P]):
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
-                async with asyncio.timeout(bound):
+            try:
+                async with asyncio.timeout(bound or STOP_WAIT_SECONDS):
                     await task
+            except TimeoutError:
+                log.warning("a loop did not stop in time", service=self.name, loop=task.get_name())
+            except asyncio.CancelledError:
+                continue  # what a cancelled loop ends with
+            except Exception as exc:
+                log.warning("a loop failed as it stopped", service=self.name, error=str(exc))
         if self.consumer is not None:
             self.consumer.stopping.set()
         for subscriber in self.broker.subscribers:
