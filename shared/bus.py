@@ -269,6 +269,9 @@ class OutboxRelay:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lease = timedelta(seconds=settings.outbox_lease_seconds)
         self._task: asyncio.Task[None] | None = None
+        # Set at a stop, beside the cancel: a cancel that a client library's wait swallows
+        # (Python 3.11's wait_for can) must not keep the relay looping.
+        self._stopping = False
         # What the broker acknowledged per partition (loaded when the lease is taken), and
         # whether to ask the broker at once if it still has it (at start, after an error).
         self._heads: Ends | None = None
@@ -277,10 +280,12 @@ class OutboxRelay:
         self.requeued = 0  # events queued again because the broker had lost them
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"outbox-{self.service}")
 
     async def stop(self, drain: float = 0.0) -> None:
         """Stop relaying; first, for up to `drain` seconds, send what is still unsent."""
+        self._stopping = True
         if self._task:
             self._task.cancel()
             try:
@@ -314,7 +319,7 @@ class OutboxRelay:
         # Renew well before expiry, however long the relay waits between batches.
         renew_every = self._lease.total_seconds() / 3
         renewed_at = float("-inf")
-        while True:
+        while not self._stopping:
             try:
                 # The lease is written only when due: an idle relay writes nothing else (a
                 # retryable write the embedded server would remember for 30 minutes).

@@ -265,6 +265,7 @@ class ServiceRunner(Generic[P]):
         # the end of the rebalance: a stop does not wait for that, it lets the member go.
         joining = not self.joined
         bound = JOINING_STOP_SECONDS if joining else None
+        was_started, self.started = self.started, False
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -287,7 +288,7 @@ class ServiceRunner(Generic[P]):
                 await _drop_connections(subscriber)
             except Exception as exc:
                 log.warning("consumer stop failed", service=self.name, error=str(exc))
-        await self.relay.stop(drain=self.settings.shutdown_drain_seconds if self.started else 0)
+        await self.relay.stop(drain=self.settings.shutdown_drain_seconds if was_started else 0)
         with contextlib.suppress(TimeoutError, Exception):
             async with asyncio.timeout(bound):
                 await self.broker.stop()
@@ -297,7 +298,9 @@ class ServiceRunner(Generic[P]):
         log.info("service stopped", service=self.name)
 
     async def _observe(self) -> None:
-        while True:
+        # Its consumer calls wait inside aiokafka, where a cancel can be swallowed: it
+        # also ends when the service is no longer started.
+        while self.started:
             await self.sample_metrics()
             await asyncio.sleep(self.settings.metrics_interval_seconds)
 
