@@ -24,7 +24,9 @@ YUQING = str(Path(sys.executable).with_name("yuqing"))
 class RunningSystem:
     """A `yuqing up` process; its output is kept for the failure report."""
 
-    def __init__(self, env: dict[str, str], start_timeout: float = 90.0) -> None:
+    def __init__(
+        self, env: dict[str, str], start_timeout: float = 90.0, *, own_session: bool = False
+    ) -> None:
         self.env = env
         self.port = int(env["YUQING_HTTP_PORT"])
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -38,8 +40,11 @@ class RunningSystem:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
+            # A process group of its own, as a terminal starts it (a Ctrl-C reaches it whole).
+            start_new_session=own_session,
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         if not self._ready.wait(start_timeout):
             self.stop()
             raise AssertionError("yuqing up did not become ready:\n" + self.log_tail())

@@ -11,14 +11,13 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from shared.embedded import free_port
-from tests.e2e.conftest import YUQING, RunningSystem, system_env, wait_for
+from tests.e2e.conftest import RunningSystem, system_env, wait_for
 from tests.e2e.test_walking_skeleton import incident_view, report
 
 pytestmark = pytest.mark.e2e
@@ -37,26 +36,7 @@ class ProcessGroup(RunningSystem):
     a Ctrl-C reaches whole (yuqing and whatever it started in the group)."""
 
     def __init__(self, env: dict[str, str], start_timeout: float = 90.0) -> None:
-        self.env = env
-        self.port = int(env["YUQING_HTTP_PORT"])
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.output: list[str] = []
-        self.token = ""
-        self._ready = threading.Event()
-        self.process = subprocess.Popen(
-            [YUQING, "up"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self._ready.wait(start_timeout):
-            self.stop()
-            raise AssertionError("yuqing up did not become ready:\n" + self.log_tail())
+        super().__init__(env, start_timeout, own_session=True)
 
     def signal_group(self, sig: signal.Signals) -> tuple[float, list[str]]:
         """Send `sig` to the whole group; the seconds until yuqing exited, and what it
