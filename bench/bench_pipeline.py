@@ -17,7 +17,13 @@ MongoDB command the services send) in a temporary data directory, then measures 
   as archive views directly (copies of a real view with their own id, time, level, status);
 - replay: the archive's replay of its log, against reading the same log and bulk-writing
   the same views from this process;
-- memory: the peak RSS of each process.
+- memory: the peak RSS of each process;
+- what an operator watches: the system's /metrics scraped every 2 s while the pipeline
+  and latency phases run (the services sample every YUQING_METRICS_INTERVAL_SECONDS, 2 s
+  here rather than 15: a count of each outbox per sample, in the command figures), the
+  most consumer lag seen per consumer group (`yuqing_consumer_lag`, summed over its
+  topics and partitions) and the largest outbox backlog per service
+  (`yuqing_outbox_backlog`, the true count of stored events not yet on Kafka).
 
 Prints a table and writes bench/results/latest.json.
 
@@ -50,6 +56,7 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient, ReplaceOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -215,7 +222,7 @@ class Usage:
 
 
 @contextlib.contextmanager
-def running_system(tmp: str) -> Iterator[System]:
+def running_system(tmp: str, metrics_interval: float = 2.0) -> Iterator[System]:
     settings = Settings(data_dir=Path(tmp), embedded_kafka_port=0, embedded_mongo_port=0)
     infra = EmbeddedInfra(settings)
     resolved = infra.start()
@@ -230,6 +237,8 @@ def running_system(tmp: str) -> Iterator[System]:
         "YUQING_LOG_LEVEL": "WARNING",
         "YUQING_LOG_FORMAT": "json",
         "YUQING_BENCH_COUNTS": str(counts),
+        # The figures /metrics shows are sampled this often (the default is 15 s).
+        "YUQING_METRICS_INTERVAL_SECONDS": str(metrics_interval),
         # The bench is one principal sending far more than a person would.
         "YUQING_RATE_LIMIT": "100000000/minute",
         "PYTHONPATH": str(ROOT),
@@ -275,6 +284,81 @@ def running_system(tmp: str) -> Iterator[System]:
             process.kill()
             process.wait(timeout=10)
         infra.stop()
+
+
+# --------------------------------------------------------------------------- what is watched
+
+
+def lag_and_backlog(text: str) -> tuple[dict[str, float], dict[str, float]]:
+    """From one scrape of /metrics: each consumer group's lag (its service's
+    `yuqing_consumer_lag` summed over topics and partitions) and each service's outbox
+    backlog."""
+    lag: dict[str, float] = {}
+    backlog: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            service = sample.labels.get("service", "?")
+            if sample.name == "yuqing_consumer_lag":
+                lag[service] = lag.get(service, 0.0) + sample.value
+            elif sample.name == "yuqing_outbox_backlog":
+                backlog[service] = backlog.get(service, 0.0) + sample.value
+    return lag, backlog
+
+
+@dataclass
+class Watch:
+    """Scrapes the system's /metrics every `every` seconds, as an operator's Prometheus
+    does, and keeps per phase the most consumer lag seen per group and the largest outbox
+    backlog per service."""
+
+    system: System
+    every: float = 2.0
+    phases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _lag: dict[str, float] = field(default_factory=dict)
+    _backlog: dict[str, float] = field(default_factory=dict)
+    _scrapes: int = 0
+    _failed: int = 0
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async with client(self.system, 1) as api:
+            while True:
+                try:
+                    answer = await api.get("/metrics")
+                    answer.raise_for_status()
+                    lag, backlog = lag_and_backlog(answer.text)
+                except (httpx.HTTPError, ValueError):
+                    self._failed += 1
+                else:
+                    self._scrapes += 1
+                    for name, value in lag.items():
+                        self._lag[name] = max(self._lag.get(name, 0.0), value)
+                    for name, value in backlog.items():
+                        self._backlog[name] = max(self._backlog.get(name, 0.0), value)
+                await asyncio.sleep(self.every)
+
+    def mark(self, phase: str) -> dict[str, Any]:
+        """What was seen since the last mark, as the figures of `phase`."""
+        seen = {
+            "scrapes": self._scrapes,
+            "scrapes_failed": self._failed,
+            "consumer_lag_max": int(max(self._lag.values(), default=0)),
+            "consumer_lag_max_by_group": {k: int(v) for k, v in sorted(self._lag.items())},
+            "outbox_backlog_max": int(max(self._backlog.values(), default=0)),
+            "outbox_backlog_max_by_service": {k: int(v) for k, v in sorted(self._backlog.items())},
+        }
+        self.phases[phase] = seen
+        self._lag, self._backlog, self._scrapes, self._failed = {}, {}, 0, 0
+        return seen
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 # --------------------------------------------------------------------------- completion
@@ -700,10 +784,13 @@ async def measure(system: System, args: argparse.Namespace) -> dict[str, Any]:
 
     completions = Completions(system)
     await completions.start()
+    watch = Watch(system, args.scrape_seconds)
+    await watch.start()
     note("pipeline", results, args.partial)
     try:
         pipe = await sustained(system, completions, args.reports, args.concurrency)
         results["pipeline"] = pipe
+        watch.mark("pipeline")
         raw = results["raw"]
         write_s = 1 / raw["writes_per_s"]
         txn_extra_s = max(0.0, 1 / raw["transactions_per_s"] - write_s)
@@ -721,8 +808,15 @@ async def measure(system: System, args: argparse.Namespace) -> dict[str, Any]:
         results["latency_ms"] = await latency(
             system, completions, pipe["reports_per_s"] / 2, args.latency_seconds
         )
+        watch.mark("latency")
     finally:
+        await watch.stop()
         await completions.stop()
+    results["watched"] = {
+        "scrape_every_s": args.scrape_seconds,
+        "sampled_every_s": args.metrics_interval,
+        **watch.phases,
+    }
     results["refused_and_retried"] = dict(REFUSED)
 
     incidents = list(completions.seen)
@@ -749,6 +843,8 @@ async def measure_long(system: System, args: argparse.Namespace) -> dict[str, An
     """Closed-loop load for `--long` seconds: throughput and RSS per minute."""
     completions = Completions(system)
     await completions.start()
+    watch = Watch(system, args.scrape_seconds)
+    await watch.start()
     minutes: list[dict[str, Any]] = []
     gate = asyncio.Semaphore(args.concurrency)
     total_minutes = max(1, int(args.long // 60))  # whole minutes, each measured alike
@@ -771,16 +867,20 @@ async def measure_long(system: System, args: argparse.Namespace) -> dict[str, An
             last = 0
             for minute in range(1, total_minutes + 1):
                 await asyncio.sleep(max(0.0, begun + minute * 60 - time.perf_counter()))
+                seen = watch.mark(f"minute {minute}")
                 minutes.append(
                     {
                         "reports_per_s": round((done - last) / 60, 2),
                         "rss_mb": {k: rss_now_mb(p) for k, p in system.pids.items()},
+                        "consumer_lag_max": seen["consumer_lag_max"],
+                        "outbox_backlog_max": seen["outbox_backlog_max"],
                     }
                 )
                 last = done
                 print(f"minute {len(minutes)}: {minutes[-1]}", flush=True)
             await asyncio.gather(*workers)
     finally:
+        await watch.stop()
         await completions.stop()
     first, final = minutes[0]["reports_per_s"], minutes[-1]["reports_per_s"]
     growth: dict[str, float | None] = {}
@@ -841,6 +941,21 @@ def table(results: dict[str, Any]) -> str:
         ),
         ("peak RSS MB", ", ".join(f"{k} {v}" for k, v in results["memory"]["peak_rss_mb"].items())),
     ]
+    for phase in ("pipeline", "latency"):
+        seen = results.get("watched", {}).get(phase)
+        if seen:
+            rows.append(
+                (
+                    f"scraped in {phase}: max consumer lag by group",
+                    f"{seen['consumer_lag_max']} {seen['consumer_lag_max_by_group']}",
+                )
+            )
+            rows.append(
+                (
+                    f"scraped in {phase}: max outbox backlog by service",
+                    f"{seen['outbox_backlog_max']} {seen['outbox_backlog_max_by_service']}",
+                )
+            )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
@@ -857,12 +972,17 @@ def main() -> int:
     parser.add_argument("--list-incidents", type=int, default=10_000)
     parser.add_argument("--load-cap", type=float, default=90.0, help="seconds to load them")
     parser.add_argument("--long", type=float, default=0.0, help="seconds of drift run (1800)")
+    parser.add_argument("--metrics-interval", type=float, default=2.0, help="services sample")
+    parser.add_argument("--scrape-seconds", type=float, default=2.0, help="/metrics scraped")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     out: Path = args.out or RESULTS / ("long.json" if args.long else "latest.json")
     args.partial = out.with_suffix(".partial.json")
 
-    with tempfile.TemporaryDirectory(prefix="yuqing-bench-") as tmp, running_system(tmp) as system:
+    with (
+        tempfile.TemporaryDirectory(prefix="yuqing-bench-") as tmp,
+        running_system(tmp, args.metrics_interval) as system,
+    ):
         if args.long:
             results = asyncio.run(closing(system, measure_long(system, args)))
         else:

@@ -1,4 +1,5 @@
-"""The FastAPI app factory every service uses: error format, request logging, metrics."""
+"""The FastAPI app factory every service uses: error format, request logging and tracing,
+metrics (prometheus-fastapi-instrumentator)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from fastapi.routing import APIRoute
 from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
+from prometheus_fastapi_instrumentator import Instrumentator
 from pydantic import BaseModel, Field
 from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -36,7 +38,7 @@ from shared.errors import (
     Unauthorized,
 )
 from shared.identity import Role
-from shared.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from shared.metrics import http_instrumentation
 from shared.settings import Settings
 from shared.store import ConcurrencyConflict
 from shared.tracing import request_span
@@ -126,8 +128,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", "an unexpected error occurred")
 
 
-class RequestMetrics:
-    """Logs each request with an id and records its count and latency by route template."""
+class RequestTracing:
+    """Serves each request in its trace (the correlation id of what it causes, answered as
+    `X-Correlation-ID`), names the span by route template, and logs it with an id. Counts
+    and latency are the instrumentator's (`instrument_app`)."""
 
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
@@ -170,8 +174,6 @@ class RequestMetrics:
                     span.update_name(f"{method} {template}")
                     span.set_attribute("http.route", template)
                     span.set_attribute("http.response.status_code", status)
-                    HTTP_REQUESTS.labels(self.service, method, template, str(status)).inc()
-                    HTTP_SECONDS.labels(self.service, method, template).observe(elapsed)
                     log.info(
                         "http request",
                         method=method,
@@ -602,5 +604,16 @@ def create_app(
             private=(f"{prefix}/docs", f"{prefix}/openapi.json"),
             docs=docs,
         )
-    app.add_middleware(RequestMetrics, service=service)
+    instrument_app(app, service)
+    app.add_middleware(RequestTracing, service=service)
     return app
+
+
+def instrument_app(app: FastAPI, service: str) -> None:
+    """Count and time every request `app` answers (refusals of the guard too) with
+    prometheus-fastapi-instrumentator: `yuqing_http_requests_total` and
+    `yuqing_http_request_duration_seconds`, by route template, method, exact status and
+    service (shared/metrics.py)."""
+    Instrumentator(should_group_status_codes=False).add(http_instrumentation(service)).instrument(
+        app
+    )

@@ -21,6 +21,7 @@ from pydantic.json_schema import models_json_schema
 
 from shared.events import ALL_TOPICS, DEAD_LETTER_TOPIC, Envelope, EventPayload, event_types
 from shared.settings import Settings
+from shared.signing import PRODUCER_HEADER, SIGNATURE_HEADER
 
 REF = "#/components/schemas/{model}"
 
@@ -69,8 +70,50 @@ HEADERS = {
         "event_type": {"type": "string", "description": "The message's event type"},
         "event_id": {"type": "string", "format": "uuid"},
         "content-type": {"type": "string", "const": "application/json"},
+        PRODUCER_HEADER: {
+            "type": "string",
+            "description": "The service that published it: the owner of its topic",
+        },
+        SIGNATURE_HEADER: {
+            "type": "string",
+            "pattern": "^sha256=[0-9a-f]{64}$",
+            "description": (
+                "HMAC-SHA256 of the canonical JSON of {envelope, producer, topic} with the "
+                "producer's key (derived from the deployment's bus secret): a consumer "
+                "takes only what the topic's owner signed"
+            ),
+        },
+        "correlation_id": {
+            "type": "string",
+            "description": "FastStream's correlation header: the envelope's correlation_id",
+        },
+        "yuqing-epoch": {
+            "type": "string",
+            "pattern": "^[0-9]+$",
+            "description": (
+                "How many times the producer's relay found the broker had lost what it had "
+                "sent: a consumer that sees it grow reads the topic again from its start"
+            ),
+        },
+        "traceparent": {
+            "type": "string",
+            "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+            "description": (
+                "W3C trace context of the span that published it: the trace id is the "
+                "envelope's correlation_id"
+            ),
+        },
     },
-    "required": ["event_type", "event_id"],
+    "required": ["event_type", "event_id", PRODUCER_HEADER, SIGNATURE_HEADER],
+}
+DEAD_LETTER_HEADERS = {
+    "type": "object",
+    "properties": {
+        "reason": {"type": "string", "maxLength": 500, "description": "Why, cut to 500"},
+        "consumer": {"type": "string", "description": "The consumer that gave up on it"},
+        "source_topic": {"type": "string", "description": "The topic it arrived on"},
+    },
+    "required": ["reason", "consumer", "source_topic"],
 }
 
 
@@ -106,6 +149,7 @@ def asyncapi_document(settings: Settings, members: Sequence[BusMember]) -> dict[
         "title": "DeadLetter",
         "summary": _summary_of(DeadLetter),
         "contentType": "application/json",
+        "headers": DEAD_LETTER_HEADERS,
         "payload": {"$ref": REF.format(model="DeadLetter")},
     }
 

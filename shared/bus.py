@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -41,18 +42,21 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.security import parse_security
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+from opentelemetry.trace import Status, StatusCode
 from pydantic import ValidationError
+from pymongo import ReturnDocument
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from shared.errors import StillConflicting
 from shared.events import ALL_TOPICS, DEAD_LETTER_TOPIC, Envelope, EventError, utcnow
-from shared.handlers import Handler, HandlerMap
+from shared.handlers import Delivery, Handler, HandlerMap
 from shared.metrics import (
     CONSUME_SECONDS,
     DEAD_LETTERS,
     EVENTS_CONSUMED,
     EVENTS_PUBLISHED,
     OUTBOX_ERRORS,
+    kafka_metrics,
 )
 from shared.settings import Settings
 from shared.signing import (
@@ -63,7 +67,7 @@ from shared.signing import (
     secret_problem,
 )
 from shared.store import EVENTS, INBOX, DecideAgain, EventStore, UnitOfWork
-from shared.tracing import consumer_span
+from shared.tracing import consumer_span, parent_span_of, publish_span, traceparent_of
 
 log = structlog.get_logger("yuqing.bus")
 
@@ -74,6 +78,14 @@ STOP_WAIT_SECONDS = 5.0
 # seen at or past ({"_id": topic, "ends": {"<partition>": offset}}): an end below it means
 # the broker lost what the relay had sent it.
 RELAY_HEADS = "relay_heads"
+# In each service's database, one document: how many times the relay found the broker had
+# lost what it had sent ({"_id": "epoch", "value": n}). Every record carries it in
+# EPOCH_HEADER, so a consumer that sees it grow knows its positions on that topic point
+# into a broker that is not the one it read before.
+RELAY_EPOCH = "relay_epoch"
+EPOCH_HEADER = "yuqing-epoch"
+# The span that published the event (W3C trace context): its consumers' spans are children.
+TRACEPARENT_HEADER = "traceparent"
 
 
 class Rejected(Exception):
@@ -156,6 +168,8 @@ def make_broker(settings: Settings, service: str) -> KafkaBroker:
         # consumed message belongs at DEBUG, the handlers log what they decide.
         logger=logging.getLogger(f"yuqing.{service}.kafka"),
         log_level=logging.DEBUG,
+        # FastStream's Prometheus middleware: what it received, processed and published.
+        middlewares=(kafka_metrics(service),),
     )
 
 
@@ -278,6 +292,7 @@ class OutboxRelay:
         self._check_due = True
         self._checked_at = float("-inf")
         self.requeued = 0  # events queued again because the broker had lost them
+        self._epoch: int | None = None  # loaded with the first batch
 
     def start(self) -> None:
         self._stopping = False
@@ -331,7 +346,8 @@ class OutboxRelay:
                     )
                     renewed_at = asked_at
                     if self.active and not was_active:
-                        self._heads, self._check_due = None, True  # another may have sent
+                        # Another replica may have sent, and found a loss, meanwhile.
+                        self._heads, self._epoch, self._check_due = None, None, True
                 check_every = self.settings.outbox_check_seconds
                 if self.active and (
                     self._check_due or time.monotonic() - self._checked_at >= check_every
@@ -371,20 +387,43 @@ class OutboxRelay:
         events = await self.store.unpublished(self.settings.outbox_batch_size)
         if not events:
             return 0
+        epoch = await self._current_epoch()
         sends = []
+        spans = []
         for event in events:
             topic = self.settings.topic(event.topic)
+            span = publish_span(
+                self.service,
+                topic,
+                event_type=event.event_type,
+                event_id=str(event.event_id),
+                incident_id=event.incident_id,
+                correlation=event.correlation_id,
+            )
+            spans.append(span)
             sends.append(
                 await self.broker.publish(
                     event.to_json(),
                     topic,
                     key=event.incident_id.encode(),
-                    headers=signed_headers(event, self.service, self.keys),
+                    headers={
+                        **signed_headers(event, self.service, self.keys),
+                        EPOCH_HEADER: str(epoch),
+                        TRACEPARENT_HEADER: traceparent_of(span),
+                    },
                     correlation_id=str(event.correlation_id),
                     no_confirm=True,
                 )
             )
         results = await asyncio.gather(*sends, return_exceptions=True)
+        for span, result in zip(spans, results, strict=True):
+            if isinstance(result, BaseException):
+                span.record_exception(result)
+                span.set_status(Status(StatusCode.ERROR, str(result)))
+            else:
+                span.set_attribute("messaging.destination.partition.id", str(result.partition))
+                span.set_attribute("messaging.kafka.offset", result.offset)
+            span.end()
         sent = [e for e, r in zip(events, results, strict=True) if not isinstance(r, BaseException)]
         first: Ends = {}  # per partition, the lowest offset the broker gave this batch
         for result in results:
@@ -437,7 +476,22 @@ class OutboxRelay:
                     known[p] = max(known.get(p, 0), mark)
             await self.store.db[RELAY_HEADS].update_one({"_id": topic}, change, upsert=True)
 
+    async def _current_epoch(self) -> int:
+        if self._epoch is None:
+            doc = await self.store.db[RELAY_EPOCH].find_one({"_id": "epoch"})
+            self._epoch = int(doc["value"]) if doc else 0
+        return self._epoch
+
     async def _requeue(self, lost: list[str]) -> int:
+        # The epoch first: what is sent again tells every consumer of the topic that the
+        # broker is a new one, wherever their positions point (EventConsumer._follow_epoch).
+        doc = await self.store.db[RELAY_EPOCH].find_one_and_update(
+            {"_id": "epoch"},
+            {"$inc": {"value": 1}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        self._epoch = int(doc["value"]) if doc else 1
         await self.store.republish_all()
         queued = await self.store.count_unpublished()
         self.requeued += queued
@@ -520,16 +574,6 @@ def signed_headers(event: Envelope, producer: str, keys: BusKeys) -> dict[str, s
     }
 
 
-@dataclass(frozen=True)
-class Delivery:
-    """How a consumed event came: on which (logical) topic, from whom, with what signature,
-    each checked before any handler sees the event."""
-
-    topic: str
-    producer: str
-    signature: str
-
-
 _DELIVERY: ContextVar[Delivery | None] = ContextVar("yuqing_delivery", default=None)
 
 
@@ -548,7 +592,42 @@ def _delivering(delivery: Delivery | None) -> Iterator[None]:
         _DELIVERY.reset(token)
 
 
+def consumer_name(service: str) -> str:
+    """The service's consumer, as its inbox marks name it."""
+    return f"{service}-consumer"
+
+
+def checked_delivery(
+    keys: BusKeys, settings: Settings, event: Envelope, topic: str, headers: Mapping[str, Any]
+) -> Delivery | str:
+    """How an event came off `topic` (the deployment's name for it), or why it is not one
+    its topic's owner published: a topic not the deployment's, no or a wrong signature."""
+    prefix = settings.topic_prefix
+    if not topic.startswith(prefix):
+        return f"wrong topic: {topic} is not one of this deployment's topics"
+    logical = topic[len(prefix) :]
+    producer = str(headers.get(PRODUCER_HEADER) or "")
+    signature = str(headers.get(SIGNATURE_HEADER) or "")
+    problem = check_signed(
+        keys, event.model_dump(mode="json"), topic=logical, producer=producer, signature=signature
+    )
+    if problem is not None:
+        return problem
+    return Delivery(topic=logical, producer=producer, signature=signature)
+
+
 _TRANSIENT = (ConnectionFailure, DecideAgain, StillConflicting)
+
+
+@dataclass(frozen=True)
+class Received:
+    """A consumed record whose event passed every check, as it came."""
+
+    event: Envelope
+    raw: bytes
+    topic: str
+    delivery: Delivery
+    parent_span: int | None = None  # the span that published it, from its traceparent
 
 
 @dataclass
@@ -569,15 +648,18 @@ class EventConsumer:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # The producers' keys, to check every event's signature before it is handled.
     keys: BusKeys = field(init=False)
+    # Per topic, the highest relay epoch seen on it (OutboxRelay._requeue).
+    _epochs: dict[str, int] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.keys = bus_keys(self.settings)
 
     @property
     def name(self) -> str:
-        return f"{self.service}-consumer"
+        return consumer_name(self.service)
 
     def subscribe(self, topics: Iterable[str]) -> None:
+        batch = self.settings.consumer_batch_size
         subscriber = self.broker.subscriber(
             *(self.settings.topic(t) for t in topics),
             group_id=f"{self.settings.db_prefix}.{self.service}",
@@ -585,50 +667,222 @@ class EventConsumer:
             session_timeout_ms=int(self.settings.kafka_session_timeout_seconds * 1000),
             ack_policy=AckPolicy.ACK,
             title=f"{self.service}-consumer",
+            # What the broker has in hand at a poll, up to `batch` records (a poll with
+            # none waits for the first to come, not for the batch to fill).
+            batch=batch > 1,
+            max_records=batch if batch > 1 else None,
         )
-        subscriber(self.on_message)
+        subscriber(self.on_batch if batch > 1 else self.on_message)
 
     async def on_message(self, message: KafkaMessage) -> None:
         record = message.raw_message
         topic = getattr(record, "topic", "?")
-        await self.receive(message.body, topic, message.headers)
+        if await self.receive(message.body, topic, message.headers):
+            await self._follow_epoch(message.consumer, topic, message.headers)
 
-    async def receive(self, raw: bytes, topic: str, headers: Mapping[str, Any]) -> None:
+    async def on_batch(self, message: KafkaMessage) -> None:
+        """The records of one poll, in the broker's order: each checked as `receive` does,
+        the ones to handle handled together (`handle_all`), then the epochs followed."""
+        raw = message.raw_message
+        records = raw if isinstance(raw, tuple) else (raw,)
+        try:
+            accepted: list[tuple[Received, Mapping[str, Any]]] = []
+            for record in records:
+                headers = {k: v.decode(errors="replace") for k, v in record.headers or ()}
+                received = await self._accepted(record.value or b"", record.topic, headers)
+                if received is not None:
+                    accepted.append((received, headers))
+            await self.handle_all([r for r, _ in accepted if self.handlers.handler_for(r.event)])
+        except NackMessage:
+            raise
+        except Exception as exc:
+            # The batch is acknowledged when this returns or raises anything else: what
+            # could not be handled comes again (from its earliest record) instead.
+            log.exception("a batch failed: it will be delivered again", error=str(exc))
+            raise NackMessage() from exc
+        for received, given in accepted:
+            await self._follow_epoch(message.consumer, received.topic, given)
+
+    async def receive(self, raw: bytes, topic: str, headers: Mapping[str, Any]) -> bool:
         """One message as it came off `topic` (the deployment's name for it): parsed, its
         signature, topic and producer checked, then handled. A malformed, unsigned, wrongly
-        signed or misplaced event is dead-lettered with the reason and changes nothing."""
+        signed or misplaced event is dead-lettered with the reason and changes nothing.
+        True when the event was its topic owner's, handled or not this service's business."""
+        received = await self._accepted(raw, topic, headers)
+        if received is None:
+            return False
+        if self.handlers.handler_for(received.event) is not None:
+            await self.handle_one(received)
+        return True
+
+    async def _accepted(
+        self, raw: bytes, topic: str, headers: Mapping[str, Any]
+    ) -> Received | None:
+        """The event a record carries, its delivery checked; None once it is dead-lettered."""
         try:
             event = Envelope.from_json(raw)
         except (ValidationError, EventError, ValueError) as exc:
             await self.dead_letter(raw, topic, f"malformed event: {exc}")
-            return
-        delivery = self._checked(event, topic, headers)
+            return None
+        delivery = checked_delivery(self.keys, self.settings, event, topic, headers)
         if isinstance(delivery, str):
             EVENTS_CONSUMED.labels(self.service, event.event_type, "refused").inc()
             await self.dead_letter(raw, topic, delivery)
-            return
-        if self.handlers.handler_for(event) is None:
-            return  # not this service's business
-        await self.handle(event, raw=raw, topic=topic, delivery=delivery)
+            return None
+        parent = parent_span_of(headers.get(TRACEPARENT_HEADER), event.correlation_id)
+        return Received(event, raw, topic, delivery, parent)
 
-    def _checked(self, event: Envelope, topic: str, headers: Mapping[str, Any]) -> Delivery | str:
-        """The event's delivery, or why it is not one its topic's owner published."""
-        prefix = self.settings.topic_prefix
-        if not topic.startswith(prefix):
-            return f"wrong topic: {topic} is not one of this deployment's topics"
-        logical = topic[len(prefix) :]
-        producer = str(headers.get(PRODUCER_HEADER) or "")
-        signature = str(headers.get(SIGNATURE_HEADER) or "")
-        problem = check_signed(
-            self.keys,
-            event.model_dump(mode="json"),
-            topic=logical,
-            producer=producer,
-            signature=signature,
+    async def handle_all(self, batch: Sequence[Received]) -> None:
+        """Handle checked events in order, exactly once in effect: the ones this consumer
+        has not seen, in one transaction when there are several (the service's batch
+        handler, or each event's handler in turn); one by one (`handle`, with its retries
+        and dead-lettering) when that transaction fails for any reason."""
+        keys = [self._key(r.event) for r in batch]
+        seen = set()
+        if len(batch) > 1:
+            try:
+                found = self.store.db[INBOX].find({"_id": {"$in": keys}}, {"_id": 1})
+                seen = {doc["_id"] async for doc in found}
+            except PyMongoError as exc:  # one by one below, each with its retries
+                log.info("the inbox could not be read for a batch", error=str(exc))
+                for received in batch:
+                    await self.handle_one(received)
+                return
+        fresh: list[Received] = []
+        for received, key in zip(batch, keys, strict=True):
+            if key in seen:
+                EVENTS_CONSUMED.labels(self.service, received.event.event_type, "duplicate").inc()
+            else:
+                seen.add(key)  # a second copy in the same batch is a duplicate too
+                fresh.append(received)
+        while len(fresh) > 1 and not self.stopping.is_set():
+            started = time.perf_counter()
+            try:
+                taken, handled = await self.store.transaction(
+                    functools.partial(self._handle_together, fresh)
+                )
+            except Exception as exc:  # each is tried alone below, with its own outcome
+                log.info(
+                    "a batch could not be handled together: handling its events one by one",
+                    service=self.service,
+                    events=len(fresh),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                break
+            each = (time.perf_counter() - started) / max(taken, 1)
+            for received in fresh[:taken]:
+                outcome = "handled" if received.event.event_id in handled else "duplicate"
+                EVENTS_CONSUMED.labels(self.service, received.event.event_type, outcome).inc()
+                CONSUME_SECONDS.labels(self.service).observe(each)
+            fresh = fresh[taken:]
+        for received in fresh:
+            await self.handle_one(received)
+
+    async def handle_one(self, received: Received) -> None:
+        """One checked event alone (`handle`), with how it came."""
+        await self.handle(
+            received.event,
+            raw=received.raw,
+            topic=received.topic,
+            delivery=received.delivery,
+            parent_span=received.parent_span,
         )
-        if problem is not None:
-            return problem
-        return Delivery(topic=logical, producer=producer, signature=signature)
+
+    async def _handle_together(
+        self, batch: Sequence[Received], uow: UnitOfWork
+    ) -> tuple[int, set[uuid.UUID]]:
+        """The batch, or as much of it as fits the time budget, in one transaction: the
+        service's batch handler takes it all; otherwise each event's handler in turn until
+        a quarter of the transaction's time limit is spent (a slow database must not make
+        the batch outlive it). The inbox marks of what was taken are read first and written
+        at once. Returns how many of the batch were taken, and the ids handled (not marked
+        already by a racing replica)."""
+        ids = [str(r.event.event_id) for r in batch]
+        known = await uow.processed_already(self.name, ids)
+        started = time.perf_counter()
+        budget = (self.settings.mongodb_transaction_timeout_seconds or 5.0) / 4
+        taken = 0
+        handled: list[Received] = []
+        with contextlib.ExitStack() as spans:
+            if self.handlers.batch is not None:
+                handled = [r for r in batch if str(r.event.event_id) not in known]
+                for r in handled:
+                    spans.enter_context(self._span(r.event, r.topic, r.parent_span))
+                await self.handlers.batch([(r.event, r.delivery) for r in handled], uow)
+                taken = len(batch)
+            else:
+                for r in batch:
+                    if taken and time.perf_counter() - started > budget:
+                        break
+                    taken += 1
+                    if str(r.event.event_id) in known:
+                        continue
+                    handler = self.handlers.handler_for(r.event)
+                    assert handler is not None
+                    with (
+                        self._span(r.event, r.topic, r.parent_span),
+                        self._bound(r.event),
+                        _delivering(r.delivery),
+                    ):
+                        await handler(r.event, uow)
+                    handled.append(r)
+        await uow.mark_all_processed(self.name, [str(r.event.event_id) for r in handled])
+        return taken, {r.event.event_id for r in handled}
+
+    def _key(self, event: Envelope) -> str:
+        return f"{self.name}:{event.event_id}"
+
+    def _bound(self, event: Envelope) -> contextlib.AbstractContextManager[Any]:
+        return structlog.contextvars.bound_contextvars(
+            service=self.service,
+            event_id=str(event.event_id),
+            event_type=event.event_type,
+            correlation_id=str(event.correlation_id),
+            incident_id=event.incident_id,
+        )
+
+    def _span(
+        self, event: Envelope, topic: str, parent_span: int | None = None
+    ) -> contextlib.AbstractContextManager[Any]:
+        return consumer_span(
+            self.service,
+            topic,
+            event_type=event.event_type,
+            event_id=str(event.event_id),
+            incident_id=event.incident_id,
+            correlation=event.correlation_id,
+            parent_span=parent_span,
+        )
+
+    async def _follow_epoch(
+        self, consumer: AIOKafkaConsumer, topic: str, headers: Mapping[str, Any]
+    ) -> None:
+        """Read `topic` again from its beginning when its producer's epoch grew: the broker
+        lost what it had (a wipe), and the positions this consumer holds (and may have
+        committed since) point into a log refilled with other records; read from there,
+        what was sent since the wipe below them would be skipped. The inbox makes the
+        re-read cost one lookup per event already handled."""
+        try:
+            epoch = int(str(headers.get(EPOCH_HEADER, "")))
+        except ValueError:
+            return  # sent by a relay older than the epoch
+        known = self._epochs.get(topic)
+        self._epochs[topic] = max(epoch, known or 0)
+        if known is None or epoch <= known:
+            return
+        partitions = [tp for tp in consumer.assignment() if tp.topic == topic]
+        log.warning(
+            "the broker lost what it had: reading the topic again from its beginning",
+            service=self.service,
+            topic=topic,
+            epoch=epoch,
+            partitions=len(partitions),
+        )
+        if partitions:
+            try:
+                await consumer.seek_to_beginning(*partitions)
+            except Exception as exc:  # reassigned meanwhile: the new owner reads from its start
+                log.warning("could not read the topic again", topic=topic, error=str(exc))
 
     async def handle(
         self,
@@ -637,27 +891,13 @@ class EventConsumer:
         raw: bytes | None = None,
         topic: str = "",
         delivery: Delivery | None = None,
+        parent_span: int | None = None,
     ) -> None:
         """Hand an event already checked (`receive`) to its handler, exactly once in effect."""
         handler = self.handlers.handler_for(event)
         if handler is None:
             return
-        bound = structlog.contextvars.bound_contextvars(
-            service=self.service,
-            event_id=str(event.event_id),
-            event_type=event.event_type,
-            correlation_id=str(event.correlation_id),
-            incident_id=event.incident_id,
-        )
-        traced = consumer_span(
-            self.service,
-            topic,
-            event_type=event.event_type,
-            event_id=str(event.event_id),
-            incident_id=event.incident_id,
-            correlation=event.correlation_id,
-        )
-        with bound, traced as span:
+        with self._bound(event), self._span(event, topic, parent_span) as span:
             started = time.perf_counter()
             delay = 0.1
             while True:
@@ -694,9 +934,7 @@ class EventConsumer:
         # A redelivery (a re-relay after a broker wipe sends a service's whole history) is
         # told by one read, without a transaction; the mark is only ever added, so one seen
         # here is final, and the transaction below still decides every other case.
-        if await self.store.db[INBOX].find_one(
-            {"_id": f"{self.name}:{event.event_id}"}, {"_id": 1}
-        ):
+        if await self.store.db[INBOX].find_one({"_id": self._key(event)}, {"_id": 1}):
             return "duplicate"
 
         async def work(uow: UnitOfWork) -> str:

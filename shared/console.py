@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,12 +38,18 @@ from starlette.types import ASGIApp
 from shared.api import error_response
 from shared.auth import CSRF_COOKIE, SESSION_COOKIE, TokenService, current_caller
 from shared.catalogue import Catalogue
+from shared.change_feed import ChangeFeed
 from shared.clock import Clock, utcnow
 from shared.directory import Directory, Person
 from shared.identity import Caller, Role
 from shared.settings import Settings
+from shared.visibility import Visibility
 
 log = structlog.get_logger("yuqing.console")
+
+# A change stream's quiet keep-alive, and how long a burst of changes is gathered for.
+_IDLE_SECONDS = 15.0
+_BURST_SECONDS = 0.3
 
 # Paths of the system that are never console pages, even when nothing answers them.
 API_PREFIXES = ("/auth/", "/events/", "/api", "/healthz", "/readyz", "/metrics", "/asyncapi")
@@ -202,6 +209,29 @@ def _bearer_or_session(request: Request) -> str:
     return request.cookies.get(SESSION_COOKIE, "")
 
 
+def start_session(
+    response: Response, person: Person, tokens: TokenService, settings: Settings
+) -> datetime:
+    """Set the session cookie (a short-lived token, httpOnly, SameSite=Strict) and the CSRF
+    cookie the page echoes; returns when the session ends."""
+    ttl = timedelta(seconds=settings.session_ttl_seconds)
+    secure = settings.base_url.startswith("https://")
+    token = tokens.issue(person.id, person.unit, person.roles, ttl=ttl, name=person.name)
+    age = int(ttl.total_seconds())
+    response.set_cookie(
+        SESSION_COOKIE, token, max_age=age, httponly=True, samesite="strict", secure=secure
+    )
+    response.set_cookie(
+        CSRF_COOKIE,
+        secrets.token_urlsafe(24),
+        max_age=age,
+        httponly=False,
+        samesite="strict",
+        secure=secure,
+    )
+    return utcnow() + ttl
+
+
 def auth_router(
     book: PasswordBook,
     tokens: TokenService,
@@ -214,20 +244,7 @@ def auth_router(
     secure = settings.base_url.startswith("https://")
 
     def open_session(response: Response, person: Person) -> datetime:
-        token = tokens.issue(person.id, person.unit, person.roles, ttl=ttl, name=person.name)
-        age = int(ttl.total_seconds())
-        response.set_cookie(
-            SESSION_COOKIE, token, max_age=age, httponly=True, samesite="strict", secure=secure
-        )
-        response.set_cookie(
-            CSRF_COOKIE,
-            secrets.token_urlsafe(24),
-            max_age=age,
-            httponly=False,
-            samesite="strict",
-            secure=secure,
-        )
-        return utcnow() + ttl
+        return start_session(response, person, tokens, settings)
 
     @router.post("/login", response_model=Me, summary="Sign in; sets the session cookie")
     async def login(body: Credentials, response: Response) -> Me | JSONResponse:
@@ -345,20 +362,55 @@ def events_router(
     *,
     archive_here: bool = True,
     base_url: str = "",
+    feed: ChangeFeed | None = None,
+    visibility: Visibility | None = None,
 ) -> APIRouter:
     """`GET /events/v1/stream`: server-sent events telling the page that what it shows has
-    changed. This slice learns of changes by reading the archive's list of open incidents
-    (which carries each one's open duties, next deadline and last change) every
-    `poll_seconds`, server-side, as the caller, so it tells only of what the caller may see;
-    the page then fetches what it shows again. A stream ends after `lifetime_seconds` and the
-    browser opens the next one by itself (`retry`), so the session is checked again and a
-    stopping server is not held open by its streams. Where the archive runs in another
-    process (the distributed shape), its list is read through the system's base URL.
-    `?incident=<id>` also watches that incident's view: its page hears of what happens to it
-    after it left the open list (resolved, reviewed).
+    changed; the page then fetches what it shows again.
+
+    Where the archive runs in this process, the stream is fed by the archive database's
+    change stream (`feed`): each incident view that changes is told (`event: change`, with
+    the ids) only to a caller who may see it, a burst as one message, at once. Elsewhere
+    (the distributed shape), the stream reads the archive's list of open incidents (which
+    carries each one's open duties, next deadline and last change) every `poll_seconds`
+    through the system's base URL, as the caller, and tells of a difference. A stream ends
+    after `lifetime_seconds` (or when the session does) and the browser opens the next one
+    by itself (`retry`), so the session is checked again and a stopping server is not held
+    open by its streams. `?incident=<id>` also watches that incident's view: its page hears
+    of what happens to it after it left the open list (resolved, reviewed).
     """
     router = APIRouter(prefix="/events/v1", tags=["console"])
     watched = "/archive/v1/incidents?status=open&limit=100"
+
+    def fed(
+        request: Request, caller: Caller, session_ends: float, ends: float
+    ) -> AsyncIterator[bytes]:
+        assert feed is not None
+        assert visibility is not None
+        loop = asyncio.get_running_loop()
+
+        async def events() -> AsyncIterator[bytes]:
+            yield b"retry: 2000\n\n"
+            with feed.subscribe() as changes:
+                while loop.time() < ends and not await request.is_disconnected():
+                    if time.time() >= session_ends:
+                        yield b"event: expired\ndata: {}\n\n"
+                        return
+                    try:
+                        async with asyncio.timeout(min(_IDLE_SECONDS, ends - loop.time())):
+                            told = [await changes.get()]
+                    except TimeoutError:
+                        yield b": idle\n\n"
+                        continue
+                    await asyncio.sleep(_BURST_SECONDS)  # a batch the archive logged: once
+                    while not changes.empty():
+                        told.append(changes.get_nowait())
+                    ids = sorted({s.incident_id for s in told if visibility.can_see(caller, s)})
+                    if ids:
+                        data = json.dumps({"incidents": ids}, ensure_ascii=False)
+                        yield f"event: change\ndata: {data}\n\n".encode()
+
+        return events()
 
     @router.get("/stream", summary="Server-sent events: `change` when the caller's view changed")
     async def stream(
@@ -368,7 +420,16 @@ def events_router(
             Query(max_length=200, description="also watch this incident (its page is open)"),
         ] = None,
     ) -> StreamingResponse:
-        current_caller(request)
+        caller = current_caller(request)
+        if feed is not None and not feed.unavailable:
+            token = _bearer_or_session(request)
+            session_ends = float(_unverified_claims(token).get("exp", 0))
+            ends = asyncio.get_running_loop().time() + lifetime_seconds
+            return StreamingResponse(
+                fed(request, caller, session_ends, ends),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
         # An incident page also watches its incident, which leaves the open list once resolved.
         paths = [watched] + (
             [f"/archive/v1/incidents/{quote(incident, safe='')}"] if incident else []
@@ -432,11 +493,16 @@ def install_console(
     archive_here: bool = True,
     dist: Path | None = None,
     book_factory: Callable[[], PasswordBook] | None = None,
+    feed: ChangeFeed | None = None,
 ) -> PasswordBook:
     """Add sign-in, the change stream and the console pages to the gateway's own app."""
     app.state.tokens = tokens
     book = book_factory() if book_factory else PasswordBook.from_settings(settings, directory)
     app.include_router(auth_router(book, tokens, directory, catalogue, settings))
+    from shared.oidc import OidcClient, oidc_router  # it builds on this module's sessions
+
+    oidc = OidcClient(settings) if settings.oidc_issuer and settings.oidc_client_id else None
+    app.include_router(oidc_router(oidc, tokens, directory, settings))
     app.include_router(
         events_router(
             system,
@@ -444,6 +510,8 @@ def install_console(
             settings.events_stream_seconds,
             archive_here=archive_here,
             base_url=settings.base_url,
+            feed=feed,
+            visibility=Visibility(directory),
         )
     )
     root = (dist or settings.console_dir).resolve()

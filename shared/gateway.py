@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from shared.api import guard_app, install_error_handlers
 from shared.asyncapi import BusMember, asyncapi_document, asyncapi_page
 from shared.bus import ensure_topics
+from shared.change_feed import ChangeFeed
 from shared.console import install_console
 from shared.service import ServiceRunner, ready
 from shared.settings import Settings
@@ -34,6 +35,9 @@ class Gateway:
             raise ValueError("a gateway needs at least one service")
         self.services = list(services)
         self.settings = settings
+        # The console's event stream hears of the archive's changes where it runs here.
+        archive = next((s for s in self.services if s.name == "archive"), None)
+        self.feed = ChangeFeed(archive.db) if archive is not None else None
         self.root = self._root_app()
         self.ready = asyncio.Event()
 
@@ -55,9 +59,13 @@ class Gateway:
         # distributed shape finds a wipe by itself and sends again only what was lost.
         await ensure_topics(self.settings)
         await asyncio.gather(*(s.start() for s in self.services))
+        if self.feed is not None:
+            self.feed.start()
         self.ready.set()
 
     async def stop(self) -> None:
+        if self.feed is not None:
+            await self.feed.stop()
         await asyncio.gather(*(s.stop() for s in self.services), return_exceptions=True)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -138,6 +146,7 @@ class Gateway:
             directory=ctx.directory,
             catalogue=ctx.catalogue,
             system=self,
-            archive_here=any(s.name == "archive" for s in self.services),
+            archive_here=self.feed is not None,
+            feed=self.feed,
         )
         return app

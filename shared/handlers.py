@@ -3,11 +3,16 @@
 Each handler receives the envelope, its payload already typed as the key says, and the
 unit of work of the consumer's transaction (the inbox mark commits with whatever the
 handler writes). The consumer dispatches on the payload's class; nothing else does.
+
+A service may also declare one handler for a whole batch of consumed events (`on_batch`),
+handed them in order with how each came; the consumer uses it, in one transaction, when
+it has several events in hand and the map handles every one of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from shared.events import Envelope, EventPayload
@@ -18,9 +23,29 @@ TypedHandler = Callable[[Envelope, P, UnitOfWork], Awaitable[None]]
 Handler = Callable[[Envelope, UnitOfWork], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """How a consumed event came: on which (logical) topic, from whom, with what signature,
+    each checked before any handler sees the event."""
+
+    topic: str
+    producer: str
+    signature: str
+
+
+BatchHandler = Callable[[Sequence[tuple[Envelope, Delivery | None]], UnitOfWork], Awaitable[None]]
+
+
 class HandlerMap:
     def __init__(self) -> None:
         self._handlers: dict[type[EventPayload], TypedHandler[Any]] = {}
+        self.batch: BatchHandler | None = None
+
+    def on_batch(self, handler: BatchHandler) -> HandlerMap:
+        """What handles several events at once (in order, in one transaction): it must do
+        for each what the event's own handler does."""
+        self.batch = handler
+        return self
 
     def on(self, kind: type[P], handler: TypedHandler[P]) -> HandlerMap:
         if kind in self._handlers:

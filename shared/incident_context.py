@@ -97,14 +97,14 @@ def _status(status: IncidentStatus) -> Callable[[Envelope, Any], Change]:
 
 def _graded(event: Envelope, p: IncidentGraded) -> Change:
     at = event.occurred_at
-    return {"$set": {"level": int(p.level), "category": p.category.value, "graded_at": at}}
+    return {"$set": {"level": int(p.level), "category": str(p.category), "graded_at": at}}
 
 
 def _regraded(event: Envelope, p: IncidentEscalated | GradeOverridden) -> Change:
     return {
         "$set": {
             "level": int(p.to_level),
-            "category": p.category.value,
+            "category": str(p.category),
             "graded_at": event.occurred_at,
         }
     }

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Callable
+
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_fastapi_instrumentator import metrics as http_metrics
+from prometheus_fastapi_instrumentator.metrics import Info
 
 EVENTS_APPENDED = Counter(
     "yuqing_events_appended_total",
@@ -53,11 +58,48 @@ DEAD_LETTERS = Counter(
 CONSUME_SECONDS = Histogram(
     "yuqing_consume_seconds", "Time to handle one consumed event", ["service"]
 )
-HTTP_REQUESTS = Counter(
-    "yuqing_http_requests_total",
-    "HTTP requests served",
-    ["service", "method", "route", "status"],
+
+
+# --------------------------------------------------------------------------- HTTP
+
+# HTTP requests, counted and timed by prometheus-fastapi-instrumentator's middleware
+# (shared/api.py): by route template (`handler`, "none" for a path no route matches),
+# method, exact status and service. Made once: the five apps of one process share them,
+# each request's `Info` naming its service.
+HTTP_LABELS = {"service": "the service whose app answered"}
+_HTTP = (
+    http_metrics.requests(
+        metric_namespace="yuqing",
+        metric_doc="HTTP requests answered, by route template, method, status and service",
+        custom_labels=HTTP_LABELS,
+    ),
+    http_metrics.latency(
+        metric_namespace="yuqing",
+        metric_doc="HTTP request latency in seconds, by route template, method, status and service",
+        custom_labels=HTTP_LABELS,
+    ),
 )
-HTTP_SECONDS = Histogram(
-    "yuqing_http_request_seconds", "HTTP request latency", ["service", "method", "route"]
-)
+HTTP_INSTRUMENTATIONS: tuple[Callable[[Info], None], ...] = tuple(m for m in _HTTP if m)
+
+
+def http_instrumentation(service: str) -> Callable[[Info], None]:
+    """What the instrumentator records of one request that `service`'s app answered."""
+
+    def record(info: Info) -> None:
+        vars(info)["service"] = service  # the custom label is read from the request's Info
+        for instrumentation in HTTP_INSTRUMENTATIONS:
+            instrumentation(info)
+
+    return record
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+def kafka_metrics(service: str) -> KafkaPrometheusMiddleware:
+    """FastStream's Prometheus middleware for `service`'s broker, on the process registry
+    that /metrics serves: messages received, processed (by status: acked, nacked, error...)
+    and published, with their sizes, durations and exceptions, per topic, as
+    `faststream_*{app_name="<service>"}` (the names FastStream's own Grafana dashboard reads).
+    The five brokers of one process share the metrics, told apart by `app_name`."""
+    return KafkaPrometheusMiddleware(registry=REGISTRY, app_name=service)

@@ -8,14 +8,17 @@ shipped Huaning pack carries config/'s files without copying them; a file neithe
 pointed at is the deployment's default.
 
 `load_plan` reads the pack and checks it against the directory before anything starts:
-levels and categories must be ones the code supports and the plan declares, every duty's
-level and category one of the plan's, every role a duty or a clearance chain names held by
-someone in the directory (in the named unit where the chain names one), and every article
-the plan says it carries mapped to an entry that exists. A failure is a `PlanError` whose
-message names the file and the entry.
+every level, category and statement kind the plan declares named in its catalogue, every
+level with a clearance chain, every duty's level and category one of the plan's, every role
+a duty or a clearance chain names held by someone in the directory (in the named unit where
+the chain names one), and every article the plan says it carries mapped to an entry that
+exists. A failure is a `PlanError` whose message names the file and the entry.
 
-Levels and categories are still the code's fixed vocabularies (shared/events.py): a plan
-chooses among them, it cannot add one.
+The levels, categories and statement kinds are the plan's own (`levels:`, `categories:`,
+`statement_kinds:` in plan.yaml): the code holds none of them. A level is an entry
+`{rank, id}`: events carry the rank (1 the most severe, then 2, 3 ... with no gap), the id
+is what the plan calls it; the names staff read are the catalogue's (`levels`,
+`level_short`), the pack's own catalogue.yaml where it has one.
 """
 
 from __future__ import annotations
@@ -30,7 +33,14 @@ from pydantic import Field, model_validator
 
 from shared.catalogue import Catalogue
 from shared.directory import Directory
-from shared.events import Category, Level
+from shared.events import (
+    DEFAULT_STATEMENT_KINDS,
+    PLAN_ID,
+    Category,
+    Level,
+    PlanId,
+    StatementKind,
+)
 from shared.models import FrozenModel
 from shared.plan_rules import INCIDENT_UNIT, ApprovalPolicy, ObligationPolicy
 from shared.policy import PolicyError, load_policy
@@ -65,23 +75,59 @@ class Article(FrozenModel):
     entry: str = Field(min_length=3, max_length=200, pattern=r"^[a-z]+\.yaml#\S+$")
 
 
+class PlanLevel(FrozenModel):
+    """One level of the plan: the rank events carry (1 the most severe) and the plan's id."""
+
+    rank: Level
+    id: str = Field(pattern=PLAN_ID)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_rank(cls, data: Any) -> Any:
+        # `levels: [1, 2, 3]` (the form before levels were the plan's): ids level_1 ...
+        if isinstance(data, int) and not isinstance(data, bool):
+            return {"rank": data, "id": f"level_{data}"}
+        return data
+
+
 class PlanManifest(FrozenModel):
     id: str = Field(pattern=PACK_NAME)
     name: str = Field(min_length=1, max_length=200)
     version: str = Field(min_length=1, max_length=100)
     seed: str = Field(min_length=1, max_length=200, description="the seed plan it carries")
-    levels: tuple[Level, ...] = Field(min_length=1)
+    levels: tuple[PlanLevel, ...] = Field(min_length=1)
     categories: tuple[Category, ...] = Field(min_length=1)
+    statement_kinds: tuple[StatementKind, ...] = Field(
+        default=tuple(StatementKind(k) for k in DEFAULT_STATEMENT_KINDS), min_length=1
+    )
     articles: tuple[Article, ...] = ()
     files: dict[PolicyName, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _no_repeats(self) -> PlanManifest:
-        for field in ("levels", "categories"):
-            values = getattr(self, field)
+        for field, values in (
+            ("levels", self.ranks),
+            ("levels", tuple(level.id for level in self.levels)),
+            ("categories", self.categories),
+            ("statement_kinds", self.statement_kinds),
+        ):
             if len(set(values)) != len(values):
                 raise ValueError(f"{field}: an entry is listed twice")
+        for n, level in enumerate(self.levels):
+            if level.rank != n + 1:
+                raise ValueError(
+                    f"levels.{n} ({level.id}): rank {level.rank} where {n + 1} was due: "
+                    "levels are listed from the most severe, ranked 1, 2, 3 ... with no gap"
+                )
         return self
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """The levels' ranks, the most severe first: what events carry."""
+        return tuple(level.rank for level in self.levels)
+
+    def level_id(self, rank: int) -> str | None:
+        return next((level.id for level in self.levels if level.rank == rank), None)
 
 
 def read_manifest(pack_dir: Path) -> PlanManifest:
@@ -166,6 +212,7 @@ def load_plan(
     # pack's articles: the article map holds for the other files in force.
     own = {name for name in paths if name not in provided or paths[name] == provided[name]}
     problems = [
+        *check_names(plan),
         *(check_duties(plan, directory) if "duties" in checks else []),
         *(check_chains(plan, directory) if "chains" in checks else []),
         *(check_articles(plan, own) if "articles" in checks else []),
@@ -186,11 +233,37 @@ def _holders(directory: Directory, role: str, unit: str | None = None) -> list[s
     ]
 
 
+def check_names(plan: Plan) -> list[str]:
+    """Every level, category and statement kind the plan declares has the names staff read
+    in the plan's catalogue."""
+    manifest_file, file = plan.pack_dir / MANIFEST, plan.paths["catalogue"]
+    names = plan.catalogue
+    problems: list[str] = []
+    for n, level in enumerate(plan.manifest.levels):
+        for field, named in (("levels", names.levels), ("level_short", names.level_short)):
+            if level.rank not in named:
+                problems.append(
+                    f"{manifest_file}: levels.{n} ({level.id}): level {level.rank} has no name "
+                    f"in {file} ({field})"
+                )
+    kinds: tuple[tuple[str, tuple[PlanId, ...], dict[PlanId, str]], ...] = (
+        ("categories", plan.manifest.categories, names.categories),
+        ("statement_kinds", plan.manifest.statement_kinds, names.statement_kinds),
+    )
+    for field, ids, id_names in kinds:
+        for n, value in enumerate(ids):
+            if value not in id_names:
+                problems.append(
+                    f"{manifest_file}: {field}.{n} ({value}): no name in {file} ({field})"
+                )
+    return problems
+
+
 def check_duties(plan: Plan, directory: Directory) -> list[str]:
     """Every duty at a level and of a category the plan has; its roles held by someone."""
     file = plan.paths["obligations"]
     problems: list[str] = []
-    levels, categories = set(plan.manifest.levels), set(plan.manifest.categories)
+    levels, categories = set(plan.manifest.ranks), set(plan.manifest.categories)
     for level, rules in plan.obligations.levels.items():
         if level not in levels:
             kinds = ", ".join(r.kind for r in rules) or "no duty"
@@ -202,12 +275,12 @@ def check_duties(plan: Plan, directory: Directory) -> list[str]:
         if category not in categories:
             kinds = ", ".join(r.kind for r in rules) or "no duty"
             problems.append(
-                f"{file}: categories.{category.value} ({kinds}): category {category.value!r} is "
+                f"{file}: categories.{category} ({kinds}): category {str(category)!r} is "
                 "not one of the plan's categories"
             )
     where = [
         *((f"levels.{int(lv)}", rules) for lv, rules in plan.obligations.levels.items()),
-        *((f"categories.{c.value}", rules) for c, rules in plan.obligations.categories.items()),
+        *((f"categories.{c}", rules) for c, rules in plan.obligations.categories.items()),
     ]
     for place, rules in where:
         for rule in rules:
@@ -237,8 +310,14 @@ def check_chains(plan: Plan, directory: Directory) -> list[str]:
     file = plan.paths["approval"]
     problems: list[str] = []
     units = {u.id for u in directory.units}
+    for n, declared in enumerate(plan.manifest.levels):
+        if declared.rank not in plan.approval.levels:
+            problems.append(
+                f"{file}: levels.{declared.rank}: no clearance chain for level {declared.rank} "
+                f"({declared.id}, {plan.pack_dir / MANIFEST} levels.{n})"
+            )
     for level, steps in plan.approval.levels.items():
-        if level not in plan.manifest.levels:
+        if level not in plan.manifest.ranks:
             problems.append(
                 f"{file}: levels.{int(level)}: level {int(level)} is not one of the plan's levels"
             )

@@ -53,6 +53,10 @@ class ObligationRule(FrozenModel):
     # A duty that recurs while the incident is open (动态跟踪): each round met or missed
     # opens the next, due this long after the last round's deadline.
     every: Duration | None = None
+    # A duty that waits on another of the same level or category (预案 orders them): it
+    # opens when that duty of the incident is fulfilled, its clock counted from then, and
+    # never if that duty is missed without being filed, or closed.
+    after: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]*$")
 
     @model_validator(mode="after")
     def _one_deadline(self) -> ObligationRule:
@@ -85,18 +89,58 @@ class ObligationPolicy(FrozenModel):
             seen[rule.kind] = where
         return self
 
-    def _all_rules(self) -> Iterable[tuple[str, ObligationRule]]:
+    @model_validator(mode="after")
+    def _after_known_and_acyclic(self) -> ObligationPolicy:
+        # `after` names a duty of the same list; duties waiting on each other would never open.
+        problems: list[str] = []
+        for place, rules in self._lists():
+            kinds = [rule.kind for rule in rules]
+            waits = {rule.kind: rule.after for rule in rules if rule.after is not None}
+            for kind, after in waits.items():
+                if after not in kinds:
+                    problems.append(
+                        f"{place} ({kind}).after: {after!r} is not a duty of {place} "
+                        f"(its duties: {', '.join(kinds)})"
+                    )
+            done: set[str] = set()
+            for start in kinds:
+                path: list[str] = []
+                node: str | None = start
+                while node is not None and node in waits and node not in done:
+                    if node in path:
+                        cycle = [*path[path.index(node) :], node]
+                        problems.append(
+                            f"{place} ({', '.join(cycle[:-1])}).after: these duties wait on "
+                            f"each other, so none would ever open: {' → '.join(cycle)}"
+                        )
+                        break
+                    path.append(node)
+                    node = waits[node]
+                done.update(path)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _lists(self) -> Iterable[tuple[str, tuple[ObligationRule, ...]]]:
         for level, rules in self.levels.items():
-            for rule in rules:
-                yield f"levels.{int(level)}", rule
+            yield f"levels.{int(level)}", rules
         for category, rules in self.categories.items():
+            yield f"categories.{category}", rules
+
+    def _all_rules(self) -> Iterable[tuple[str, ObligationRule]]:
+        for place, rules in self._lists():
             for rule in rules:
-                yield f"categories.{category.value}", rule
+                yield place, rule
 
     def rule(self, kind: str) -> ObligationRule | None:
         return next((rule for _, rule in self._all_rules() if rule.kind == kind), None)
 
+    def dependents(self, kind: str) -> list[ObligationRule]:
+        """The duties that open when a duty of this kind is fulfilled."""
+        return [rule for _, rule in self._all_rules() if rule.after == kind]
+
     def rules_for(self, level: Level | None, category: Category | None) -> list[ObligationRule]:
+        """Every duty of the level and category, those waiting on another included."""
         by_level = list(self.levels.get(level, ())) if level is not None else []
         by_category = list(self.categories.get(category, ())) if category is not None else []
         return by_level + by_category
@@ -118,8 +162,11 @@ class ApprovalPolicy(FrozenModel):
 
     @model_validator(mode="after")
     def _complete(self) -> ApprovalPolicy:
-        for level in Level:
-            if not self.levels.get(level):
+        # Which levels there are is the plan's: the plan loader checks each has a chain.
+        if not self.levels:
+            raise ValueError("levels: at least one level needs a chain")
+        for level, steps in self.levels.items():
+            if not steps:
                 raise ValueError(f"levels.{int(level)}: every level needs at least one step")
         return self
 

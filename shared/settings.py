@@ -128,6 +128,14 @@ class Settings(BaseSettings):
     # lasts (renewed while in use), lockout after wrong passwords, the change stream's poll.
     console_dir: Path = _console_dir()
     session_ttl_seconds: int = Field(default=3600, ge=60)
+    # Sign-in through the bureau's identity provider (OpenID Connect, shared/oidc.py):
+    # offered when the issuer and the client id are set; the claim names a directory id.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_scopes: str = "openid profile"
+    oidc_username_claim: str = "preferred_username"
+    oidc_display_name: str = "统一身份认证"
     login_max_failures: int = Field(default=5, ge=1)
     password_min_length: int = Field(default=10, ge=1)
     login_lockout_seconds: float = Field(default=900.0, gt=0)
@@ -149,6 +157,9 @@ class Settings(BaseSettings):
     approval_policy_path: Path = CONFIG_DIR / "approval.yaml"
     archive_report_template: Path = CONFIG_DIR / "templates" / "archive_case_report.md.j2"
     archive_replay_batch_size: int = Field(default=200, ge=1)
+    # How often the archive checks the topics, up to what its consumer committed, against
+    # its log, and records what a lost transaction left out (services/archive/audit.py).
+    archive_audit_seconds: float = Field(default=60.0, gt=0)
     # Reports embedded in the archive's incident view (the rest are counted and listed by
     # page at /incidents/{id}/reports), so that a view stays far below MongoDB's 16 MB.
     archive_embedded_reports: int = Field(default=50, ge=1, le=1000)
@@ -166,6 +177,9 @@ class Settings(BaseSettings):
     # it (a broker that lost its data gets the service's events again).
     outbox_check_seconds: float = Field(default=10.0, gt=0)
     consumer_retry_max_seconds: float = Field(default=30.0, gt=0)
+    # The most records a consumer takes from the broker at once and handles in one
+    # transaction (when each is new to it and none fails); 1 handles every record alone.
+    consumer_batch_size: int = Field(default=100, ge=1, le=10_000)
     # A command that lost a race to another writer is decided again this often, backing off.
     conflict_retry_attempts: int = Field(default=5, ge=1)
     conflict_retry_backoff_seconds: float = Field(default=0.01, ge=0)

@@ -166,6 +166,31 @@ class UnitOfWork:
             raise InboxRace(key) from exc
         return True
 
+    async def processed_already(self, consumer: str, event_ids: Sequence[str]) -> set[str]:
+        """Which of the events this consumer has processed already, in one read."""
+        keys = [f"{consumer}:{event_id}" for event_id in event_ids]
+        found = self.db[INBOX].find({"_id": {"$in": keys}}, {"_id": 1}, session=self.session)
+        prefix = len(consumer) + 1
+        return {str(doc["_id"])[prefix:] async for doc in found}
+
+    async def mark_all_processed(self, consumer: str, event_ids: Sequence[str]) -> list[str]:
+        """Remember several consumed events with one read and one write; returns the ids
+        this consumer had not processed before (each once), in the order given."""
+        keys = {event_id: f"{consumer}:{event_id}" for event_id in event_ids}
+        known = await self.processed_already(consumer, list(keys))
+        new = [event_id for event_id in keys if event_id not in known]
+        if new:
+            at = utcnow()
+            try:
+                await self.db[INBOX].insert_many(
+                    [{"_id": keys[event_id], "at": at} for event_id in new],
+                    ordered=True,
+                    session=self.session,
+                )
+            except (DuplicateKeyError, BulkWriteError) as exc:
+                raise InboxRace(", ".join(keys[e] for e in new)) from exc
+        return new
+
 
 async def ensure_collection(db: AsyncDatabase[Document], name: str) -> None:
     """Create the collection now if it is missing: created by a transaction's first write,

@@ -108,11 +108,13 @@ def consumer_span(
     event_id: str,
     incident_id: str,
     correlation: uuid.UUID,
+    parent_span: int | None = None,
 ) -> Iterator[Span]:
-    """Handle one consumed event in the trace its correlation id names."""
+    """Handle one consumed event in the trace its correlation id names, as a child of the
+    span that published it (`parent_span`, from its `traceparent` header) when known."""
     with tracer.start_as_current_span(
         f"{service} handles {event_type}",
-        context=_trace_of(correlation),
+        context=_trace_of(correlation, parent_span),
         kind=SpanKind.CONSUMER,
         attributes={
             "messaging.system": "kafka",
@@ -124,3 +126,44 @@ def consumer_span(
         },
     ) as span:
         yield span
+
+
+def publish_span(
+    service: str,
+    topic: str,
+    *,
+    event_type: str,
+    event_id: str,
+    incident_id: str,
+    correlation: uuid.UUID,
+) -> Span:
+    """The span of one event's publication by `service`'s outbox relay, in the trace its
+    correlation id names, started now; the relay ends it when the broker answered."""
+    return tracer.start_span(
+        f"{service} publishes {event_type}",
+        context=_trace_of(correlation),
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": topic,
+            "messaging.message.id": event_id,
+            "yuqing.event_type": event_type,
+            "yuqing.incident_id": incident_id,
+        },
+    )
+
+
+def traceparent_of(span: Span) -> str:
+    """The W3C `traceparent` naming `span`, sent with the event it published."""
+    context = span.get_span_context()
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def parent_span_of(traceparent: str | None, correlation: uuid.UUID) -> int | None:
+    """The publishing span's id a consumed event's `traceparent` names, when it is of the
+    event's own trace (anything else is ignored: the trace is the correlation id)."""
+    match = _TRACEPARENT.match((traceparent or "").strip().lower())
+    if match is None or int(match[1], 16) != correlation.int or int(match[2], 16) == 0:
+        return None
+    return int(match[2], 16)

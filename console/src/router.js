@@ -5,6 +5,7 @@ import Incident from './views/Incident.vue'
 import Ack from './views/Ack.vue'
 import Inbox from './views/Inbox.vue'
 import File from './views/File.vue'
+import Cases from './views/Cases.vue'
 import { session, loadSession } from './session.js'
 
 export const router = createRouter({
@@ -17,6 +18,7 @@ export const router = createRouter({
     // A notification's "确认收到" link (services/notification/dispatch.py ack_url).
     { path: '/file', component: File, meta: { title: '报送舆情' } },
     { path: '/inbox', component: Inbox, meta: { title: '审批待办' } },
+    { path: '/cases', component: Cases, meta: { title: '案例库' } },
     { path: '/ack/:id', component: Ack, props: true, meta: { title: '确认收到通知' } },
     { path: '/:rest(.*)*', redirect: '/dashboard' },
   ],

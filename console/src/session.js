@@ -21,6 +21,9 @@ export function clearSession(notice = '') {
 
 const pick = (table, key) => (session.names && session.names[table]?.[key]) || key || '—'
 export const levelName = (l) => (l ? pick('level_short', String(l)) : '未定级')
+// The plan's levels, most severe first (the catalogue names each one the plan declares).
+export const planLevels = () =>
+  Object.keys(session.names?.level_short || { 1: 1, 2: 2, 3: 3 }).map(Number).sort((a, b) => a - b)
 export const categoryName = (c) => (c ? pick('categories', c) : '—')
 export const roleName = (r) => pick('roles', r)
 naming.role = roleName
@@ -30,6 +33,7 @@ export const obligationStateName = (s) => pick('obligation_states', s)
 export const statementStateName = (s) => pick('statement_states', s)
 export const statementKindName = (k) => pick('statement_kinds', k)
 export const mediaTierName = (m) => pick('media_tiers', m)
+export const matchName = (m) => pick('matches', m)
 export const statusName = (s) =>
   ({ open: '处置中', resolved: '已办结', dismissed: '已排除（伪舆情）', archived: '已归档' })[s] || s
 

@@ -38,6 +38,8 @@ from fastapi import APIRouter, Header, Query, status
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.archive.alerts import register_alerts
+from services.archive.cases_export import register_case_exports
 from services.archive.domain import (
     ChainReport,
     IncidentSummary,
@@ -69,7 +71,7 @@ from shared.auth import CurrentCaller
 from shared.catalogue import Catalogue
 from shared.clock import Clock
 from shared.errors import BadRequest, Forbidden, Invalid, NotFound
-from shared.events import Category, IncidentStatus
+from shared.events import MAX_LEVELS, Category, IncidentStatus
 from shared.identity import Caller, Role
 from shared.store import Document
 from shared.visibility import ReferredIncident, Sight, Visibility, hidden
@@ -225,10 +227,17 @@ def build_router(
             conditions.append(visible)
         if unit is not None:
             conditions.append({"unit_ids": unit})
+        # Levels and categories are the plan's: its catalogue names each one it has.
+        if level is not None and level not in catalogue.levels:
+            raise Invalid("level", f"level {level} is not one of the plan's levels", "plan_level")
+        if category is not None and category not in catalogue.categories:
+            raise Invalid(
+                "category", f"category {category!r} is not one of the plan's", "plan_category"
+            )
         if level is not None:
             conditions.append({"level": level})
         if category is not None:
-            conditions.append({"category": category.value})
+            conditions.append({"category": str(category)})
         if opened_from is not None:
             conditions.append({"opened_at": {"$gte": aware(opened_from)}})
         if opened_to is not None:
@@ -239,7 +248,7 @@ def build_router(
     async def list_incidents(
         caller: CurrentCaller,
         unit: Annotated[str | None, Query(description="incidents concerning this unit")] = None,
-        level: Annotated[int | None, Query(ge=1, le=3)] = None,
+        level: Annotated[int | None, Query(ge=1, le=MAX_LEVELS)] = None,
         category: Category | None = None,
         status: IncidentStatus | None = None,
         opened_from: Annotated[datetime | None, Query(description="opened at or after")] = None,
@@ -431,7 +440,7 @@ def build_router(
     async def list_cases(
         caller: CurrentCaller,
         unit: Annotated[str | None, Query(description="cases concerning this unit")] = None,
-        level: Annotated[int | None, Query(ge=1, le=3)] = None,
+        level: Annotated[int | None, Query(ge=1, le=MAX_LEVELS)] = None,
         category: Category | None = None,
         opened_from: Annotated[datetime | None, Query(description="opened at or after")] = None,
         opened_to: Annotated[datetime | None, Query(description="opened before")] = None,
@@ -454,6 +463,10 @@ def build_router(
             items=[CaseRecord.model_validate(row["case"]) for row in rows],
             next_cursor=_encode_cursor(last) if last else None,
         )
+
+    # Before `/cases/{case_id}`, which would take `export` for a case id.
+    register_case_exports(router, views, common_filters, catalogue, visibility.directory, tz, clock)
+    register_alerts(router, views, visibility, clock, tz, max_page)
 
     @router.get("/cases/{case_id}", response_model=CaseRecord, summary="One case")
     async def get_case(case_id: str, caller: CurrentCaller) -> CaseRecord:

@@ -13,6 +13,7 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from services.archive.api import ArchiveLimits, build_router
+from services.archive.audit import Audit
 from services.archive.domain.review import ReviewLog, evolve, review_stream
 from services.archive.handlers import Recorder, ReviewCommands
 from services.archive.projections import ArchiveViews
@@ -45,7 +46,11 @@ def build(deps: Dependencies) -> ArchiveParts:
     )
     report = CaseReport(settings.archive_report_template, deps.directory, deps.catalogue, tz)
     recorder = Recorder(views)
-    handlers = HandlerMap().on_each(tuple(event_types().values()), recorder.record)
+    handlers = (
+        HandlerMap()
+        .on_each(tuple(event_types().values()), recorder.record)
+        .on_batch(recorder.record_all)
+    )
     router = build_router(
         views,
         reviews,
@@ -76,6 +81,7 @@ def build(deps: Dependencies) -> ArchiveParts:
         handlers=handlers,
         consumes=ALL_TOPICS,
         setup=[views.ensure_indexes, views.mark_signing_start, views.abandon_interrupted_replays],
+        background=[Audit(views, deps.store, settings, deps.clock).loop],
         views=views,
         reviews=reviews,
         report=report,

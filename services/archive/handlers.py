@@ -12,6 +12,7 @@ log through Kafka like every other event, so the view turns `archived` from the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.archive.domain import causal_order, fold
@@ -25,6 +26,7 @@ from services.archive.projections import ArchiveViews
 from shared.bus import current_delivery
 from shared.clock import Clock
 from shared.events import Envelope
+from shared.handlers import Delivery
 from shared.identity import Caller
 from shared.repository import Cause, CommandRunner, Repository
 from shared.store import UnitOfWork
@@ -40,6 +42,12 @@ class Recorder:
         # With the producer and signature the consumer checked it came with.
         if await self.views.append_to_log(uow, event, records, current_delivery()):
             await self.views.refresh(uow, event.incident_id, records)
+
+    async def record_all(
+        self, batch: Sequence[tuple[Envelope, Delivery | None]], uow: UnitOfWork
+    ) -> None:
+        """Several events at once (the consumer's batch), each as `record` would."""
+        await self.views.record_all(uow, batch)
 
 
 @dataclass(frozen=True)

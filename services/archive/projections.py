@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import structlog
 from pydantic import BaseModel
-from pymongo import ASCENDING, DESCENDING, ReplaceOne, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -50,10 +50,10 @@ from services.archive.domain import (
 )
 from services.archive.domain.cases import CaseRecord, case_record
 from services.archive.listing import ListWindows, aware, flat_query
-from shared.bus import Delivery
 from shared.clock import Clock, utcnow
 from shared.errors import Conflict
 from shared.events import Envelope
+from shared.handlers import Delivery
 from shared.signing import BusKeys
 from shared.store import COUNTERS, ConcurrencyConflict, Document, UnitOfWork
 from shared.visibility import IncidentScope
@@ -147,7 +147,7 @@ def _view_document(view: IncidentView, records: Sequence[Logged]) -> Document:
         "summary": incident_summary(view).model_dump(mode="json"),
         "unit_ids": view.unit_ids,
         "level": int(view.level) if view.level is not None else None,
-        "category": view.category.value if view.category is not None else None,
+        "category": str(view.category) if view.category is not None else None,
         "status": view.status.value,
         "title": view.title or "",
         "opened_at": view.opened_at,
@@ -171,7 +171,7 @@ def _case_document(view: IncidentView, last_seq: int) -> Document | None:
         "unit_ids": case.unit_ids,
         "filed_by": view.filed_by,
         "level": int(case.level) if case.level is not None else None,
-        "category": case.category.value if case.category is not None else None,
+        "category": str(case.category) if case.category is not None else None,
         "opened_at": case.opened_at,
         # What a text search looks through: the title and the review's summary.
         "text": "\n".join(
@@ -313,28 +313,8 @@ class ArchiveViews:
         head = await db[CHAINS].find_one({"_id": event.incident_id}, session=session)
         length = int(head["length"]) if head else 0
         prev = str(head["head"]) if head else GENESIS
-        envelope = event.model_dump(mode="json")
-        digest = link_hash(prev, envelope)
-        document: Document = {
-            "_id": event_id,
-            "seq": int(counter["value"]),
-            "incident_id": event.incident_id,
-            "position": length + 1,
-            "prev_hash": prev,
-            "hash": digest,
-            "envelope": envelope,
-            # Who published it and their signature over it (shared/signing.py): verify
-            # checks it again, so an event written here without the producer's key is named.
-            "producer": delivery.producer if delivery else None,
-            "signature": delivery.signature if delivery else None,
-            "event_type": event.event_type,
-            "topic": event.topic,
-            "unit_id": event.unit_id,
-            "stream_id": event.stream_id,
-            "stream_version": event.stream_version,
-            "occurred_at": event.occurred_at,
-            "ingested_at": self.clock(),
-        }
+        document = self._log_document(event, int(counter["value"]), length, prev, delivery)
+        digest = document["hash"]
         try:
             await db[LOG].insert_one(document, session=session)
             # Guarded on the length read above: a concurrent writer makes this a conflict
@@ -350,6 +330,149 @@ class ArchiveViews:
         if loaded is not None:
             loaded.append(Logged(seq=document["seq"], event=event))
         return True
+
+    def _log_document(
+        self, event: Envelope, seq: int, length: int, prev: str, delivery: Delivery | None
+    ) -> Document:
+        """The log's record of an event: `length` links after `prev` in its chain."""
+        envelope = event.model_dump(mode="json")
+        return {
+            "_id": str(event.event_id),
+            "seq": seq,
+            "incident_id": event.incident_id,
+            "position": length + 1,
+            "prev_hash": prev,
+            "hash": link_hash(prev, envelope),
+            "envelope": envelope,
+            # Who published it and their signature over it (shared/signing.py): verify
+            # checks it again, so an event written here without the producer's key is named.
+            "producer": delivery.producer if delivery else None,
+            "signature": delivery.signature if delivery else None,
+            "event_type": event.event_type,
+            "topic": event.topic,
+            "unit_id": event.unit_id,
+            "stream_id": event.stream_id,
+            "stream_version": event.stream_version,
+            "occurred_at": event.occurred_at,
+            "ingested_at": self.clock(),
+        }
+
+    async def record_all(
+        self, uow: UnitOfWork, batch: Sequence[tuple[Envelope, Delivery | None]]
+    ) -> None:
+        """Log several events and refold each incident they touch once: what
+        `append_to_log` and `refresh` do event by event, in a dozen round trips for the
+        whole batch. Events logged already are left out; a second copy of a stream
+        position is recorded as a producer fault, as one by one."""
+        db, session = uow.db, uow.session
+        incidents = list(dict.fromkeys(event.incident_id for event, _ in batch))
+        logs: dict[str, list[Logged]] = {incident: [] for incident in incidents}
+        logged_ids: set[str] = set()
+        cursor = db[LOG].find(
+            {"incident_id": {"$in": incidents}}, sort=[("seq", ASCENDING)], session=session
+        )
+        async for doc in cursor:
+            logged_ids.add(str(doc["_id"]))
+            if self.signed(doc):
+                logs[str(doc["incident_id"])].append(_logged(doc))
+        positions: set[tuple[str, str, int]] = set()
+        found = db[LOG].find(
+            {
+                "topic": {"$in": list({event.topic for event, _ in batch})},
+                "stream_id": {"$in": list({event.stream_id for event, _ in batch})},
+            },
+            {"topic": 1, "stream_id": 1, "stream_version": 1},
+            session=session,
+        )
+        async for doc in found:
+            positions.add((doc["topic"], doc["stream_id"], int(doc["stream_version"])))
+        todo: list[tuple[Envelope, Delivery | None]] = []
+        for event, delivery in batch:
+            position = (event.topic, event.stream_id, event.stream_version)
+            if str(event.event_id) in logged_ids:
+                continue
+            if position in positions:
+                await self._second_copy(uow, event)
+                continue
+            logged_ids.add(str(event.event_id))
+            positions.add(position)
+            todo.append((event, delivery))
+        if not todo:
+            return
+        counter = await db[COUNTERS].find_one_and_update(
+            {"_id": _LOG_SEQ},
+            {"$inc": {"value": len(todo)}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        assert counter is not None
+        first_seq = int(counter["value"]) - len(todo) + 1
+        heads = {
+            str(doc["_id"]): (int(doc["length"]), str(doc["head"]))
+            async for doc in db[CHAINS].find({"_id": {"$in": incidents}}, session=session)
+        }
+        before = dict(heads)
+        documents = []
+        for n, (event, delivery) in enumerate(todo):
+            length, prev = heads.get(event.incident_id, (0, GENESIS))
+            document = self._log_document(event, first_seq + n, length, prev, delivery)
+            documents.append(document)
+            heads[event.incident_id] = (length + 1, document["hash"])
+            logs[event.incident_id].append(Logged(seq=document["seq"], event=event))
+        moved = [incident for incident in incidents if heads.get(incident) != before.get(incident)]
+        try:
+            await db[LOG].insert_many(documents, ordered=True, session=session)
+            # Each guarded on the length read above, as one by one.
+            await db[CHAINS].bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": incident, "length": before.get(incident, (0, GENESIS))[0]},
+                        {"$set": {"length": heads[incident][0], "head": heads[incident][1]}},
+                        upsert=True,
+                    )
+                    for incident in moved
+                ],
+                ordered=True,
+                session=session,
+            )
+        except (DuplicateKeyError, BulkWriteError) as exc:
+            raise ConcurrencyConflict(
+                f"chain-{moved[0]}", before.get(moved[0], (0, ""))[0]
+            ) from exc
+        await self._refresh_all(uow, {incident: logs[incident] for incident in moved})
+
+    async def _refresh_all(self, uow: UnitOfWork, logs: dict[str, list[Logged]]) -> None:
+        """`refresh` for several incidents, each from its log as this transaction holds it."""
+        db, session = uow.db, uow.session
+        writes = {
+            incident: _model_writes(incident, records, self.embedded_reports)
+            for incident, records in logs.items()
+        }
+        for models in await self._written_models(session):
+            had_case = {
+                str(doc["_id"]): doc.get("case_id", True) is not None
+                async for doc in db[models.incidents].find(
+                    {"_id": {"$in": list(writes)}}, {"case_id": 1}, session=session
+                )
+            }
+            await db[models.incidents].bulk_write(
+                [
+                    ReplaceOne({"_id": incident}, document, upsert=True)
+                    for incident, (_, document, _) in writes.items()
+                ],
+                session=session,
+            )
+            cases = [case for _, _, case in writes.values() if case is not None]
+            if cases:
+                await db[models.cases].bulk_write(
+                    [ReplaceOne({"_id": case["_id"]}, case, upsert=True) for case in cases],
+                    session=session,
+                )
+            # Reopened after archiving: no longer a case until reviewed again.
+            gone = [i for i, (_, _, case) in writes.items() if case is None and had_case.get(i)]
+            if gone:
+                await db[models.cases].delete_many({"incident_id": {"$in": gone}}, session=session)
 
     async def _second_copy(self, uow: UnitOfWork, event: Envelope) -> bool:
         """Whether the producer's stream position is logged already under another event_id:

@@ -19,7 +19,7 @@ from markdown_it.utils import EnvType, OptionsDict
 from services.archive.domain.cases import CaseRecord, ObligationFigure, Outcome
 from shared.catalogue import Catalogue
 from shared.directory import Directory
-from shared.events import StatementKind, StatementState
+from shared.events import StatementState
 
 # What became of a duty, as the review reads it: the archive's own figures, not a name of
 # the shared vocabulary.
@@ -94,7 +94,7 @@ class CaseReport:
             category=names.category,
             role=names.role,
             outcome=outcome_zh,
-            statement_kind=lambda k: names.statement_kinds[StatementKind(k)],
+            statement_kind=names.statement_kind,
             statement_state=lambda s: names.statement_states[StatementState(s)],
             cell=lambda text: " ".join(str(text).split()).replace("|", "\\|"),
         )

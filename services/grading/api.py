@@ -24,7 +24,7 @@ from services.grading.projections import GradeView, GradingViews
 from services.grading.whatif import Candidate, IncidentDifference, compare
 from shared.auth import CurrentCaller
 from shared.clock import Clock
-from shared.errors import Forbidden
+from shared.errors import Forbidden, Invalid
 from shared.events import Category, Level
 from shared.identity import Caller, Role
 from shared.models import FrozenModel
@@ -36,8 +36,10 @@ from shared.visibility import ReferredIncident, Sight, Visibility, hidden
 class OverrideIn(FrozenModel):
     model_config = ConfigDict(str_strip_whitespace=True)
 
-    level: Level = Field(description="1 (most severe), 2 or 3; up or down")
-    category: Category | None = Field(default=None, description="unchanged when omitted")
+    level: Level = Field(description="a level of the plan in force (1, the most severe, ...)")
+    category: Category | None = Field(
+        default=None, description="a category of the plan in force; unchanged when omitted"
+    )
     reason: str = Field(min_length=1, max_length=2000)
 
 
@@ -61,6 +63,9 @@ class DutyOut(BaseModel):
     recipients: tuple[Named, ...]
     deadline: str = Field(description="'30m' after grading, or 'same day by 23:59 (...)'")
     every: str | None = Field(default=None, description="a recurring duty's period")
+    after: str | None = Field(
+        default=None, description="the duty it waits on: it opens when that one is met"
+    )
 
 
 class ChainStepOut(BaseModel):
@@ -69,7 +74,8 @@ class ChainStepOut(BaseModel):
 
 
 class LevelOut(BaseModel):
-    id: int
+    id: int = Field(description="the rank events carry: 1 is the most severe")
+    key: str = Field(description="the plan's id for the level")
     name: str
     short: str
     duties: tuple[DutyOut, ...]
@@ -80,6 +86,11 @@ class CategoryOut(BaseModel):
     id: str
     name: str
     duties: tuple[DutyOut, ...]
+
+
+class StatementKindOut(BaseModel):
+    id: str
+    name: str
 
 
 class PlanOut(BaseModel):
@@ -94,6 +105,7 @@ class PlanOut(BaseModel):
     approval_version: str
     levels: tuple[LevelOut, ...]
     categories: tuple[CategoryOut, ...]
+    statement_kinds: tuple[StatementKindOut, ...]
     articles: tuple[dict[str, str], ...]
 
 
@@ -134,8 +146,8 @@ class IncidentDifferenceOut(BaseModel):
             differs=d.differs,
             recorded_level=int(d.recorded_level),
             level=int(d.level),
-            recorded_category=d.recorded_category.value,
-            category=d.category.value,
+            recorded_category=str(d.recorded_category),
+            category=str(d.category),
             duties=tuple(
                 DutyDifferenceOut.model_validate(x, from_attributes=True) for x in d.duties
             ),
@@ -189,6 +201,7 @@ def plan_view(plan: Plan, rulebook: Rulebook) -> PlanOut:
             recipients=tuple(role(r) for r in rule.recipients),
             deadline=_deadline_text(rule),
             every=f"{every}h" if every is not None else None,
+            after=rule.after,
         )
 
     manifest = plan.manifest
@@ -202,27 +215,50 @@ def plan_view(plan: Plan, rulebook: Rulebook) -> PlanOut:
         approval_version=plan.approval.version,
         levels=tuple(
             LevelOut(
-                id=int(level),
-                name=names.level(level),
-                short=names.level_name(level),
-                duties=tuple(duty(r) for r in plan.obligations.levels.get(level, ())),
+                id=level.rank,
+                key=level.id,
+                name=names.level(level.rank),
+                short=names.level_name(level.rank),
+                duties=tuple(duty(r) for r in plan.obligations.levels.get(level.rank, ())),
                 chain=tuple(
                     ChainStepOut(role=role(step.role), unit=step.unit)
-                    for step in plan.approval.levels.get(level, ())
+                    for step in plan.approval.levels.get(level.rank, ())
                 ),
             )
-            for level in sorted(manifest.levels)
+            for level in manifest.levels
         ),
         categories=tuple(
             CategoryOut(
-                id=category.value,
+                id=str(category),
                 name=names.category(category),
                 duties=tuple(duty(r) for r in plan.obligations.categories.get(category, ())),
             )
             for category in manifest.categories
         ),
+        statement_kinds=tuple(
+            StatementKindOut(id=str(kind), name=names.statement_kind(kind))
+            for kind in manifest.statement_kinds
+        ),
         articles=tuple(a.model_dump() for a in manifest.articles),
     )
+
+
+def check_grade_input(plan: Plan, body: OverrideIn) -> None:
+    """A level and category of the plan in force, or a 422 naming the field."""
+    levels: set[int] = set(plan.manifest.ranks)
+    categories: set[str] = set(plan.manifest.categories)
+    if body.level not in levels:
+        raise Invalid(
+            "level",
+            f"level {body.level} is not one of the plan's levels {sorted(levels)}",
+            "plan_level",
+        )
+    if body.category is not None and body.category not in categories:
+        raise Invalid(
+            "category",
+            f"category {body.category!r} is not one of the plan's categories {sorted(categories)}",
+            "plan_category",
+        )
 
 
 def _bureau_only(caller: Caller) -> None:
@@ -279,6 +315,8 @@ def build_router(
                 f"{caller.id} may not act for every unit of incident {incident_id}",
                 {"unit_ids": list(scope.unit_ids)},
             )
+        if plans is not None:  # the plan in force decides which levels and categories exist
+            check_grade_input(plans.plan, body)
         units = scope.unit_ids or (None,)
         decided = await commands.override(
             incident_id, body.level, body.category, body.reason, caller.actor, units[0]

@@ -12,7 +12,6 @@ import yaml
 from services.grading.api import PlanParts, build_router
 from services.grading.domain import (
     Grade,
-    PlanStamp,
     Rulebook,
     RulebookError,
     evolve,
@@ -20,6 +19,7 @@ from services.grading.domain import (
     parse_rulebook,
 )
 from services.grading.handlers import GradingCommands, GradingHandlers
+from services.grading.plan_versions import PlanVersion, PlanVersions
 from services.grading.projections import GradingViews
 from services.grading.whatif import check_rulebook
 from shared.errors import Invalid, NotFound
@@ -63,6 +63,7 @@ def load_rulebook(path: Path) -> Rulebook:
 class GradingParts(ServiceParts):
     rulebook: Rulebook
     plans: PlanParts
+    versions: PlanVersions
     views: GradingViews
     grades: Repository[Grade]
     commands: GradingCommands
@@ -112,12 +113,17 @@ def build(deps: Dependencies) -> GradingParts:
     # A malformed rulebook or plan stops the service here, before it consumes anything.
     rulebook = load_rulebook(deps.settings.rulebook_path)
     plans = plan_parts(deps, rulebook)
-    stamp = PlanStamp(plans.plan.id, plans.plan.version)
+    # The version in force is stored before anything is consumed; incidents graded under an
+    # earlier version stay on it (services/grading/plan_versions.py).
+    versions = PlanVersions(deps.store.db, PlanVersion.of(plans.plan, rulebook))
+
+    async def record_plan_version() -> None:
+        await versions.record_current(plans.plan.manifest.name, deps.clock())
 
     views = GradingViews(deps.store.db)
     grades = Repository(grade_stream, evolve, projectors=[views.apply])
 
-    reactions = GradingHandlers(rulebook, grades, views, deps.clock, stamp)
+    reactions = GradingHandlers(versions, grades, views, deps.clock)
     handlers = (
         HandlerMap()
         .on(ReportReceived, reactions.report_received)
@@ -141,8 +147,10 @@ def build(deps: Dependencies) -> GradingParts:
         router=router,
         handlers=handlers,
         consumes=(INTAKE_TOPIC, NOTIFICATION_TOPIC),
+        setup=[record_plan_version],
         rulebook=rulebook,
         plans=plans,
+        versions=versions,
         views=views,
         grades=grades,
         commands=commands,

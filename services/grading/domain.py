@@ -286,7 +286,7 @@ def assess(rulebook: Rulebook, reports: Sequence[ReportFacts]) -> Assessment:
         (c.category for c in rulebook.categories if c.id == category_finding.rule_id),
         rulebook.default_category.category,
     )
-    return Assessment(Level(level), category, tuple(findings), tuple(topics))
+    return Assessment(int(level), category, tuple(findings), tuple(topics))
 
 
 def _categorise(rulebook: Rulebook, reports: Sequence[ReportFacts]) -> Finding:
@@ -314,15 +314,22 @@ class Grade:
     level: Level
     category: Category
     version: int
+    # The plan its grade events record: the last graded or escalated under (an override,
+    # a person's decision, records none and keeps it).
+    plan: PlanStamp = NO_PLAN
 
 
 def evolve(grade: Grade | None, event: Envelope) -> Grade:
     """The grade after one more event of its stream: graded first, then moved up or down."""
     payload = event.payload
     if isinstance(payload, IncidentGraded):
-        return Grade(payload.level, payload.category, event.stream_version)
-    if grade is not None and isinstance(payload, IncidentEscalated | GradeOverridden):
-        return Grade(payload.to_level, payload.category, event.stream_version)
+        stamp = PlanStamp(payload.plan_id, payload.plan_version)
+        return Grade(payload.level, payload.category, event.stream_version, stamp)
+    if grade is not None and isinstance(payload, IncidentEscalated):
+        stamp = PlanStamp(payload.plan_id, payload.plan_version)
+        return Grade(payload.to_level, payload.category, event.stream_version, stamp)
+    if grade is not None and isinstance(payload, GradeOverridden):
+        return Grade(payload.to_level, payload.category, event.stream_version, grade.plan)
     raise ValueError(
         f"{event.event_type} at version {event.stream_version} cannot follow in {event.stream_id}"
     )
@@ -413,7 +420,7 @@ def on_deadline_missed(
     rule = rulebook.mishandling
     if rule is None or grade is None or dismissed or missed_level != grade.level:
         return None
-    to_level = Level(max(Level.ONE, grade.level - rule.steps))
+    to_level = max(1, grade.level - rule.steps)  # 1, the most severe, is as high as it goes
     if to_level == grade.level:
         return None
     return IncidentEscalated(
@@ -438,7 +445,7 @@ class OverrideRefused(Conflict):
             message,
             {
                 "level": int(grade.level) if grade is not None else None,
-                "category": grade.category.value if grade is not None else None,
+                "category": str(grade.category) if grade is not None else None,
             },
         )
 
@@ -457,7 +464,7 @@ def override(
     new_category = category or grade.category
     if to_level == grade.level and new_category == grade.category:
         raise OverrideRefused(
-            f"the incident is already level {int(grade.level)}, {grade.category.value}", grade
+            f"the incident is already level {int(grade.level)}, {grade.category}", grade
         )
     return GradeOverridden(
         from_level=grade.level, to_level=to_level, category=new_category, reason=reason

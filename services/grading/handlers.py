@@ -9,16 +9,14 @@ the grade stream first.
 from __future__ import annotations
 
 from services.grading.domain import (
-    NO_PLAN,
     Grade,
-    PlanStamp,
     ReportFacts,
-    Rulebook,
     on_claims_confirmed,
     on_deadline_missed,
     on_report,
     override,
 )
+from services.grading.plan_versions import PlanVersions
 from services.grading.projections import GradingViews
 from shared.bus import Rejected
 from shared.clock import Clock
@@ -29,6 +27,7 @@ from shared.events import (
     Envelope,
     GradeOverridden,
     IncidentDismissed,
+    IncidentGraded,
     IncidentReopened,
     Level,
     ObligationFulfilled,
@@ -45,14 +44,14 @@ RULEBOOK_ACTOR = Actor.rule("rulebook")
 class GradingHandlers:
     def __init__(
         self,
-        rulebook: Rulebook,
+        versions: PlanVersions,
         grades: Repository[Grade],
         views: GradingViews,
         clock: Clock,
-        plan: PlanStamp = NO_PLAN,
     ) -> None:
-        self.rulebook = rulebook
-        self.plan = plan
+        # Each incident is decided under the plan version it is pinned to (its first grade
+        # or its reopening), not necessarily the one in force: services/grading/plan_versions.py.
+        self.versions = versions
         self.grades = grades
         self.views = views
         self.clock = clock
@@ -73,10 +72,13 @@ class GradingHandlers:
         if any(r.report_id == report.report_id for r in facts.reports):
             return  # the same report under another event id: already counted
         grade = await self.grades.get(uow, event.incident_id)
+        plan = await self.versions.for_incident(event.incident_id, grade, uow)
         decision = on_report(
-            self.rulebook, grade, facts.reports, ReportFacts.of(report), facts.dismissed, self.plan
+            plan.rulebook, grade, facts.reports, ReportFacts.of(report), facts.dismissed, plan.stamp
         )
         await self.views.add_report(event.incident_id, report, uow)
+        if isinstance(decision, IncidentGraded):
+            await self.versions.pin(event.incident_id, plan, uow)
         decided = [decision] if decision is not None else []
         await self.grades.save(uow, event.incident_id, grade, decided, self._cause(event))
 
@@ -95,8 +97,9 @@ class GradingHandlers:
         if not claimed.claims_unconfirmed:
             return  # the same confirmation under another event id: already counted
         grade = await self.grades.get(uow, event.incident_id)
+        plan = await self.versions.for_incident(event.incident_id, grade, uow)
         decision = on_claims_confirmed(
-            self.rulebook, grade, facts.reports, confirmation, facts.dismissed, self.plan
+            plan.rulebook, grade, facts.reports, confirmation, facts.dismissed, plan.stamp
         )
         await self.views.confirm_claims(event.incident_id, claimed.confirmed(confirmation), uow)
         decided = [decision] if decision is not None else []
@@ -107,6 +110,8 @@ class GradingHandlers:
 
     async def reopened(self, event: Envelope, _: IncidentReopened, uow: UnitOfWork) -> None:
         await self.views.set_dismissed(event.incident_id, False, uow)
+        # A reopened incident starts again under the plan in force.
+        await self.versions.pin(event.incident_id, self.versions.current, uow)
 
     async def deadline_missed(
         self, event: Envelope, missed: DeadlineMissed, uow: UnitOfWork
@@ -117,8 +122,9 @@ class GradingHandlers:
             # graded means the topics disagree, which someone must look at.
             raise Rejected(f"a deadline was missed on {event.incident_id}, which was never graded")
         facts = await self.views.facts(event.incident_id, uow)
+        plan = await self.versions.for_incident(event.incident_id, grade, uow)
         decision = on_deadline_missed(
-            self.rulebook, grade, missed.level, facts.dismissed, self.plan
+            plan.rulebook, grade, missed.level, facts.dismissed, plan.stamp
         )
         decided = [decision] if decision is not None else []
         await self.grades.save(uow, event.incident_id, grade, decided, self._as_of(event))

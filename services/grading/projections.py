@@ -233,8 +233,8 @@ class GradingViews:
                 category = overridden.category
             case _:
                 return
-        entry["category"] = category.value
-        current.update(level=entry["level"], category=category.value)
+        entry["category"] = str(category)
+        current.update(level=entry["level"], category=str(category))
         await self.db[GRADES].update_one(
             {"_id": event.incident_id},
             {"$set": current, "$push": {"history": entry}},
@@ -293,12 +293,12 @@ class GradingViews:
             recorded = RecordedIncident(
                 incident_id=incident_id,
                 graded_at=doc["graded_at"],
-                level=Level(doc["level"]),
+                level=int(doc["level"]),
                 category=Category(doc["category"]),
                 plan_id=doc.get("plan_id"),
                 plan_version=doc.get("plan_version"),
                 history=tuple(
-                    GradeStep(at=step["at"], level=Level(step["level"]))
+                    GradeStep(at=step["at"], level=int(step["level"]))
                     for step in doc.get("history", [])
                 ),
                 reports=tuple(_facts_of(r) for r in facts.get("reports", [])),

@@ -51,14 +51,14 @@ def check_rulebook(plan: Plan, rulebook: Rulebook) -> list[str]:
     problems: list[str] = []
     levelled: list[TierRule | ReachRule] = [*rulebook.tiers, *rulebook.reach]
     for rule in levelled:
-        if rule.level not in plan.manifest.levels:
+        if rule.level not in plan.manifest.ranks:
             problems.append(f"{file}: {rule.id}: level {int(rule.level)} is not one of the plan's")
     for sensitive in rulebook.sensitive:
-        if sensitive.level is not None and sensitive.level not in plan.manifest.levels:
+        if sensitive.level is not None and sensitive.level not in plan.manifest.ranks:
             problems.append(
                 f"{file}: {sensitive.id}: level {int(sensitive.level)} is not one of the plan's"
             )
-    if rulebook.default_level.level not in plan.manifest.levels:
+    if rulebook.default_level.level not in plan.manifest.ranks:
         problems.append(f"{file}: {rulebook.default_level.id}: level is not one of the plan's")
     categorised: list[CategoryRule | DefaultCategory] = [
         *rulebook.categories,
@@ -67,7 +67,7 @@ def check_rulebook(plan: Plan, rulebook: Rulebook) -> list[str]:
     for category_rule in categorised:
         if category_rule.category not in plan.manifest.categories:
             problems.append(
-                f"{file}: {category_rule.id}: category {category_rule.category.value!r} is not "
+                f"{file}: {category_rule.id}: category {str(category_rule.category)!r} is not "
                 "one of the plan's"
             )
     return problems
@@ -152,7 +152,7 @@ def candidate_levels(rulebook: Rulebook, reports: Sequence[ReportFacts]) -> list
     levels: list[Level] = []
     for n in range(1, len(reports) + 1):
         now = assess(rulebook, reports[:n]).level
-        levels.append(Level(min(now, levels[-1])) if levels else now)
+        levels.append(min(now, levels[-1]) if levels else now)
     return levels
 
 
@@ -182,15 +182,19 @@ def compare(
         raise ValueError(f"{incident.incident_id}: no reports recorded, nothing to replay")
     levels = candidate_levels(candidate.rulebook, incident.reports)
     category = assess(candidate.rulebook, incident.reports[:1]).category
+    # A duty that waits on another (`after`) opens when that one is met: the record, not
+    # the candidate, says when that was, so it is left out of the comparison.
     opened: list[tuple[ObligationRule, datetime]] = [
-        (rule, incident.graded_at) for rule in candidate.duties.rules_for(levels[0], category)
+        (rule, incident.graded_at)
+        for rule in candidate.duties.rules_for(levels[0], category)
+        if rule.after is None
     ]
     seen = {rule.kind for rule, _ in opened}
     for before, after in pairwise(levels):
         if after < before:  # raised: the new level's duties not already owed
             at = _reached(incident.history, after, incident.graded_at)
             for rule in candidate.duties.rules_for(after, None):
-                if rule.kind not in seen:
+                if rule.kind not in seen and rule.after is None:
                     opened.append((rule, at))
                     seen.add(rule.kind)
     recorded = _first_rounds(incident.duties)

@@ -37,7 +37,6 @@ from shared.events import (
     IncidentOpened,
     IncidentReopened,
     IncidentResolved,
-    Level,
     ReportReceived,
 )
 from shared.handlers import HandlerMap
@@ -74,7 +73,7 @@ def build(deps: Dependencies) -> NotificationParts:
     # Policies are checked before anything connects, so a bad file stops the start.
     policy = load_policy(settings.obligations_policy_path, NotificationPolicy)
     # The plan pack (YUQING_PLAN): every duty at one of its levels, its roles held by someone.
-    load_plan(
+    plan = load_plan(
         settings.plan, settings.policy_paths, deps.directory, pack_wins=False, checks={"duties"}
     )
     try:
@@ -159,7 +158,7 @@ def build(deps: Dependencies) -> NotificationParts:
 
     async def owed_duties() -> None:
         counts = await projections.owed_by_level(deps.clock())
-        for level in Level:
+        for level in plan.manifest.ranks:  # the plan's levels, however many it has
             for overdue in (False, True):
                 OBLIGATIONS_OWED.labels(str(int(level)), str(overdue).lower()).set(
                     counts.get((int(level), overdue), 0)

@@ -230,7 +230,8 @@ class Ledger:
         """Open the duties a grading creates that are not already owed or met.
 
         `include_level_duties` is false when the level went down: a milder level owes
-        nothing new, while a category's duties (e.g. the same-day reply) still apply.
+        nothing new, while a category's duties (e.g. the same-day reply) still apply. A
+        duty that waits on another (`after`) opens when that one is fulfilled, not here.
         """
         rules = policy.rules_for(level if include_level_duties else None, category)
         return _open(policy, rules, level, graded_at, tz, skip=self.live_kinds())
@@ -247,13 +248,37 @@ class Ledger:
         """A reopened incident owes its level's and category's duties afresh, counted from
         the reopening: resolving closed what was pending, and a report met before then says
         nothing about the incident flaring up again. A duty still owed (open or missed) is
-        not opened twice; an incident never graded owes nothing yet.
+        not opened twice; an incident never graded owes nothing yet. A duty that waits on
+        another opens again when that one is fulfilled again.
         """
         if level is None:
             return []
         owed = {o.kind for o in self.obligations.values() if o.state in OWED_STATES}
         rules = policy.rules_for(level, category)
         return _open(policy, rules, level, reopened_at, tz, skip=owed)
+
+    def open_after(
+        self, obligation_id: str, policy: ObligationPolicy, tz: ZoneInfo
+    ) -> list[ObligationOpened]:
+        """The duties waiting on this one, now that it is fulfilled (late or not), counted
+        from its fulfilment. One already owed, or opened since this one was, is not opened
+        twice; a duty missed and never filed, or closed, opens nothing."""
+        done = self.get(obligation_id)
+        if done.state is not ObligationState.FULFILLED or done.fulfilled_at is None:
+            return []
+        return [
+            _opening(policy, rule, done.level, done.fulfilled_at, tz)
+            for rule in policy.dependents(done.kind)
+            if not self._holds(rule.kind, since=done.counted_from)
+        ]
+
+    def _holds(self, kind: str, *, since: datetime) -> bool:
+        """A duty of this kind still owed, or met and counted from `since` on."""
+        return any(
+            o.kind == kind
+            and (o.state in OWED_STATES or (o.state in LIVE_STATES and o.counted_from >= since))
+            for o in self.obligations.values()
+        )
 
     def close_owed(self, reason: str) -> list[ObligationClosed]:
         """Resolving or dismissing ends what is still pending; missed duties stay missed."""
@@ -355,21 +380,33 @@ def _open(
     *,
     skip: set[str],
 ) -> list[ObligationOpened]:
+    """The duties a grading or reopening opens: all but those skipped and those waiting on
+    another duty (they open when it is fulfilled: `Ledger.open_after`)."""
     return [
-        ObligationOpened(
-            obligation_id=uuid.uuid4().hex,
-            kind=rule.kind,
-            title=rule.title,
-            level=level,
-            owner_role=rule.owner_role.value,
-            recipients=tuple(r.value for r in rule.recipients),
-            counted_from=counted_from,
-            deadline=rule.deadline(counted_from, tz),
-            alert_roles=tuple(r.value for r in (rule.alert_roles or policy.alert_roles)),
-        )
+        _opening(policy, rule, level, counted_from, tz)
         for rule in rules
-        if rule.kind not in skip
+        if rule.kind not in skip and rule.after is None
     ]
+
+
+def _opening(
+    policy: ObligationPolicy,
+    rule: ObligationRule,
+    level: Level,
+    counted_from: datetime,
+    tz: ZoneInfo,
+) -> ObligationOpened:
+    return ObligationOpened(
+        obligation_id=uuid.uuid4().hex,
+        kind=rule.kind,
+        title=rule.title,
+        level=level,
+        owner_role=rule.owner_role.value,
+        recipients=tuple(r.value for r in rule.recipients),
+        counted_from=counted_from,
+        deadline=rule.deadline(counted_from, tz),
+        alert_roles=tuple(r.value for r in (rule.alert_roles or policy.alert_roles)),
+    )
 
 
 # --------------------------------------------------------------------------- notifications

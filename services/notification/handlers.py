@@ -267,14 +267,19 @@ class ObligationWorkflow:
         incident: IncidentSnapshot,
     ) -> None:
         """A duty met or missed; a recurring one opens its next round in the same change,
-        while the incident is open (resolving it closes the round then owed, ending the
-        series). The next round is the service's doing, caused by the settling event."""
+        and a met one the duties waiting on it (`after`), while the incident is open
+        (resolving it closes the round then owed, ending the series). What opens is the
+        service's doing, caused by the settling event."""
         incident_id = ledger.incident_id
         saved = await self.obligations.save(uow, incident_id, ledger, [settled], cause)
         assert saved is not None
         (event,) = saved.events
-        following = saved.aggregate.next_round(settled.obligation_id, self.policy)
-        if following is None or incident.closed:
+        after = saved.aggregate
+        next_round = after.next_round(settled.obligation_id, self.policy)
+        following: list[EventPayload] = [] if next_round is None else [next_round]
+        if isinstance(settled, ObligationFulfilled):
+            following += after.open_after(settled.obligation_id, self.policy, self.tz)
+        if not following or incident.closed:
             return
         then = Cause(
             actor=self.actor,
@@ -283,7 +288,7 @@ class ObligationWorkflow:
             correlation_id=event.correlation_id,
             causation_id=event.event_id,
         )
-        await self.obligations.save(uow, incident_id, saved.aggregate, [following], then)
+        await self.obligations.save(uow, incident_id, saved.aggregate, following, then)
 
     async def _ledger(self, uow: UnitOfWork, incident_id: str) -> Ledger:
         return await self.obligations.get(uow, incident_id) or Ledger(incident_id)

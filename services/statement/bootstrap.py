@@ -42,10 +42,10 @@ def build(deps: Dependencies) -> StatementParts:
     policy = load_policy(deps.settings.approval_policy_path, ApprovalPolicy)
     # The plan pack (YUQING_PLAN): every chain at one of its levels, each step's role held.
     settings = deps.settings
-    load_plan(
+    plan = load_plan(
         settings.plan, settings.policy_paths, deps.directory, pack_wins=False, checks={"chains"}
     )
-    rules = ApprovalRules(policy, deps.catalogue.roles)
+    rules = ApprovalRules(policy, deps.catalogue.roles, frozenset(plan.manifest.statement_kinds))
 
     projections = StatementProjections(deps.store.db, rules)
     repository = Repository(stream_id, evolve, projectors=[projections.write])

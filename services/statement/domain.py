@@ -23,8 +23,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from shared.errors import Conflict, Forbidden, NotFound
+from shared.errors import Conflict, Forbidden, Invalid, NotFound
 from shared.events import (
+    DEFAULT_STATEMENT_KINDS,
     ApprovalStep,
     Envelope,
     Fact,
@@ -157,14 +158,29 @@ class ApprovalRules:
 
     policy: ApprovalPolicy
     role_names: Mapping[Role, str]
+    # The statement kinds of the plan in force (plan.yaml `statement_kinds`).
+    kinds: frozenset[str] = frozenset(DEFAULT_STATEMENT_KINDS)
 
     def __post_init__(self) -> None:
         unnamed = sorted(r.value for r in self.policy.roles() if r not in self.role_names)
         if unnamed:
             raise ValueError(f"approval policy roles without a name to show: {', '.join(unnamed)}")
 
+    def check_kind(self, kind: StatementKind) -> None:
+        """A kind of the plan in force, or a 422 naming the field."""
+        if kind not in self.kinds:
+            raise Invalid(
+                "kind",
+                f"{kind!r} is not one of the plan's statement kinds {sorted(self.kinds)}",
+                "plan_statement_kind",
+            )
+
     def chain(self, level: Level, unit_ids: Sequence[str]) -> tuple[ApprovalStep, ...]:
         steps: list[ApprovalStep] = []
+        if level not in self.policy.levels:  # graded under a plan with other levels
+            raise ChainUndetermined(
+                f"本预案没有{int(level)}级的审批链，无法确定审批链", {"level": int(level)}
+            )
         for rule in self.policy.levels[level]:
             if rule.unit != INCIDENT_UNIT:
                 steps.append(ApprovalStep(role=rule.role.value, unit_id=rule.unit))

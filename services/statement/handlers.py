@@ -126,6 +126,7 @@ class StatementWorkflow:
         facts: tuple[Fact, ...],
         outlets: tuple[str, ...],
     ) -> StatementView:
+        self.rules.check_kind(kind)  # the plan's statement kinds
         statement_id = uuid.uuid4().hex
         payload = draft(
             statement_id,

@@ -8,6 +8,8 @@ filing to review by its people; at 1440 px and at 375 px, with a screenshot of e
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import time
 import uuid
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openpyxl
 import pytest
 
 from shared.identity import Role
@@ -58,6 +61,9 @@ def passwords(system: RunningSystem) -> dict[str, str]:
 def browser() -> Iterator[sync_api.Browser]:
     assert BUILT.exists(), "the console is not built: run `make console` (npm ci, npm run build)"
     SHOTS.mkdir(exist_ok=True)
+    # On a loaded machine (two cores shared with the system under test) a page can take
+    # longer than Playwright's default 5 seconds to settle: a wrong page still fails.
+    sync_api.expect.set_options(timeout=15_000)
     with sync_api.sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         yield chromium
@@ -201,7 +207,8 @@ levels:
 def short_deadlines(
     infra: Infra, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningSystem]:
-    """The system with a level-1 phone report due in 40 seconds."""
+    """The system with a level-1 phone report due in 40 seconds, whose incident view embeds
+    only two reports."""
     tmp = tmp_path_factory.mktemp("console-short")
     policy = tmp / "obligations.yaml"
     policy.write_text(SHORT_POLICY, encoding="utf-8")
@@ -215,6 +222,8 @@ def short_deadlines(
             YUQING_TOPIC_PREFIX=f"console{run}.",
             YUQING_OUTBOX_POLL_SECONDS="0.2",
             YUQING_OBLIGATIONS_POLICY_PATH=str(policy),
+            # The incident view embeds two reports: the rest are read by page.
+            YUQING_ARCHIVE_EMBEDDED_REPORTS="2",
         )
     )
     yield running
@@ -911,3 +920,310 @@ def test_a_level_1_incident_is_walked_from_filing_to_review_in_the_console_by_it
     assert line["url"] == f"https://school.example/{run}"
     assert [s["approved_by"] for s in line["cleared_by"]] == ["office-li", "propaganda-wang"]
     assert note["state"] == "acknowledged"
+
+
+# --- the dashboard's escalations and misses, the case library, reports by page ---------
+
+
+def matter_report(title: str, site: str, **overrides: Any) -> dict[str, Any]:
+    """A report of the matter `title` as seen on `site` (its own URL), with a small reach:
+    its media tier decides its level."""
+    return report(
+        title=title,
+        url=f"https://{site}.example.cn/t/{time.time_ns()}",
+        excerpt=f"{title}：有网友发帖反映，相关部门尚未回应。",
+        reach={"views": 800, "reposts": 12, "comments": 30, "likes": 40},
+        **overrides,
+    )
+
+
+def test_the_dashboard_lists_an_escalation_and_a_missed_deadline_as_they_happen(
+    short_deadlines: RunningSystem, browser: sync_api.Browser
+) -> None:
+    """A provincial report (level 2, no duties in this policy), then a central one of the
+    same matter: grading escalates it to level 1, whose phone report is due in 40 seconds
+    and is missed. The open dashboard lists both, newest first, without a reload."""
+    expect = sync_api.expect
+    system = short_deadlines
+    run = uuid.uuid4().hex[:6]
+    title = f"县城主干道井盖缺失致电动车摔倒（升级{run}）"
+    context = browser.new_context(
+        viewport={"width": 1440, "height": 900}, locale="zh-CN", timezone_id="Asia/Shanghai"
+    )
+    page = context.new_page()
+    sign_in(page, system, "office-li", passwords(system)["office-li"])
+    expect(page).to_have_url(f"{system.base_url}/dashboard")
+    page.evaluate("window.notReloaded = true")
+
+    with system.client() as api:
+        first = matter_report(title, "provincial", media_tier="provincial", source_name="省报")
+        incident_id = api.post("/intake/v1/reports", json=first).json()["incident_id"]
+        wait_for(
+            lambda: api.get(f"/archive/v1/incidents/{incident_id}").json(),
+            lambda v: v.get("level") == 2,
+            timeout=20,
+            what="the provincial report graded level 2",
+        )
+        central = matter_report(title, "people", media_tier="central", source_name="人民网")
+        assert api.post("/intake/v1/reports", json=central).json()["incident_id"] == incident_id
+        grade = wait_for(
+            lambda: api.get(f"/grading/v1/incidents/{incident_id}/grade").json(),
+            lambda g: g.get("level") == 1,
+            timeout=20,
+            what="the incident escalated to level 1",
+        )
+    reason = grade["history"][-1]["reason"]
+
+    escalated = page.locator(f"li.alert-row[data-kind='escalated'][data-incident='{incident_id}']")
+    expect(escalated).to_be_visible(timeout=20_000)
+    expect(escalated.get_by_text("升级", exact=True)).to_be_visible()
+    expect(escalated.get_by_role("link", name=title)).to_be_visible()
+    expect(escalated).to_contain_text("二级 → 一级")
+    expect(escalated).to_contain_text(f"原因：{reason}")
+
+    # Nobody files the phone report: 40 seconds on, the miss comes onto the same page.
+    missed = page.locator(f"li.alert-row[data-kind='missed'][data-incident='{incident_id}']")
+    expect(missed).to_be_visible(timeout=90_000)
+    expect(missed.get_by_text("超时未报", exact=True)).to_be_visible()
+    expect(missed).to_contain_text("一级舆情手机快报")
+    expect(missed).to_contain_text("责任：领导小组办公室")
+    rows = page.locator(f"li.alert-row[data-incident='{incident_id}']")
+    assert rows.first.get_attribute("data-kind") == "missed"  # the newest first
+    assert page.evaluate("window.notReloaded === true")
+    with system.client() as api:
+        shown = api.get("/archive/v1/alerts").json()["items"]
+    mine = [
+        (a["kind"], a["from_level"], a["to_level"])
+        for a in shown
+        if a["incident_id"] == incident_id
+    ]
+    assert mine == [("missed", None, 1), ("escalated", 2, 1)]
+    page.locator(".alerts").scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "dashboard-alerts-1440.png"), full_page=True)
+    context.close()
+
+    # A statement submitted on it waits for the office: the office's dashboard lists it.
+    writer = token_for(system, "spokesperson-sun", "school-a", Role.SPOKESPERSON)
+    with system.client(writer) as api:
+        draft = {
+            "kind": "online_reply",
+            "title": f"关于井盖缺失的情况说明（{run}）",
+            "body": "已补装。",
+        }
+        made = api.post(f"/statements/v1/incidents/{incident_id}/statements", json=draft)
+        assert made.status_code == 201, made.text
+        statement_id = made.json()["statement_id"]
+        submitted = api.post(f"/statements/v1/statements/{statement_id}/submit")
+        assert submitted.status_code == 200, submitted.text
+
+    phone = browser.new_context(
+        viewport={"width": 375, "height": 812}, locale="zh-CN", is_mobile=True, has_touch=True
+    )
+    page = phone.new_page()
+    sign_in(page, system, "office-li", passwords(system)["office-li"])
+    expect(page.locator(f"li.alert-row[data-incident='{incident_id}']")).to_have_count(2)
+    waiting = page.locator(f"li.waiting-row[data-statement='{statement_id}']")
+    expect(waiting.get_by_role("link", name=draft["title"])).to_be_visible()
+    expect(waiting.get_by_role("link", name=title)).to_be_visible()
+    expect(waiting).to_contain_text("待审批：领导小组办公室")
+    assert no_sideways_scroll(page), "the dashboard scrolls sideways at 375 px"
+    page.screenshot(path=str(SHOTS / "dashboard-alerts-375.png"), full_page=True)
+    phone.close()
+
+
+def test_the_incident_page_reads_more_reports_by_page(
+    short_deadlines: RunningSystem, browser: sync_api.Browser
+) -> None:
+    expect = sync_api.expect
+    system = short_deadlines
+    run = uuid.uuid4().hex[:6]
+    title = f"城区老旧小区停水三日无人回应（分页{run}）"
+    sites = ["tieba", "weibo", "douyin", "toutiao", "kuaishou"]
+    with system.client() as api:
+        incident_id = api.post("/intake/v1/reports", json=matter_report(title, sites[0])).json()[
+            "incident_id"
+        ]
+        for site in sites[1:]:
+            attached = api.post("/intake/v1/reports", json=matter_report(title, site)).json()
+            assert attached["incident_id"] == incident_id
+        view = wait_for(
+            lambda: api.get(f"/archive/v1/incidents/{incident_id}").json(),
+            lambda v: v.get("report_count") == len(sites),
+            timeout=20,
+            what="every report in the archive",
+        )
+        assert len(view["reports"]) == 2  # what the view embeds here
+        every = api.get(f"/archive/v1/incidents/{incident_id}/reports").json()["items"]
+
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
+    page = context.new_page()
+    page.goto(f"{system.base_url}/incidents/{incident_id}")
+    sign_in_here(page, system, "office-li")
+    listed = page.get_by_role("list", name="舆情信息").locator("li.report")
+    expect(listed).to_have_count(2)
+    expect(page.get_by_text("已显示 2 条，共 5 条")).to_be_visible()
+    page.screenshot(path=str(SHOTS / "incident-reports-first-page-1440.png"), full_page=True)
+    page.get_by_role("button", name="更多报告").click()
+    expect(listed).to_have_count(len(sites))
+    expect(page.get_by_role("button", name="更多报告")).to_have_count(0)
+    shown = [listed.nth(i).get_attribute("data-report") for i in range(len(sites))]
+    assert shown == [r["report_id"] for r in every]  # oldest first, each once
+    page.screenshot(path=str(SHOTS / "incident-reports-paged-1440.png"), full_page=True)
+    context.close()
+
+
+def archived_case(system: RunningSystem, title: str, lessons: str, **grade: Any) -> str:
+    """An incident filed, (re)graded, resolved and reviewed through the API: a case."""
+    with system.client() as api:
+        incident_id = api.post(
+            "/intake/v1/reports", json=matter_report(title, "people", media_tier="central")
+        ).json()["incident_id"]
+        wait_for(
+            lambda: api.get(f"/archive/v1/incidents/{incident_id}").json(),
+            lambda v: v.get("level") == 1 and len(v.get("obligations", [])) >= 2,
+            timeout=20,
+            what="the report graded, with its duties",
+        )
+        if grade:
+            lowered = api.post(
+                f"/grading/v1/incidents/{incident_id}/override",
+                json={**grade, "reason": "经核实影响有限"},
+            )
+            assert lowered.status_code == 200, lowered.text
+            wait_for(
+                lambda: api.get(f"/archive/v1/incidents/{incident_id}").json(),
+                lambda v: v.get("level") == grade["level"],
+                timeout=20,
+                what="the grade overridden in the archive",
+            )
+        resolved = api.post(
+            f"/intake/v1/incidents/{incident_id}/resolve", json={"reason": "已平息"}
+        )
+        assert resolved.status_code == 200, resolved.text
+        wait_for(
+            lambda: api.get(f"/archive/v1/incidents/{incident_id}").json(),
+            lambda v: v.get("status") == "resolved",
+            timeout=20,
+            what="the incident resolved in the archive",
+        )
+        review = {"cause": "信息发布不及时。", "handling": "当日核实并回应。", "lessons": lessons}
+        accepted = api.post(f"/archive/v1/incidents/{incident_id}/review", json=review)
+        assert accepted.status_code == 202, accepted.text
+        case_id = str(accepted.json()["case_id"])
+        wait_for(
+            lambda: api.get(f"/archive/v1/cases/{case_id}").status_code,
+            lambda code: code == 200,
+            timeout=20,
+            what="the case in the library",
+        )
+    return case_id
+
+
+def test_the_case_library_filters_charts_and_exports_what_it_shows(
+    system: RunningSystem, browser: sync_api.Browser, tmp_path: Path
+) -> None:
+    expect = sync_api.expect
+    run = uuid.uuid4().hex[:6]
+    marker = f"案例库{run}"
+    first = archived_case(
+        system, f"实验小学周边商贩占道经营引发投诉（{marker}）", f"加强巡查。{marker}"
+    )
+    second = archived_case(
+        system,
+        f"网传县城中学提前放寒假（{marker}）",
+        f"及时辟谣。{marker}",
+        level=2,
+        category="rumor",
+    )
+
+    context = browser.new_context(
+        viewport={"width": 1440, "height": 900},
+        locale="zh-CN",
+        timezone_id="Asia/Shanghai",
+        accept_downloads=True,
+    )
+    page = context.new_page()
+    sign_in(page, system, "office-li", passwords(system)["office-li"])
+    page.get_by_role("navigation", name="主导航").get_by_role("link", name="案例库").click()
+    expect(page.get_by_role("heading", name="案例库")).to_be_visible()
+    page.get_by_label("关键词").fill(marker)
+    page.get_by_label("关键词").press("Enter")
+    cases = page.locator("li.case")
+    expect(cases).to_have_count(2)
+    expect(page.get_by_role("heading", name="案例（共 2 件）")).to_be_visible()
+    assert cases.first.get_attribute("data-case") == second  # the newest archived first
+
+    # The charts count what the filters find, each bar with its name and count as text.
+    charts = page.get_by_role("region", name="案例统计")
+    by_category = charts.get_by_role("figure", name=re.compile("^按类别"))
+    expect(by_category.locator(".bar-row[data-key='rumor']")).to_contain_text("谣言")
+    expect(by_category.locator(".bar-row[data-key='rumor'] .count")).to_have_text("1")
+    by_level = charts.get_by_role("figure", name=re.compile("^按级别"))
+    expect(by_level).to_have_attribute("aria-label", "按级别：一级 1 件，二级 1 件")
+    by_month = charts.get_by_role("figure", name=re.compile("^按立案月份"))
+    expect(by_month.locator(".bar-row .count")).to_have_text(["2"])
+    page.screenshot(path=str(SHOTS / "cases-1440.png"), full_page=True)
+
+    # Narrowed to level 1: the list, the charts and the export follow.
+    choose(page, "级别", "一级")
+    expect(cases).to_have_count(1)
+    assert cases.first.get_attribute("data-case") == first
+    expect(by_level).to_have_attribute("aria-label", "按级别：一级 1 件")
+    with page.expect_download() as got:
+        page.get_by_role("button", name="导出 CSV").click()
+    download = got.value
+    assert download.suggested_filename.startswith("案例库-")
+    assert download.suggested_filename.endswith(".csv")
+    saved = tmp_path / "cases.csv"
+    download.save_as(saved)
+    raw = saved.read_bytes()
+    assert raw.startswith("\ufeff".encode())
+    table = list(csv.DictReader(io.StringIO(raw.decode("utf-8-sig"))))
+    assert [(r["案例编号"], r["级别"], r["类别"]) for r in table] == [(first, "一级", "询问")]
+    assert table[0]["涉及单位"] == "实验小学"
+    assert marker in table[0]["经验教训"]
+
+    with page.expect_download() as got:
+        page.get_by_role("button", name="导出 Excel").click()
+    workbook = tmp_path / "cases.xlsx"
+    got.value.save_as(workbook)
+    sheet = openpyxl.load_workbook(workbook).active
+    assert sheet is not None
+    rows = list(sheet.iter_rows(values_only=True))
+    assert rows[0][:3] == ("案例编号", "事件编号", "标题")
+    assert [r[0] for r in rows[1:]] == [first]
+
+    # Another unit, or a period before these cases: nothing found, and the charts say so.
+    choose(page, "单位", "第二中学")
+    expect(page.get_by_text("没有符合条件的案例。")).to_be_visible()
+    expect(by_level).to_have_attribute("aria-label", "按级别：无")
+    page.get_by_role("button", name="清除筛选").click()
+    page.get_by_label("关键词").fill(marker)
+    page.get_by_label("关键词").press("Enter")
+    expect(cases).to_have_count(2)
+    page.get_by_label("立案日期至").fill("2020-01-01")
+    page.get_by_label("立案日期至").press("Enter")
+    expect(page.get_by_text("没有符合条件的案例。")).to_be_visible()
+    page.screenshot(path=str(SHOTS / "cases-none-1440.png"), full_page=True)
+    context.close()
+
+    # Another unit's staff do not see these cases, in the list or in an export.
+    school_b = token_for(system, "head-zhou", "school-b", Role.DEPT_HEAD)
+    with system.client(school_b) as api:
+        listed = api.get("/archive/v1/cases", params={"q": marker}).json()["items"]
+        exported = api.get("/archive/v1/cases/export", params={"q": marker}).content
+    assert listed == []
+    assert marker not in exported.decode("utf-8-sig")
+
+    phone = browser.new_context(
+        viewport={"width": 375, "height": 812}, locale="zh-CN", is_mobile=True, has_touch=True
+    )
+    page = phone.new_page()
+    page.goto(f"{system.base_url}/cases")
+    sign_in_here(page, system, "office-li")
+    page.get_by_label("关键词").fill(marker)
+    page.get_by_label("关键词").press("Enter")
+    expect(page.locator("li.case")).to_have_count(2)
+    assert no_sideways_scroll(page), "the case library scrolls sideways at 375 px"
+    page.screenshot(path=str(SHOTS / "cases-375.png"), full_page=True)
+    phone.close()

@@ -18,21 +18,18 @@ from services.archive.bootstrap import ArchiveParts, build
 from shared.bus import ensure_topics
 from shared.events import (
     Actor,
-    Category,
     Envelope,
     EventPayload,
     FiredRule,
     IncidentGraded,
     IncidentOpened,
     IncidentResolved,
-    Level,
     MediaTier,
     ObligationOpened,
     Reach,
     ReportReceived,
     SourceType,
     StatementDrafted,
-    StatementKind,
 )
 from shared.service import Context, ServiceRunner
 from shared.settings import Settings
@@ -42,7 +39,7 @@ pytestmark = pytest.mark.asyncio
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 RULE = Actor.rule("rulebook")
-LEVEL_BY_TIER = {MediaTier.CENTRAL: Level.ONE, MediaTier.PROVINCIAL: Level.TWO}
+LEVEL_BY_TIER = {MediaTier.CENTRAL: 1, MediaTier.PROVINCIAL: 2}
 
 
 def event(
@@ -109,8 +106,8 @@ def incident_events(
     )
     graded = event(
         IncidentGraded(
-            level=LEVEL_BY_TIER.get(tier, Level.THREE),
-            category=Category.INQUIRY,
+            level=LEVEL_BY_TIER.get(tier, 3),
+            category="inquiry",
             rules_fired=(FiredRule(rule_id="tier-central", reason="中央媒体报道"),),
             rulebook_version="1",
         ),
@@ -128,7 +125,7 @@ def incident_events(
                 obligation_id=f"{incident}-{kind}",
                 kind=kind,
                 title=title,
-                level=Level.ONE,
+                level=1,
                 owner_role="office",
                 recipients=("leader-zhang",),
                 counted_from=graded.occurred_at,
@@ -150,7 +147,7 @@ def incident_events(
     drafted = event(
         StatementDrafted(
             statement_id=f"{incident}-s1",
-            kind=StatementKind.ONLINE_REPLY,
+            kind="online_reply",
             version=1,
             title="情况回复",
             body="经核查……",

@@ -26,7 +26,6 @@ from shared.events import (
     INTAKE_TOPIC,
     DeadlineMissed,
     Envelope,
-    Level,
     utcnow,
 )
 from shared.service import Context, ServiceRunner
@@ -115,7 +114,7 @@ async def test_forged_unsigned_and_misplaced_events_are_dead_lettered_and_change
 ) -> None:
     admin = bearer(settings, "admin", "county", "admin")
     office = bearer(settings, "office-li", "county", "office")
-    await feed(settings, opened(INCIDENT), graded(INCIDENT, Level.TWO))
+    await feed(settings, opened(INCIDENT), graded(INCIDENT, 2))
     async with client(archive) as archive_http, client(notification) as notification_http:
 
         async def graded_and_owed() -> bool:
@@ -137,7 +136,7 @@ async def test_forged_unsigned_and_misplaced_events_are_dead_lettered_and_change
             DeadlineMissed(
                 obligation_id=duties_before[0]["obligation_id"],
                 kind=duties_before[0]["kind"],
-                level=Level.TWO,
+                level=2,
                 deadline=now,
                 alerted_roles=("leader",),
             ),
@@ -207,7 +206,7 @@ async def test_verify_names_events_written_into_the_store_with_their_hash_recomp
     settings: Settings, archive: ServiceRunner[ArchiveParts]
 ) -> None:
     analyst = bearer(settings, "analyst-zhao", "county", "analyst")
-    await feed(settings, opened(INCIDENT), graded(INCIDENT, Level.TWO))
+    await feed(settings, opened(INCIDENT), graded(INCIDENT, 2))
     async with client(archive) as http:
 
         async def ingested() -> bool:

@@ -23,7 +23,6 @@ from services.notification.channels import (
 from services.notification.delivery import ChannelConfig, Message
 from shared.bus import ensure_topics
 from shared.events import (
-    Level,
     NotificationAcknowledged,
     NotificationFailed,
     NotificationSent,
@@ -151,7 +150,7 @@ async def test_level_one_reaches_the_leader_by_signed_webhook_and_email_in_chine
         return await service.parts.projections.incidents.get("inc-d1") is not None
 
     await wait_for(known)
-    await feed(settings, graded("inc-d1", Level.ONE))
+    await feed(settings, graded("inc-d1", 1))
 
     async def both_sent() -> bool:
         return len(await events(service, "NotificationSent")) == 2
@@ -217,7 +216,7 @@ async def test_a_receiver_failing_three_times_gets_one_delivery_recorded_after_r
     with HttpReceiver(fail_first=3).running() as flaky:
         settings = await make_settings(policy(smtp[0], flaky.url, ops_group.url))
         service = await start(settings)
-        await feed(settings, opened("inc-d2"), graded("inc-d2", Level.TWO))
+        await feed(settings, opened("inc-d2"), graded("inc-d2", 2))
 
         async def sent() -> bool:
             return len(await events(service, "NotificationSent")) == 1
@@ -242,7 +241,7 @@ async def test_a_delivery_failing_every_try_is_recorded_and_alerts_the_fallback_
         text = policy(smtp[0], dead.url, ops_group.url, retry="{attempts: 2, first: 1s, cap: 1s}")
         settings = await make_settings(text)
         service = await start(settings)
-        await feed(settings, opened("inc-d3"), graded("inc-d3", Level.TWO))
+        await feed(settings, opened("inc-d3"), graded("inc-d3", 2))
 
         async def alerted() -> bool:
             return len(ops_group.requests) == 1
@@ -268,7 +267,7 @@ async def test_an_unacknowledged_page_is_sent_again_then_goes_to_the_next_in_the
     clock = FakeClock(now_ms())
     settings = await make_settings(policy(smtp[0], hook.url, ops_group.url))
     service = await start(settings, clock=clock)
-    await feed(settings, opened("inc-d4"), graded("inc-d4", Level.TWO, at=clock.now))
+    await feed(settings, opened("inc-d4"), graded("inc-d4", 2, at=clock.now))
 
     def delivered(n: int) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:

@@ -18,7 +18,6 @@ from shared.events import (
     DeadlineMissed,
     Envelope,
     IncidentReopened,
-    Level,
     ObligationOpened,
 )
 from shared.service import Context, ServiceRunner
@@ -108,7 +107,7 @@ async def test_level_one_opens_both_quick_reports_and_the_short_deadline_is_miss
 ) -> None:
     service = await start(fast_settings)
     graded_at = now_ms()
-    await feed(fast_settings, opened("inc-1"), graded("inc-1", Level.ONE, at=graded_at))
+    await feed(fast_settings, opened("inc-1"), graded("inc-1", 1, at=graded_at))
     office = bearer(fast_settings, "office-li", "county", "office")
 
     async with client(service) as http:
@@ -149,7 +148,7 @@ async def test_a_deadline_passed_while_down_is_recorded_once_on_restart(
     graded_at = now_ms()
     clock = FakeClock(graded_at)
     first = await start(fast_settings, clock=clock)
-    await feed(fast_settings, opened("inc-2"), graded("inc-2", Level.ONE, at=graded_at))
+    await feed(fast_settings, opened("inc-2"), graded("inc-2", 1, at=graded_at))
 
     async def opened_both() -> bool:
         return len(await stored(first, "ObligationOpened")) == 2
@@ -184,7 +183,7 @@ async def test_fulfilling_is_recorded_once_and_only_by_those_who_may(
     fast_settings: Settings, start: Start
 ) -> None:
     service = await start(fast_settings)
-    await feed(fast_settings, opened("inc-3"), graded("inc-3", Level.TWO))
+    await feed(fast_settings, opened("inc-3"), graded("inc-3", 2))
     office = bearer(fast_settings, "office-li", "county", "office")
     monitor = bearer(fast_settings, "monitor-chen", "school-a", "monitor")
     other_school = bearer(fast_settings, "office-b", "school-b", "office")
@@ -231,7 +230,7 @@ async def test_escalation_adds_duties_and_resolving_closes_what_is_pending(
     fast_settings: Settings, start: Start
 ) -> None:
     service = await start(fast_settings)
-    await feed(fast_settings, opened("inc-4"), graded("inc-4", Level.THREE))
+    await feed(fast_settings, opened("inc-4"), graded("inc-4", 3))
     office = bearer(fast_settings, "office-li", "county", "office")
     head = bearer(fast_settings, "head-liu", "school-a", "dept_head")
 
@@ -254,7 +253,7 @@ async def test_escalation_adds_duties_and_resolving_closes_what_is_pending(
         )
         assert r.status_code == 200, r.text
 
-        await feed(fast_settings, escalated("inc-4", Level.THREE, Level.TWO))
+        await feed(fast_settings, escalated("inc-4", 3, 2))
         await wait_for(count_is(2))
         await feed(fast_settings, resolved("inc-4"))
 
@@ -279,7 +278,7 @@ async def test_a_reopened_incident_owes_its_duties_again_and_none_before_they_we
     service = await start(fast_settings)
     # Intake's and grading's events travel on two topics: the grade must be in before the
     # resolution, or (rightly) nothing is owed at all.
-    await feed(fast_settings, opened("inc-r"), graded("inc-r", Level.TWO))
+    await feed(fast_settings, opened("inc-r"), graded("inc-r", 2))
     office = bearer(fast_settings, "office-li", "county", "office")
     url = "/notifications/v1/obligations?incident_id=inc-r"
 
@@ -344,7 +343,7 @@ async def test_tracking_updates_recur_every_period_while_open_and_stop_when_reso
     graded_at = now_ms()
     clock = FakeClock(graded_at)
     service = await start(tracking, clock=clock)
-    await feed(tracking, opened("inc-t"), graded("inc-t", Level.ONE, at=graded_at))
+    await feed(tracking, opened("inc-t"), graded("inc-t", 1, at=graded_at))
     office = bearer(tracking, "office-li", "county", "office")
 
     async with client(service) as http:

@@ -11,7 +11,6 @@ import pytest
 
 from services.statement.bootstrap import StatementParts, build
 from shared.bus import ensure_topics
-from shared.events import Level
 from shared.service import Context, ServiceRunner
 from shared.settings import Settings
 from tests.service.upstream_events import bearer, client, escalated, feed, graded, opened, wait_for
@@ -94,7 +93,7 @@ async def test_a_level_one_release_needs_the_office_then_the_task_force_before_p
     service: Runner, settings: Settings
 ) -> None:
     who = People(settings)
-    await feed(settings, opened("inc-1"), graded("inc-1", Level.ONE))
+    await feed(settings, opened("inc-1"), graded("inc-1", 1))
 
     async with client(service) as http:
         statement = await draft_when_known(http, "inc-1", who.author)
@@ -150,7 +149,7 @@ async def test_a_revision_restarts_the_chain_and_a_rejection_needs_a_comment(
     service: Runner, settings: Settings
 ) -> None:
     who = People(settings)
-    await feed(settings, opened("inc-2"), graded("inc-2", Level.THREE))
+    await feed(settings, opened("inc-2"), graded("inc-2", 3))
 
     async with client(service) as http:
         reply = {**RELEASE, "kind": "online_reply", "outlets": []}
@@ -204,7 +203,7 @@ async def test_an_escalation_mid_review_asks_for_the_new_levels_chain(
     service: Runner, settings: Settings
 ) -> None:
     who = People(settings)
-    await feed(settings, opened("inc-4"), graded("inc-4", Level.TWO))
+    await feed(settings, opened("inc-4"), graded("inc-4", 2))
 
     async with client(service) as http:
         sid = (await draft_when_known(http, "inc-4", who.author))["statement_id"]
@@ -213,7 +212,7 @@ async def test_an_escalation_mid_review_asks_for_the_new_levels_chain(
         r = await http.post(f"{base}/approve", json={}, headers=who.office)
         assert r.json()["state"] == "approved"
 
-        await feed(settings, escalated("inc-4", Level.TWO, Level.ONE))
+        await feed(settings, escalated("inc-4", 2, 1))
 
         async def back_in_review() -> bool:
             view = (await http.get(base, headers=who.office)).json()
@@ -251,7 +250,7 @@ async def test_publishing_sets_the_official_line_and_a_contradiction_needs_ackno
     service: Runner, settings: Settings
 ) -> None:
     who = People(settings)
-    await feed(settings, opened("inc-5"), graded("inc-5", Level.TWO))
+    await feed(settings, opened("inc-5"), graded("inc-5", 2))
 
     async with client(service) as http:
         incident = "/statements/v1/incidents/inc-5"
@@ -321,7 +320,7 @@ async def test_a_statement_shows_the_diff_between_its_versions_and_any_two_on_re
     service: Runner, settings: Settings
 ) -> None:
     who = People(settings)
-    await feed(settings, opened("inc-6"), graded("inc-6", Level.TWO))
+    await feed(settings, opened("inc-6"), graded("inc-6", 2))
 
     async with client(service) as http:
         sid = (await draft_when_known(http, "inc-6", who.author))["statement_id"]
@@ -348,7 +347,7 @@ async def test_a_withdrawn_statement_is_not_approved_until_revised_and_resubmitt
     service: Runner, settings: Settings
 ) -> None:
     who = People(settings)
-    await feed(settings, opened("inc-7"), graded("inc-7", Level.TWO))
+    await feed(settings, opened("inc-7"), graded("inc-7", 2))
 
     async with client(service) as http:
         sid = (await draft_when_known(http, "inc-7", who.author))["statement_id"]
@@ -389,7 +388,7 @@ async def test_two_publications_at_once_are_both_recorded_one_after_the_other(
 ) -> None:
     """Real transactions collide on the stream's next version; the loser is decided again."""
     who = People(settings)
-    await feed(settings, opened("inc-8"), graded("inc-8", Level.TWO))
+    await feed(settings, opened("inc-8"), graded("inc-8", 2))
 
     async with client(service) as http:
         sid = (await draft_when_known(http, "inc-8", who.author))["statement_id"]

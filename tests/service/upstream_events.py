@@ -59,7 +59,7 @@ def resolved(incident: str, version: int = 2) -> Envelope:
 def graded(
     incident: str,
     level: Level,
-    category: Category = Category.HYPE,
+    category: Category = "hype",
     at: datetime | None = None,
 ) -> Envelope:
     payload = IncidentGraded(
@@ -72,7 +72,7 @@ def escalated(incident: str, from_level: Level, to_level: Level, version: int = 
     payload = IncidentEscalated(
         from_level=from_level,
         to_level=to_level,
-        category=Category.HYPE,
+        category="hype",
         reason="传播扩大",
         rules_fired=RULE,
         rulebook_version="test",
@@ -82,7 +82,7 @@ def escalated(incident: str, from_level: Level, to_level: Level, version: int = 
 
 def overridden(incident: str, from_level: Level, to_level: Level, version: int) -> Envelope:
     payload = GradeOverridden(
-        from_level=from_level, to_level=to_level, category=Category.HYPE, reason="人工调整"
+        from_level=from_level, to_level=to_level, category="hype", reason="人工调整"
     )
     return _event(payload, incident, "grade", version, None)
 

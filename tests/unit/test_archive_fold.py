@@ -25,7 +25,6 @@ from shared.events import (
     Actor,
     ApprovalStep,
     CaseArchived,
-    Category,
     DeadlineMissed,
     Envelope,
     EventPayload,
@@ -54,7 +53,6 @@ from shared.events import (
     SourceType,
     StatementApproved,
     StatementDrafted,
-    StatementKind,
     StatementPublished,
     StatementRejected,
     StatementRevised,
@@ -170,8 +168,8 @@ def full_incident() -> Script:
     )
     graded = s.add(
         IncidentGraded(
-            level=Level.TWO,
-            category=Category.INQUIRY,
+            level=2,
+            category="inquiry",
             rules_fired=(FiredRule(rule_id="tier-provincial", reason="省级媒体报道"),),
             rulebook_version="1",
         ),
@@ -181,7 +179,7 @@ def full_incident() -> Script:
         rule,
     )
     s.add(
-        obligation("ob-bulletin", "bulletin", "《网上舆情》报送", Level.TWO, at(hours=4)),
+        obligation("ob-bulletin", "bulletin", "《网上舆情》报送", 2, at(hours=4)),
         "obligation-ob-bulletin",
         at(seconds=3),
         graded,
@@ -197,9 +195,9 @@ def full_incident() -> Script:
     )
     escalated = s.add(
         IncidentEscalated(
-            from_level=Level.TWO,
-            to_level=Level.ONE,
-            category=Category.INQUIRY,
+            from_level=2,
+            to_level=1,
+            category="inquiry",
             reason="中央媒体报道",
             rules_fired=(FiredRule(rule_id="tier-central", reason="中央媒体报道"),),
             rulebook_version="1",
@@ -210,14 +208,14 @@ def full_incident() -> Script:
         rule,
     )
     phone = s.add(
-        obligation("ob-phone", "phone_quick_report", "手机快报", Level.ONE, at(minutes=40)),
+        obligation("ob-phone", "phone_quick_report", "手机快报", 1, at(minutes=40)),
         "obligation-ob-phone",
         at(minutes=10, seconds=3),
         escalated,
         rule,
     )
     s.add(
-        obligation("ob-written", "written_quick_report", "纸质快报", Level.ONE, at(minutes=70)),
+        obligation("ob-written", "written_quick_report", "纸质快报", 1, at(minutes=70)),
         "obligation-ob-written",
         at(minutes=10, seconds=4),
         escalated,
@@ -254,7 +252,7 @@ def full_incident() -> Script:
     s.add(
         StatementDrafted(
             statement_id="s1",
-            kind=StatementKind.ONLINE_REPLY,
+            kind="online_reply",
             version=1,
             title="关于实验小学食堂问题的回复",
             body="初稿",
@@ -265,9 +263,7 @@ def full_incident() -> Script:
     )
     chain = (ApprovalStep(role="propaganda"),)
     s.add(
-        StatementSubmitted(
-            statement_id="s1", version=1, level=Level.ONE, chain=chain, missing=chain
-        ),
+        StatementSubmitted(statement_id="s1", version=1, level=1, chain=chain, missing=chain),
         statement,
         at(minutes=31),
     )
@@ -294,9 +290,7 @@ def full_incident() -> Script:
         at(minutes=33),
     )
     s.add(
-        StatementSubmitted(
-            statement_id="s1", version=2, level=Level.ONE, chain=chain, missing=chain
-        ),
+        StatementSubmitted(statement_id="s1", version=2, level=1, chain=chain, missing=chain),
         statement,
         at(minutes=34),
     )
@@ -326,7 +320,7 @@ def full_incident() -> Script:
     s.add(
         StatementDrafted(
             statement_id="s2",
-            kind=StatementKind.PRESS_RELEASE,
+            kind="press_release",
             version=1,
             title="情况说明",
             body="草稿",
@@ -339,7 +333,7 @@ def full_incident() -> Script:
         DeadlineMissed(
             obligation_id="ob-written",
             kind="written_quick_report",
-            level=Level.ONE,
+            level=1,
             deadline=at(minutes=70),
             alerted_roles=("leader",),
         ),
@@ -367,11 +361,11 @@ def full_incident() -> Script:
 def test_the_view_shows_the_grade_after_escalation_and_how_it_came() -> None:
     view = fold(INCIDENT, full_incident().logged())
 
-    assert view.level == Level.ONE
-    assert view.category == Category.INQUIRY
+    assert view.level == 1
+    assert view.category == "inquiry"
     assert [(g.change, g.level, g.from_level) for g in view.grade_history] == [
-        ("graded", Level.TWO, None),
-        ("escalated", Level.ONE, Level.TWO),
+        ("graded", 2, None),
+        ("escalated", 1, 2),
     ]
     assert view.title == "实验小学食堂饭菜变质"
     assert view.unit_ids == ["school-a"]
@@ -468,7 +462,7 @@ def test_statements_carry_their_state_version_and_clearance() -> None:
     assert [(a.version, a.decision) for a in s1.approvals] == [(1, "rejected"), (2, "approved")]
     assert s1.approved_at == at(minutes=40)
     assert [(p.outlet, p.version) for p in s1.publications] == [("weibo", 2)]
-    assert (s2.statement_id, s2.state, s2.kind) == ("s2", "draft", StatementKind.PRESS_RELEASE)
+    assert (s2.statement_id, s2.state, s2.kind) == ("s2", "draft", "press_release")
 
 
 def test_status_follows_resolve_review_and_archive() -> None:
@@ -514,13 +508,13 @@ def test_any_ingest_order_across_streams_gives_the_same_view(seed: int) -> None:
 def test_a_grade_ingested_before_the_opening_is_right_once_both_are_in() -> None:
     s = full_incident()
     grade_only = fold(INCIDENT, [Logged(seq=1, event=s.events[2])])
-    assert (grade_only.level, grade_only.opened_at, grade_only.complete) == (Level.TWO, None, False)
+    assert (grade_only.level, grade_only.opened_at, grade_only.complete) == (2, None, False)
 
     # the grading topic is ahead: grade first, then the intake events
     view = fold(INCIDENT, s.logged([2, 0, 1]))
 
     assert (view.level, view.title, view.opened_at, view.status) == (
-        Level.TWO,
+        2,
         "实验小学食堂饭菜变质",
         at(seconds=1),
         "open",
@@ -532,16 +526,14 @@ def test_an_event_from_a_slow_clock_still_follows_its_cause() -> None:
     s = Script()
     r1 = s.add(report("r1", MediaTier.CENTRAL, "人民网", "标题"), "report-r1", at())
     graded = s.add(
-        IncidentGraded(
-            level=Level.ONE, category=Category.HYPE, rules_fired=(), rulebook_version="1"
-        ),
+        IncidentGraded(level=1, category="hype", rules_fired=(), rulebook_version="1"),
         "grading-x",
         at(minutes=1),
         r1,
     )
     # the notification host's clock is two minutes behind grading's
     s.add(
-        obligation("ob", "phone_quick_report", "手机快报", Level.ONE, at(minutes=31)),
+        obligation("ob", "phone_quick_report", "手机快报", 1, at(minutes=31)),
         "obligation-ob",
         at(seconds=-60),
         graded,
@@ -567,12 +559,12 @@ def test_as_of_shows_the_incident_as_it_stood_then() -> None:
     records = full_incident().logged()
 
     early = fold(INCIDENT, records, as_of=at(minutes=5))
-    assert (early.level, early.status, len(early.reports)) == (Level.TWO, "open", 1)
+    assert (early.level, early.status, len(early.reports)) == (2, "open", 1)
     assert [(o.obligation_id, o.state) for o in early.obligations] == [("ob-bulletin", "open")]
     assert early.statements == []
 
     middle = fold(INCIDENT, records, as_of=at(minutes=50))
-    assert middle.level == Level.ONE
+    assert middle.level == 1
     assert {o.obligation_id: o.state for o in middle.obligations} == {
         "ob-bulletin": "open",
         "ob-phone": "fulfilled",
@@ -709,9 +701,7 @@ def level_one_statement_in_review() -> tuple[Script, Envelope]:
         r1,
     )
     graded = s.add(
-        IncidentGraded(
-            level=Level.ONE, category=Category.INQUIRY, rules_fired=(), rulebook_version="1"
-        ),
+        IncidentGraded(level=1, category="inquiry", rules_fired=(), rulebook_version="1"),
         f"grading-{INCIDENT}",
         at(seconds=2),
         opened,
@@ -721,7 +711,7 @@ def level_one_statement_in_review() -> tuple[Script, Envelope]:
     s.add(
         StatementDrafted(
             statement_id="s1",
-            kind=StatementKind.ONLINE_REPLY,
+            kind="online_reply",
             version=1,
             title="情况回复",
             body="经核查……",
@@ -734,7 +724,7 @@ def level_one_statement_in_review() -> tuple[Script, Envelope]:
         StatementSubmitted(
             statement_id="s1",
             version=1,
-            level=Level.ONE,
+            level=1,
             chain=(office, task_force),
             missing=(office, task_force),
         ),
@@ -773,9 +763,7 @@ def test_a_level_lowered_in_review_clears_the_statement_as_the_statement_service
     # office's approval covers it. The archive shows the same: approved, nothing missing.
     s, graded = level_one_statement_in_review()
     lowered = s.add(
-        GradeOverridden(
-            from_level=Level.ONE, to_level=Level.TWO, category=Category.INQUIRY, reason="人工研判"
-        ),
+        GradeOverridden(from_level=1, to_level=2, category="inquiry", reason="人工研判"),
         f"grading-{INCIDENT}",
         at(minutes=10),
         graded,
@@ -785,7 +773,7 @@ def test_a_level_lowered_in_review_clears_the_statement_as_the_statement_service
         StatementSubmitted(
             statement_id="s1",
             version=1,
-            level=Level.TWO,
+            level=2,
             chain=(office,),
             missing=(),
             reason="事件级别调整为二级",
@@ -799,7 +787,7 @@ def test_a_level_lowered_in_review_clears_the_statement_as_the_statement_service
 
     (statement,) = view.statements
     assert (statement.state, statement.missing) == (StatementState.APPROVED, [])
-    assert (statement.level, statement.chain) == (Level.TWO, [office])
+    assert (statement.level, statement.chain) == (2, [office])
     # under review since its first submission, cleared when the chain was set again
     assert (statement.submitted_at, statement.approved_at) == (
         at(minutes=6),
@@ -833,7 +821,7 @@ def test_a_rechain_that_needs_more_puts_an_approved_statement_back_in_review() -
         StatementSubmitted(
             statement_id="s1",
             version=1,
-            level=Level.ONE,
+            level=1,
             chain=(ApprovalStep(role="office"), task_force, leader),
             missing=(leader,),
             reason="审批链调整",
@@ -853,7 +841,7 @@ def test_a_rechain_that_needs_more_puts_an_approved_statement_back_in_review() -
 
 def test_notification_channels_are_named_by_the_catalogue() -> None:
     s = Script()
-    s.add(obligation("ob", "phone_quick_report", "手机快报", Level.ONE, at(minutes=30)), "ob", at())
+    s.add(obligation("ob", "phone_quick_report", "手机快报", 1, at(minutes=30)), "ob", at())
     for attempt, channel in enumerate(("wecom", "dingtalk", "feishu"), start=1):
         s.add(
             NotificationSent(

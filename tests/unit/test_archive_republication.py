@@ -7,10 +7,8 @@ from __future__ import annotations
 from services.archive.domain import fold
 from shared.events import (
     ApprovalStep,
-    Level,
     StatementApproved,
     StatementDrafted,
-    StatementKind,
     StatementPublished,
     StatementState,
     StatementSubmitted,
@@ -50,7 +48,7 @@ def test_a_published_statement_rechained_at_a_higher_level_stays_published_until
     s.add(
         StatementDrafted(
             statement_id="s1",
-            kind=StatementKind.PRESS_RELEASE,
+            kind="press_release",
             version=1,
             title="通报",
             body="正文",
@@ -60,9 +58,7 @@ def test_a_published_statement_rechained_at_a_higher_level_stays_published_until
         at(minutes=1),
     )
     s.add(
-        StatementSubmitted(
-            statement_id="s1", version=1, level=Level.THREE, chain=(HEAD,), missing=(HEAD,)
-        ),
+        StatementSubmitted(statement_id="s1", version=1, level=3, chain=(HEAD,), missing=(HEAD,)),
         STREAM,
         at(minutes=2),
     )
@@ -72,7 +68,7 @@ def test_a_published_statement_rechained_at_a_higher_level_stays_published_until
         StatementSubmitted(
             statement_id="s1",
             version=1,
-            level=Level.ONE,
+            level=1,
             chain=LEVEL_ONE,
             missing=LEVEL_ONE,
             reason="事件级别由3级调整为1级，按新级别审批",
@@ -82,7 +78,7 @@ def test_a_published_statement_rechained_at_a_higher_level_stays_published_until
     )
 
     (statement,) = fold(INCIDENT, s.logged()).statements
-    assert (statement.state, statement.level) == (StatementState.PUBLISHED, Level.ONE)
+    assert (statement.state, statement.level) == (StatementState.PUBLISHED, 1)
     assert statement.missing == list(LEVEL_ONE)
     assert statement.approved_at == at(minutes=3)  # first cleared then, at level 3
 

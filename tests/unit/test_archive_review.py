@@ -31,7 +31,6 @@ from shared.events import (
     Actor,
     IncidentReopened,
     IncidentResolved,
-    Level,
     ObligationFulfilled,
 )
 from shared.settings import Settings
@@ -98,7 +97,7 @@ def test_the_case_figures_time_the_grade_the_obligations_and_the_clearance() -> 
 
     assert (figures.first_report_at, figures.graded_at) == (at(), at(seconds=2))
     assert figures.seconds_to_grade == 2
-    assert (figures.level, figures.highest_level) == (Level.ONE, Level.ONE)
+    assert (figures.level, figures.highest_level) == (1, 1)
     assert {
         o.obligation_id: (o.deadline, o.fulfilled_at, o.outcome) for o in figures.obligations
     } == {

@@ -18,7 +18,6 @@ from shared.events import (
     ALL_TOPICS,
     Actor,
     ApprovalStep,
-    Category,
     DeadlineMissed,
     Envelope,
     EventPayload,
@@ -37,7 +36,6 @@ from shared.events import (
     SourceType,
     StatementApproved,
     StatementDrafted,
-    StatementKind,
     StatementSubmitted,
     event_types,
 )
@@ -85,7 +83,7 @@ class Story:
         self.events.append(event)
         return event
 
-    def opened(self, level: Level = Level.ONE) -> Story:
+    def opened(self, level: Level = 1) -> Story:
         """Reported, opened, graded, with two duties (due in 30 and 60 minutes) and a draft."""
         received = self.add(
             ReportReceived(
@@ -120,7 +118,7 @@ class Story:
         self.graded = self.add(
             IncidentGraded(
                 level=level,
-                category=Category.INQUIRY,
+                category="inquiry",
                 rules_fired=(FiredRule(rule_id="tier-central", reason="中央媒体报道"),),
                 rulebook_version="1",
             ),
@@ -149,7 +147,7 @@ class Story:
         self.add(
             StatementDrafted(
                 statement_id=f"{self.incident_id}-s1",
-                kind=StatementKind.ONLINE_REPLY,
+                kind="online_reply",
                 version=1,
                 title="情况回复",
                 body="经核查……",
@@ -274,7 +272,7 @@ async def test_a_statement_cleared_by_a_lowered_level_is_approved_with_nothing_m
         StatementSubmitted(
             statement_id="inc-a-s1",
             version=1,
-            level=Level.ONE,
+            level=1,
             chain=(office, task_force),
             missing=(office, task_force),
         ),
@@ -303,9 +301,7 @@ async def test_a_statement_cleared_by_a_lowered_level_is_approved_with_nothing_m
 
     in_review = await statement_view()
     lowered = story.add(
-        GradeOverridden(
-            from_level=Level.ONE, to_level=Level.TWO, category=Category.INQUIRY, reason="人工研判"
-        ),
+        GradeOverridden(from_level=1, to_level=2, category="inquiry", reason="人工研判"),
         "grading",
         T0 + timedelta(minutes=10),
         story.graded,
@@ -315,7 +311,7 @@ async def test_a_statement_cleared_by_a_lowered_level_is_approved_with_nothing_m
         StatementSubmitted(
             statement_id="inc-a-s1",
             version=1,
-            level=Level.TWO,
+            level=2,
             chain=(office,),
             missing=(),
             reason="事件级别调整为二级",
@@ -370,7 +366,7 @@ async def test_lateness_and_misses_are_as_notification_recorded_them(
         DeadlineMissed(
             obligation_id="inc-a-written",
             kind="written_quick_report",
-            level=Level.ONE,
+            level=1,
             deadline=T0 + timedelta(minutes=60, seconds=2),
             alerted_roles=("leader",),
         ),

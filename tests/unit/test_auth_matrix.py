@@ -211,6 +211,11 @@ TABLE: dict[tuple[str, str], Door] = {
     ("GET", "/archive/v1/events"): Door(_r(Role.ANALYST), sight="none"),
     ("POST", "/archive/v1/incidents/{incident_id}/review"): Door(LIFECYCLE, WRITE),
     ("GET", "/archive/v1/cases"): Door(None, sight="none"),
+    # the case library as a table and its counts (the console's charts): the bureau's staff
+    ("GET", "/archive/v1/cases/export"): Door(ALL, sight="none"),
+    ("GET", "/archive/v1/cases/counts"): Door(ALL, sight="none"),
+    # the dashboard's recent escalations and misses: anyone's own sight (a partner's: none)
+    ("GET", "/archive/v1/alerts"): Door(None, sight="none"),
     ("GET", "/archive/v1/cases/{case_id}"): Door(None, UNSEEDED),
     ("GET", "/archive/v1/cases/{case_id}/report"): Door(None, UNSEEDED),
     ("GET", "/archive/v1/accountability"): Door(

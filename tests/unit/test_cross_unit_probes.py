@@ -30,7 +30,6 @@ from services.statement.bootstrap import build as build_statement
 from shared.events import (
     Actor,
     ApprovalStep,
-    Level,
     ReportReceived,
     StatementApproved,
     StatementPublished,
@@ -414,7 +413,7 @@ def referred_story(archive: FakeService) -> Story:
     statement = "statement"
     story.add(
         StatementSubmitted(
-            statement_id="inc-p-s1", version=1, level=Level.ONE, chain=(office,), missing=(office,)
+            statement_id="inc-p-s1", version=1, level=1, chain=(office,), missing=(office,)
         ),
         statement,
         T0 + timedelta(minutes=6),

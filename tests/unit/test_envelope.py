@@ -13,13 +13,11 @@ from shared import events
 from shared.events import (
     ALL_TOPICS,
     Actor,
-    Category,
     Envelope,
     EventPayload,
     FiredRule,
     IncidentGraded,
     IncidentOpened,
-    Level,
     event_types,
     register_upcaster,
     upcast,
@@ -96,8 +94,8 @@ def test_a_caused_event_carries_the_correlation_and_names_its_cause() -> None:
     cause = opened()
     graded = cause.caused(
         IncidentGraded(
-            level=Level.ONE,
-            category=Category.INQUIRY,
+            level=1,
+            category="inquiry",
             rules_fired=(FiredRule(rule_id="tier.central", reason="中央媒体报道"),),
             rulebook_version="2026.1",
         ),

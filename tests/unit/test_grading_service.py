@@ -177,7 +177,7 @@ async def test_the_first_report_grades_the_incident_caused_by_it(
     assert graded.event_type == "IncidentGraded"
     assert graded.stream_id == "grade-inc-1"
     assert isinstance(graded.payload, IncidentGraded)
-    assert graded.payload.level is Level.TWO
+    assert graded.payload.level == 2
     assert graded.causation_id == report.event_id
     assert graded.correlation_id == report.correlation_id
     assert graded.actor == Actor.rule("rulebook")
@@ -232,7 +232,7 @@ async def test_a_dismissed_incident_is_neither_graded_nor_escalated_until_reopen
         upstream.report("inc-d", MediaTier.COUNTY, title="网传某校收费，系造谣"),
         upstream.event("inc-d", IncidentDismissed(reason="网络伪舆情")),
         upstream.report("inc-d", MediaTier.CENTRAL),
-        upstream.missed("inc-d", Level.THREE),
+        upstream.missed("inc-d", 3),
     )
     assert [e.event_type for e in await grading.published()] == ["IncidentGraded"]
     view = await grade_of(grading, "inc-d")
@@ -240,7 +240,7 @@ async def test_a_dismissed_incident_is_neither_graded_nor_escalated_until_reopen
 
     await grading.consume(
         upstream.event("inc-d", IncidentReopened(reason="再次发酵")),
-        upstream.missed("inc-d", Level.THREE),
+        upstream.missed("inc-d", 3),
     )
     view = await grade_of(grading, "inc-d")
     assert view["dismissed"] is False
@@ -257,7 +257,7 @@ async def test_a_missed_deadline_at_the_current_level_raises_it_one_step(
     grading: FakeService, upstream: Upstream
 ) -> None:
     await grading.consume(upstream.report("inc-1", MediaTier.COUNTY))
-    await grading.consume(upstream.missed("inc-1", Level.THREE))
+    await grading.consume(upstream.missed("inc-1", 3))
     *_, escalated = await grading.published()
     assert escalated.event_type == "IncidentEscalated"
     view = await grade_of(grading, "inc-1")
@@ -265,7 +265,7 @@ async def test_a_missed_deadline_at_the_current_level_raises_it_one_step(
     assert view["history"][-1]["rules_fired"][0]["rule_id"] == "mishandling-deadline-missed"
 
     # A deadline of the level it has left says nothing about the handling now.
-    await grading.consume(upstream.missed("inc-1", Level.THREE))
+    await grading.consume(upstream.missed("inc-1", 3))
     assert (await grade_of(grading, "inc-1"))["level"] == 2
 
 
@@ -276,7 +276,7 @@ async def test_a_deadline_missed_during_downtime_escalates_as_of_the_true_deadli
     deadline = restarted_at - timedelta(hours=1)
     async with fake_service("grading", build, clock=lambda: restarted_at) as grading:
         await grading.consume(upstream.report("inc-down", MediaTier.COUNTY))
-        missed = upstream.missed("inc-down", Level.THREE, deadline=deadline)
+        missed = upstream.missed("inc-down", 3, deadline=deadline)
         await grading.consume(missed)
         *_, escalated = await grading.published()
 
@@ -289,7 +289,7 @@ async def test_a_deadline_missed_during_downtime_escalates_as_of_the_true_deadli
 async def test_a_missed_deadline_on_a_never_graded_incident_is_dead_lettered(
     grading: FakeService, upstream: Upstream, dead_letters: list[str]
 ) -> None:
-    await grading.consume(upstream.missed("inc-never", Level.THREE))
+    await grading.consume(upstream.missed("inc-never", 3))
     assert dead_letters == ["a deadline was missed on inc-never, which was never graded"]
     assert await grading.published() == []
 

@@ -28,7 +28,6 @@ from services.notification.delivery import (
 from services.notification.dispatch import TEMPLATE_REASONS
 from shared.catalogue import Catalogue
 from shared.directory import Directory, Person, Unit
-from shared.events import Level
 from shared.identity import Role
 from shared.settings import CONFIG_DIR
 
@@ -75,7 +74,7 @@ def test_a_deployment_can_replace_a_template(tmp_path: Path) -> None:
 
 
 def test_level_names_in_messages_come_from_the_catalogue() -> None:
-    short = {**CATALOGUE.level_short, Level.ONE: "Ⅰ级"}
+    short = {**CATALOGUE.level_short, 1: "Ⅰ级"}
     renamed = CATALOGUE.model_copy(update={"level_short": short})
     message = Templates(SHIPPED_TEMPLATES, SHANGHAI, renamed).render("opened", **_context())
     assert message.subject.startswith("【Ⅰ级舆情】")

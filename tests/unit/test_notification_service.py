@@ -107,9 +107,7 @@ class Upstream:
         payload = IncidentOpened(title="网传某校食堂问题", unit_ids=(unit,), first_report_id="r1")
         return self.event(incident_id, payload, "incident")
 
-    def graded(
-        self, incident_id: str, level: Level, category: Category = Category.HYPE
-    ) -> Envelope:
+    def graded(self, incident_id: str, level: Level, category: Category = "hype") -> Envelope:
         payload = IncidentGraded(
             level=level,
             category=category,
@@ -124,7 +122,7 @@ class Upstream:
         payload = IncidentEscalated(
             from_level=from_level,
             to_level=to_level,
-            category=Category.HYPE,
+            category="hype",
             reason="传播扩大",
             rules_fired=(FiredRule(rule_id="reach", reason="test"),),
             rulebook_version="test",
@@ -211,7 +209,7 @@ def hidden_body(kind: str, key: str) -> dict[str, Any]:
 async def test_grading_opens_the_levels_duties_counted_from_the_grade_with_time_left(
     notification: FakeService, upstream: Upstream, clock: Clock
 ) -> None:
-    graded = upstream.graded("inc-1", Level.TWO)
+    graded = upstream.graded("inc-1", 2)
     await notification.consume(upstream.opened("inc-1"), graded)
     clock.now = T0 + timedelta(hours=1)
     office = notification.token("office-li", "county", "office")
@@ -235,7 +233,7 @@ async def test_grading_opens_the_levels_duties_counted_from_the_grade_with_time_
 async def test_grading_seen_before_intake_gives_the_duty_its_units_when_intake_arrives(
     notification: FakeService, upstream: Upstream
 ) -> None:
-    await notification.consume(upstream.graded("inc-early", Level.TWO))
+    await notification.consume(upstream.graded("inc-early", 2))
     head = notification.token("head-liu", "school-a", "dept_head")
     admin = notification.token("admin", "county", "admin")
 
@@ -252,7 +250,7 @@ async def test_grading_seen_before_intake_gives_the_duty_its_units_when_intake_a
 async def test_escalation_opens_the_new_levels_duties_and_resolving_closes_what_is_pending(
     notification: FakeService, upstream: Upstream, clock: Clock
 ) -> None:
-    await notification.consume(upstream.opened("inc-4"), upstream.graded("inc-4", Level.THREE))
+    await notification.consume(upstream.opened("inc-4"), upstream.graded("inc-4", 3))
     head = notification.token("head-liu", "school-a", "dept_head")
     office = notification.token("office-li", "county", "office")
     clock.now = T0 + timedelta(minutes=10)
@@ -261,7 +259,7 @@ async def test_escalation_opens_the_new_levels_duties_and_resolving_closes_what_
         (direct,) = await duties(http, office, incident_id="inc-4")
         r = await http.post(FULFIL.format(direct["obligation_id"]), json={}, headers=head)
         assert r.status_code == 200, r.text
-        await notification.consume(upstream.escalated("inc-4", Level.THREE, Level.TWO))
+        await notification.consume(upstream.escalated("inc-4", 3, 2))
         assert {d["kind"] for d in await duties(http, office)} == {
             "direct_handling",
             "online_opinion_bulletin",
@@ -279,14 +277,10 @@ async def test_an_escalation_seen_late_counts_the_new_levels_duties_from_when_it
 ) -> None:
     # Grading escalated as of a deadline missed while the system was down; notification
     # hears of it an hour later, after the restart.
-    await notification.consume(
-        upstream.opened("inc-late"), upstream.graded("inc-late", Level.THREE)
-    )
+    await notification.consume(upstream.opened("inc-late"), upstream.graded("inc-late", 3))
     escalated_at = T0 + timedelta(hours=2)
     clock.now = escalated_at + timedelta(hours=1)
-    await notification.consume(
-        upstream.escalated("inc-late", Level.THREE, Level.TWO, at=escalated_at)
-    )
+    await notification.consume(upstream.escalated("inc-late", 3, 2, at=escalated_at))
 
     (bulletin,) = [
         e.payload
@@ -306,7 +300,7 @@ async def test_an_escalation_seen_late_counts_the_new_levels_duties_from_when_it
 async def test_only_the_owner_role_the_leading_group_or_an_admin_files_a_duty_once(
     notification: FakeService, upstream: Upstream, clock: Clock
 ) -> None:
-    await notification.consume(upstream.opened("inc-3"), upstream.graded("inc-3", Level.TWO))
+    await notification.consume(upstream.opened("inc-3"), upstream.graded("inc-3", 2))
     clock.now = T0 + timedelta(hours=1)
     office = notification.token("office-li", "county", "office")
     monitor = notification.token("monitor-chen", "school-a", "monitor")
@@ -359,7 +353,7 @@ async def test_only_the_owner_role_the_leading_group_or_an_admin_files_a_duty_on
 async def test_a_tracking_round_met_opens_the_next_counted_from_its_deadline(
     notification: FakeService, upstream: Upstream, clock: Clock
 ) -> None:
-    await notification.consume(upstream.opened("inc-t"), upstream.graded("inc-t", Level.ONE))
+    await notification.consume(upstream.opened("inc-t"), upstream.graded("inc-t", 1))
     clock.now = T0 + timedelta(hours=5)
     office = notification.token("office-li", "county", "office")
 
@@ -386,9 +380,7 @@ async def test_a_tracking_round_met_opens_the_next_counted_from_its_deadline(
 async def test_every_id_route_answers_another_units_id_exactly_like_a_random_one(
     notification: FakeService, upstream: Upstream
 ) -> None:
-    await notification.consume(
-        upstream.opened("inc-b", "school-b"), upstream.graded("inc-b", Level.TWO)
-    )
+    await notification.consume(upstream.opened("inc-b", "school-b"), upstream.graded("inc-b", 2))
     admin = notification.token("admin", "county", "admin")
     school_a = notification.token("office-a", "school-a", "office", "leader")
     partner = notification.token("partner-wxb", "county", "partner", "admin")
@@ -418,9 +410,9 @@ async def test_the_list_shows_only_duties_in_full_sight_and_never_refuses_a_filt
 ) -> None:
     await notification.consume(
         upstream.opened("inc-a", "school-a"),
-        upstream.graded("inc-a", Level.TWO),
+        upstream.graded("inc-a", 2),
         upstream.opened("inc-b", "school-b"),
-        upstream.graded("inc-b", Level.TWO),
+        upstream.graded("inc-b", 2),
     )
     head = notification.token("head-liu", "school-a", "dept_head")
 
@@ -444,7 +436,7 @@ async def test_the_list_shows_only_duties_in_full_sight_and_never_refuses_a_filt
 async def test_the_deadline_watch_records_a_miss_once_at_the_true_deadline_and_alerts(
     notification: FakeService, upstream: Upstream, clock: Clock
 ) -> None:
-    await notification.consume(upstream.opened("inc-m"), upstream.graded("inc-m", Level.TWO))
+    await notification.consume(upstream.opened("inc-m"), upstream.graded("inc-m", 2))
     workflow = parts(notification).workflow
     clock.now = T0 + timedelta(hours=4) - timedelta(seconds=1)
     assert await workflow.record_missed(clock(), 10) == 0
@@ -470,7 +462,7 @@ async def test_the_deadline_watch_records_a_miss_once_at_the_true_deadline_and_a
 async def test_a_watch_that_lost_a_race_to_a_filing_decides_again_and_records_no_miss(
     notification: FakeService, upstream: Upstream, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await notification.consume(upstream.opened("inc-r"), upstream.graded("inc-r", Level.TWO))
+    await notification.consume(upstream.opened("inc-r"), upstream.graded("inc-r", 2))
     workflow = parts(notification).workflow
     repository = workflow.obligations
 
@@ -512,7 +504,7 @@ async def test_a_watch_that_lost_a_race_to_a_filing_decides_again_and_records_no
 async def test_a_delivered_page_is_acknowledged_once_and_only_by_its_recipient(
     notification: FakeService, upstream: Upstream, clock: Clock, hook: HttpReceiver
 ) -> None:
-    await notification.consume(upstream.opened("inc-d"), upstream.graded("inc-d", Level.TWO))
+    await notification.consume(upstream.opened("inc-d"), upstream.graded("inc-d", 2))
     await parts(notification).dispatcher.run_once(clock(), 10)
 
     (call,) = hook.requests
@@ -539,7 +531,7 @@ async def test_a_delivered_page_is_acknowledged_once_and_only_by_its_recipient(
         assert again.json()["error"]["code"] == "already_acknowledged"
 
         # Another duty's page, queued but not sent yet, cannot have been seen.
-        await notification.consume(upstream.opened("inc-e"), upstream.graded("inc-e", Level.TWO))
+        await notification.consume(upstream.opened("inc-e"), upstream.graded("inc-e", 2))
         (pending,) = await deliveries(notification, incident_id="inc-e")
         early = await http.post(ACK.format(pending["_id"]), headers=leader)
         assert early.status_code == 409
@@ -562,7 +554,7 @@ async def test_a_delivery_failing_for_good_is_recorded_once_and_the_fallback_tol
     ops: HttpReceiver,
 ) -> None:
     hook.fail_first = 100
-    await notification.consume(upstream.opened("inc-f"), upstream.graded("inc-f", Level.TWO))
+    await notification.consume(upstream.opened("inc-f"), upstream.graded("inc-f", 2))
     dispatcher = parts(notification).dispatcher
     await dispatcher.run_once(clock(), 10)
     await dispatcher.run_once(clock(), 10)  # the fallback alert queued by the failure
@@ -613,7 +605,7 @@ def scraped(name: str, **labels: str) -> float:
 async def test_a_scrape_shows_duties_owed_by_level_and_those_past_their_deadline(
     notification: FakeService, upstream: Upstream, clock: Clock
 ) -> None:
-    await notification.consume(upstream.opened("inc-m"), upstream.graded("inc-m", Level.TWO))
+    await notification.consume(upstream.opened("inc-m"), upstream.graded("inc-m", 2))
     await notification.runner.sample_metrics()
     assert scraped("yuqing_obligations_owed", level="2", overdue="false") == 1
     assert scraped("yuqing_obligations_owed", level="2", overdue="true") == 0
@@ -651,12 +643,12 @@ async def test_a_scrape_counts_failed_deliveries_and_times_acknowledgements(
     within_5m = scraped("yuqing_acknowledge_seconds_bucket", le="300.0")
     within_10m = scraped("yuqing_acknowledge_seconds_bucket", le="600.0")
     hook.fail_first = 1
-    await notification.consume(upstream.opened("inc-n"), upstream.graded("inc-n", Level.TWO))
+    await notification.consume(upstream.opened("inc-n"), upstream.graded("inc-n", 2))
     dispatcher = parts(notification).dispatcher
     await dispatcher.run_once(clock(), 10)
     assert scraped("yuqing_deliveries_failed_total", channel="webhook") == failed_before + 1
 
-    await notification.consume(upstream.opened("inc-o"), upstream.graded("inc-o", Level.TWO))
+    await notification.consume(upstream.opened("inc-o"), upstream.graded("inc-o", 2))
     await dispatcher.run_once(clock(), 10)
     (sent,) = [c.json() for c in hook.requests[1:] if c.json().get("to") == "leader-zhang"]
     clock.now = T0 + timedelta(minutes=7)

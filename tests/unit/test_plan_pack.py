@@ -65,7 +65,7 @@ def test_the_default_plan_is_huaning_and_carries_configs_own_files() -> None:
     for name in ("rulebook", "obligations", "approval", "catalogue"):
         assert plan.paths[name] == (CONFIG_DIR / f"{name}.yaml").resolve()
         assert not (PLANS / "huaning" / f"{name}.yaml").exists()
-    assert [int(level) for level in plan.manifest.levels] == [1, 2, 3]
+    assert plan.manifest.ranks == (1, 2, 3)
     assert {a.entry for a in plan.manifest.articles} >= {
         "obligations.yaml#phone_quick_report",
         "approval.yaml#levels.1",
@@ -121,14 +121,98 @@ def test_a_duty_at_a_level_the_plan_does_not_list_is_refused(tmp_path: Path) -> 
     assert f"{target / 'approval.yaml'}: levels.3" in message
 
 
-def test_a_plan_naming_a_level_the_code_does_not_support_is_refused(tmp_path: Path) -> None:
+def test_a_level_declared_without_names_or_a_chain_is_refused(tmp_path: Path) -> None:
     target = pack(tmp_path)
     manifest = read(target / "plan.yaml")
-    manifest["levels"] = [1, 2, 3, 4]  # four tiers need the levels refactor
+    manifest["levels"] = [*manifest["levels"], {"rank": 4, "id": "minor"}]
+    write(target / "plan.yaml", manifest)
+    message = refused(target)
+    catalogue = CONFIG_DIR / "catalogue.yaml"
+    assert (
+        f"{target / 'plan.yaml'}: levels.3 (minor): level 4 has no name in {catalogue} (levels)"
+    ) in message
+    assert f"{target / 'approval.yaml'}: levels.4: no clearance chain for level 4" in message
+
+
+def fourtier(tmp_path: Path) -> Path:
+    """A copy of the four-tier pack, which holds all four of its files."""
+    target = tmp_path / "fourtier"
+    shutil.copytree(PLANS / "fourtier", target)
+    return target
+
+
+def test_a_duty_or_chain_at_a_level_the_four_tier_pack_does_not_declare_is_refused(
+    tmp_path: Path,
+) -> None:
+    target = fourtier(tmp_path)
+    duties = read(target / "obligations.yaml")
+    duties["levels"][5] = [
+        {
+            "kind": "fifth_tier",
+            "title": "第五级",
+            "owner_role": "office",
+            "recipients": ["leader"],
+            "within": "1h",
+        }
+    ]
+    write(target / "obligations.yaml", duties)
+    chains = read(target / "approval.yaml")
+    chains["levels"][5] = [{"role": "office"}]
+    write(target / "approval.yaml", chains)
+    message = refused(target)
+    assert (
+        f"{target / 'obligations.yaml'}: levels.5 (fifth_tier): level 5 is not one of the "
+        "plan's levels [1, 2, 3, 4]"
+    ) in message
+    assert f"{target / 'approval.yaml'}: levels.5: level 5 is not one of the plan's levels" in (
+        message
+    )
+
+
+def test_a_duty_of_a_category_the_pack_does_not_declare_is_refused(tmp_path: Path) -> None:
+    target = fourtier(tmp_path)
+    manifest = read(target / "plan.yaml")
+    manifest["categories"] = ["inquiry", "hype", "suggestion"]  # no rumor
+    write(target / "plan.yaml", manifest)
+    assert (
+        f"{target / 'obligations.yaml'}: categories.rumor (false_report_contact): category "
+        "'rumor' is not one of the plan's categories"
+    ) in refused(target)
+
+
+def test_levels_out_of_order_or_with_a_gap_are_refused_naming_the_entry(tmp_path: Path) -> None:
+    target = fourtier(tmp_path)
+    manifest = read(target / "plan.yaml")
+    manifest["levels"] = [manifest["levels"][n] for n in (0, 1, 3)]  # 1, 2, 4
     write(target / "plan.yaml", manifest)
     message = refused(target)
     assert str(target / "plan.yaml") in message
-    assert "levels.3" in message
+    assert "levels.2 (minor): rank 4 where 3 was due" in message
+
+
+def test_a_statement_kind_without_a_name_is_refused(tmp_path: Path) -> None:
+    target = fourtier(tmp_path)
+    manifest = read(target / "plan.yaml")
+    manifest["statement_kinds"] = [*manifest["statement_kinds"], "memo"]
+    write(target / "plan.yaml", manifest)
+    assert (
+        f"{target / 'plan.yaml'}: statement_kinds.4 (memo): no name in "
+        f"{target / 'catalogue.yaml'} (statement_kinds)"
+    ) in refused(target)
+
+
+@pytest.mark.asyncio
+async def test_a_rulebook_grading_at_a_level_the_pack_lacks_stops_grading(
+    tmp_path: Path,
+) -> None:
+    target = fourtier(tmp_path)
+    rules = read(target / "rulebook.yaml")
+    rules["tiers"][0]["level"] = 5
+    write(target / "rulebook.yaml", rules)
+    settings = fake_settings(tmp_path, plan=target)
+    with pytest.raises(PlanError, match=r"rulebook\.yaml: tier-central: level 5 is not one"):
+        async with fake_service("grading", build_grading, settings=settings):
+            pass
 
 
 def test_a_chain_naming_a_role_nobody_holds_is_refused(tmp_path: Path) -> None:

@@ -9,12 +9,10 @@ from datetime import UTC, datetime, timedelta
 from services.archive.domain import Logged, fold
 from shared.events import (
     Actor,
-    Category,
     Envelope,
     FiredRule,
     IncidentEscalated,
     IncidentGraded,
-    Level,
 )
 
 T0 = datetime(2026, 11, 20, 11, 0, tzinfo=UTC)
@@ -24,8 +22,8 @@ FIRED = (FiredRule(rule_id="level-default", reason="一般舆情"),)
 
 def graded(plan_version: str) -> IncidentGraded:
     return IncidentGraded(
-        level=Level.THREE,
-        category=Category.INQUIRY,
+        level=3,
+        category="inquiry",
         rules_fired=FIRED,
         rulebook_version="2026.11-seed003",
         plan_id="huaning",
@@ -63,9 +61,9 @@ def test_the_archive_shows_the_plan_version_that_applied_to_each_grade() -> None
     # the incident stays on the version it was graded under.
     later = envelope(
         IncidentEscalated(
-            from_level=Level.THREE,
-            to_level=Level.ONE,
-            category=Category.INQUIRY,
+            from_level=3,
+            to_level=1,
+            category="inquiry",
             reason="央视报道",
             rules_fired=FIRED,
             rulebook_version="2026.12",

@@ -18,7 +18,7 @@ from services.grading.whatif import (
     compare,
 )
 from shared.directory import Directory
-from shared.events import Category, Level, MediaTier, Reach
+from shared.events import MediaTier, Reach
 from shared.plan import load_plan
 from shared.settings import CONFIG_DIR, Settings
 
@@ -58,11 +58,11 @@ def inquiry(duties: tuple[RecordedDuty, ...]) -> RecordedIncident:
     return RecordedIncident(
         incident_id="inc-1",
         graded_at=GRADED,
-        level=Level.THREE,
-        category=Category.INQUIRY,
+        level=3,
+        category="inquiry",
         plan_id="huaning",
         plan_version="2026.11-seed003",
-        history=(GradeStep(GRADED, Level.THREE),),
+        history=(GradeStep(GRADED, 3),),
         reports=(report(1, "请问学校门口为什么积水"),),
         duties=duties,
     )
@@ -87,7 +87,7 @@ def test_the_plan_it_was_graded_under_changes_nothing() -> None:
 def test_the_school_plan_moves_deadlines_and_judges_them_by_when_they_were_met() -> None:
     diff = compare(inquiry(RECORDED_DUTIES), SCHOOL, TZ, GRADED + timedelta(days=3))
     assert diff.differs
-    assert (diff.level, diff.category) == (Level.THREE, Category.INQUIRY)
+    assert (diff.level, diff.category) == (3, "inquiry")
     by_kind = {d.kind: d for d in diff.duties}
     # 48 hours for direct handling: the reply at 30 hours would have been on time.
     handling = by_kind["direct_handling"]
@@ -103,7 +103,7 @@ def test_the_school_plan_moves_deadlines_and_judges_them_by_when_they_were_met()
 
 def test_a_duty_the_record_never_had_is_new_and_missed_once_its_deadline_passed() -> None:
     recorded = inquiry(RECORDED_DUTIES)
-    hype = replace(recorded, category=Category.HYPE, reports=(report(1, "有人恶意炒作学校"),))
+    hype = replace(recorded, category="hype", reports=(report(1, "有人恶意炒作学校"),))
     diff = compare(hype, SCHOOL, TZ, GRADED + timedelta(days=3))
     told = next(d for d in diff.duties if d.kind == "facts_told")
     assert (told.change, told.outcome, told.met_at) == ("new", "missed", None)
@@ -121,17 +121,17 @@ def test_a_later_report_raises_the_level_and_opens_its_duties_when_the_record_ro
     recorded = RecordedIncident(
         incident_id="inc-2",
         graded_at=GRADED,
-        level=Level.ONE,
-        category=Category.INQUIRY,
+        level=1,
+        category="inquiry",
         plan_id="huaning",
         plan_version="2026.11-seed003",
-        history=(GradeStep(GRADED, Level.THREE), GradeStep(raised_at, Level.ONE)),
+        history=(GradeStep(GRADED, 3), GradeStep(raised_at, 1)),
         reports=(report(1, "请问积水"), report(2, "央视报道积水", MediaTier.CENTRAL)),
         duties=(RecordedDuty("phone_quick_report", raised_at + timedelta(minutes=30), raised_at),),
     )
-    assert candidate_levels(SCHOOL.rulebook, recorded.reports) == [Level.THREE, Level.ONE]
+    assert candidate_levels(SCHOOL.rulebook, recorded.reports) == [3, 1]
     diff = compare(recorded, SCHOOL, TZ, GRADED + timedelta(days=3))
-    assert diff.level == Level.ONE
+    assert diff.level == 1
     tracking = next(d for d in diff.duties if d.kind == "tracking_update")
     assert tracking.counted_from == raised_at
     assert tracking.deadline == raised_at + timedelta(hours=2)
@@ -144,4 +144,4 @@ def test_a_later_report_raises_the_level_and_opens_its_duties_when_the_record_ro
 
 def test_levels_never_go_down_as_reports_come() -> None:
     reports = (report(1, "央视报道", MediaTier.CENTRAL), report(2, "请问", MediaTier.COUNTY))
-    assert candidate_levels(HUANING.rulebook, reports) == [Level.ONE, Level.ONE]
+    assert candidate_levels(HUANING.rulebook, reports) == [1, 1]

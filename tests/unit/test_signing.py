@@ -17,7 +17,6 @@ from shared.events import (
     Envelope,
     EventPayload,
     IncidentResolved,
-    Level,
     utcnow,
 )
 from shared.settings import Settings
@@ -53,7 +52,7 @@ def resolved(incident: str = "inc-1", version: int = 1) -> Envelope:
 def missed() -> Envelope:
     now = utcnow()
     payload = DeadlineMissed(
-        obligation_id="ob-1", kind="phone", level=Level.ONE, deadline=now, alerted_roles=()
+        obligation_id="ob-1", kind="phone", level=1, deadline=now, alerted_roles=()
     )
     return event(payload)
 

@@ -37,7 +37,6 @@ from shared.events import (
     EventPayload,
     Fact,
     Level,
-    StatementKind,
     StatementState,
 )
 from shared.identity import Caller, Role
@@ -77,7 +76,7 @@ def drafted(
         None,
         draft(
             statement_id,
-            kind=StatementKind.PRESS_RELEASE,
+            kind="press_release",
             title="关于网传信息的情况通报",
             body="经核实……",
             facts=facts,
@@ -99,19 +98,19 @@ def approved_by(statement: Statement, *who: Caller) -> Statement:
 
 
 def test_each_level_has_its_chain_from_the_policy() -> None:
-    assert POLICY.chain(Level.ONE, ["school-a"]) == (
+    assert POLICY.chain(1, ["school-a"]) == (
         ApprovalStep(role="office"),
         ApprovalStep(role="propaganda"),
     )
-    assert POLICY.chain(Level.TWO, ["school-a"]) == (ApprovalStep(role="office"),)
-    assert POLICY.chain(Level.THREE, ["school-a", "school-b"]) == (
+    assert POLICY.chain(2, ["school-a"]) == (ApprovalStep(role="office"),)
+    assert POLICY.chain(3, ["school-a", "school-b"]) == (
         ApprovalStep(role="dept_head", unit_id="school-a"),
         ApprovalStep(role="dept_head", unit_id="school-b"),
     )
 
 
 def test_level_one_needs_the_office_then_the_task_force_in_that_order() -> None:
-    statement = submitted(Level.ONE)
+    statement = submitted(1)
 
     with pytest.raises(OutOfOrder, match="须先由领导小组办公室审批"):
         statement.approve(PROPAGANDA, "", POLICY)
@@ -130,7 +129,7 @@ def test_level_one_needs_the_office_then_the_task_force_in_that_order() -> None:
 
 
 def test_level_three_is_cleared_by_the_head_of_the_unit_concerned_only() -> None:
-    statement = submitted(Level.THREE, ("school-a",))
+    statement = submitted(3, ("school-a",))
 
     with pytest.raises(NotYourStep, match=r"部门分管领导（school-a）"):
         statement.approve(HEAD_B, "", POLICY)
@@ -139,14 +138,14 @@ def test_level_three_is_cleared_by_the_head_of_the_unit_concerned_only() -> None
 
 def test_the_author_cannot_approve_their_own_version() -> None:
     statement = drafted(author=OFFICE.id)
-    statement = record(statement, statement.submit(Level.TWO, POLICY, ["school-a"]))
+    statement = record(statement, statement.submit(2, POLICY, ["school-a"]))
 
     with pytest.raises(SelfApproval, match="不能审批自己起草的版本"):
         statement.approve(OFFICE, "", POLICY)
 
 
 def test_one_person_cannot_fill_two_steps_of_a_chain() -> None:
-    statement = approved_by(submitted(Level.ONE), BOTH)
+    statement = approved_by(submitted(1), BOTH)
 
     with pytest.raises(SameApproverTwice, match="两个环节"):
         statement.approve(BOTH, "", POLICY)
@@ -154,11 +153,11 @@ def test_one_person_cannot_fill_two_steps_of_a_chain() -> None:
 
 def test_an_admin_account_does_not_stand_in_for_the_chain() -> None:
     with pytest.raises(NotYourStep):
-        submitted(Level.TWO).approve(ADMIN, "", POLICY)
+        submitted(2).approve(ADMIN, "", POLICY)
 
 
 def test_a_revision_restarts_the_chain_and_old_approvals_stop_counting() -> None:
-    statement = approved_by(submitted(Level.TWO), OFFICE)
+    statement = approved_by(submitted(2), OFFICE)
     assert statement.state is StatementState.APPROVED
 
     statement = record(
@@ -170,17 +169,17 @@ def test_a_revision_restarts_the_chain_and_old_approvals_stop_counting() -> None
     assert statement.state is StatementState.DRAFT
     with pytest.raises(NotApproved, match="尚未提交审批"):
         statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY)
-    statement = record(statement, statement.submit(Level.TWO, POLICY, ["school-a"]))
+    statement = record(statement, statement.submit(2, POLICY, ["school-a"]))
     assert statement.missing() == [ApprovalStep(role="office")]
     assert len(statement.approvals) == 1  # the old approval stays on the record
 
 
 def test_the_reviser_of_a_version_cannot_approve_it() -> None:
-    statement = approved_by(submitted(Level.TWO), OFFICE)
+    statement = approved_by(submitted(2), OFFICE)
     statement = record(
         statement, statement.revise(title="t", body="b", facts=(), outlets=(), by=OFFICE.id)
     )
-    statement = record(statement, statement.submit(Level.TWO, POLICY, ["school-a"]))
+    statement = record(statement, statement.submit(2, POLICY, ["school-a"]))
 
     with pytest.raises(SelfApproval, match="不能审批自己起草的版本"):
         statement.approve(OFFICE, "", POLICY)
@@ -192,7 +191,7 @@ def test_the_author_of_an_earlier_version_approves_or_rejects_no_step_of_a_revis
     statement = record(
         statement, statement.revise(title="t", body="b", facts=(), outlets=(), by=AUTHOR.id)
     )
-    statement = record(statement, statement.submit(Level.ONE, POLICY, ["school-a"]))
+    statement = record(statement, statement.submit(1, POLICY, ["school-a"]))
 
     with pytest.raises(SelfApproval, match="第1版由本人起草") as refused:
         statement.approve(OFFICE, "", POLICY)
@@ -209,14 +208,14 @@ def test_the_author_of_an_earlier_version_approves_or_rejects_no_step_of_a_revis
 
 
 def published_at_level_three() -> Statement:
-    statement = approved_by(submitted(Level.THREE), HEAD_A)
+    statement = approved_by(submitted(3), HEAD_A)
     return record(statement, statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY))
 
 
 def test_a_statement_out_at_level_three_goes_out_again_only_with_the_level_one_chain() -> None:
     statement = published_at_level_three()
 
-    rechained = statement.rechain(Level.ONE, POLICY, ["school-a"], "升级")
+    rechained = statement.rechain(1, POLICY, ["school-a"], "升级")
     assert rechained is not None
     assert rechained.missing == (ApprovalStep(role="office"), ApprovalStep(role="propaganda"))
     statement = record(statement, rechained)
@@ -224,7 +223,7 @@ def test_a_statement_out_at_level_three_goes_out_again_only_with_the_level_one_c
     assert statement.missing() == [ApprovalStep(role="office"), ApprovalStep(role="propaganda")]
 
     with pytest.raises(NotApproved, match="须按现行级别的审批链审批后再发布") as refused:
-        statement.publish(outlet="官方微博", url="u2", by=AUTHOR.id, rules=POLICY, level=Level.ONE)
+        statement.publish(outlet="官方微博", url="u2", by=AUTHOR.id, rules=POLICY, level=1)
     assert refused.value.details["missing"] == [
         {"role": "office", "unit_id": None},
         {"role": "propaganda", "unit_id": None},
@@ -234,15 +233,13 @@ def test_a_statement_out_at_level_three_goes_out_again_only_with_the_level_one_c
 
     statement = approved_by(statement, OFFICE, PROPAGANDA)
     assert statement.missing() == []
-    again = statement.publish(
-        outlet="官方微博", url="u2", by=AUTHOR.id, rules=POLICY, level=Level.ONE
-    )
+    again = statement.publish(outlet="官方微博", url="u2", by=AUTHOR.id, rules=POLICY, level=1)
     assert (again.version, again.outlet) == (1, "官方微博")
 
 
 def test_publishing_checks_the_chain_of_the_level_in_force_even_before_the_rechain() -> None:
     # Approved at level 3; the incident is level 1 when the publisher asks.
-    statement = approved_by(submitted(Level.THREE), HEAD_A)
+    statement = approved_by(submitted(3), HEAD_A)
 
     with pytest.raises(NotApproved, match="缺少：领导小组办公室"):
         statement.publish(
@@ -250,17 +247,17 @@ def test_publishing_checks_the_chain_of_the_level_in_force_even_before_the_recha
             url="u",
             by=AUTHOR.id,
             rules=POLICY,
-            level=Level.ONE,
+            level=1,
             unit_ids=["school-a"],
         )
     statement.publish(
-        outlet="官网", url="u", by=AUTHOR.id, rules=POLICY, level=Level.THREE, unit_ids=["school-a"]
+        outlet="官网", url="u", by=AUTHOR.id, rules=POLICY, level=3, unit_ids=["school-a"]
     )
 
 
 def test_a_published_statement_rejected_at_the_new_level_is_not_cleared_again() -> None:
     statement = published_at_level_three()
-    statement = record(statement, statement.rechain(Level.TWO, POLICY, ["school-a"], "升级"))
+    statement = record(statement, statement.rechain(2, POLICY, ["school-a"], "升级"))
     statement = record(statement, statement.reject(OFFICE, "口径需调整", POLICY))
 
     with pytest.raises(NotInReview):
@@ -268,24 +265,24 @@ def test_a_published_statement_rejected_at_the_new_level_is_not_cleared_again() 
             Caller(id="office-zhao", unit="county", roles=frozenset({Role.OFFICE})), "", POLICY
         )
     with pytest.raises(NotApproved):
-        statement.publish(outlet="官方微博", url="u2", by=AUTHOR.id, rules=POLICY, level=Level.TWO)
+        statement.publish(outlet="官方微博", url="u2", by=AUTHOR.id, rules=POLICY, level=2)
     with pytest.raises(NotWithdrawable):
         statement.withdraw(AUTHOR, "撤回")
 
 
 def test_a_rejected_version_cannot_be_published_or_resubmitted_unchanged() -> None:
-    statement = submitted(Level.TWO)
+    statement = submitted(2)
     statement = record(statement, statement.reject(OFFICE, "数据未核实", POLICY))
 
     assert statement.state is StatementState.REJECTED
     with pytest.raises(NotApproved, match="已被退回"):
         statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY)
     with pytest.raises(NotSubmittable, match="请修改后再提交"):
-        statement.submit(Level.TWO, POLICY, ["school-a"])
+        statement.submit(2, POLICY, ["school-a"])
 
 
 def test_publishing_goes_only_to_the_approved_outlets_and_once_per_outlet() -> None:
-    statement = approved_by(submitted(Level.TWO), OFFICE)
+    statement = approved_by(submitted(2), OFFICE)
 
     with pytest.raises(OutletNotApproved, match="不在审批通过的渠道之内"):
         statement.publish(outlet="抖音", url="u", by=AUTHOR.id, rules=POLICY)
@@ -304,23 +301,23 @@ def test_a_statement_of_an_ungraded_incident_cannot_be_submitted() -> None:
 
 
 def test_an_escalation_mid_review_keeps_approvals_the_new_chain_also_needs() -> None:
-    statement = approved_by(submitted(Level.TWO), OFFICE)
+    statement = approved_by(submitted(2), OFFICE)
 
-    rechained = statement.rechain(Level.ONE, POLICY, ["school-a"], "升级")
+    rechained = statement.rechain(1, POLICY, ["school-a"], "升级")
     assert rechained is not None
     assert rechained.missing == (ApprovalStep(role="propaganda"),)
     statement = record(statement, rechained)
 
     assert statement.state is StatementState.IN_REVIEW
     assert statement.missing() == [ApprovalStep(role="propaganda")]
-    assert statement.rechain(Level.ONE, POLICY, ["school-a"], "again") is None
+    assert statement.rechain(1, POLICY, ["school-a"], "again") is None
 
 
 def test_a_lowered_grade_whose_chain_the_approvals_cover_clears_the_statement() -> None:
-    statement = approved_by(submitted(Level.ONE), OFFICE)
+    statement = approved_by(submitted(1), OFFICE)
     assert statement.state is StatementState.IN_REVIEW
 
-    rechained = statement.rechain(Level.TWO, POLICY, ["school-a"], "降级")
+    rechained = statement.rechain(2, POLICY, ["school-a"], "降级")
     assert rechained is not None
     assert rechained.chain == (ApprovalStep(role="office"),)
     assert rechained.missing == ()  # the office's approval fills the new chain
@@ -333,7 +330,7 @@ def test_a_lowered_grade_whose_chain_the_approvals_cover_clears_the_statement() 
 
 def test_the_events_say_what_each_submission_and_approval_leaves_missing() -> None:
     statement = drafted()
-    submission = statement.submit(Level.ONE, POLICY, ["school-a"])
+    submission = statement.submit(1, POLICY, ["school-a"])
     assert submission.missing == submission.chain
     statement = record(statement, submission)
 
@@ -390,7 +387,7 @@ def test_a_policy_level_without_steps_is_refused(tmp_path: Path) -> None:
 
 
 def withdrawn() -> Statement:
-    statement = submitted(Level.TWO)
+    statement = submitted(2)
     return record(statement, statement.withdraw(AUTHOR, "情况有变，暂不发布"))
 
 
@@ -404,7 +401,7 @@ def test_a_withdrawn_version_can_be_neither_approved_published_nor_resubmitted()
     with pytest.raises(NotApproved, match="已撤回，不能发布"):
         statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY)
     with pytest.raises(NotSubmittable, match="已撤回，请修改后再提交"):
-        statement.submit(Level.TWO, POLICY, ["school-a"])
+        statement.submit(2, POLICY, ["school-a"])
     with pytest.raises(NotWithdrawable, match="已撤回"):
         statement.withdraw(AUTHOR, "again")
 
@@ -416,12 +413,12 @@ def test_a_withdrawn_statement_comes_back_as_a_new_version() -> None:
     )
     assert statement.state is StatementState.DRAFT
 
-    statement = record(statement, statement.submit(Level.TWO, POLICY, ["school-a"]))
+    statement = record(statement, statement.submit(2, POLICY, ["school-a"]))
     assert approved_by(statement, OFFICE).state is StatementState.APPROVED
 
 
 def test_only_an_author_or_the_office_may_withdraw() -> None:
-    statement = approved_by(submitted(Level.ONE), OFFICE)
+    statement = approved_by(submitted(1), OFFICE)
 
     with pytest.raises(MayNotWithdraw, match="起草人或领导小组办公室"):
         statement.withdraw(PROPAGANDA, "不同意")
@@ -430,7 +427,7 @@ def test_only_an_author_or_the_office_may_withdraw() -> None:
 
 
 def test_a_published_version_cannot_be_withdrawn() -> None:
-    statement = approved_by(submitted(Level.TWO), OFFICE)
+    statement = approved_by(submitted(2), OFFICE)
     statement = record(
         statement, statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY)
     )
@@ -444,7 +441,7 @@ def test_a_published_version_cannot_be_withdrawn() -> None:
 
 def published(statement_id: str, *facts: Fact) -> Statement:
     statement = drafted(facts=facts, statement_id=statement_id)
-    statement = record(statement, statement.submit(Level.TWO, POLICY, ["school-a"]))
+    statement = record(statement, statement.submit(2, POLICY, ["school-a"]))
     statement = approved_by(statement, OFFICE)
     return record(statement, statement.publish(outlet="官网", url="u", by=AUTHOR.id, rules=POLICY))
 
@@ -454,9 +451,7 @@ FIRST = published("first", Fact(label="受伤人数", value="3人"), Fact(label=
 
 def submitted_against(*facts: Fact) -> Statement:
     statement = drafted(facts=facts, statement_id="second")
-    return record(
-        statement, statement.submit(Level.TWO, POLICY, ["school-a"], official_line([FIRST]))
-    )
+    return record(statement, statement.submit(2, POLICY, ["school-a"], official_line([FIRST])))
 
 
 def test_a_draft_contradicting_a_published_figure_is_flagged_at_submit() -> None:

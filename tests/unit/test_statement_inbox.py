@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from services.statement.bootstrap import build
-from shared.events import Level
 from tests.fakes.harness import FakeService, fake_service, fake_settings
 from tests.unit.test_statement_service import (
     API,
@@ -44,7 +43,7 @@ async def test_a_statement_waits_in_the_inbox_of_whoever_fills_its_next_step(
     service: FakeService,
 ) -> None:
     who, upstream = People(service), Upstream()
-    await known(service, upstream, "inc-1", Level.ONE)
+    await known(service, upstream, "inc-1", 1)
     async with service.http() as api:
         assert (await api.get(f"{API}/inbox")).status_code == 401
         sid = await submitted(api, "inc-1", who)

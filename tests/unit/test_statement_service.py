@@ -18,7 +18,6 @@ from services.statement.domain import Statement
 from shared.events import (
     Actor,
     ApprovalStep,
-    Category,
     Envelope,
     EventPayload,
     FiredRule,
@@ -106,7 +105,7 @@ class Upstream:
 
     def graded(self, incident_id: str, level: Level) -> Envelope:
         payload = IncidentGraded(
-            level=level, category=Category.HYPE, rules_fired=RULES, rulebook_version="t"
+            level=level, category="hype", rules_fired=RULES, rulebook_version="t"
         )
         return self.event(incident_id, payload, "grade")
 
@@ -114,7 +113,7 @@ class Upstream:
         payload = IncidentEscalated(
             from_level=from_level,
             to_level=to_level,
-            category=Category.HYPE,
+            category="hype",
             reason="传播扩大",
             rules_fired=RULES,
             rulebook_version="t",
@@ -123,7 +122,7 @@ class Upstream:
 
     def overridden(self, incident_id: str, from_level: Level, to_level: Level) -> Envelope:
         payload = GradeOverridden(
-            from_level=from_level, to_level=to_level, category=Category.HYPE, reason="人工调整"
+            from_level=from_level, to_level=to_level, category="hype", reason="人工调整"
         )
         return self.event(incident_id, payload, "grade")
 
@@ -228,7 +227,9 @@ async def test_an_approval_policy_that_cannot_be_used_stops_the_build(tmp_path: 
     bad.write_text("version: t\nlevels:\n  1: [{role: office}]\n  2: [{role: office}]\n")
     settings = fake_settings(tmp_path, approval_policy_path=bad)
 
-    with pytest.raises(PolicyError, match=r"levels\.3: every level needs at least one step"):
+    with pytest.raises(
+        PolicyError, match=r"approval\.yaml: levels\.3: no clearance chain for level 3"
+    ):
         async with fake_service("statement", build, settings=settings):
             pass
 
@@ -239,7 +240,7 @@ async def test_an_approval_policy_that_cannot_be_used_stops_the_build(tmp_path: 
 async def test_a_level_one_release_is_cleared_by_the_office_then_the_task_force(
     statement: FakeService, api: httpx.AsyncClient, upstream: Upstream, who: People
 ) -> None:
-    await known(statement, upstream, "inc-1", Level.ONE)
+    await known(statement, upstream, "inc-1", 1)
     sid = await submitted(api, "inc-1", who)
     base = f"{API}/statements/{sid}"
 
@@ -304,7 +305,7 @@ async def test_drafting_and_submitting_need_a_writer_and_a_graded_incident(
     assert error(ungraded)[:2] == (409, "not_graded")
     assert "尚未定级" in error(ungraded)[2]
 
-    await statement.consume(upstream.graded("inc-2", Level.TWO))
+    await statement.consume(upstream.graded("inc-2", 2))
     r = await api.post(f"{API}/statements/{sid}/submit", headers=who.author)
     assert r.json()["state"] == "in_review"
     again = await api.post(f"{API}/statements/{sid}/submit", headers=who.author)
@@ -314,11 +315,11 @@ async def test_drafting_and_submitting_need_a_writer_and_a_graded_incident(
 async def test_a_grade_lowered_mid_review_that_the_approvals_cover_clears_the_statement(
     statement: FakeService, api: httpx.AsyncClient, upstream: Upstream, who: People
 ) -> None:
-    await known(statement, upstream, "inc-3", Level.ONE)
+    await known(statement, upstream, "inc-3", 1)
     sid = await submitted(api, "inc-3", who)
     assert (await approve(api, sid, who.office)).json()["state"] == "in_review"
 
-    lowered = upstream.overridden("inc-3", Level.ONE, Level.TWO)
+    lowered = upstream.overridden("inc-3", 1, 2)
     await statement.consume(lowered)
 
     rechain = (await statement_events(statement, sid))[-1]
@@ -340,11 +341,11 @@ async def test_a_grade_lowered_mid_review_that_the_approvals_cover_clears_the_st
 async def test_an_escalation_mid_review_asks_for_the_new_levels_chain_once(
     statement: FakeService, api: httpx.AsyncClient, upstream: Upstream, who: People
 ) -> None:
-    await known(statement, upstream, "inc-4", Level.TWO)
+    await known(statement, upstream, "inc-4", 2)
     sid = await submitted(api, "inc-4", who)
     assert (await approve(api, sid, who.office)).json()["state"] == "approved"
 
-    raised = upstream.escalated("inc-4", Level.TWO, Level.ONE)
+    raised = upstream.escalated("inc-4", 2, 1)
     await statement.consume(raised, raised)  # redelivered: the inbox drops the second
 
     rechains = [
@@ -365,7 +366,7 @@ async def test_an_escalation_mid_review_asks_for_the_new_levels_chain_once(
 async def test_a_rejected_or_withdrawn_version_comes_back_only_as_a_revision(
     statement: FakeService, api: httpx.AsyncClient, upstream: Upstream, who: People
 ) -> None:
-    await known(statement, upstream, "inc-5", Level.THREE)
+    await known(statement, upstream, "inc-5", 3)
     sid = await submitted(api, "inc-5", who)
     base = f"{API}/statements/{sid}"
 
@@ -388,7 +389,7 @@ async def test_a_rejected_or_withdrawn_version_comes_back_only_as_a_revision(
 async def test_whoever_wrote_an_earlier_version_clears_no_step_of_the_revision(
     statement: FakeService, api: httpx.AsyncClient, upstream: Upstream, who: People
 ) -> None:
-    await known(statement, upstream, "inc-8", Level.TWO)
+    await known(statement, upstream, "inc-8", 2)
     sid = await drafted(api, "inc-8", who.office)  # the office writes v1
     base = f"{API}/statements/{sid}"
     revised = await api.put(base, json=revision({**RELEASE, "body": "修改"}), headers=who.author)
@@ -408,7 +409,7 @@ async def test_whoever_wrote_an_earlier_version_clears_no_step_of_the_revision(
 async def test_a_statement_out_at_level_three_needs_the_level_one_chain_to_go_out_again(
     statement: FakeService, api: httpx.AsyncClient, upstream: Upstream, who: People
 ) -> None:
-    await known(statement, upstream, "inc-9", Level.THREE)
+    await known(statement, upstream, "inc-9", 3)
     sid = await submitted(api, "inc-9", who)
     base = f"{API}/statements/{sid}"
     line = f"{API}/incidents/inc-9/official-line"
@@ -416,13 +417,13 @@ async def test_a_statement_out_at_level_three_needs_the_level_one_chain_to_go_ou
     first = await api.post(f"{base}/publish", json=WEIBO, headers=who.author)
     assert first.status_code == 200, first.text
 
-    raised = upstream.escalated("inc-9", Level.THREE, Level.ONE)
+    raised = upstream.escalated("inc-9", 3, 1)
     await statement.consume(raised)
 
     rechain = (await statement_events(statement, sid))[-1]
     assert isinstance(rechain.payload, StatementSubmitted)
     assert (rechain.payload.level, rechain.payload.missing) == (
-        Level.ONE,
+        1,
         (ApprovalStep(role="office"), ApprovalStep(role="propaganda")),
     )
     view = (await api.get(base, headers=who.office)).json()
@@ -450,7 +451,7 @@ async def test_a_statement_out_at_level_three_needs_the_level_one_chain_to_go_ou
 async def test_the_official_line_is_the_latest_publication_and_a_contradiction_needs_a_reason(
     statement: FakeService, api: httpx.AsyncClient, upstream: Upstream, who: People
 ) -> None:
-    await known(statement, upstream, "inc-6", Level.TWO)
+    await known(statement, upstream, "inc-6", 2)
     line = f"{API}/incidents/inc-6/official-line"
     none_yet = await api.get(line, headers=who.office)
     assert error(none_yet)[:2] == (404, "no_official_line")
@@ -517,7 +518,7 @@ async def test_another_units_id_answers_exactly_like_an_unknown_one(
     body: dict[str, Any] | None,
     outsider: tuple[str, ...],
 ) -> None:
-    await known(statement, upstream, "inc-7", Level.TWO)
+    await known(statement, upstream, "inc-7", 2)
     await statement.consume(upstream.report("inc-7", "partner-wxb", ("school-a",)))
     sid = await submitted(api, "inc-7", who)
     real = sid if kind == "statement" else "inc-7"
@@ -546,7 +547,7 @@ async def test_another_units_id_answers_exactly_like_an_unknown_one(
 async def test_visibility_is_decided_before_roles_and_state(
     statement: FakeService, api: httpx.AsyncClient, upstream: Upstream, who: People
 ) -> None:
-    await known(statement, upstream, "inc-8", Level.TWO)
+    await known(statement, upstream, "inc-8", 2)
     sid = await submitted(api, "inc-8", who)
     monitor_b = statement.token("monitor-b", "school-b", "monitor")
 
@@ -573,7 +574,7 @@ async def test_a_unit_concerned_with_an_incident_of_several_units_sees_and_draft
 async def test_a_report_naming_another_unit_lets_that_unit_see_the_statements(
     statement: FakeService, api: httpx.AsyncClient, upstream: Upstream, who: People
 ) -> None:
-    await known(statement, upstream, "inc-10", Level.TWO)
+    await known(statement, upstream, "inc-10", 2)
     sid = await drafted(api, "inc-10", who.author)
     hidden_first = await api.get(f"{API}/statements/{sid}", headers=who.other_school)
     assert hidden_first.status_code == 404
@@ -611,7 +612,7 @@ async def test_a_decision_that_lost_the_race_is_decided_again_on_what_won(
     who: People,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    await known(statement, upstream, "inc-11", Level.TWO)
+    await known(statement, upstream, "inc-11", 2)
     sid = await submitted(api, "inc-11", who)  # drafted, submitted: version 2
     loads = stale_once(statement, monkeypatch, keep=1)
 
@@ -630,7 +631,7 @@ async def test_a_publication_racing_another_is_recorded_beside_it(
     who: People,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    await known(statement, upstream, "inc-12", Level.TWO)
+    await known(statement, upstream, "inc-12", 2)
     sid = await submitted(api, "inc-12", who)
     await approve(api, sid, who.office)
     await api.post(f"{API}/statements/{sid}/publish", json=WEIBO, headers=who.author)
@@ -654,7 +655,7 @@ async def test_a_decision_that_keeps_losing_answers_409_and_stores_nothing(
     who: People,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    await known(statement, upstream, "inc-13", Level.TWO)
+    await known(statement, upstream, "inc-13", 2)
     sid = await submitted(api, "inc-13", who)
     loads = stale_once(statement, monkeypatch, keep=1, times=99)
 

@@ -122,7 +122,7 @@ def case_figures(view: IncidentView, now: datetime) -> CaseFigures:
         statements=[
             StatementFigure(
                 statement_id=s.statement_id,
-                kind=s.kind.value,
+                kind=str(s.kind),
                 title=s.title,
                 state=s.state,
                 submitted_at=s.submitted_at,

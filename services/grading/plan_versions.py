@@ -1,0 +1,150 @@
+"""The plan versions grading has graded under, kept in grading's own database, and the
+version each incident is pinned to.
+
+A snapshot holds what grading decides by: the plan's id and version (recorded in every
+grade event) and its rulebook. The version in force is stored when the service starts, the
+first time that version is in force; from then on an incident first graded under it is
+decided under that snapshot while it stays open (re-grading on new reports, escalation on
+a missed deadline or on confirmed claims), even after the pack has moved to another
+version and the service restarted. A reopened incident, like a new one, moves to the
+version in force. A version that is already stored with another rulebook stops the start:
+a plan that changes must change its `version` in plan.yaml, or incidents pinned to the
+old text would be decided by the new one.
+
+The pin is kept on the incident's facts (`plan_id`, `plan_version`), written in the same
+unit of work as the first grade or the reopening. An incident graded before pins were kept
+is on the version its grade events record, when that version is stored; otherwise on the
+version in force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.grading.domain import Grade, PlanStamp, Rulebook
+from services.grading.projections import FACTS
+from shared.plan import Plan, PlanError
+from shared.store import Document, UnitOfWork
+
+PLAN_VERSIONS = "plan_versions"
+
+
+def _key(plan_id: str | None, plan_version: str | None) -> str:
+    return f"{plan_id}@{plan_version}"
+
+
+def rulebook_digest(rulebook: Rulebook) -> str:
+    """The rulebook's content, hashed: what tells two texts under one version apart."""
+    text = json.dumps(rulebook.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class PlanVersion:
+    """One version of a plan as grading decides by it."""
+
+    plan_id: str | None
+    plan_version: str | None
+    rulebook: Rulebook
+
+    @property
+    def stamp(self) -> PlanStamp:
+        return PlanStamp(self.plan_id, self.plan_version)
+
+    @property
+    def key(self) -> str:
+        return _key(self.plan_id, self.plan_version)
+
+    @classmethod
+    def of(cls, plan: Plan, rulebook: Rulebook) -> PlanVersion:
+        return cls(plan.id, plan.version, rulebook)
+
+    def document(self, name: str, recorded_at: datetime) -> Document:
+        return {
+            "_id": self.key,
+            "plan_id": self.plan_id,
+            "plan_version": self.plan_version,
+            "plan_name": name,
+            "rulebook": self.rulebook.model_dump(mode="json"),
+            "rulebook_version": self.rulebook.version,
+            "digest": rulebook_digest(self.rulebook),
+            "recorded_at": recorded_at,
+        }
+
+    @classmethod
+    def from_document(cls, doc: Document) -> PlanVersion:
+        return cls(doc["plan_id"], doc["plan_version"], Rulebook.model_validate(doc["rulebook"]))
+
+
+class PlanVersions:
+    """The stored snapshots and the pins. `current` is the version in force."""
+
+    def __init__(self, db: AsyncDatabase[Document], current: PlanVersion) -> None:
+        self.db = db
+        self.current = current
+        # Snapshots never change once stored: each is read from the database once.
+        self._known: dict[str, PlanVersion] = {current.key: current}
+
+    async def record_current(self, name: str, now: datetime) -> None:
+        """Store the version in force unless it is stored already, as it is: PlanError when
+        the same version is stored with another rulebook (the plan changed, its version
+        did not)."""
+        current = self.current
+        doc = current.document(name, now)
+        await self.db[PLAN_VERSIONS].update_one(
+            {"_id": current.key}, {"$setOnInsert": doc}, upsert=True
+        )
+        stored = await self.db[PLAN_VERSIONS].find_one({"_id": current.key}) or doc
+        if stored.get("digest") != doc["digest"]:
+            raise PlanError(
+                f"plan {current.plan_id!r} version {current.plan_version!r} was graded under "
+                f"with another rulebook (stored {stored.get('recorded_at')}, rulebook version "
+                f"{stored.get('rulebook_version')!r}): a plan that changes must change its "
+                "`version` in plan.yaml, so that open incidents stay on the text they "
+                "started with"
+            )
+
+    async def _version(self, plan_id: str | None, plan_version: str | None) -> PlanVersion | None:
+        key = _key(plan_id, plan_version)
+        if key not in self._known:
+            doc = await self.db[PLAN_VERSIONS].find_one({"_id": key})
+            if doc is None:
+                return None
+            self._known[key] = PlanVersion.from_document(doc)
+        return self._known[key]
+
+    async def for_incident(
+        self, incident_id: str, grade: Grade | None, uow: UnitOfWork
+    ) -> PlanVersion:
+        """The version an incident is decided under: its pin; for an incident graded before
+        pins were kept, the version its grade events record; else the version in force."""
+        doc: dict[str, Any] = (
+            await self.db[FACTS].find_one(
+                {"_id": incident_id}, {"plan_id": True, "plan_version": True}, session=uow.session
+            )
+            or {}
+        )
+        if "plan_version" in doc:
+            pinned = await self._version(doc.get("plan_id"), doc["plan_version"])
+            if pinned is not None:
+                return pinned
+        if grade is not None and grade.plan.plan_version is not None:
+            recorded = await self._version(grade.plan.plan_id, grade.plan.plan_version)
+            if recorded is not None:
+                return recorded
+        return self.current
+
+    async def pin(self, incident_id: str, version: PlanVersion, uow: UnitOfWork) -> None:
+        """From now on the incident is decided under `version`."""
+        await self.db[FACTS].update_one(
+            {"_id": incident_id},
+            {"$set": {"plan_id": version.plan_id, "plan_version": version.plan_version}},
+            upsert=True,
+            session=uow.session,
+        )

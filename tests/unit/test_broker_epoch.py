@@ -1,0 +1,176 @@
+"""A consumer that lives through a broker wipe reads the topic again from its beginning.
+
+The relay numbers the times it found the broker had lost what it had sent (its epoch) and
+sends it with every record. A consumer holding positions from before the wipe would read
+the refilled log from there and skip whatever was sent since the wipe below them; when it
+sees the epoch of a topic grow, it seeks that topic's partitions to their beginning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+
+from services.cli import composition_root
+from shared.bus import EPOCH_HEADER, OutboxRelay, signed_headers
+from shared.events import Envelope
+from tests.fakes.harness import FakeService, fake_service
+from tests.service.upstream_events import opened, resolved
+from tests.unit.test_archive_service import NOW, Story
+
+pytestmark = pytest.mark.asyncio
+
+
+@dataclass
+class Consumer:
+    """What the consumer asks of aiokafka's: its partitions, and a seek to their start."""
+
+    partitions: set[TopicPartition]
+    rewound: list[TopicPartition] = field(default_factory=list)
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.partitions
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> bool:
+        self.rewound.extend(partitions)
+        return True
+
+
+@dataclass
+class Message:
+    """A consumed record as FastStream hands it over."""
+
+    body: bytes
+    headers: dict[str, str]
+    raw_message: Any
+    consumer: Consumer
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+
+
+@pytest.fixture
+async def archive() -> AsyncIterator[FakeService]:
+    async with fake_service("archive", composition_root("archive"), clock=lambda: NOW) as built:
+        yield built
+
+
+def events(incident: str) -> list[Envelope]:
+    """Two of the incident's events on intake's topic: its opening and its resolution."""
+    told = Story(incident, "school-a").opened()
+    told.resolved()
+    own = [e for e in told.events if e.topic == "intake.events"]
+    return [own[0], own[-1]]
+
+
+async def deliver(
+    service: FakeService, event: Envelope, epoch: int | None, consumer: Consumer, **extra: str
+) -> None:
+    runner = service.runner
+    assert runner.consumer is not None
+    headers = signed_headers(event, event.topic.removesuffix(".events"), runner.consumer.keys)
+    if epoch is not None:
+        headers[EPOCH_HEADER] = str(epoch)
+    headers.update(extra)
+    topic = runner.settings.topic(event.topic)
+    message = Message(event.to_json(), headers, Record(topic), consumer)
+    await runner.consumer.on_message(message)  # type: ignore[arg-type]
+
+
+async def test_a_grown_epoch_rewinds_that_topics_partitions_once(archive: FakeService) -> None:
+    intake = archive.runner.settings.topic("intake.events")
+    grading = archive.runner.settings.topic("grading.events")
+    consumer = Consumer({TopicPartition(intake, 0), TopicPartition(intake, 1)})
+    consumer.partitions.add(TopicPartition(grading, 0))
+    first, second = events("inc-e1"), events("inc-e2")
+
+    await deliver(archive, first[0], 0, consumer)
+    await deliver(archive, first[1], 0, consumer)
+    assert consumer.rewound == [], "the epoch first seen is where the consumer stands"
+
+    await deliver(archive, second[0], 1, consumer)
+    assert sorted(consumer.rewound) == [TopicPartition(intake, 0), TopicPartition(intake, 1)]
+
+    await deliver(archive, second[1], 1, consumer)
+    await deliver(archive, first[0], 0, consumer)  # read again after the rewind: older epoch
+    assert len(consumer.rewound) == 2, "the same epoch again rewinds nothing"
+    # Every event handled once, the re-read ones as duplicates.
+    logged = [d["_id"] async for d in archive.db["log"].find({})]
+    assert sorted(logged) == sorted(str(e.event_id) for e in first + second)
+
+
+async def test_an_unsigned_record_cannot_make_a_consumer_read_again(archive: FakeService) -> None:
+    intake = archive.runner.settings.topic("intake.events")
+    consumer = Consumer({TopicPartition(intake, 0)})
+    event, forged = events("inc-e3")
+    await deliver(archive, event, 0, consumer)
+
+    await deliver(archive, forged, 7, consumer, **{"yuqing-signature": "sha256=" + "0" * 64})
+    assert consumer.rewound == []
+    assert [reason for _, reason in archive.dead_letters if "signature" in reason]
+
+
+async def test_records_of_a_relay_before_the_epoch_are_handled_as_ever(
+    archive: FakeService,
+) -> None:
+    intake = archive.runner.settings.topic("intake.events")
+    consumer = Consumer({TopicPartition(intake, 0)})
+    for event in events("inc-e4"):
+        await deliver(archive, event, None, consumer)
+    assert consumer.rewound == []
+    assert await archive.db["log"].count_documents({}) == 2
+
+
+@dataclass
+class Sent:
+    headers: dict[str, str]
+
+
+@dataclass
+class Broker:
+    """Takes the relay's sends and gives each an offset, as Kafka's producer would."""
+
+    sent: list[Sent] = field(default_factory=list)
+
+    async def publish(self, body: bytes, topic: str, **kwargs: Any) -> Any:
+        self.sent.append(Sent(kwargs["headers"]))
+        offset = len(self.sent) - 1
+
+        async def ack() -> Any:
+            return type("Meta", (), {"topic": topic, "partition": 0, "offset": offset})()
+
+        return ack()
+
+
+async def test_the_relay_sends_a_grown_epoch_after_it_finds_a_loss() -> None:
+    async with fake_service("intake", composition_root("intake"), clock=lambda: NOW) as intake:
+        broker = Broker()
+        relay = OutboxRelay("intake", intake.store, broker, intake.runner.settings)  # type: ignore[arg-type]
+
+        async def append(incident: str) -> None:
+            async def work(uow: Any) -> None:
+                await uow.append([opened(incident), resolved(incident)], 0)
+
+            await intake.store.transaction(work)
+
+        await append("inc-r1")
+        assert await relay.relay_once() == 2
+        assert {s.headers[EPOCH_HEADER] for s in broker.sent} == {"0"}
+
+        queued = await relay._requeue(["intake.events[0]: offset 0 < 2"])
+        assert queued == 2
+        await append("inc-r2")
+        assert await relay.relay_once() == 4
+        assert [s.headers[EPOCH_HEADER] for s in broker.sent[2:]] == ["1"] * 4
+
+        # Another relay of the same service (a restart, a standby taking the lease) reads it.
+        again = OutboxRelay("intake", intake.store, broker, intake.runner.settings)  # type: ignore[arg-type]
+        await append("inc-r3")
+        assert await again.relay_once() == 2
+        assert [s.headers[EPOCH_HEADER] for s in broker.sent[6:]] == ["1"] * 2
