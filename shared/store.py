@@ -36,6 +36,7 @@ from pymongo.errors import (
     DuplicateKeyError,
     ExecutionTimeout,
     NetworkTimeout,
+    PyMongoError,
     ServerSelectionTimeoutError,
     WTimeoutError,
 )
@@ -248,14 +249,26 @@ class MongoTransactions:
                     raise ServerSelectionTimeoutError(str(exc)) from exc
                 raise  # a connection lost: retried, and the next attempt asks as above
 
-        try:
-            with pymongo.timeout(self.timeout):
-                async with self.client.start_session() as session:
+        async with self.client.start_session() as session:
+            try:
+                # The budget as an asyncio deadline, not the driver's (pymongo.timeout): an
+                # abort inside a spent driver deadline is never sent, and the transaction
+                # stays open on the server, holding what it wrote (an inbox mark, an
+                # idempotency key) until the server reaps it, while every retry of the
+                # same event waits behind it and runs out of its own budget in turn.
+                async with asyncio.timeout(self.timeout):
                     return await session.with_transaction(attempt, write_concern=DURABLE)
-        except (ExecutionTimeout, WTimeoutError) as exc:
-            raise NetworkTimeout(
-                f"the database did not complete the transaction within {self.timeout}s: {exc}"
-            ) from exc
+            except (TimeoutError, ExecutionTimeout, WTimeoutError) as exc:
+                raise NetworkTimeout(
+                    f"the database did not complete the transaction within {self.timeout}s"
+                    f": {exc or 'the budget ran out'}"
+                ) from exc
+            finally:
+                if session.in_transaction:
+                    # Ended on the server with a deadline of its own (its errors ignored, as
+                    # the driver ignores them).
+                    with contextlib.suppress(PyMongoError), pymongo.timeout(selection):
+                        await session.abort_transaction()
 
 
 class EventStore:

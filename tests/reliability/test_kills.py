@@ -662,14 +662,14 @@ async def replay_equals_live(rig: Rig) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-# Known failures under these faults, reported with their evidence (issue 12): a transaction
-# whose budget ran out is never aborted on the server (shared/store.py, MongoTransactions.run:
-# the abort runs under the spent pymongo.timeout), so its writes hold the documents for the
-# server's 60 s transaction lifetime and every retry of the same event or Idempotency-Key
-# leaves another such transaction: a consumer stuck for minutes on one event. Remove this
-# mark once that is fixed: every check below stays as it is.
+# Not yet shown to pass reliably (issue 12): of the runs so far, one passed every check;
+# the others found a batch acknowledged unhandled and transactions left open on the server
+# (both fixed since, shared/bus.py and shared/store.py), and the last, on a machine running
+# a whole CI run beside it, had not caught up within its 300 s bound (notification still
+# working through escalations). It reports what it found either way; remove this mark once
+# it passes run after run.
 @pytest.mark.xfail(
-    reason="a consumer stuck behind transactions left open when their budget ran out",
+    reason="not yet shown to catch up within its bound run after run (issue 12)",
     raises=AssertionError,
     strict=False,
 )
