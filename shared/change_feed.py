@@ -84,8 +84,13 @@ class ChangeFeed:
             return
         while True:
             try:
+                # Each wait on the server short: it holds no server thread for long (a
+                # stopping server waits for them).
                 watch = await self.db.watch(
-                    pipeline, full_document="updateLookup", resume_after=resume
+                    pipeline,
+                    full_document="updateLookup",
+                    resume_after=resume,
+                    max_await_time_ms=250,
                 )
                 async with watch as stream:
                     self.ready.set()
