@@ -26,7 +26,6 @@ from shared.events import (
     Actor,
     DeadlineMissed,
     Envelope,
-    EventPayload,
     FiredRule,
     IncidentGraded,
     IncidentOpened,
@@ -38,6 +37,7 @@ from shared.plan import PlanError, load_plan
 from shared.policy import PolicyError
 from shared.settings import CONFIG_DIR, Settings
 from tests.fakes.harness import FakeService, fake_service, fake_settings
+from tests.fakes.upstream import Clock, Streams
 
 FOURTIER = CONFIG_DIR / "plans" / "fourtier"
 DIRECTORY = Directory.load(CONFIG_DIR / "directory.yaml")
@@ -46,31 +46,11 @@ LIST = "/notifications/v1/obligations"
 FULFIL = "/notifications/v1/obligations/{}/fulfil"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-class Upstream:
+class Upstream(Streams):
     """Plays intake and grading: events about incidents, numbered per stream."""
 
     def __init__(self) -> None:
-        self.versions: dict[str, int] = {}
-
-    def event(self, incident_id: str, payload: EventPayload, stream: str) -> Envelope:
-        key = f"{stream}-{incident_id}"
-        self.versions[key] = self.versions.get(key, 0) + 1
-        return Envelope.new(
-            payload,
-            incident_id=incident_id,
-            stream_id=key,
-            stream_version=self.versions[key],
-            actor=Actor.rule("rulebook"),
-            occurred_at=T0,
-        )
+        super().__init__(T0, Actor.rule("rulebook"))
 
     def opened(self, incident_id: str) -> Envelope:
         payload = IncidentOpened(
@@ -95,7 +75,7 @@ class Upstream:
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from shared.directory import Directory
 from shared.events import (
     Actor,
     Envelope,
-    EventPayload,
     FiredRule,
     IncidentGraded,
     IncidentOpened,
@@ -38,6 +37,7 @@ from shared.events import (
 from shared.plan import load_plan
 from shared.settings import CONFIG_DIR, Settings
 from tests.fakes.harness import FakeService, fake_service, fake_settings
+from tests.fakes.upstream import Clock, Streams
 
 FOURTIER = CONFIG_DIR / "plans" / "fourtier"
 DIRECTORY = Directory.load(CONFIG_DIR / "directory.yaml")
@@ -51,31 +51,12 @@ TIERS = {
 }
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-class Upstream:
+class Upstream(Streams):
     """Plays the other services: events about incidents, numbered per stream."""
 
     def __init__(self) -> None:
-        self.versions: dict[str, int] = {}
-
-    def event(self, incident_id: str, payload: EventPayload, stream: str) -> Envelope:
-        key = f"{stream}-{incident_id}"
-        self.versions[key] = self.versions.get(key, 0) + 1
-        return Envelope.new(
-            payload,
-            incident_id=incident_id,
-            stream_id=key,
-            stream_version=self.versions[key],
-            actor=Actor(type="person", id="monitor-chen", unit_id="school-a"),
-            unit_id="school-a",
-            occurred_at=T0,
+        super().__init__(
+            T0, Actor(type="person", id="monitor-chen", unit_id="school-a"), unit_id="school-a"
         )
 
     def report(self, incident_id: str, tier: MediaTier, views: int = 0) -> Envelope:
@@ -281,7 +262,7 @@ async def test_a_tier_4_grade_opens_the_sections_duty_and_tier_1_the_groups(
     up = Upstream()
     settings = on_fourtier(tmp_path)
     async with fake_service(
-        "notification", build_notification, settings=settings, clock=Clock()
+        "notification", build_notification, settings=settings, clock=Clock(T0)
     ) as notification:
         await notification.consume(
             up.opened("inc-minor"),
