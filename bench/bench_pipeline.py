@@ -209,9 +209,14 @@ class Usage:
     def by_database(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for key, n in self.commands.items():
-            db = key.rsplit(".", 1)[0]
+            db = key.rsplit(".", 1)[0].split(":", 1)[0]
             out[db] = out.get(db, 0) + n
         return dict(sorted(out.items()))
+
+    def by_collection(self, top: int = 25) -> dict[str, int]:
+        """The most used `<database>:<collection>.<command>`, most first."""
+        ranked = sorted(self.commands.items(), key=lambda kv: -kv[1])[:top]
+        return {k: n for k, n in ranked if n > 0}
 
     def by_command(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -542,6 +547,9 @@ async def sustained(
         },
         "commands_by_name_per_report": {
             k: round(v / reports, 1) for k, v in used.by_command().items()
+        },
+        "commands_by_collection_per_report": {
+            k: round(v / reports, 2) for k, v in used.by_collection().items()
         },
     }
 

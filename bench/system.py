@@ -29,7 +29,8 @@ from shared import service
 
 
 class CountingListener(CommandListener):
-    """Counts commands by database and name, as the driver sends them."""
+    """Counts commands by database, collection and name, as the driver sends them
+    (`<database>:<collection>.<command>`; the collection is empty for a database command)."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
@@ -37,8 +38,10 @@ class CountingListener(CommandListener):
         self._lock = threading.Lock()
 
     def started(self, event: CommandStartedEvent) -> None:
+        target = event.command.get(event.command_name)
+        collection = target if isinstance(target, str) else ""
         with self._lock:
-            self.counts[f"{event.database_name}.{event.command_name}"] += 1
+            self.counts[f"{event.database_name}:{collection}.{event.command_name}"] += 1
 
     def succeeded(self, event: CommandSucceededEvent) -> None:
         pass

@@ -48,7 +48,14 @@ from pymongo import ReturnDocument
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from shared.errors import StillConflicting
-from shared.events import ALL_TOPICS, DEAD_LETTER_TOPIC, Envelope, EventError, utcnow
+from shared.events import (
+    ALL_TOPICS,
+    DEAD_LETTER_TOPIC,
+    Envelope,
+    EventError,
+    consumers_of,
+    utcnow,
+)
 from shared.handlers import Delivery, Handler, HandlerMap
 from shared.metrics import (
     CONSUME_SECONDS,
@@ -66,7 +73,15 @@ from shared.signing import (
     check_signed,
     secret_problem,
 )
-from shared.store import EVENTS, INBOX, DecideAgain, EventStore, UnitOfWork
+from shared.store import (
+    EVENTS,
+    INBOX,
+    DecideAgain,
+    EventStore,
+    Placement,
+    Processed,
+    UnitOfWork,
+)
 from shared.tracing import consumer_span, parent_span_of, publish_span, traceparent_of
 
 log = structlog.get_logger("yuqing.bus")
@@ -84,6 +99,11 @@ RELAY_HEADS = "relay_heads"
 # into a broker that is not the one it read before.
 RELAY_EPOCH = "relay_epoch"
 EPOCH_HEADER = "yuqing-epoch"
+# In each service's database, per topic it sends to: what every consumer group of the
+# topic had committed, per partition, at the relay's last look at the broker, in the epoch
+# it looked in ({"_id": topic, "base": name, "epoch": n, "below": {"<partition>": offset}}).
+# After a wipe only what lies at or past it is sent again.
+RELAY_PROCESSED = "relay_processed"
 # The span that published the event (W3C trace context): its consumers' spans are children.
 TRACEPARENT_HEADER = "traceparent"
 
@@ -265,6 +285,35 @@ def lost_partitions(heads: Ends, ends: Ends) -> list[str]:
     ]
 
 
+async def processed_by_all(
+    settings: Settings, topic: str, ends: Mapping[int, int]
+) -> dict[int, int]:
+    """Per partition of `topic` (a base name; `ends` its partitions' end offsets), the
+    lowest offset committed by the consumer groups of the services that read it: below it,
+    every one of them has processed (a group with no commit there counts as 0)."""
+    name = settings.topic(topic)
+    partitions = [TopicPartition(name, p) for p in sorted(ends)]
+    below = dict.fromkeys(ends, -1)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers, **kafka_client_options(settings)
+    )
+    await admin.start()
+    try:
+        for service in consumers_of(topic):
+            found = await admin.list_consumer_group_offsets(
+                group_id(settings, service), partitions=partitions
+            )
+            for tp in partitions:
+                mark = found.get(tp)
+                offset = max(mark.offset, 0) if mark is not None else 0
+                low = below[tp.partition]
+                below[tp.partition] = offset if low < 0 else min(low, offset)
+    finally:
+        await admin.close()
+    # Never past what the broker holds (a commit from a broker that is not this one).
+    return {p: min(max(low, 0), ends[p]) for p, low in below.items()}
+
+
 class OutboxRelay:
     """Moves stored events to Kafka in store order, marking each batch once it is sent."""
 
@@ -293,6 +342,7 @@ class OutboxRelay:
         self._checked_at = float("-inf")
         self.requeued = 0  # events queued again because the broker had lost them
         self._epoch: int | None = None  # loaded with the first batch
+        self._processed: dict[str, dict[str, Any]] = {}  # what RELAY_PROCESSED holds
 
     def start(self) -> None:
         self._stopping = False
@@ -348,6 +398,7 @@ class OutboxRelay:
                     if self.active and not was_active:
                         # Another replica may have sent, and found a loss, meanwhile.
                         self._heads, self._epoch, self._check_due = None, None, True
+                        self._processed = {}
                 check_every = self.settings.outbox_check_seconds
                 if self.active and (
                     self._check_due or time.monotonic() - self._checked_at >= check_every
@@ -425,6 +476,11 @@ class OutboxRelay:
                 span.set_attribute("messaging.kafka.offset", result.offset)
             span.end()
         sent = [e for e, r in zip(events, results, strict=True) if not isinstance(r, BaseException)]
+        placed = [
+            Placement(epoch, r.partition, r.offset)
+            for r in results
+            if not isinstance(r, BaseException)
+        ]
         first: Ends = {}  # per partition, the lowest offset the broker gave this batch
         for result in results:
             if not isinstance(result, BaseException):
@@ -432,7 +488,7 @@ class OutboxRelay:
                 low = first.setdefault(result.topic, {})
                 low[result.partition] = min(low.get(result.partition, result.offset), result.offset)
         if sent:
-            await self.store.mark_published(sent)
+            await self.store.mark_published(sent, placed)
             await self._record_heads(first)
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:
@@ -483,6 +539,18 @@ class OutboxRelay:
         return self._epoch
 
     async def _requeue(self, lost: list[str]) -> int:
+        # What every consumer had processed in the broker's life that ended (its epoch, the
+        # one the relay's last look at the broker was in) is not sent again.
+        ended = await self._current_epoch()
+        processed = [
+            Processed(
+                topic=str(mark["base"]),
+                epoch=int(mark["epoch"]),
+                below={int(p): int(o) for p, o in mark.get("below", {}).items()},
+                seen_at=mark["at"],
+            )
+            async for mark in self.store.db[RELAY_PROCESSED].find({"epoch": ended})
+        ]
         # The epoch first: what is sent again tells every consumer of the topic that the
         # broker is a new one, wherever their positions point (EventConsumer._follow_epoch).
         doc = await self.store.db[RELAY_EPOCH].find_one_and_update(
@@ -492,7 +560,7 @@ class OutboxRelay:
             return_document=ReturnDocument.AFTER,
         )
         self._epoch = int(doc["value"]) if doc else 1
-        await self.store.republish_all()
+        await self.store.republish_unprocessed(processed)
         queued = await self.store.count_unpublished()
         self.requeued += queued
         log.warning(
@@ -556,9 +624,31 @@ class OutboxRelay:
                 upsert=True,
             )
         self._heads = ends
+        if not lost:
+            await self._record_processed(ends)
         self._check_due = False
         self._checked_at = time.monotonic()
         return queued
+
+    async def _record_processed(self, ends: Ends) -> None:
+        """Keep what every consumer of each topic this relay sends to had processed, in
+        this broker's life; written only when it moved (an idle relay writes nothing)."""
+        bases = {self.settings.topic(base): base for base in ALL_TOPICS}
+        epoch = await self._current_epoch()
+        for name, partitions in ends.items():
+            base = bases.get(name)
+            if base is None or not consumers_of(base) or not partitions:
+                continue
+            # The time is taken first: what is sent after it is never counted as processed.
+            seen_at = utcnow()
+            found = await processed_by_all(self.settings, base, partitions)
+            below = {str(p): o for p, o in sorted(found.items())}
+            known = self._processed.get(name)
+            if known is not None and (known["epoch"], known["below"]) == (epoch, below):
+                continue
+            mark = {"base": base, "epoch": epoch, "below": below, "at": seen_at}
+            await self.store.db[RELAY_PROCESSED].replace_one({"_id": name}, mark, upsert=True)
+            self._processed[name] = mark
 
 
 def signed_headers(event: Envelope, producer: str, keys: BusKeys) -> dict[str, str]:
@@ -590,6 +680,11 @@ def _delivering(delivery: Delivery | None) -> Iterator[None]:
         yield
     finally:
         _DELIVERY.reset(token)
+
+
+def group_id(settings: Settings, service: str) -> str:
+    """The Kafka consumer group of `service`'s consumer."""
+    return f"{settings.db_prefix}.{service}"
 
 
 def consumer_name(service: str) -> str:
@@ -662,7 +757,7 @@ class EventConsumer:
         batch = self.settings.consumer_batch_size
         subscriber = self.broker.subscriber(
             *(self.settings.topic(t) for t in topics),
-            group_id=f"{self.settings.db_prefix}.{self.service}",
+            group_id=group_id(self.settings, self.service),
             auto_offset_reset="earliest",
             session_timeout_ms=int(self.settings.kafka_session_timeout_seconds * 1000),
             ack_policy=AckPolicy.ACK,

@@ -4,7 +4,8 @@ One MongoDB change stream per process on the archive's database (every collectio
 incident views, so the one a replay builds too), fanned out to each open event stream of
 the console. A stream passes on only the incidents its caller may see (the one visibility
 policy, on the unit ids and filers the view carries), and a burst of changes as one
-message. Where the archive runs in another process, the console's stream reads the
+message. In the distributed shape the gateway routes the console's stream to the
+archive's process, which has this feed; a process without the archive reads the
 archive's list every few seconds instead (shared/console.py).
 """
 
@@ -77,7 +78,16 @@ class ChangeFeed:
             queue.put_nowait(scope)
 
     async def _run(self) -> None:
-        pipeline = [{"$match": {"operationType": {"$in": ["insert", "replace", "update"]}}}]
+        # Only the views' changes come back (the log, inbox and chains change with every
+        # event): fewer batches, so fewer round trips while the system is busy.
+        pipeline = [
+            {
+                "$match": {
+                    "operationType": {"$in": ["insert", "replace", "update"]},
+                    "ns.coll": {"$regex": f"^{_VIEWS}"},
+                }
+            }
+        ]
         resume: Any = None
         if not callable(getattr(self.db, "watch", None)):  # a test's in-memory database
             self._give_up("the database has no watch()")

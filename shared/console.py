@@ -370,13 +370,16 @@ def events_router(
 
     Where the archive runs in this process, the stream is fed by the archive database's
     change stream (`feed`): each incident view that changes is told (`event: change`, with
-    the ids) only to a caller who may see it, a burst as one message, at once. Elsewhere
-    (the distributed shape), the stream reads the archive's list of open incidents (which
-    carries each one's open duties, next deadline and last change) every `poll_seconds`
-    through the system's base URL, as the caller, and tells of a difference. A stream ends
-    after `lifetime_seconds` (or when the session does) and the browser opens the next one
-    by itself (`retry`), so the session is checked again and a stopping server is not held
-    open by its streams. `?incident=<id>` also watches that incident's view: its page hears
+    the ids) only to a caller who may see it, a burst as one message, at once. In the
+    distributed shape the gateway sends `/events/v1/` to the archive's process for that
+    (deploy/nginx.conf, k8s/base/ingress.yaml). In a process without the archive (or on a
+    database without change streams), the stream reads the archive's list of open
+    incidents (which carries each one's open duties, next deadline and last change) every
+    `poll_seconds` through the system's base URL, as the caller, and tells of a difference.
+    A stream ends after `lifetime_seconds` (or when the session does) and the browser opens
+    the next one by itself (`retry`), so the session is checked again and a stopping server
+    is not held open by its streams (the page fetches again on each new one: what changed
+    in between is not lost). `?incident=<id>` also watches that incident's view: its page hears
     of what happens to it after it left the open list (resolved, reviewed).
     """
     router = APIRouter(prefix="/events/v1", tags=["console"])

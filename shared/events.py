@@ -48,15 +48,9 @@ PLAN_ID = r"^[a-z][a-z0-9_]{0,63}$"
 
 
 class PlanId(str):
-    """A plan's id for a category or a statement kind: a plain string on the wire.
-
-    `value` is the id itself, so code written when these were enums reads the same."""
+    """A plan's id for a category or a statement kind: a plain string on the wire."""
 
     __slots__ = ()
-
-    @property
-    def value(self) -> str:
-        return str(self)
 
     @classmethod
     def __get_pydantic_core_schema__(
@@ -219,6 +213,19 @@ STATEMENT_TOPIC = "statement.events"
 ARCHIVE_TOPIC = "archive.events"
 ALL_TOPICS = (INTAKE_TOPIC, GRADING_TOPIC, NOTIFICATION_TOPIC, STATEMENT_TOPIC, ARCHIVE_TOPIC)
 DEAD_LETTER_TOPIC = "yuqing.deadletter"
+# What each service consumes, declared once: its consumer subscribes to these, and a
+# relay that finds the broker wiped asks these services' groups what they had processed.
+SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
+    "grading": (INTAKE_TOPIC, NOTIFICATION_TOPIC),
+    "notification": (INTAKE_TOPIC, GRADING_TOPIC),
+    "statement": (INTAKE_TOPIC, GRADING_TOPIC),
+    "archive": ALL_TOPICS,
+}
+
+
+def consumers_of(topic: str) -> tuple[str, ...]:
+    """The services whose consumers read `topic` (a topic's base name)."""
+    return tuple(service for service, topics in SUBSCRIPTIONS.items() if topic in topics)
 
 
 # intake ---------------------------------------------------------------------
@@ -404,6 +411,10 @@ class ObligationOpened(EventPayload):
     counted_from: AwareDatetime
     deadline: AwareDatetime
     alert_roles: tuple[str, ...] = ()  # told when the deadline passes unmet, fixed at opening
+    # The plan version whose duty table opened it (the incident's pinned version, named by
+    # its grade events): absent in duties opened before versions were recorded.
+    plan_id: str | None = None
+    plan_version: str | None = None
 
 
 class NotificationSent(EventPayload):

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import bson
 from pydantic import BaseModel, ConfigDict
+from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -130,26 +132,72 @@ class IncidentContext:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self.collection = db[INCIDENTS]
 
-    async def apply(self, event: Envelope, session: AsyncClientSession | None) -> IncidentChange:
+    async def apply(
+        self,
+        event: Envelope,
+        session: AsyncClientSession | None,
+        memo: dict[str, Any] | None = None,
+    ) -> IncidentChange:
+        """One round trip: the update returns the document as it was, and the snapshot
+        after it is the same update applied to that copy (its operators are few and plain)."""
         change = CHANGES.get(type(event.payload))
         if change is None:
             raise ValueError(f"{event.event_type} does not describe an incident")
         update = change(event, event.payload)
-        before = await self.get(event.incident_id, session=session)
         if "status" not in update.get("$set", {}):
             update["$setOnInsert"] = {"status": IncidentStatus.OPEN.value}
-        await self.collection.update_one(
-            {"_id": event.incident_id}, update, upsert=True, session=session
+        doc = await self.collection.find_one_and_update(
+            {"_id": event.incident_id},
+            update,
+            upsert=True,
+            return_document=ReturnDocument.BEFORE,
+            session=session,
         )
-        after = await self.get(event.incident_id, session=session)
-        assert after is not None
+        before = _snapshot(event.incident_id, doc) if doc is not None else None
+        # Through BSON as the server would keep it (milliseconds, the client's time zones).
+        options = self.collection.codec_options
+        stored = bson.decode(bson.encode(updated(doc, update), codec_options=options), options)
+        after = _snapshot(event.incident_id, stored)
+        if memo is not None:
+            memo[_memo_key(event.incident_id)] = after
         return IncidentChange(before=before, after=after)
 
     async def get(
-        self, incident_id: str, session: AsyncClientSession | None = None
+        self,
+        incident_id: str,
+        session: AsyncClientSession | None = None,
+        memo: dict[str, Any] | None = None,
     ) -> IncidentSnapshot | None:
+        """The snapshot; `memo` (a unit of work's) holds what this transaction applied."""
+        if memo is not None and (known := memo.get(_memo_key(incident_id))) is not None:
+            return known  # type: ignore[no-any-return]
         doc = await self.collection.find_one({"_id": incident_id}, session=session)
-        if doc is None:
-            return None
-        fields = {k: v for k, v in doc.items() if k in IncidentSnapshot.model_fields}
-        return IncidentSnapshot(**{**fields, "incident_id": incident_id})
+        found = _snapshot(incident_id, doc) if doc is not None else None
+        if memo is not None and found is not None:
+            memo[_memo_key(incident_id)] = found
+        return found
+
+
+def _memo_key(incident_id: str) -> str:
+    return f"{INCIDENTS}:{incident_id}"
+
+
+def _snapshot(incident_id: str, doc: Document) -> IncidentSnapshot:
+    fields = {k: v for k, v in doc.items() if k in IncidentSnapshot.model_fields}
+    return IncidentSnapshot(**{**fields, "incident_id": incident_id})
+
+
+def updated(doc: Document | None, update: Change) -> Document:
+    """`doc` (None: not there, so inserted) after `update`, as the server applies it: the
+    operators the changes above use, `$set`, `$setOnInsert` and `$addToSet` (with `$each`)."""
+    after: Document = dict(doc) if doc is not None else {}
+    if doc is None:
+        after.update(update.get("$setOnInsert", {}))
+    after.update(update.get("$set", {}))
+    for name, added in update.get("$addToSet", {}).items():
+        values = list(after.get(name) or [])
+        for value in added["$each"] if isinstance(added, dict) else [added]:
+            if value not in values:
+                values.append(value)
+        after[name] = values
+    return after

@@ -18,6 +18,13 @@ from shared.policy import ClockTime, Duration
 
 INCIDENT_UNIT = "incident"  # in the approval policy: the unit(s) the incident concerns
 
+# When a duty opens (`opens_on` of a duty): with the grade of its level or category (and
+# escalation, re-grading and reopening, as before), or when the incident is resolved
+# (处置结果上报, 总结评估), counted from the resolution.
+OPENS_ON_GRADE = "graded"
+OPENS_ON_RESOLUTION = "resolved"
+OPENS_ON = (OPENS_ON_GRADE, OPENS_ON_RESOLUTION)
+
 
 class SameDay(FrozenModel):
     """当日回复: due at `due` local time on the day of grading; a case graded at or after
@@ -57,6 +64,14 @@ class ObligationRule(FrozenModel):
     # opens when that duty of the incident is fulfilled, its clock counted from then, and
     # never if that duty is missed without being filed, or closed.
     after: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]*$")
+    # `resolved`: the duty opens when the incident is resolved (not dismissed), its clock
+    # counted from the resolution, and resolving does not close it; `graded` (the default)
+    # as every other duty. Checked by the policy, which names the entry.
+    opens_on: str = OPENS_ON_GRADE
+
+    @property
+    def at_closure(self) -> bool:
+        return self.opens_on == OPENS_ON_RESOLUTION
 
     @model_validator(mode="after")
     def _one_deadline(self) -> ObligationRule:
@@ -87,6 +102,39 @@ class ObligationPolicy(FrozenModel):
             if rule.kind in seen:
                 raise ValueError(f"kind {rule.kind!r} appears in {seen[rule.kind]} and {where}")
             seen[rule.kind] = where
+        return self
+
+    @model_validator(mode="after")
+    def _opens_on_known(self) -> ObligationPolicy:
+        # A duty opened at closure has no grade to wait on and no open incident to recur in:
+        # `after` and `every` belong to duties opened with the grade.
+        problems: list[str] = []
+        for place, rules in self._lists():
+            closure = {rule.kind for rule in rules if rule.opens_on == OPENS_ON_RESOLUTION}
+            for rule in rules:
+                entry = f"{place} ({rule.kind})"
+                if rule.opens_on not in OPENS_ON:
+                    problems.append(
+                        f"{entry}.opens_on: {rule.opens_on!r} is not one of "
+                        f"{', '.join(OPENS_ON)} (the default is {OPENS_ON_GRADE})"
+                    )
+                elif rule.at_closure and rule.after is not None:
+                    problems.append(
+                        f"{entry}.after: a duty that opens on {OPENS_ON_RESOLUTION} cannot wait "
+                        "on another duty (it opens when the incident is resolved)"
+                    )
+                elif rule.at_closure and rule.every is not None:
+                    problems.append(
+                        f"{entry}.every: a duty that opens on {OPENS_ON_RESOLUTION} cannot "
+                        "recur (the incident is no longer open)"
+                    )
+                if rule.after in closure:
+                    problems.append(
+                        f"{entry}.after: {rule.after!r} opens on {OPENS_ON_RESOLUTION}, when "
+                        "the incident is no longer open: nothing can open after it"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="after")
@@ -135,15 +183,22 @@ class ObligationPolicy(FrozenModel):
     def rule(self, kind: str) -> ObligationRule | None:
         return next((rule for _, rule in self._all_rules() if rule.kind == kind), None)
 
+    def closure_kinds(self) -> frozenset[str]:
+        """The kinds of the duties that open when an incident is resolved."""
+        return frozenset(rule.kind for _, rule in self._all_rules() if rule.at_closure)
+
     def dependents(self, kind: str) -> list[ObligationRule]:
         """The duties that open when a duty of this kind is fulfilled."""
         return [rule for _, rule in self._all_rules() if rule.after == kind]
 
-    def rules_for(self, level: Level | None, category: Category | None) -> list[ObligationRule]:
-        """Every duty of the level and category, those waiting on another included."""
+    def rules_for(
+        self, level: Level | None, category: Category | None, *, at_closure: bool = False
+    ) -> list[ObligationRule]:
+        """Every duty of the level and category that opens with the grade, those waiting on
+        another included; with `at_closure`, those that open when it is resolved instead."""
         by_level = list(self.levels.get(level, ())) if level is not None else []
         by_category = list(self.categories.get(category, ())) if category is not None else []
-        return by_level + by_category
+        return [rule for rule in by_level + by_category if rule.at_closure == at_closure]
 
 
 class StepRule(FrozenModel):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ValidationError
+from pydantic import BaseModel, BeforeValidator, PlainSerializer, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -39,9 +39,32 @@ def parse_clock_time(value: Any) -> time:
     return time(int(match.group(1)), int(match.group(2)))
 
 
-# How a policy file writes a duration ('30m') and a local time of day ('23:59').
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-ClockTime = Annotated[time, BeforeValidator(parse_clock_time)]
+def format_duration(value: timedelta) -> str:
+    """A duration the way a policy file writes it, in its largest whole unit: what
+    `parse_duration` reads back (a stored snapshot of a policy is read like the file)."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def format_clock_time(value: time) -> str:
+    return value.strftime("%H:%M")
+
+
+# How a policy file writes a duration ('30m') and a local time of day ('23:59'); dumped as
+# JSON they are written the same way, so a snapshot reads back as the file did.
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
+ClockTime = Annotated[
+    time,
+    BeforeValidator(parse_clock_time),
+    PlainSerializer(format_clock_time, return_type=str, when_used="json"),
+]
 
 
 def load_policy(path: Path, model: type[M]) -> M:

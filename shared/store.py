@@ -22,11 +22,11 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import pymongo
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, WriteConcern
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne, WriteConcern
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -41,7 +41,7 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
-from shared.events import Envelope, utcnow
+from shared.events import Envelope, event_types, utcnow
 from shared.metrics import EVENTS_APPENDED
 
 EVENTS = "events"
@@ -83,7 +83,32 @@ def event_to_document(event: Envelope, seq: int) -> Document:
 
 
 # What the store keeps beside the envelope: its position and the outbox's bookkeeping.
-_STORE_FIELDS = frozenset({"_id", "seq", "published", "published_at"})
+_STORE_FIELDS = frozenset({"_id", "seq", "published", "published_at", "placed"})
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What every consumer group of `topic` (a base name) had committed per partition, in
+    the broker's life `epoch`: each offset below `below[partition]` was processed by all."""
+
+    topic: str
+    epoch: int
+    below: dict[int, int]
+    seen_at: datetime  # when the groups were asked: what was sent after it goes again
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the broker put a sent event: the relay's epoch (the broker's life it was sent
+    in), the partition and the offset. Kept with the event, so that after a wipe only what
+    some consumer had not yet processed is sent again."""
+
+    epoch: int
+    partition: int
+    offset: int
+
+    def as_document(self) -> Document:
+        return {"epoch": self.epoch, "partition": self.partition, "offset": self.offset}
 
 
 def document_to_event(doc: Document) -> Envelope:
@@ -98,6 +123,9 @@ class UnitOfWork:
     db: AsyncDatabase[Document]
     session: AsyncClientSession | None
     appended: list[Envelope] = field(default_factory=list)
+    # Read models this transaction wrote, as it wrote them, by key: a later read in the same
+    # transaction takes them from here instead of asking the server again.
+    memo: dict[str, Any] = field(default_factory=dict)
 
     async def load(self, stream_id: str) -> list[Envelope]:
         cursor = self.db[EVENTS].find(
@@ -339,11 +367,31 @@ class EventStore:
         """The outbox's true backlog (the relay only ever sees one batch of it)."""
         return await self.db[EVENTS].count_documents({"published": False})
 
-    async def mark_published(self, events: Sequence[Envelope]) -> None:
-        ids = [str(e.event_id) for e in events]
-        await self.db[EVENTS].update_many(
-            {"_id": {"$in": ids}}, {"$set": {"published": True, "published_at": utcnow()}}
-        )
+    async def mark_published(
+        self, events: Sequence[Envelope], placed: Sequence[Placement | None] | None = None
+    ) -> None:
+        """Mark `events` sent, each with where the broker put it (`placed`, in order)."""
+        now = utcnow()
+        if placed is None:
+            ids = [str(e.event_id) for e in events]
+            await self.db[EVENTS].update_many(
+                {"_id": {"$in": ids}}, {"$set": {"published": True, "published_at": now}}
+            )
+            return
+        changes: list[Any] = [
+            UpdateOne(
+                {"_id": str(event.event_id)},
+                {
+                    "$set": {
+                        "published": True,
+                        "published_at": now,
+                        "placed": where.as_document() if where else None,
+                    }
+                },
+            )
+            for event, where in zip(events, placed, strict=True)
+        ]
+        await self.db[EVENTS].bulk_write(changes, ordered=False)
 
     async def hold_lease(self, name: str, owner: str, ttl: timedelta) -> bool:
         """Take or renew the lease `name` for `owner`; False while another owner holds it.
@@ -370,6 +418,33 @@ class EventStore:
     async def republish_all(self) -> None:
         """Queue every stored event for the relay again (a broker that lost its topics)."""
         await self.db[EVENTS].update_many({"published": True}, {"$set": {"published": False}})
+
+    async def republish_unprocessed(self, processed: Sequence[Processed]) -> None:
+        """Queue again every sent event except those every consumer of its topic had
+        processed (an offset below all their groups' committed offsets, in the broker's
+        life it was sent in); an event sent before placements were kept goes again."""
+        topic_types: dict[str, list[str]] = {}
+        for name, cls in event_types().items():
+            topic_types.setdefault(cls.TOPIC, []).append(name)
+        handled = [
+            {
+                "event_type": {"$in": topic_types[mark.topic]},
+                "placed.epoch": mark.epoch,
+                "placed.partition": partition,
+                "placed.offset": {"$lt": below},
+                "published_at": {"$lt": mark.seen_at},
+            }
+            for mark in processed
+            if mark.topic in topic_types
+            for partition, below in mark.below.items()
+            if below > 0
+        ]
+        if not handled:
+            await self.republish_all()
+            return
+        await self.db[EVENTS].update_many(
+            {"published": True, "$nor": handled}, {"$set": {"published": False}}
+        )
 
     async def ping(self) -> None:
         await self.db.command("ping")

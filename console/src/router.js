@@ -5,7 +5,8 @@ import Incident from './views/Incident.vue'
 import Ack from './views/Ack.vue'
 import Inbox from './views/Inbox.vue'
 import File from './views/File.vue'
-import Cases from './views/Cases.vue'
+// The case library draws its charts with ECharts: loaded with the page, not before.
+const Cases = () => import('./views/Cases.vue')
 import { session, loadSession } from './session.js'
 
 export const router = createRouter({

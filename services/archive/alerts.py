@@ -2,11 +2,11 @@
 (超时未报), newest first, each with its incident, the level change, when and why.
 
 `GET /archive/v1/alerts` reads them from the incident views the archive already holds
-(each view's grade history and obligations): the views of every open incident and of
-every incident opened since `since`, as the caller may see them (`shared.visibility`, the
-bureau's records: a partner's client gets an empty list). An incident opened before
-`since` and closed since then is not looked at: the list is about what is still being
-handled.
+(each view's grade history and obligations): the views of every incident the archive's
+log has an event of since `since` (an escalation or a miss is itself such an event, so an
+incident opened long before and escalated, missed or closed since is found), as the caller
+may see them (`shared.visibility`, the bureau's records: a partner's client gets an empty
+list). An escalation of an incident closed since is still listed: it happened.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from services.archive.domain import IncidentView
-from services.archive.projections import ArchiveViews
+from services.archive.projections import LOG, ArchiveViews
 from shared.auth import CurrentCaller
 from shared.errors import Invalid
 from shared.events import FiredRule, IncidentStatus, Level
@@ -114,6 +114,19 @@ def alerts_of(view: IncidentView, since: datetime) -> list[Alert]:
     return found
 
 
+async def incidents_touched_since(views: ArchiveViews, start: datetime) -> list[str]:
+    """The incidents the log holds an event of that occurred at or after `start` (the
+    log's `occurred_at` index): every escalation and miss since then is one of those
+    events, whatever the incident's status or opening time."""
+    found: dict[str, None] = {}
+    cursor = views.db[LOG].find(
+        {"occurred_at": {"$gte": start}}, {"incident_id": 1, "_id": 0}, batch_size=1000
+    )
+    async for doc in cursor:
+        found[str(doc["incident_id"])] = None
+    return list(found)
+
+
 def register_alerts(
     router: APIRouter,
     views: ArchiveViews,
@@ -144,16 +157,11 @@ def register_alerts(
             raise Invalid("since", "at most 31 days back", "alerts_window")
         # The duties and the reasons are the bureau's records: a partner's filter is empty.
         scope = visibility.scope_filter(caller, at_least=Sight.FULL)
-        queries: list[list[Document]] = [
-            [{"status": IncidentStatus.OPEN.value}, scope],
-            [{"sort_at": {"$gte": start}}, scope],
-        ]
-        seen: set[str] = set()
+        touched = await incidents_touched_since(views, start)
         found: list[Alert] = []
-        for conditions in queries:
+        if touched:
+            conditions: list[Document] = [{"_id": {"$in": touched}}, scope]
             async for view in views.scan_views([c for c in conditions if c]):
-                if view.incident_id not in seen:
-                    seen.add(view.incident_id)
-                    found.extend(alerts_of(view, start))
+                found.extend(alerts_of(view, start))
         found.sort(key=lambda a: (a.at, a.incident_id), reverse=True)
         return Alerts(since=start, items=found[:limit], more=len(found) > limit)

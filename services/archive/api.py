@@ -486,9 +486,12 @@ def build_router(
         accept: Annotated[str, Header()] = "",
     ) -> Response:
         case = (await visible_case(caller, case_id)).case
+        stored = await views.incident(case.incident_id)  # its first reports, for the list
+        reports = stored.view.reports if stored is not None else []
         if format == "html" or (format is None and "text/html" in accept):
-            return HTMLResponse(report.html(case))
-        return PlainTextResponse(report.markdown(case), media_type="text/markdown; charset=utf-8")
+            return HTMLResponse(report.html(case, reports))
+        markdown = report.markdown(case, reports)
+        return PlainTextResponse(markdown, media_type="text/markdown; charset=utf-8")
 
     @router.get(
         "/accountability",

@@ -24,10 +24,12 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from fastapi import APIRouter
 from prometheus_client import Counter
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from services.archive.projections import LOG, ArchiveViews
+from shared.auth import CurrentCaller
 from shared.bus import (
     EPOCH_HEADER,
     bus_keys,
@@ -36,10 +38,12 @@ from shared.bus import (
     kafka_client_options,
 )
 from shared.clock import Clock
+from shared.errors import Forbidden
 from shared.events import ALL_TOPICS, Envelope, EventError
 from shared.handlers import Delivery
+from shared.identity import Role
 from shared.settings import Settings
-from shared.store import EventStore, UnitOfWork
+from shared.store import Document, EventStore, UnitOfWork
 
 log = structlog.get_logger("yuqing.archive.audit")
 
@@ -109,6 +113,7 @@ class Audit:
         await self.store.db[AUDIT].update_one(
             {"_id": "marks"},
             {
+                "$inc": {"healed_total": len(report.healed)},
                 "$set": {
                     "topics": marks,
                     "stops": committed,
@@ -120,7 +125,7 @@ class Audit:
                         "healed": report.healed[-50:],
                         "restarted": report.restarted,
                     },
-                }
+                },
             },
             upsert=True,
         )
@@ -252,3 +257,42 @@ class Audit:
         for event, _, topic in await self.store.transaction(work):
             HEALED.labels(topic).inc()
             report.healed.append(f"{event.event_type} {event.event_id}")
+
+
+class AuditPassOut(BaseModel):
+    started_at: datetime
+    finished_at: datetime
+    read: int = Field(description="records read on the topics in this pass")
+    healed: list[str] = Field(description="the events it recorded (the last 50): type and id")
+    restarted: list[str] = Field(description="topics read again from the start (a wipe)")
+
+
+class AuditState(BaseModel):
+    """What the archive's audit has checked and found."""
+
+    interval_seconds: float
+    last: AuditPassOut | None = Field(description="the last pass; none before the first")
+    healed_total: int = Field(description="events recorded by the audit since the archive began")
+    checked_up_to: dict[str, dict[str, int]] = Field(
+        description="per topic and partition, the offset the audit has checked up to"
+    )
+
+
+def register_audit(router: APIRouter, db: Any, interval_seconds: float) -> None:
+    @router.get(
+        "/audit",
+        response_model=AuditState,
+        summary="What the audit of the log against the topics checked and healed (admin, analyst)",
+    )
+    async def audit_state(caller: CurrentCaller) -> AuditState:
+        caller.require(Role.ADMIN, Role.ANALYST)
+        if caller.is_partner:
+            raise Forbidden("a partner's client may not read the archive's audit")
+        doc: Document = await db[AUDIT].find_one({"_id": "marks"}) or {}
+        last = doc.get("last")
+        return AuditState(
+            interval_seconds=interval_seconds,
+            last=AuditPassOut.model_validate(last) if last else None,
+            healed_total=int(doc.get("healed_total", 0)),
+            checked_up_to=doc.get("topics", {}),
+        )

@@ -13,13 +13,13 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from services.archive.api import ArchiveLimits, build_router
-from services.archive.audit import Audit
+from services.archive.audit import Audit, register_audit
 from services.archive.domain.review import ReviewLog, evolve, review_stream
 from services.archive.handlers import Recorder, ReviewCommands
 from services.archive.projections import ArchiveViews
 from services.archive.report import CaseReport
 from shared.bus import bus_keys
-from shared.events import ALL_TOPICS, event_types
+from shared.events import SUBSCRIPTIONS, event_types
 from shared.handlers import HandlerMap
 from shared.repository import Repository
 from shared.service import Dependencies, ServiceParts
@@ -44,7 +44,13 @@ def build(deps: Dependencies) -> ArchiveParts:
         deps.command_runner(),
         deps.clock,
     )
-    report = CaseReport(settings.archive_report_template, deps.directory, deps.catalogue, tz)
+    report = CaseReport(
+        settings.archive_report_template,
+        deps.directory,
+        deps.catalogue,
+        tz,
+        base_url=settings.base_url,
+    )
     recorder = Recorder(views)
     handlers = (
         HandlerMap()
@@ -66,6 +72,7 @@ def build(deps: Dependencies) -> ArchiveParts:
             export_max_window=timedelta(days=settings.export_max_window_days),
         ),
     )
+    register_audit(router, deps.store.db, settings.archive_audit_seconds)
     return ArchiveParts(
         name="archive",
         prefix="/archive/v1",
@@ -79,7 +86,7 @@ def build(deps: Dependencies) -> ArchiveParts:
         store=deps.store,
         router=router,
         handlers=handlers,
-        consumes=ALL_TOPICS,
+        consumes=SUBSCRIPTIONS["archive"],
         setup=[views.ensure_indexes, views.mark_signing_start, views.abandon_interrupted_replays],
         background=[Audit(views, deps.store, settings, deps.clock).loop],
         views=views,

@@ -5,7 +5,11 @@
 text), newest first, one row per case with Chinese column headers and names: the CSV in
 UTF-8 with a byte-order mark (so that Excel reads the Chinese), the workbook with
 openpyxl. `GET /archive/v1/cases/counts` counts the same cases by category, by level and
-by month of opening, for the console's charts.
+by month of opening, for the console's charts, with the charts of the assessment: cases
+per day of opening by level, each unit's obligations met on time (按时率: on time of those
+met on time, late or missed) and the time to the first report (首报用时: from when the
+incident's first duty was counted to the first duty met), per unit as a median and for all
+cases as a distribution.
 
 Who sees what is the one visibility policy, as for the search: the caller's unit and those
 below it (admin and analyst: every unit); the case library is the bureau's record, so a
@@ -21,9 +25,10 @@ import asyncio
 import csv
 import io
 import re
+import statistics
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import datetime, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Annotated, Literal, Protocol
 from urllib.parse import quote
 
@@ -35,7 +40,7 @@ from openpyxl.styles import Font
 from openpyxl.utils import get_column_letter
 from pydantic import BaseModel
 
-from services.archive.domain.cases import CaseRecord
+from services.archive.domain.cases import CaseFigures, CaseRecord
 from services.archive.projections import ArchiveViews
 from shared.auth import CurrentCaller
 from shared.catalogue import Catalogue
@@ -113,11 +118,67 @@ class Count(BaseModel):
     count: int
 
 
+class DayCount(BaseModel):
+    day: str  # YYYY-MM-DD, the bureau's day of opening
+    total: int
+    by_level: dict[str, int]  # the level's id (as `by_level`'s keys) -> cases opened that day
+
+
+class UnitFigures(BaseModel):
+    unit_id: str
+    name: str
+    cases: int  # cases concerning the unit (a case of two units counts for both)
+    obligations: int  # duties met on time, late or missed (closed and open ones left out)
+    on_time: int
+    late: int
+    missed: int
+    on_time_rate: float | None  # on_time / obligations, 0..1; None without any
+    median_first_report_minutes: float | None  # of its cases with a first report met
+
+
+class Bucket(BaseModel):
+    key: str
+    name: str  # as staff read it: "15 分钟内", "未报送"
+    count: int
+
+
 class CaseCounts(BaseModel):
     total: int
     by_category: list[Count]  # in the catalogue's order; those without a case left out
     by_level: list[Count]  # 一级 first
     by_month: list[Count]  # by month of opening (the bureau's time zone), oldest first
+    # Every day from the first case's opening to the last one's, those without a case too
+    # (a period longer than a year: only the days with a case).
+    by_day: list[DayCount] = []
+    by_unit: list[UnitFigures] = []  # by on-time rate, lowest first (then by name)
+    first_report: list[Bucket] = []  # the distribution of 首报用时, every bucket
+    median_first_report_minutes: float | None = None
+
+
+# 首报用时 buckets: (upper bound in minutes, key, name); the last has no bound.
+FIRST_REPORT_BUCKETS: tuple[tuple[float | None, str, str], ...] = (
+    (15, "15", "15 分钟内"),
+    (30, "30", "15–30 分钟"),
+    (60, "60", "30–60 分钟"),
+    (120, "120", "1–2 小时"),
+    (None, "more", "2 小时以上"),
+)
+DENSE_DAYS = 366
+NOT_REPORTED = Bucket(key="none", name="未报送", count=0)
+MET = ("on_time", "late", "missed")
+
+
+def first_report_minutes(figures: CaseFigures) -> float | None:
+    """From when the case's first duty was counted to the first duty met, in minutes."""
+    met = [o.fulfilled_at for o in figures.obligations if o.fulfilled_at is not None]
+    if not met:
+        return None
+    counted = min(o.counted_from for o in figures.obligations)
+    return round(max(0.0, (min(met) - counted).total_seconds()) / 60, 1)
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
 
 
 def _minutes(seconds: float | None) -> float | None:
@@ -226,12 +287,87 @@ class CaseTable:
         ]
         if by_level[None]:
             levels.append(Count(key="", name=self.catalogue.level_name(None), count=by_level[None]))
+        firsts = [first_report_minutes(c.figures) for c in cases]
         return CaseCounts(
             total=len(cases),
             by_category=categories,
             by_level=levels,
             by_month=[Count(key=m, name=m, count=n) for m, n in sorted(by_month.items())],
+            by_day=self.by_day(cases),
+            by_unit=self.by_unit(cases),
+            first_report=_buckets(firsts),
+            median_first_report_minutes=_median([m for m in firsts if m is not None]),
         )
+
+    def by_day(self, cases: Sequence[CaseRecord]) -> list[DayCount]:
+        days: dict[date, Counter[str]] = {}
+        for case in cases:
+            moment = self.local(case.opened_at or case.archived_at)
+            if moment is not None:
+                level = str(int(case.level)) if case.level is not None else ""
+                days.setdefault(moment.date(), Counter())[level] += 1
+        if not days:
+            return []
+        first, last = min(days), max(days)
+        span = (last - first).days + 1
+        # A year or less: every day, those without a case too; a longer period: its days
+        # with a case only (a bar per day of several years reads as nothing).
+        every = (
+            [first + timedelta(days=n) for n in range(span)] if span <= DENSE_DAYS else sorted(days)
+        )
+        found = []
+        for day in every:
+            counted = days.get(day, Counter())
+            found.append(
+                DayCount(day=day.isoformat(), total=sum(counted.values()), by_level=dict(counted))
+            )
+        return found
+
+    def by_unit(self, cases: Sequence[CaseRecord]) -> list[UnitFigures]:
+        outcomes: dict[str, Counter[str]] = {}
+        case_count: Counter[str] = Counter()
+        firsts: dict[str, list[float]] = {}
+        for case in cases:
+            counted: Counter[str] = Counter(str(o.outcome) for o in case.figures.obligations)
+            first = first_report_minutes(case.figures)
+            for unit in dict.fromkeys(case.unit_ids):
+                case_count[unit] += 1
+                outcomes.setdefault(unit, Counter()).update(counted)
+                if first is not None:
+                    firsts.setdefault(unit, []).append(first)
+        rows = []
+        for unit, tally in outcomes.items():
+            met = sum(tally[k] for k in MET)
+            rows.append(
+                UnitFigures(
+                    unit_id=unit,
+                    name=self.directory.unit_name(unit),
+                    cases=case_count[unit],
+                    obligations=met,
+                    on_time=tally["on_time"],
+                    late=tally["late"],
+                    missed=tally["missed"],
+                    on_time_rate=round(tally["on_time"] / met, 4) if met else None,
+                    median_first_report_minutes=_median(firsts.get(unit, [])),
+                )
+            )
+        # The units that need a look first; those without a duty last.
+        rows.sort(key=lambda r: (r.on_time_rate is None, r.on_time_rate or 0.0, r.name))
+        return rows
+
+
+def _buckets(minutes: Sequence[float | None]) -> list[Bucket]:
+    found = [Bucket(key=key, name=name, count=0) for _, key, name in FIRST_REPORT_BUCKETS]
+    unreported = NOT_REPORTED.model_copy()
+    for value in minutes:
+        if value is None:
+            unreported.count += 1
+            continue
+        for bucket, (bound, _, _) in zip(found, FIRST_REPORT_BUCKETS, strict=True):
+            if bound is None or value <= bound:
+                bucket.count += 1
+                break
+    return [*found, unreported]
 
 
 def _csv_cell(cell: Cell) -> str | int | float:

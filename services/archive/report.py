@@ -1,14 +1,20 @@
 """The review of a case as a document in Chinese: Markdown from a Jinja2 template that a
 deployment may replace, and HTML rendered from that Markdown. Every name it prints (level,
 category, role, statement kind and state) comes from the catalogue.
+
+The reports of the incident are listed too, oldest first, at most `reports_shown` of them:
+an incident with more says "共 N 条舆情，显示前 M 条" and links to its page in the console,
+which reads them all by page; never a list cut without saying so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from html import escape
 from pathlib import Path
+from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markdown_it import MarkdownIt
@@ -17,6 +23,7 @@ from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 
 from services.archive.domain.cases import CaseRecord, ObligationFigure, Outcome
+from services.archive.domain.views import ReportView
 from shared.catalogue import Catalogue
 from shared.directory import Directory
 from shared.events import StatementState
@@ -31,6 +38,31 @@ OUTCOME_LABEL: dict[Outcome, str] = {
     "open": "未完成",
 }
 OVERDUE_LABEL = "未完成（已过截止时间）"
+# The most reports one review document lists; the rest are on the incident's page.
+REPORTS_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class ReportList:
+    """The reports a review document lists: the first `shown` of `total`, oldest first."""
+
+    shown: list[ReportView]
+    total: int
+    incident_url: str  # the incident's page in the console, where every report is read
+
+    @property
+    def cut(self) -> bool:
+        return self.total > len(self.shown)
+
+
+def _href(url: str) -> str:
+    """A URL as a Markdown link target: what would end or break the link escaped."""
+    return quote(url, safe=":/?#[]@!$&'*+,;=%~-._")
+
+
+def _link_text(text: str) -> str:
+    """Text as a Markdown link's words: one line, its markup characters escaped."""
+    return " ".join(str(text).split()).translate({ord(c): "\\" + c for c in "\\[]|*_`<>"})
 
 
 def duration_zh(seconds: float | None) -> str:
@@ -58,7 +90,14 @@ class CaseReport:
     the start)."""
 
     def __init__(
-        self, template: Path, directory: Directory, catalogue: Catalogue, tz: tzinfo
+        self,
+        template: Path,
+        directory: Directory,
+        catalogue: Catalogue,
+        tz: tzinfo,
+        *,
+        base_url: str = "",
+        reports_shown: int = REPORTS_SHOWN,
     ) -> None:
         environment = Environment(
             loader=FileSystemLoader(template.parent),
@@ -71,6 +110,8 @@ class CaseReport:
         self._directory = directory
         self._catalogue = catalogue
         self._tz = tz
+        self._base_url = base_url.rstrip("/")
+        self._reports_shown = reports_shown
         # Raw HTML in the review's free text must not reach the page as markup, and the
         # page loads nothing from elsewhere: an image is shown as a link to it.
         self._markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
@@ -83,10 +124,27 @@ class CaseReport:
     def _units(self, unit_ids: list[str]) -> str:
         return "、".join(self._directory.unit_name(u) for u in unit_ids)
 
-    def markdown(self, case: CaseRecord) -> str:
+    def _source(self, report: ReportView) -> str:
+        tier = self._catalogue.media_tiers.get(report.media_tier, str(report.media_tier))
+        return f"{report.source_name}（{tier}）"
+
+    def report_list(self, case: CaseRecord, reports: Sequence[ReportView]) -> ReportList:
+        """The first reports of the incident (those its view holds), oldest first."""
+        ordered = sorted(reports, key=lambda r: (r.received_at, r.report_id))
+        return ReportList(
+            shown=ordered[: self._reports_shown],
+            total=max(case.figures.report_count, len(ordered)),
+            incident_url=f"{self._base_url}/incidents/{quote(case.incident_id, safe='')}",
+        )
+
+    def markdown(self, case: CaseRecord, reports: Sequence[ReportView] = ()) -> str:
         names = self._catalogue
         return self._template.render(
             case=case,
+            reports=self.report_list(case, reports),
+            href=_href,
+            link_text=_link_text,
+            source=self._source,
             when=self._when,
             duration=duration_zh,
             units=self._units,
@@ -99,8 +157,8 @@ class CaseReport:
             cell=lambda text: " ".join(str(text).split()).replace("|", "\\|"),
         )
 
-    def html(self, case: CaseRecord) -> str:
-        body = self._markdown.render(self.markdown(case))
+    def html(self, case: CaseRecord, reports: Sequence[ReportView] = ()) -> str:
+        body = self._markdown.render(self.markdown(case, reports))
         title = f"总结评估报告 {case.case_id}"
         return (
             '<!doctype html>\n<html lang="zh-CN"><head><meta charset="utf-8">'

@@ -66,6 +66,11 @@ class DutyOut(BaseModel):
     after: str | None = Field(
         default=None, description="the duty it waits on: it opens when that one is met"
     )
+    opens_on: str = Field(
+        default="graded",
+        description="'graded': opens with the grade; 'resolved': opens when the incident is "
+        "resolved, its deadline counted from the resolution",
+    )
 
 
 class ChainStepOut(BaseModel):
@@ -202,6 +207,7 @@ def plan_view(plan: Plan, rulebook: Rulebook) -> PlanOut:
             deadline=_deadline_text(rule),
             every=f"{every}h" if every is not None else None,
             after=rule.after,
+            opens_on=rule.opens_on,
         )
 
     manifest = plan.manifest

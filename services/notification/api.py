@@ -51,6 +51,10 @@ class ObligationView(BaseModel):
     reference: str | None
     late: bool
     closed_reason: str | None
+    plan_id: str | None = Field(default=None, description="the plan whose duty table opened it")
+    plan_version: str | None = Field(
+        default=None, description="that plan's version (the incident's, from its grade)"
+    )
 
 
 class ObligationList(BaseModel):

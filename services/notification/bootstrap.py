@@ -25,10 +25,10 @@ from services.notification.domain import (
     stream_id,
 )
 from services.notification.handlers import ObligationWorkflow
+from services.notification.plan_versions import DutyTable, DutyVersions, duties_of
 from services.notification.projections import NotificationProjections
 from shared.events import (
-    GRADING_TOPIC,
-    INTAKE_TOPIC,
+    SUBSCRIPTIONS,
     Actor,
     GradeOverridden,
     IncidentDismissed,
@@ -60,6 +60,7 @@ BATCH = 100
 class NotificationParts(ServiceParts):
     policy: NotificationPolicy
     projections: NotificationProjections
+    versions: DutyVersions
     workflow: ObligationWorkflow
     dispatcher: Dispatcher
     templates: Templates
@@ -111,10 +112,17 @@ def build(deps: Dependencies) -> NotificationParts:
     obligations = Repository(
         stream_id, Ledger.evolve, [projections.on_obligation_event, dispatcher.on_recorded]
     )
+    # The duty table of the version in force, stored at start beside those of the versions
+    # before it: each incident's duties open from the version its grade events name.
+    versions = DutyVersions(store.db, DutyTable(plan.id, plan.version, duties_of(policy)))
+
+    async def record_version() -> None:
+        await versions.record_current(deps.clock())
+
     workflow = ObligationWorkflow(
         obligations=obligations,
         projections=projections,
-        policy=policy,
+        versions=versions,
         tz=tz,
         run=run,
         catalogue=deps.catalogue,
@@ -177,12 +185,13 @@ def build(deps: Dependencies) -> NotificationParts:
         store=store,
         router=build_router(workflow, projections, dispatcher, deps.visibility, deps.clock),
         handlers=handlers,
-        consumes=(INTAKE_TOPIC, GRADING_TOPIC),
-        setup=[projections.ensure_indexes, dispatcher.ensure_indexes],
+        consumes=SUBSCRIPTIONS["notification"],
+        setup=[projections.ensure_indexes, dispatcher.ensure_indexes, record_version],
         background=[watch_deadlines, deliver],
         gauges=[owed_duties],
         policy=policy,
         projections=projections,
+        versions=versions,
         workflow=workflow,
         dispatcher=dispatcher,
         templates=templates,

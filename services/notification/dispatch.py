@@ -158,7 +158,9 @@ class Dispatcher:
         # The obligations row was written by the projector that runs before this one.
         obligation = await self.projections.obligation(obligation_id, session=uow.session)
         assert obligation is not None, f"obligation {obligation_id} is not projected"
-        incident = await self.projections.incidents.get(event.incident_id, session=uow.session)
+        incident = await self.projections.incidents.get(
+            event.incident_id, session=uow.session, memo=uow.memo
+        )
         incident = incident or IncidentSnapshot(incident_id=event.incident_id)
         page: Document = {
             "_id": str(event.event_id),

@@ -14,7 +14,7 @@ payloads that record it (the caller saves them) or raises a domain error with it
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -89,6 +89,17 @@ class NotDelivered(Conflict):
 # grading's what-if read the same duties).
 
 
+@dataclass(frozen=True)
+class PlanStamp:
+    """The plan version whose duty table a decision used, recorded on each duty it opens."""
+
+    plan_id: str | None = None
+    plan_version: str | None = None
+
+
+UNSTAMPED = PlanStamp()
+
+
 # --------------------------------------------------------------------------- obligations
 
 
@@ -123,6 +134,12 @@ class Obligation:
     reference: str | None = None
     late: bool = False
     closed_reason: str | None = None
+    plan_id: str | None = None
+    plan_version: str | None = None
+
+    @property
+    def stamp(self) -> PlanStamp:
+        return PlanStamp(self.plan_id, self.plan_version)
 
     def may_be_filed_by(self, roles: Iterable[Role]) -> bool:
         """Its owner role, the leading group or an admin files a duty."""
@@ -143,6 +160,8 @@ def _opened(_: Obligation | None, event: Envelope, p: ObligationOpened) -> Oblig
         deadline=p.deadline,
         opened_event_id=event.event_id,
         correlation_id=event.correlation_id,
+        plan_id=p.plan_id,
+        plan_version=p.plan_version,
     )
 
 
@@ -226,6 +245,7 @@ class Ledger:
         graded_at: datetime,
         tz: ZoneInfo,
         include_level_duties: bool,
+        stamp: PlanStamp = UNSTAMPED,
     ) -> list[ObligationOpened]:
         """Open the duties a grading creates that are not already owed or met.
 
@@ -234,7 +254,7 @@ class Ledger:
         duty that waits on another (`after`) opens when that one is fulfilled, not here.
         """
         rules = policy.rules_for(level if include_level_duties else None, category)
-        return _open(policy, rules, level, graded_at, tz, skip=self.live_kinds())
+        return _open(policy, rules, level, graded_at, tz, skip=self.live_kinds(), stamp=stamp)
 
     def open_for_reopen(
         self,
@@ -244,6 +264,7 @@ class Ledger:
         category: Category | None,
         reopened_at: datetime,
         tz: ZoneInfo,
+        stamp: PlanStamp = UNSTAMPED,
     ) -> list[ObligationOpened]:
         """A reopened incident owes its level's and category's duties afresh, counted from
         the reopening: resolving closed what was pending, and a report met before then says
@@ -253,9 +274,41 @@ class Ledger:
         """
         if level is None:
             return []
-        owed = {o.kind for o in self.obligations.values() if o.state in OWED_STATES}
         rules = policy.rules_for(level, category)
-        return _open(policy, rules, level, reopened_at, tz, skip=owed)
+        return _open(policy, rules, level, reopened_at, tz, skip=self._owed_kinds(), stamp=stamp)
+
+    def open_at_closure(
+        self,
+        policy: ObligationPolicy,
+        *,
+        level: Level | None,
+        category: Category | None,
+        resolved_at: datetime,
+        tz: ZoneInfo,
+        stamp: PlanStamp = UNSTAMPED,
+    ) -> list[ObligationOpened]:
+        """The duties of the level and category that open when the incident is resolved
+        (`opens_on: resolved`: 处置结果上报, 总结评估), counted from the resolution. One
+        still owed from an earlier resolution is not opened twice; an incident never graded
+        owes nothing."""
+        if level is None:
+            return []
+        rules = policy.rules_for(level, category, at_closure=True)
+        return _open(policy, rules, level, resolved_at, tz, skip=self._owed_kinds(), stamp=stamp)
+
+    def close_at_reopen(self, policy: ObligationPolicy, reason: str) -> list[ObligationClosed]:
+        """Reopening ends the duties its resolution opened that are still open: the matter
+        is not over, and the next resolution owes them afresh."""
+        return [
+            ObligationClosed(obligation_id=o.obligation_id, reason=reason)
+            for o in self.obligations.values()
+            if o.state is ObligationState.OPEN
+            and (rule := policy.rule(o.kind)) is not None
+            and rule.at_closure
+        ]
+
+    def _owed_kinds(self) -> set[str]:
+        return {o.kind for o in self.obligations.values() if o.state in OWED_STATES}
 
     def open_after(
         self, obligation_id: str, policy: ObligationPolicy, tz: ZoneInfo
@@ -267,7 +320,7 @@ class Ledger:
         if done.state is not ObligationState.FULFILLED or done.fulfilled_at is None:
             return []
         return [
-            _opening(policy, rule, done.level, done.fulfilled_at, tz)
+            _opening(policy, rule, done.level, done.fulfilled_at, tz, done.stamp)
             for rule in policy.dependents(done.kind)
             if not self._holds(rule.kind, since=done.counted_from)
         ]
@@ -280,12 +333,13 @@ class Ledger:
             for o in self.obligations.values()
         )
 
-    def close_owed(self, reason: str) -> list[ObligationClosed]:
-        """Resolving or dismissing ends what is still pending; missed duties stay missed."""
+    def close_owed(self, reason: str, *, keep: Collection[str] = ()) -> list[ObligationClosed]:
+        """Resolving or dismissing ends what is still pending but the kinds kept (those owed
+        at closure, which resolving does not end); missed duties stay missed."""
         return [
             ObligationClosed(obligation_id=o.obligation_id, reason=reason)
             for o in self.obligations.values()
-            if o.state is ObligationState.OPEN
+            if o.state is ObligationState.OPEN and o.kind not in keep
         ]
 
     def fulfil(
@@ -353,6 +407,8 @@ class Ledger:
             counted_from=obligation.deadline,
             deadline=obligation.deadline + rule.every,
             alert_roles=obligation.alert_roles,
+            plan_id=obligation.plan_id,
+            plan_version=obligation.plan_version,
         )
 
     def missed_by(self, obligation_id: str, now: datetime) -> DeadlineMissed | None:
@@ -379,11 +435,12 @@ def _open(
     tz: ZoneInfo,
     *,
     skip: set[str],
+    stamp: PlanStamp,
 ) -> list[ObligationOpened]:
-    """The duties a grading or reopening opens: all but those skipped and those waiting on
-    another duty (they open when it is fulfilled: `Ledger.open_after`)."""
+    """The duties a grading, reopening or resolution opens: all but those skipped and those
+    waiting on another duty (they open when it is fulfilled: `Ledger.open_after`)."""
     return [
-        _opening(policy, rule, level, counted_from, tz)
+        _opening(policy, rule, level, counted_from, tz, stamp)
         for rule in rules
         if rule.kind not in skip and rule.after is None
     ]
@@ -395,6 +452,7 @@ def _opening(
     level: Level,
     counted_from: datetime,
     tz: ZoneInfo,
+    stamp: PlanStamp,
 ) -> ObligationOpened:
     return ObligationOpened(
         obligation_id=uuid.uuid4().hex,
@@ -406,6 +464,8 @@ def _opening(
         counted_from=counted_from,
         deadline=rule.deadline(counted_from, tz),
         alert_roles=tuple(r.value for r in (rule.alert_roles or policy.alert_roles)),
+        plan_id=stamp.plan_id,
+        plan_version=stamp.plan_version,
     )
 
 

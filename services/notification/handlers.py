@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from services.notification.domain import Ledger, NotObligationOwner
+from services.notification.plan_versions import DutyTable, DutyVersions
 from services.notification.projections import NotificationProjections
 from shared.catalogue import Catalogue
 from shared.errors import Invalid, StillConflicting
@@ -34,13 +35,13 @@ from shared.events import (
     IncidentOpened,
     IncidentReopened,
     IncidentResolved,
+    IncidentStatus,
     Level,
     ObligationFulfilled,
     ReportReceived,
 )
 from shared.identity import Caller, Role
 from shared.incident_context import IncidentSnapshot
-from shared.plan_rules import ObligationPolicy
 from shared.repository import Cause, CommandRunner, Repository
 from shared.store import UnitOfWork
 
@@ -55,7 +56,7 @@ class ObligationWorkflow:
         *,
         obligations: Repository[Ledger],
         projections: NotificationProjections,
-        policy: ObligationPolicy,
+        versions: DutyVersions,
         tz: ZoneInfo,
         run: CommandRunner,
         catalogue: Catalogue,
@@ -63,7 +64,9 @@ class ObligationWorkflow:
     ) -> None:
         self.obligations = obligations
         self.projections = projections
-        self.policy = policy
+        # The duty table of each plan version (plan_versions.py): an incident's duties
+        # open from the version its grade events name, not from the plan in force.
+        self.versions = versions
         self.tz = tz
         self.run = run
         self.catalogue = catalogue
@@ -79,36 +82,71 @@ class ObligationWorkflow:
 
     async def on_graded(self, event: Envelope, p: IncidentGraded, uow: UnitOfWork) -> None:
         incident = await self._learn(event, uow)
-        await self._open_for_grade(event, incident, p.level, p.category, True, uow)
+        table = await self.versions.for_grade(event.incident_id, p.plan_id, p.plan_version, uow)
+        await self._open_for_grade(event, incident, table, p.level, p.category, True, uow)
 
     async def on_regraded(
         self, event: Envelope, p: IncidentEscalated | GradeOverridden, uow: UnitOfWork
     ) -> None:
         incident = await self._learn(event, uow)
+        if isinstance(p, IncidentEscalated):
+            table = await self.versions.for_grade(event.incident_id, p.plan_id, p.plan_version, uow)
+        else:  # an override names no version: the incident's pin decides
+            table = await self.versions.pinned(event.incident_id, uow)
         upwards = p.to_level < p.from_level  # level 1 is the most severe
-        await self._open_for_grade(event, incident, p.to_level, p.category, upwards, uow)
+        await self._open_for_grade(event, incident, table, p.to_level, p.category, upwards, uow)
 
     async def on_resolved(self, event: Envelope, p: IncidentResolved, uow: UnitOfWork) -> None:
-        await self._close_owed(event, f"事件已办结：{p.reason}", uow)
+        """Resolving closes what is owed, then opens the duties owed at closure (`opens_on:
+        resolved`, 处置结果上报), counted from the resolution, from the pinned version."""
+        incident = await self._learn(event, uow)
+        ledger = await self._ledger(uow, event.incident_id)
+        await self.versions.mark_resolved(event.incident_id, event.occurred_at, uow)
+        table = await self.versions.pinned(event.incident_id, uow)
+        closure = table.duties.closure_kinds()
+        payloads: list[EventPayload] = [*ledger.close_owed(f"事件已办结：{p.reason}", keep=closure)]
+        payloads += ledger.open_at_closure(
+            table.duties,
+            level=incident.level,
+            category=incident.category,
+            resolved_at=event.occurred_at,
+            tz=self.tz,
+            stamp=table.stamp,
+        )
+        await self._react(event, incident, ledger, payloads, uow)
 
     async def on_dismissed(self, event: Envelope, p: IncidentDismissed, uow: UnitOfWork) -> None:
-        await self._close_owed(event, f"事件已排除：{p.reason}", uow)
+        # Not an incident after all: nothing is owed at closure either.
+        incident = await self._learn(event, uow)
+        ledger = await self._ledger(uow, event.incident_id)
+        closed = ledger.close_owed(f"事件已排除：{p.reason}")
+        await self._react(event, incident, ledger, closed, uow)
 
     async def on_reopened(self, event: Envelope, _: IncidentReopened, uow: UnitOfWork) -> None:
         incident = await self._learn(event, uow)
         ledger = await self._ledger(uow, event.incident_id)
+        # What its resolution opened and is still open waits for the next resolution.
+        before = await self.versions.pinned(event.incident_id, uow)
+        payloads: list[EventPayload] = [
+            *ledger.close_at_reopen(before.duties, "事件重新处置：办结后重新报送")
+        ]
+        # A reopened incident moves to the version in force, as grading moves it.
+        table = self.versions.current
+        await self.versions.pin(event.incident_id, table.plan_id, table.plan_version, uow)
+        await self.versions.mark_resolved(event.incident_id, None, uow)
         # Grading does not regrade a reopened incident, so its standing grade decides.
-        opened = ledger.open_for_reopen(
-            self.policy,
+        payloads += ledger.open_for_reopen(
+            table.duties,
             level=incident.level,
             category=incident.category,
             reopened_at=event.occurred_at,
             tz=self.tz,
+            stamp=table.stamp,
         )
-        await self._react(event, incident, ledger, opened, uow)
+        await self._react(event, incident, ledger, payloads, uow)
 
     async def _learn(self, event: Envelope, uow: UnitOfWork) -> IncidentSnapshot:
-        change = await self.projections.incidents.apply(event, uow.session)
+        change = await self.projections.incidents.apply(event, uow.session, uow.memo)
         before = change.before.unit_ids if change.before else ()
         if change.after.unit_ids != before:
             await self.projections.set_units(event.incident_id, change.after.unit_ids, uow.session)
@@ -118,28 +156,39 @@ class ObligationWorkflow:
         self,
         event: Envelope,
         incident: IncidentSnapshot,
+        table: DutyTable,
         level: Level,
         category: Category,
         upwards: bool,
         uow: UnitOfWork,
     ) -> None:
-        if incident.closed:
-            return  # a late grading of an incident already ended owes nothing
         ledger = await self._ledger(uow, event.incident_id)
+        if incident.closed:
+            # A late grading of an incident already ended owes nothing while it was open,
+            # but a resolved one owes what is due at closure, counted from its resolution.
+            resolved_at = await self.versions.resolved_at(event.incident_id, uow)
+            if incident.status is not IncidentStatus.RESOLVED or resolved_at is None:
+                return
+            late = ledger.open_at_closure(
+                table.duties,
+                level=level,
+                category=category,
+                resolved_at=resolved_at,
+                tz=self.tz,
+                stamp=table.stamp,
+            )
+            await self._react(event, incident, ledger, late, uow)
+            return
         opened = ledger.open_for_grade(
-            self.policy,
+            table.duties,
             level=level,
             category=category,
             graded_at=event.occurred_at,
             tz=self.tz,
             include_level_duties=upwards,
+            stamp=table.stamp,
         )
         await self._react(event, incident, ledger, opened, uow)
-
-    async def _close_owed(self, event: Envelope, reason: str, uow: UnitOfWork) -> None:
-        incident = await self._learn(event, uow)
-        ledger = await self._ledger(uow, event.incident_id)
-        await self._react(event, incident, ledger, ledger.close_owed(reason), uow)
 
     async def _react(
         self,
@@ -268,17 +317,19 @@ class ObligationWorkflow:
     ) -> None:
         """A duty met or missed; a recurring one opens its next round in the same change,
         and a met one the duties waiting on it (`after`), while the incident is open
-        (resolving it closes the round then owed, ending the series). What opens is the
-        service's doing, caused by the settling event."""
+        (resolving it closes the round then owed, ending the series). Both come from the
+        duty table the settled duty was opened from. What opens is the service's doing,
+        caused by the settling event."""
         incident_id = ledger.incident_id
         saved = await self.obligations.save(uow, incident_id, ledger, [settled], cause)
         assert saved is not None
         (event,) = saved.events
         after = saved.aggregate
-        next_round = after.next_round(settled.obligation_id, self.policy)
+        table = await self.versions.of_stamp(after.get(settled.obligation_id).stamp)
+        next_round = after.next_round(settled.obligation_id, table.duties)
         following: list[EventPayload] = [] if next_round is None else [next_round]
         if isinstance(settled, ObligationFulfilled):
-            following += after.open_after(settled.obligation_id, self.policy, self.tz)
+            following += after.open_after(settled.obligation_id, table.duties, self.tz)
         if not following or incident.closed:
             return
         then = Cause(
@@ -294,7 +345,9 @@ class ObligationWorkflow:
         return await self.obligations.get(uow, incident_id) or Ledger(incident_id)
 
     async def _incident(self, uow: UnitOfWork, incident_id: str) -> IncidentSnapshot:
-        found = await self.projections.incidents.get(incident_id, session=uow.session)
+        found = await self.projections.incidents.get(
+            incident_id, session=uow.session, memo=uow.memo
+        )
         return found or IncidentSnapshot(incident_id=incident_id)
 
 

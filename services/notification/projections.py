@@ -57,6 +57,8 @@ class ObligationRow(BaseModel):
     reference: str | None
     late: bool
     closed_reason: str | None
+    plan_id: str | None = None
+    plan_version: str | None = None
 
     @classmethod
     def of(cls, incident_id: str, unit_ids: tuple[str, ...], o: Obligation) -> ObligationRow:
@@ -110,7 +112,7 @@ class NotificationProjections:
         """The duty an event of the obligations stream names, as it stands after it."""
         before = await self.obligation(obligation_of(event), session=uow.session)
         after = evolve_obligation(before.obligation if before else None, event)
-        incident = await self.incidents.get(event.incident_id, session=uow.session)
+        incident = await self.incidents.get(event.incident_id, session=uow.session, memo=uow.memo)
         units = incident.unit_ids if incident else before.unit_ids if before else ()
         row = ObligationRow.of(event.incident_id, units, after)
         await self.obligations.replace_one(

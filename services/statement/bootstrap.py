@@ -20,7 +20,7 @@ from services.statement.domain import (
 )
 from services.statement.handlers import GRADE_TYPES, StatementWorkflow
 from services.statement.projections import StatementProjections
-from shared.events import GRADING_TOPIC, INTAKE_TOPIC
+from shared.events import SUBSCRIPTIONS
 from shared.handlers import HandlerMap
 from shared.incident_context import UPSTREAM_TYPES
 from shared.plan import load_plan
@@ -68,7 +68,7 @@ def build(deps: Dependencies) -> StatementParts:
         store=deps.store,
         router=build_router(workflow, projections, rules, deps.visibility),
         handlers=handlers,
-        consumes=(INTAKE_TOPIC, GRADING_TOPIC),
+        consumes=SUBSCRIPTIONS["statement"],
         setup=[projections.ensure_indexes],
         rules=rules,
         projections=projections,

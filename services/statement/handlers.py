@@ -86,7 +86,7 @@ class StatementWorkflow:
 
     async def on_incident(self, event: Envelope, _: EventPayload, uow: UnitOfWork) -> None:
         """An intake event: the incident's title, units, filers or status."""
-        await self.projections.incidents.apply(event, uow.session)
+        await self.projections.incidents.apply(event, uow.session, uow.memo)
 
     async def on_grade(
         self,
@@ -97,7 +97,7 @@ class StatementWorkflow:
         """A grade: when the level moves, statements in review, cleared, or already out
         take the new level's chain, keeping the approvals that still fit it (a published
         one goes out again only once that chain is filled)."""
-        change = await self.projections.incidents.apply(event, uow.session)
+        change = await self.projections.incidents.apply(event, uow.session, uow.memo)
         before = change.before.level if change.before else None
         after = change.after.level
         if before is None or after is None or before == after:
@@ -180,7 +180,9 @@ class StatementWorkflow:
         return official_line([Statement.fold(await load(stream_id(i))) for i in ids])
 
     async def _incident(self, incident_id: str, uow: UnitOfWork) -> IncidentSnapshot:
-        incident = await self.projections.incidents.get(incident_id, session=uow.session)
+        incident = await self.projections.incidents.get(
+            incident_id, session=uow.session, memo=uow.memo
+        )
         if incident is None:
             raise hidden("incident", incident_id)
         return incident

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import openpyxl
@@ -586,6 +587,78 @@ def test_the_inbox_shows_whose_step_it_is_and_approvals_and_rejections_are_made_
     assert [s["approved_by"] for s in cleared["chain"]] == ["office-li", "propaganda-wang"]
 
 
+def test_the_dashboards_waiting_statements_follow_approvals_made_elsewhere_live(
+    system: RunningSystem, browser: sync_api.Browser
+) -> None:
+    """The propaganda department's dashboard, left open: the office's approval (another
+    person, elsewhere) brings the statement into its list, and its own approval made from
+    another device while the stream was down takes it out again once the stream is back,
+    without a reload."""
+    expect = sync_api.expect
+    title = "实验小学午休管理问题引发讨论（实时待审）"
+    incident_id, _ = level_1_incident(system, title)
+    writer = token_for(system, "spokesperson-sun", "school-a", Role.SPOKESPERSON)
+    draft = {
+        "kind": "online_reply",
+        "title": "关于午休管理的情况说明",
+        "body": "经核实，学校已调整午休安排。",
+        "outlets": ["学校官网"],
+    }
+    with system.client(writer) as api:
+        statement_id = api.post(
+            f"/statements/v1/incidents/{incident_id}/statements", json=draft
+        ).json()["statement_id"]
+        wait_for(
+            lambda: api.post(f"/statements/v1/statements/{statement_id}/submit"),
+            lambda r: r.status_code == 200,
+            what="the statement submitted on the graded incident",
+        )
+
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
+    page = context.new_page()
+    sign_in(page, system, "propaganda-wang", passwords(system)["propaganda-wang"])
+    expect(page.get_by_text("● 实时更新中")).to_be_visible()
+    page.evaluate("window.notReloaded = true")
+    waiting = page.get_by_role("list", name="待我审批的口径")
+    row = waiting.locator(f"li[data-statement='{statement_id}']")
+    expect(page.get_by_text("正在读取审批待办…")).to_have_count(0)
+    expect(row).to_have_count(0)  # the office's step comes first
+
+    office = token_for(system, "office-li", "county", Role.OFFICE)
+    with system.client(office) as api:
+        approved = api.post(
+            f"/statements/v1/statements/{statement_id}/approve", json={"comment": "同意。"}
+        )
+        assert approved.status_code == 200, approved.text
+    expect(row).to_be_visible(timeout=20_000)
+    expect(row.get_by_role("link", name="关于午休管理的情况说明")).to_be_visible()
+    page.screenshot(path=str(SHOTS / "dashboard-waiting-1440.png"), full_page=True)
+
+    # The stream down (the dashboard opened again while the connection fails), approved
+    # from the department's phone meanwhile: once the stream is back, the list drops it.
+    page.route("**/events/v1/stream**", lambda route: route.abort())
+    nav = page.get_by_role("navigation", name="主导航")
+    nav.get_by_role("link", name="案例库").click()
+    expect(page.get_by_role("heading", name="案例库")).to_be_visible()
+    nav.get_by_role("link", name="态势总览").click()
+    expect(page.get_by_text("○ 实时连接中断，正在重连…")).to_be_visible()
+    expect(row).to_be_visible()
+    own = token_for(system, "propaganda-wang", "county", Role.PROPAGANDA)
+    with system.client(own) as api:
+        cleared = api.post(f"/statements/v1/statements/{statement_id}/approve", json={})
+        assert cleared.status_code == 200, cleared.text
+        assert cleared.json()["state"] == "approved"
+    page.unroute("**/events/v1/stream**")
+    expect(page.get_by_text("● 实时更新中")).to_be_visible(timeout=20_000)
+    expect(row).to_have_count(0, timeout=20_000)
+    expect(page.get_by_text("当前没有等待您审批的稿件。")).to_be_visible()
+    assert page.evaluate("window.notReloaded === true")
+    page.set_viewport_size({"width": 375, "height": 812})
+    assert no_sideways_scroll(page), "the dashboard scrolls sideways at 375 px"
+    page.screenshot(path=str(SHOTS / "dashboard-waiting-none-375.png"), full_page=True)
+    context.close()
+
+
 # --- the forms -------------------------------------------------------------------------
 
 
@@ -1072,8 +1145,11 @@ def test_the_incident_page_reads_more_reports_by_page(
     context.close()
 
 
-def archived_case(system: RunningSystem, title: str, lessons: str, **grade: Any) -> str:
-    """An incident filed, (re)graded, resolved and reviewed through the API: a case."""
+def archived_case(
+    system: RunningSystem, title: str, lessons: str, *, fulfil: bool = False, **grade: Any
+) -> str:
+    """An incident filed, (re)graded, resolved and reviewed through the API: a case (its
+    first duty met on time first when `fulfil`)."""
     with system.client() as api:
         incident_id = api.post(
             "/intake/v1/reports", json=matter_report(title, "people", media_tier="central")
@@ -1084,6 +1160,19 @@ def archived_case(system: RunningSystem, title: str, lessons: str, **grade: Any)
             timeout=20,
             what="the report graded, with its duties",
         )
+        if fulfil:
+            duties = api.get(f"/archive/v1/incidents/{incident_id}").json()["obligations"]
+            first = min(duties, key=lambda o: o["deadline"])
+            met = api.post(
+                f"/notifications/v1/obligations/{first['obligation_id']}/fulfil", json={}
+            )
+            assert met.status_code == 200, met.text
+            wait_for(
+                lambda: api.get(f"/archive/v1/incidents/{incident_id}").json(),
+                lambda v: any(o.get("fulfilled_at") for o in v["obligations"]),
+                timeout=20,
+                what="the duty met in the archive",
+            )
         if grade:
             lowered = api.post(
                 f"/grading/v1/incidents/{incident_id}/override",
@@ -1126,7 +1215,10 @@ def test_the_case_library_filters_charts_and_exports_what_it_shows(
     run = uuid.uuid4().hex[:6]
     marker = f"案例库{run}"
     first = archived_case(
-        system, f"实验小学周边商贩占道经营引发投诉（{marker}）", f"加强巡查。{marker}"
+        system,
+        f"实验小学周边商贩占道经营引发投诉（{marker}）",
+        f"加强巡查。{marker}",
+        fulfil=True,
     )
     second = archived_case(
         system,
@@ -1153,22 +1245,37 @@ def test_the_case_library_filters_charts_and_exports_what_it_shows(
     expect(page.get_by_role("heading", name="案例（共 2 件）")).to_be_visible()
     assert cases.first.get_attribute("data-case") == second  # the newest archived first
 
-    # The charts count what the filters find, each bar with its name and count as text.
+    # The charts (ECharts, drawn as SVG) count what the filters find; each has its summary
+    # in words as its label and a data table with every figure.
     charts = page.get_by_role("region", name="案例统计")
+    per_day = charts.get_by_role("figure", name=re.compile("^每日立案"))
+    expect(per_day).to_have_attribute("aria-label", "每日立案（按级别）：一级 1 件，二级 1 件")
+    expect(per_day.locator(".canvas svg")).to_have_count(1)
+    today = datetime.now(ZoneInfo("Asia/Shanghai")).date().isoformat()
+    expect(per_day.locator("tbody tr")).to_have_count(1)  # both opened today
+    expect(per_day.locator("tbody tr").first.locator("th, td")).to_have_text([today, "1", "1", "2"])
     by_category = charts.get_by_role("figure", name=re.compile("^按类别"))
-    expect(by_category.locator(".bar-row[data-key='rumor']")).to_contain_text("谣言")
-    expect(by_category.locator(".bar-row[data-key='rumor'] .count")).to_have_text("1")
-    by_level = charts.get_by_role("figure", name=re.compile("^按级别"))
-    expect(by_level).to_have_attribute("aria-label", "按级别：一级 1 件，二级 1 件")
-    by_month = charts.get_by_role("figure", name=re.compile("^按立案月份"))
-    expect(by_month.locator(".bar-row .count")).to_have_text(["2"])
+    expect(by_category).to_have_attribute("aria-label", re.compile("谣言 1 件"))
+    expect(by_category.locator(".canvas svg")).to_have_count(1)
+    on_time = charts.get_by_role("figure", name=re.compile("^按单位按时率"))
+    expect(on_time.locator("thead th")).to_have_text(
+        ["单位", "案例", "按时", "迟报", "超时未报", "按时率", "首报用时中位数"]
+    )
+    # The first case's phone report met on time; none of the rest met yet (no miss either).
+    expect(on_time).to_have_attribute("aria-label", re.compile("实验小学 100%"))
+    expect(on_time.locator(".canvas svg")).to_have_count(1)
+    first_report = charts.get_by_role("figure", name=re.compile("^首报用时"))
+    expect(first_report.locator("tbody tr")).to_have_count(6)
+    expect(first_report.locator("tbody tr").first).to_have_text(re.compile("15 分钟内\\s*1"))
+    expect(first_report.locator("tbody tr").last).to_have_text(re.compile("未报送\\s*1"))
+    by_level = per_day
     page.screenshot(path=str(SHOTS / "cases-1440.png"), full_page=True)
 
     # Narrowed to level 1: the list, the charts and the export follow.
     choose(page, "级别", "一级")
     expect(cases).to_have_count(1)
     assert cases.first.get_attribute("data-case") == first
-    expect(by_level).to_have_attribute("aria-label", "按级别：一级 1 件")
+    expect(by_level).to_have_attribute("aria-label", "每日立案（按级别）：一级 1 件")
     with page.expect_download() as got:
         page.get_by_role("button", name="导出 CSV").click()
     download = got.value
@@ -1196,7 +1303,8 @@ def test_the_case_library_filters_charts_and_exports_what_it_shows(
     # Another unit, or a period before these cases: nothing found, and the charts say so.
     choose(page, "单位", "第二中学")
     expect(page.get_by_text("没有符合条件的案例。")).to_be_visible()
-    expect(by_level).to_have_attribute("aria-label", "按级别：无")
+    expect(by_level).to_have_attribute("aria-label", "每日立案（按级别）：无")
+    expect(by_level.get_by_text("无数据")).to_be_visible()
     page.get_by_role("button", name="清除筛选").click()
     page.get_by_label("关键词").fill(marker)
     page.get_by_label("关键词").press("Enter")
@@ -1224,6 +1332,7 @@ def test_the_case_library_filters_charts_and_exports_what_it_shows(
     page.get_by_label("关键词").fill(marker)
     page.get_by_label("关键词").press("Enter")
     expect(page.locator("li.case")).to_have_count(2)
+    expect(page.locator("[data-chart='per-day'] .canvas svg")).to_have_count(1)
     assert no_sideways_scroll(page), "the case library scrolls sideways at 375 px"
     page.screenshot(path=str(SHOTS / "cases-375.png"), full_page=True)
     phone.close()

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import mongomock
+from bson.codec_options import CodecOptions
 from pymongo import ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 from pymongo.results import BulkWriteResult
@@ -70,6 +71,8 @@ class FakeCollection:
     def __init__(self, collection: Any) -> None:
         self._c = collection
         self.name = collection.name
+        # As the fake client reads documents back: time zone aware, as the services' are.
+        self.codec_options = CodecOptions(tz_aware=True)
 
     def find(self, *args: Any, **kwargs: Any) -> FakeCursor:
         kwargs = _drop_session(kwargs)

@@ -25,7 +25,13 @@ class Streams:
         self.unit_id = unit_id
         self.versions: dict[str, int] = {}
 
-    def event(self, incident_id: str, payload: EventPayload, stream: str) -> Envelope:
+    def event(
+        self,
+        incident_id: str,
+        payload: EventPayload,
+        stream: str = "incident",
+        at: datetime | None = None,
+    ) -> Envelope:
         key = f"{stream}-{incident_id}"
         self.versions[key] = self.versions.get(key, 0) + 1
         return Envelope.new(
@@ -35,5 +41,5 @@ class Streams:
             stream_version=self.versions[key],
             actor=self.actor,
             unit_id=self.unit_id,
-            occurred_at=self.at,
+            occurred_at=self.at if at is None else at,
         )

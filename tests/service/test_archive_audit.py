@@ -113,6 +113,10 @@ async def test_an_event_lost_after_the_offset_was_committed_is_found_and_recorde
         verified = (
             await http.get(f"/archive/v1/incidents/{INCIDENT}/verify", headers=admin)
         ).json()
+        # What the audit found is shown to an administrator, never to a monitor.
+        shown = await http.get("/archive/v1/audit", headers=admin)
+        monitor = bearer(settings, "monitor-chen", "school-a", "monitor")
+        refused = await http.get("/archive/v1/audit", headers=monitor)
 
     assert await db[projections.LOG].count_documents({"_id": lost}) == 1
     assert await db[projections.LOG].count_documents({"incident_id": INCIDENT}) == 2
@@ -121,6 +125,11 @@ async def test_an_event_lost_after_the_offset_was_committed_is_found_and_recorde
     noted = await db[AUDIT].find_one({"_id": "marks"})
     assert noted is not None
     assert noted["last"]["healed"] == found.healed
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["last"]["healed"] == found.healed
+    assert shown.json()["healed_total"] == 1
+    assert shown.json()["checked_up_to"][grading_topic], shown.json()
+    assert refused.status_code == 403, refused.text
     again = await Audit(archive.parts.views, archive.store, archive.settings, utcnow).run_once()
     assert again.healed == []
     print(f"injected: {grade.event_type} {lost} undone after its offset was committed")

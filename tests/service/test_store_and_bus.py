@@ -24,11 +24,13 @@ from shared.events import (
     IncidentResolved,
 )
 from shared.handlers import HandlerMap
+from shared.incident_context import IncidentContext
 from shared.service import Context, ServiceParts, ServiceRunner
 from shared.settings import Settings
-from shared.store import ConcurrencyConflict, EventStore, UnitOfWork
+from shared.store import ConcurrencyConflict, EventStore, Placement, Processed, UnitOfWork
 from tests.fakes.mongo import FakeMongo
-from tests.service.upstream_events import kafka_headers, wait_for
+from tests.service.upstream_events import escalated, graded, kafka_headers, opened, wait_for
+from tests.service.upstream_events import resolved as resolved_event
 
 pytestmark = pytest.mark.asyncio
 
@@ -118,6 +120,60 @@ async def test_one_lease_holder_at_a_time_until_it_lets_go_or_expires(store: Eve
     assert await store.hold_lease("relay", "b", ttl)
     assert await store.hold_lease("expiring", "c", timedelta(seconds=-1))  # expired at once
     assert await store.hold_lease("expiring", "d", ttl)
+
+
+async def test_after_a_wipe_only_what_a_consumer_had_not_processed_is_queued_again(
+    store: EventStore,
+) -> None:
+    events = [resolved(f"w{n}", 1) for n in range(6)]
+    for event in events:
+        await store.append([event], expected_version=0)
+    # Sent in the broker's life 3: four on partition 0 (offsets 0-3), one on partition 1,
+    # and one sent before placements were kept.
+    placed = [Placement(3, 0, 0), Placement(3, 0, 1), Placement(3, 0, 2), Placement(3, 0, 3)]
+    await store.mark_published(events[:4], placed)
+    await store.mark_published(events[4:5], [Placement(3, 1, 0)])
+    await store.mark_published(events[5:])
+    seen = (await store.db["events"].find_one({"_id": str(events[4].event_id)}))["published_at"]
+    later = seen + timedelta(seconds=1)
+    # Every group had committed up to offset 2 on partition 0 and nothing on partition 1.
+    await store.republish_unprocessed(
+        [Processed(INTAKE_TOPIC, epoch=3, below={0: 2, 1: 0}, seen_at=later)]
+    )
+
+    queued = {e.event_id for e in await store.unpublished(10)}
+    assert queued == {e.event_id for e in events[2:]}
+
+    # Marks of another broker's life, or taken before the events were sent, count for none.
+    for mark in (
+        Processed(INTAKE_TOPIC, epoch=2, below={0: 4}, seen_at=later),
+        Processed(INTAKE_TOPIC, epoch=3, below={0: 4}, seen_at=seen - timedelta(seconds=1)),
+    ):
+        await store.mark_published(events[:2], placed[:2])
+        await store.republish_unprocessed([mark])
+        assert {e.event_id for e in await store.unpublished(10)} >= {e.event_id for e in events[:2]}
+
+
+async def test_an_incident_snapshot_after_each_change_is_what_the_server_stored(
+    store: EventStore,
+) -> None:
+    incidents = IncidentContext(store.db)
+    changes = [
+        opened("s1", ("school-a",)),
+        graded("s1", 2),
+        opened("s1", ("school-a", "school-b")),  # a unit added, one already there kept once
+        escalated("s1", 2, 1, version=3),
+        resolved_event("s1", version=4),
+    ]
+    seen = []
+    for event in changes:
+        change = await incidents.apply(event, None)
+        assert change.after == await incidents.get("s1"), event.event_type
+        seen.append(change)
+    assert seen[0].before is None
+    assert [c.before.level if c.before else None for c in seen] == [None, None, 2, 2, 1]
+    assert seen[-1].after.status == "resolved"
+    assert seen[-1].after.unit_ids == ("school-a", "school-b")
 
 
 async def test_a_redelivered_event_is_marked_once(store: EventStore) -> None:

@@ -149,3 +149,23 @@ async def test_since_and_limit_bound_the_list(
     assert too_many.status_code == 422
     assert too_many.json()["error"]["details"][0]["field"] == "limit"
     assert later == []
+
+
+async def test_an_incident_opened_before_since_shows_what_happened_to_it_since_even_if_closed(
+    archive: FakeService, api: httpx.AsyncClient
+) -> None:
+    # Opened at T0; escalated ten minutes on, its report missed an hour on, resolved at two.
+    story = escalated_and_missed("inc-old", "school-a")
+    await archive.consume(*story.events, story.resolved())
+    quiet = Story("inc-quiet", "school-a").opened(level=2)  # opened before, nothing since
+    await archive.consume(*quiet.events, quiet.resolved(T0 + timedelta(minutes=3)))
+    office = archive.token("office-li", "county", "office")
+
+    since_opening = await alerts(api, office, since=(T0 + timedelta(minutes=5)).isoformat())
+    after_the_miss = await alerts(api, office, since=(T0 + timedelta(minutes=90)).isoformat())
+
+    assert [(a["incident_id"], a["kind"], a["status"]) for a in since_opening] == [
+        ("inc-old", "missed", "resolved"),
+        ("inc-old", "escalated", "resolved"),
+    ]
+    assert after_the_miss == []  # closed since, but nothing went wrong after `since`

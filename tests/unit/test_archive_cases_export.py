@@ -14,8 +14,8 @@ import httpx
 import pytest
 from openpyxl import load_workbook
 
-from services.archive.cases_export import COLUMNS, EXPORT_MAX_ROWS, CaseTable
-from services.archive.domain.cases import CaseRecord
+from services.archive.cases_export import COLUMNS, EXPORT_MAX_ROWS, CaseTable, first_report_minutes
+from services.archive.domain.cases import CaseRecord, ObligationFigure, Outcome
 from shared.events import Actor, GradeOverridden
 from tests.fakes.harness import FakeService
 from tests.unit.test_archive_service import T0, Clock, Story, reviewed
@@ -208,3 +208,98 @@ async def test_text_a_spreadsheet_would_run_as_a_formula_is_written_as_text(
 
     assert row[2] == "'" + title  # a CSV cell that Excel shows, not runs
     assert (cell.value, cell.data_type) == (title, "s")  # a string cell, not a formula
+
+
+def duty(kind: str, outcome: Outcome, minutes_to_fulfil: float | None) -> ObligationFigure:
+    counted = T0 + timedelta(seconds=2)
+    met = counted + timedelta(minutes=minutes_to_fulfil) if minutes_to_fulfil is not None else None
+    return ObligationFigure(
+        obligation_id=f"o-{kind}-{outcome}",
+        kind=kind,
+        title=kind,
+        level=1,
+        owner_role="office",
+        counted_from=counted,
+        deadline=counted + timedelta(minutes=30),
+        fulfilled_at=met,
+        fulfilled_by="office-li" if met else None,
+        outcome=outcome,
+        seconds_to_fulfil=minutes_to_fulfil * 60 if minutes_to_fulfil is not None else None,
+    )
+
+
+async def test_the_assessment_figures_are_per_day_by_level_per_unit_and_first_report(
+    archive: FakeService, api: httpx.AsyncClient, clock: Clock
+) -> None:
+    await library(archive, api, clock)
+    office = archive.token("office-li", "county", "office")
+    listed = (await api.get("/archive/v1/cases", headers=office)).json()["items"]
+    b, a = (CaseRecord.model_validate(c) for c in listed)  # inc-b (二中, Oct), inc-a (实验小学)
+
+    def reported(case: CaseRecord, *duties: ObligationFigure, **changes: Any) -> CaseRecord:
+        figures = case.figures.model_copy(update={"obligations": list(duties)})
+        return case.model_copy(update={"figures": figures, **changes})
+
+    cases = [
+        # 实验小学: phone report on time in 12 minutes, written one late; opened Nov 21.
+        reported(a, duty("phone", "on_time", 12), duty("written", "late", 75)),
+        # A second 实验小学 case two days on, level 2: met in 40 minutes, and one missed.
+        reported(
+            a,
+            duty("phone", "on_time", 40),
+            duty("written", "missed", None),
+            case_id="case-c",
+            level=2,
+            opened_at=T0 + timedelta(days=2),
+        ),
+        # 第二中学 and 实验小学 together: nothing met yet (未报送); closed duties not counted.
+        reported(
+            b,
+            duty("phone", "closed", None),
+            unit_ids=["school-b", "school-a"],
+            opened_at=T0 + timedelta(days=1),
+        ),
+    ]
+    table = CaseTable(archive.ctx.catalogue, archive.ctx.directory, ZoneInfo("Asia/Shanghai"))
+
+    counts = table.counts(cases)
+
+    assert [(d.day, d.total, d.by_level) for d in counts.by_day] == [
+        ("2026-11-21", 1, {"1": 1}),
+        ("2026-11-22", 1, {"2": 1}),  # inc-b is level 2
+        ("2026-11-23", 1, {"2": 1}),
+    ]
+    by_unit = {u.name: u for u in counts.by_unit}
+    school_a = by_unit["实验小学"]
+    assert (school_a.cases, school_a.obligations, school_a.on_time, school_a.late) == (3, 4, 2, 1)
+    assert (school_a.missed, school_a.on_time_rate) == (1, 0.5)
+    assert school_a.median_first_report_minutes == 26.0  # of 12 and 40
+    school_b = by_unit["第二中学"]
+    assert (school_b.cases, school_b.obligations, school_b.on_time_rate) == (1, 0, None)
+    assert school_b.median_first_report_minutes is None
+    assert [u.name for u in counts.by_unit] == ["实验小学", "第二中学"]  # no duty met: last
+    assert [(f.name, f.count) for f in counts.first_report] == [
+        ("15 分钟内", 1),
+        ("15–30 分钟", 0),
+        ("30–60 分钟", 1),
+        ("1–2 小时", 0),
+        ("2 小时以上", 0),
+        ("未报送", 1),
+    ]
+    assert counts.median_first_report_minutes == 26.0
+    assert first_report_minutes(cases[0].figures) == 12.0
+
+
+async def test_the_counts_route_answers_the_assessment_figures(
+    archive: FakeService, api: httpx.AsyncClient, clock: Clock
+) -> None:
+    await library(archive, api, clock)
+    leader = archive.token("leader-zhang", "county", "leader")
+
+    every = (await api.get(COUNTS, headers=leader)).json()
+
+    days = every["by_day"]
+    assert (days[0]["day"], days[-1]["day"], len(days)) == ("2026-10-12", "2026-11-21", 41)
+    assert sum(d["total"] for d in days) == 2
+    assert {u["name"] for u in every["by_unit"]} == {"实验小学", "第二中学"}
+    assert [b["key"] for b in every["first_report"]][-1] == "none"

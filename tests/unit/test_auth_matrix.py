@@ -223,6 +223,8 @@ TABLE: dict[tuple[str, str], Door] = {
     ),
     ("POST", "/archive/v1/replay"): Door(_r(Role.ANALYST), frozenset({202, 409}), sight="none"),
     ("GET", "/archive/v1/replay/{job_id}"): Door(_r(Role.ANALYST), UNSEEDED, gate_first=True),
+    # what the archive's audit checked and recorded: administration, never a partner
+    ("GET", "/archive/v1/audit"): Door(_r(Role.ANALYST), sight="none"),
 }
 
 # A valid body and query for each route that takes one, so that the door is what answers.

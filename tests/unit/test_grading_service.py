@@ -19,7 +19,6 @@ from shared.events import (
     Actor,
     DeadlineMissed,
     Envelope,
-    EventPayload,
     IncidentDismissed,
     IncidentGraded,
     IncidentOpened,
@@ -32,6 +31,7 @@ from shared.events import (
 )
 from shared.settings import CONFIG_DIR
 from tests.fakes.harness import FakeService, fake_service, fake_settings
+from tests.fakes.upstream import Streams
 
 pytestmark = pytest.mark.asyncio
 
@@ -40,27 +40,14 @@ GRADE = "/grading/v1/incidents/{}/grade"
 OVERRIDE = "/grading/v1/incidents/{}/override"
 
 
-class Upstream:
+class Upstream(Streams):
     """Plays intake and notification: numbered events about incidents, as they publish them."""
 
     def __init__(self) -> None:
-        self.versions: dict[str, int] = {}
-        self.reports = 0
-
-    def event(
-        self, incident_id: str, payload: EventPayload, stream: str = "incident", at: datetime = T0
-    ) -> Envelope:
-        key = f"{stream}-{incident_id}"
-        self.versions[key] = self.versions.get(key, 0) + 1
-        return Envelope.new(
-            payload,
-            incident_id=incident_id,
-            stream_id=key,
-            stream_version=self.versions[key],
-            actor=Actor(type="person", id="monitor-chen", unit_id="school-a"),
-            unit_id="school-a",
-            occurred_at=at,
+        super().__init__(
+            T0, Actor(type="person", id="monitor-chen", unit_id="school-a"), unit_id="school-a"
         )
+        self.reports = 0
 
     def report(
         self,

@@ -95,7 +95,7 @@ class Upstream(Streams):
             rules_fired=(FiredRule(rule_id="level-default", reason="影响较小"),),
             rulebook_version="2026.12-seed000-2",
             plan_id="fourtier",
-            plan_version="2026.12-seed000-2",
+            plan_version="2026.12.2-seed000-2",
         )
         return self.event(incident_id, payload, "grade")
 
@@ -115,7 +115,7 @@ async def grading(tmp_path: Path) -> AsyncIterator[FakeService]:
 
 def test_the_four_tier_pack_loads_with_its_four_levels_named_in_chinese() -> None:
     plan = load_plan(FOURTIER, Settings().policy_paths, DIRECTORY)
-    assert (plan.id, plan.version) == ("fourtier", "2026.12-seed000-2")
+    assert (plan.id, plan.version) == ("fourtier", "2026.12.2-seed000-2")
     assert plan.manifest.ranks == (1, 2, 3, 4)
     assert [level.id for level in plan.manifest.levels] == [t[0] for t in TIERS.values()]
     for rank, (_, name, short) in TIERS.items():
@@ -127,8 +127,8 @@ def test_the_four_tier_pack_loads_with_its_four_levels_named_in_chinese() -> Non
     # Each tier is led by another body (三 分级响应): the duty's owner says which.
     owners = {rank: [r.owner_role.value for r in plan.obligations.levels[rank]] for rank in TIERS}
     assert owners == {
-        1: ["leader", "leader", "office"],  # 组长请示上级；领导小组；24小时监控
-        2: ["propaganda"],  # 信息股会同相关股室
+        1: ["leader", "leader", "office", "leader"],  # 组长请示上级；领导小组；24小时监控；总结评估
+        2: ["propaganda", "leader"],  # 信息股会同相关股室；总结评估
         3: ["office", "office"],  # 办公室请示；办公室会同相关股室
         4: ["dept_head"],  # 相关股室，在办公室指导下
     }
@@ -191,6 +191,7 @@ async def test_the_plan_view_lists_four_levels_with_names_duties_and_chains(
         "superior_request",
         "group_response",
         "round_the_clock_watch",
+        "summary_assessment",  # 五2: opened at resolution
     ]
     request = top["duties"][0]
     assert (request["deadline"], request["owner_role"]["name"]) == ("30m", "应急领导小组（组长）")

@@ -19,7 +19,6 @@ from shared.events import (
     Actor,
     ApprovalStep,
     Envelope,
-    EventPayload,
     FiredRule,
     GradeOverridden,
     IncidentEscalated,
@@ -39,6 +38,7 @@ from shared.repository import Repository
 from shared.store import UnitOfWork
 from shared.visibility import hidden
 from tests.fakes.harness import FakeService, fake_service, fake_settings
+from tests.fakes.upstream import Streams
 
 pytestmark = pytest.mark.asyncio
 
@@ -62,23 +62,11 @@ def revision(body: dict[str, Any]) -> dict[str, Any]:
 RULES = (FiredRule(rule_id="media-tier", reason="test"),)
 
 
-class Upstream:
+class Upstream(Streams):
     """Plays intake and grading: numbered events about incidents, as they publish them."""
 
     def __init__(self) -> None:
-        self.versions: dict[str, int] = {}
-
-    def event(self, incident_id: str, payload: EventPayload, stream: str) -> Envelope:
-        key = f"{stream}-{incident_id}"
-        self.versions[key] = self.versions.get(key, 0) + 1
-        return Envelope.new(
-            payload,
-            incident_id=incident_id,
-            stream_id=key,
-            stream_version=self.versions[key],
-            actor=Actor.rule("rulebook"),
-            occurred_at=T0,
-        )
+        super().__init__(T0, Actor.rule("rulebook"))
 
     def opened(self, incident_id: str, units: tuple[str, ...] = ("school-a",)) -> Envelope:
         payload = IncidentOpened(title="网传某校食堂问题", unit_ids=units, first_report_id="r1")
