@@ -39,7 +39,8 @@ class CountingListener(CommandListener):
 
     def started(self, event: CommandStartedEvent) -> None:
         target = event.command.get(event.command_name)
-        collection = target if isinstance(target, str) else ""
+        # A getMore names its cursor's collection apart; a database command names none.
+        collection = target if isinstance(target, str) else event.command.get("collection", "")
         with self._lock:
             self.counts[f"{event.database_name}:{collection}.{event.command_name}"] += 1
 

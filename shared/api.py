@@ -35,7 +35,9 @@ from shared.errors import (
     Forbidden,
     Invalid,
     NotFound,
+    TooLarge,
     Unauthorized,
+    UnsupportedType,
 )
 from shared.identity import Role
 from shared.metrics import http_instrumentation
@@ -45,6 +47,11 @@ from shared.tracing import request_span
 
 log = structlog.get_logger("yuqing.api")
 
+# File uploads (POST .../attachments) are bounded by YUQING_ATTACHMENT_MAX_BYTES and this
+# much more for the multipart framing, instead of YUQING_MAX_BODY_BYTES.
+UPLOAD_SUFFIX = "/attachments"
+UPLOAD_FRAMING_BYTES = 64 * 1024
+
 _STATUS_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -53,6 +60,7 @@ _STATUS_CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
+    415: "unsupported_media_type",
     422: "validation_error",
     429: "too_many_requests",
     503: "unavailable",
@@ -67,6 +75,8 @@ ERROR_STATUS: tuple[tuple[type[DomainError], int], ...] = (
     (Forbidden, 403),
     (NotFound, 404),
     (Conflict, 409),
+    (TooLarge, 413),
+    (UnsupportedType, 415),
     (Invalid, 422),
 )
 
@@ -251,10 +261,14 @@ class RequestGuard:
         limiter: RateLimiter | None,
         private_paths: Collection[str] = (),
         docs_paths: Collection[str] = (),
+        upload_max_bytes: int = 0,
     ) -> None:
         self.app = app
         self.tokens = tokens
         self.max_body_bytes = max_body_bytes
+        # A file upload (POST .../attachments) may be larger: its own bound, checked again
+        # on the file itself by the route.
+        self.upload_max_bytes = max(upload_max_bytes, max_body_bytes)
         self.limiter = limiter
         self.private_paths = frozenset(private_paths)
         self.docs_paths = frozenset(docs_paths)
@@ -297,9 +311,13 @@ class RequestGuard:
             if not roles & {r.value for r in DOCS_ROLES}:
                 return error_response(403, "forbidden", "the docs need the admin or analyst role")
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            return self._too_large()
+        if declared is not None and declared.isdigit() and int(declared) > self._limit(scope):
+            return self._too_large(self._limit(scope))
         return None
+
+    def _limit(self, scope: Scope) -> int:
+        upload = scope["method"] == "POST" and scope["path"].endswith(UPLOAD_SUFFIX)
+        return self.upload_max_bytes if upload else self.max_body_bytes
 
     def _claims(self, scope: Scope) -> dict[str, Any] | None:
         """The verified claims of the request's token: the bearer header's, or else the
@@ -342,8 +360,8 @@ class RequestGuard:
             if message["type"] != "http.request":
                 break
             size += len(message.get("body", b""))
-            if size > self.max_body_bytes:
-                return self._too_large(), receive
+            if size > self._limit(scope):
+                return self._too_large(self._limit(scope)), receive
             if not message.get("more_body", False):
                 break
 
@@ -352,8 +370,7 @@ class RequestGuard:
 
         return None, replay
 
-    def _too_large(self) -> JSONResponse:
-        limit = self.max_body_bytes
+    def _too_large(self, limit: int) -> JSONResponse:
         return error_response(
             413,
             "payload_too_large",
@@ -398,6 +415,7 @@ def guard_app(
         RequestGuard,
         tokens=tokens,
         max_body_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.attachment_max_bytes + UPLOAD_FRAMING_BYTES,
         limiter=limiter,
         private_paths=() if settings.docs_are_public else private,
         docs_paths=docs,
@@ -458,6 +476,12 @@ ERROR_DOCS: dict[int, tuple[str, str, str, Any]] = {
         "payload_too_large",
         "the request body is larger than 1048576 bytes (YUQING_MAX_BODY_BYTES)",
         {"max_body_bytes": 1048576},
+    ),
+    415: (
+        "content of a type the route does not take, told by its bytes",
+        "unsupported_media_type",
+        "file: an executable is not one of png, jpeg, pdf (YUQING_ATTACHMENT_TYPES)",
+        {"field": "file"},
     ),
     422: (
         "a missing, malformed or unknown field, naming each and why",

@@ -25,6 +25,8 @@ from shared.visibility import IncidentScope, scope_of
 log = structlog.get_logger("yuqing.console.changes")
 
 _VIEWS = "incidents"  # the archive's incident views: `incidents`, and a replay's `incidents_…`
+# The shortest time between two reads of the change stream (getMore) on the server.
+_GETMORE_EVERY = 0.5
 _QUEUE = 1000  # changes a slow stream may fall behind by before the oldest are dropped
 _RETRY_SECONDS = 2.0
 # A server without change streams (a standalone mongod): the console reads the list instead.
@@ -38,6 +40,7 @@ class ChangeFeed:
         self.unavailable = False  # the server has no change streams: streams poll instead
         self._streams: set[asyncio.Queue[IncidentScope]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._asked_at = float("-inf")  # the last getMore, on the event loop's clock
 
     @property
     def streams(self) -> int:
@@ -104,7 +107,12 @@ class ChangeFeed:
                 )
                 async with watch as stream:
                     self.ready.set()
-                    async for change in stream:
+                    while stream.alive:
+                        if not _buffered(stream):
+                            await self._pace()
+                        change = await stream.try_next()
+                        if change is None:
+                            continue
                         resume = change.get("_id")
                         if not str(change.get("ns", {}).get("coll", "")).startswith(_VIEWS):
                             continue
@@ -133,6 +141,16 @@ class ChangeFeed:
                 )
                 await asyncio.sleep(_RETRY_SECONDS)
 
+    async def _pace(self) -> None:
+        """At most one getMore every _GETMORE_EVERY: while the archive is busy each one
+        would come back at once with a change or two (a round trip per view written);
+        waiting gathers them, and a page hears of a burst once."""
+        loop = asyncio.get_running_loop()
+        wait = self._asked_at + _GETMORE_EVERY - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._asked_at = loop.time()
+
     def _give_up(self, why: str) -> None:
         self.unavailable = True
         log.warning("the archive's database has no change streams: the console polls", why=why)
@@ -142,3 +160,10 @@ class ChangeFeed:
         self.ready.clear()
         log.warning("the archive's change stream was refused: opening it again", error=str(exc))
         await asyncio.sleep(_RETRY_SECONDS)
+
+
+def _buffered(stream: Any) -> int:
+    """The changes the driver holds already (read without a round trip). PyMongo keeps them
+    in its cursor's `_data`, which it does not publish: without it (another driver version)
+    every change is paced as a read would be: a slower feed, never a wrong one."""
+    return len(getattr(getattr(stream, "_cursor", None), "_data", None) or ())

@@ -47,6 +47,18 @@ class NotFound(DomainError):
     code = "not_found"
 
 
+class TooLarge(DomainError):
+    """A part of the request beyond its bound (an attached file above its size limit)."""
+
+    code = "payload_too_large"
+
+
+class UnsupportedType(DomainError):
+    """Content of a type the record does not take (a file told by its bytes)."""
+
+    code = "unsupported_media_type"
+
+
 class Conflict(DomainError):
     """Wrong state, stale version or duplicate."""
 

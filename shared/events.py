@@ -345,6 +345,23 @@ class ReportClaimsConfirmed(EventPayload):
     confirmed_by: str
 
 
+class AttachmentAdded(EventPayload):
+    """A file (screenshot, video, scanned reply, media coverage) was attached to a report
+    and stored by intake (`GET /intake/v1/attachments/{attachment_id}`); `sha256` is of
+    its bytes as stored, so the log's hash chain vouches for the file."""
+
+    EVENT_TYPE = "AttachmentAdded"
+    TOPIC = INTAKE_TOPIC
+    SCHEMA_VERSION = 1
+    attachment_id: str
+    report_id: str
+    filename: str = Field(min_length=1, max_length=255)
+    content_type: str = Field(max_length=255, pattern=r"^[A-Za-z0-9.+-]+/[A-Za-z0-9.+-]+$")
+    size: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    added_by: str
+
+
 # grading --------------------------------------------------------------------
 
 
@@ -360,6 +377,10 @@ class IncidentGraded(EventPayload):
     # The plan in force (shared/plan.py): its id and version, as YUQING_PLAN's pack says.
     plan_id: str | None = None
     plan_version: str | None = None
+    # Under a plan whose grade a body decides (plan.yaml `grading.confirmed_by`): who
+    # confirmed the rulebook's proposal, and why when they changed it. None otherwise.
+    confirmed_by: str | None = None
+    confirmation_reason: str | None = None
 
 
 @register_upcaster("IncidentGraded", 1)
@@ -394,6 +415,37 @@ class GradeOverridden(EventPayload):
     to_level: Level
     category: Category
     reason: str
+
+
+class IncidentGradeProposed(EventPayload):
+    """The rulebook's grade, proposed to the body the plan names (`grading.confirmed_by`,
+    seed 003 第四条): the incident is graded (IncidentGraded) when that body confirms or
+    changes it. A later report that raises the assessment proposes again."""
+
+    EVENT_TYPE = "IncidentGradeProposed"
+    TOPIC = GRADING_TOPIC
+    level: Level
+    category: Category
+    rules_fired: tuple[FiredRule, ...]
+    rulebook_version: str
+    sensitive_topics: tuple[str, ...] = ()
+    confirm_role: str
+    plan_id: str | None = None
+    plan_version: str | None = None
+
+
+class LeaderInstructionRecorded(EventPayload):
+    """A leader's instruction on the incident (批示; `signed`: the 《网上舆情》 was signed,
+    签批, seed 003 第十七条), with the grade it was given at (proposed or confirmed)."""
+
+    EVENT_TYPE = "LeaderInstructionRecorded"
+    TOPIC = GRADING_TOPIC
+    instruction_id: str
+    text: str
+    signed: bool
+    instructed_by: str
+    level: Level
+    category: Category
 
 
 # notification ---------------------------------------------------------------

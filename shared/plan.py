@@ -41,6 +41,7 @@ from shared.events import (
     PlanId,
     StatementKind,
 )
+from shared.identity import Role
 from shared.models import FrozenModel
 from shared.plan_rules import INCIDENT_UNIT, ApprovalPolicy, ObligationPolicy
 from shared.policy import PolicyError, load_policy
@@ -90,6 +91,20 @@ class PlanLevel(FrozenModel):
         return data
 
 
+class PlanGrading(FrozenModel):
+    """Who decides the level (seed 003 第四条: 舆情级别由……确定): with `confirmed_by`, the
+    rulebook's grade is a proposal (IncidentGradeProposed) until a person with that role
+    confirms or changes it; without, the rulebook grades (IncidentGraded) as it always did."""
+
+    confirmed_by: Role | None = None
+
+    @model_validator(mode="after")
+    def _not_partner(self) -> PlanGrading:
+        if self.confirmed_by is Role.PARTNER:
+            raise ValueError("confirmed_by: a partner cannot decide the bureau's grade")
+        return self
+
+
 class PlanManifest(FrozenModel):
     id: str = Field(pattern=PACK_NAME)
     name: str = Field(min_length=1, max_length=200)
@@ -102,6 +117,7 @@ class PlanManifest(FrozenModel):
     )
     articles: tuple[Article, ...] = ()
     files: dict[PolicyName, str] = Field(default_factory=dict)
+    grading: PlanGrading = Field(default_factory=PlanGrading)
 
     @model_validator(mode="after")
     def _no_repeats(self) -> PlanManifest:
@@ -213,6 +229,7 @@ def load_plan(
     own = {name for name in paths if name not in provided or paths[name] == provided[name]}
     problems = [
         *check_names(plan),
+        *check_grading(plan, directory),
         *(check_duties(plan, directory) if "duties" in checks else []),
         *(check_chains(plan, directory) if "chains" in checks else []),
         *(check_articles(plan, own) if "articles" in checks else []),
@@ -257,6 +274,17 @@ def check_names(plan: Plan) -> list[str]:
                     f"{manifest_file}: {field}.{n} ({value}): no name in {file} ({field})"
                 )
     return problems
+
+
+def check_grading(plan: Plan, directory: Directory) -> list[str]:
+    """The role that confirms a proposed grade is held by someone in the directory."""
+    role = plan.manifest.grading.confirmed_by
+    if role is None or _holders(directory, role.value):
+        return []
+    return [
+        f"{plan.pack_dir / MANIFEST}: grading.confirmed_by: nobody in the directory holds "
+        f"the role {role.value!r}"
+    ]
 
 
 def check_duties(plan: Plan, directory: Directory) -> list[str]:

@@ -6,6 +6,7 @@ with them, and grading's plan view and what-if read the same rules (shared/plan.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -23,7 +24,12 @@ INCIDENT_UNIT = "incident"  # in the approval policy: the unit(s) the incident c
 # (处置结果上报, 总结评估), counted from the resolution.
 OPENS_ON_GRADE = "graded"
 OPENS_ON_RESOLUTION = "resolved"
-OPENS_ON = (OPENS_ON_GRADE, OPENS_ON_RESOLUTION)
+# Under a plan whose grade a body confirms (plan.yaml `grading`): when the rulebook's grade
+# is proposed (IncidentGradeProposed), counted from the proposal; and when a leader's
+# signed instruction (签批) is recorded (LeaderInstructionRecorded), counted from it.
+OPENS_ON_PROPOSAL = "proposed"
+OPENS_ON_INSTRUCTION = "instructed"
+OPENS_ON = (OPENS_ON_GRADE, OPENS_ON_RESOLUTION, OPENS_ON_PROPOSAL, OPENS_ON_INSTRUCTION)
 
 
 class SameDay(FrozenModel):
@@ -196,9 +202,15 @@ class ObligationPolicy(FrozenModel):
     ) -> list[ObligationRule]:
         """Every duty of the level and category that opens with the grade, those waiting on
         another included; with `at_closure`, those that open when it is resolved instead."""
+        return self.rules_on(level, category, OPENS_ON_RESOLUTION if at_closure else OPENS_ON_GRADE)
+
+    def rules_on(
+        self, level: Level | None, category: Category | None, opens_on: str
+    ) -> list[ObligationRule]:
+        """Every duty of the level and category that opens on `opens_on` (see OPENS_ON)."""
         by_level = list(self.levels.get(level, ())) if level is not None else []
         by_category = list(self.categories.get(category, ())) if category is not None else []
-        return [rule for rule in by_level + by_category if rule.at_closure == at_closure]
+        return [rule for rule in by_level + by_category if rule.opens_on == opens_on]
 
 
 class StepRule(FrozenModel):
@@ -227,3 +239,15 @@ class ApprovalPolicy(FrozenModel):
 
     def roles(self) -> set[Role]:
         return {rule.role for rules in self.levels.values() for rule in rules}
+
+
+@dataclass(frozen=True)
+class PlanStamp:
+    """A plan version (its id and version), recorded on what was decided under it: every
+    grade event, every duty opened."""
+
+    plan_id: str | None = None
+    plan_version: str | None = None
+
+    def fields(self) -> dict[str, str | None]:
+        return {"plan_id": self.plan_id, "plan_version": self.plan_version}

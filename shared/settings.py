@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     # principal (the token's subject, else the client address) per window answer 429.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1)
     rate_limit: str = "300/minute"
+    # Files attached to reports (services/intake/attachments.py): at most this many bytes
+    # each (413 above; the upload's body may be this plus the multipart framing), and only
+    # these types, told by the file's content: png, jpeg, gif, webp, pdf, mp4, docx, xlsx.
+    attachment_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    attachment_types: str = "png,jpeg,gif,webp,pdf,mp4,docx,xlsx"
     # Docs, OpenAPI, /metrics and /asyncapi.json without a token (admin or analyst);
     # default: yes in development, no in production.
     public_docs: bool | None = None

@@ -30,7 +30,7 @@ from shared.identity import Caller, Role
 from shared.models import FrozenModel
 from shared.plan import PACK_NAME, Plan
 from shared.plan_rules import ObligationRule
-from shared.visibility import ReferredIncident, Sight, Visibility, hidden
+from shared.visibility import IncidentScope, ReferredIncident, Sight, Visibility, hidden
 
 
 class OverrideIn(FrozenModel):
@@ -41,6 +41,48 @@ class OverrideIn(FrozenModel):
         default=None, description="a category of the plan in force; unchanged when omitted"
     )
     reason: str = Field(min_length=1, max_length=2000)
+
+
+class ConfirmIn(FrozenModel):
+    model_config = ConfigDict(str_strip_whitespace=True)
+
+    level: Level | None = Field(
+        default=None, description="another level of the plan; the proposed one when omitted"
+    )
+    category: Category | None = Field(
+        default=None, description="another category of the plan; the proposed one when omitted"
+    )
+    reason: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2000,
+        description="why, required when the level or category differs from the proposal",
+    )
+
+
+class ConfirmOut(BaseModel):
+    incident_id: str
+    level: Level
+    category: Category
+    confirmed_by: str
+    reason: str | None
+
+
+class InstructionIn(FrozenModel):
+    model_config = ConfigDict(str_strip_whitespace=True)
+
+    text: str = Field(min_length=1, max_length=4000, description="the instruction (批示)")
+    signed: bool = Field(description="the 《网上舆情》 was signed by the leader (签批)")
+
+
+class InstructionOut(BaseModel):
+    incident_id: str
+    instruction_id: str
+    text: str
+    signed: bool
+    instructed_by: str
+    level: Level
+    category: Category
 
 
 class OverrideOut(BaseModel):
@@ -68,8 +110,10 @@ class DutyOut(BaseModel):
     )
     opens_on: str = Field(
         default="graded",
-        description="'graded': opens with the grade; 'resolved': opens when the incident is "
-        "resolved, its deadline counted from the resolution",
+        description="'graded': opens with the grade (its confirmation, under a plan whose "
+        "grade a body confirms); 'proposed': with the rulebook's proposal; 'instructed': with a "
+        "leader's signed instruction; 'resolved': when the incident is resolved. Its deadline "
+        "is counted from that event",
     )
 
 
@@ -112,6 +156,11 @@ class PlanOut(BaseModel):
     categories: tuple[CategoryOut, ...]
     statement_kinds: tuple[StatementKindOut, ...]
     articles: tuple[dict[str, str], ...]
+    confirmed_by: Named | None = Field(
+        default=None,
+        description="the role that confirms the rulebook's proposed grade (plan.yaml grading); "
+        "none: the rulebook grades",
+    )
 
 
 class PlanTryIn(FrozenModel):
@@ -246,6 +295,9 @@ def plan_view(plan: Plan, rulebook: Rulebook) -> PlanOut:
             for kind in manifest.statement_kinds
         ),
         articles=tuple(a.model_dump() for a in manifest.articles),
+        confirmed_by=(
+            role(manifest.grading.confirmed_by) if manifest.grading.confirmed_by else None
+        ),
     )
 
 
@@ -264,6 +316,16 @@ def check_grade_input(plan: Plan, body: OverrideIn) -> None:
             "category",
             f"category {body.category!r} is not one of the plan's categories {sorted(categories)}",
             "plan_category",
+        )
+
+
+def check_confirm_input(plan: Plan, body: ConfirmIn) -> None:
+    """An optional level and category of the plan in force, or a 422 naming the field."""
+    if body.level is not None:
+        check_grade_input(plan, OverrideIn(level=body.level, category=body.category, reason="-"))
+    elif body.category is not None:
+        check_grade_input(
+            plan, OverrideIn(level=plan.manifest.ranks[0], category=body.category, reason="-")
         )
 
 
@@ -333,6 +395,69 @@ def build_router(
             level=decided.to_level,
             category=decided.category,
             reason=decided.reason,
+        )
+
+    async def acting_scope(caller: Caller, incident_id: str, role: Role) -> IncidentScope:
+        """As for the override: seen in full, the role, and acting for every unit."""
+        scope = await views.scope(incident_id)
+        visibility.require(caller, scope, "incident", incident_id, at_least=Sight.FULL)
+        assert scope is not None
+        caller.require(role)
+        if not visibility.may_act_on(caller, scope):
+            raise Forbidden(
+                f"{caller.id} may not act for every unit of incident {incident_id}",
+                {"unit_ids": list(scope.unit_ids)},
+            )
+        return scope
+
+    @router.post(
+        "/incidents/{incident_id}/confirm",
+        response_model=ConfirmOut,
+        summary="Confirm the proposed grade (the body the plan names, plan.yaml grading), "
+        "or change it with a reason: the incident is graded",
+        responses={409: {"description": "nothing is proposed, or dismissed"}},
+    )
+    async def confirm_grade(incident_id: str, body: ConfirmIn, caller: CurrentCaller) -> ConfirmOut:
+        current = await views.grade(incident_id) if await views.scope(incident_id) else None
+        named = current.confirm_role if current is not None and current.proposed else None
+        in_force = plans.plan.manifest.grading.confirmed_by if plans is not None else None
+        role = Role(named) if named is not None else (in_force or Role.LEADER)
+        scope = await acting_scope(caller, incident_id, role)
+        if plans is not None:
+            check_confirm_input(plans.plan, body)
+        units = scope.unit_ids or (None,)
+        decided = await commands.confirm(
+            incident_id, body.level, body.category, body.reason, caller.actor, units[0]
+        )
+        return ConfirmOut(
+            incident_id=incident_id,
+            level=decided.level,
+            category=decided.category,
+            confirmed_by=caller.id,
+            reason=decided.confirmation_reason,
+        )
+
+    @router.post(
+        "/incidents/{incident_id}/instructions",
+        response_model=InstructionOut,
+        status_code=201,
+        summary="Record a leader's instruction (批示; signed: 签批) on the incident",
+        responses={409: {"description": "neither graded nor proposed yet"}},
+    )
+    async def record_instruction(
+        incident_id: str, body: InstructionIn, caller: CurrentCaller
+    ) -> InstructionOut:
+        scope = await acting_scope(caller, incident_id, Role.LEADER)
+        units = scope.unit_ids or (None,)
+        given = await commands.instruct(incident_id, body.text, body.signed, caller.actor, units[0])
+        return InstructionOut(
+            incident_id=incident_id,
+            instruction_id=given.instruction_id,
+            text=given.text,
+            signed=given.signed,
+            instructed_by=given.instructed_by,
+            level=given.level,
+            category=given.category,
         )
 
     @router.get("/rulebook", response_model=Rulebook, summary="The rules in force")

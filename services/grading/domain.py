@@ -12,7 +12,7 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, PositiveInt, ValidationError, model_validator
 
-from shared.errors import Conflict
+from shared.errors import Conflict, Invalid
 from shared.events import (
     Category,
     Envelope,
@@ -21,6 +21,8 @@ from shared.events import (
     GradeOverridden,
     IncidentEscalated,
     IncidentGraded,
+    IncidentGradeProposed,
+    LeaderInstructionRecorded,
     Level,
     MediaTier,
     Reach,
@@ -28,6 +30,7 @@ from shared.events import (
     ReportReceived,
 )
 from shared.models import FrozenModel
+from shared.plan_rules import PlanStamp
 
 # --------------------------------------------------------------------------- rulebook
 
@@ -120,17 +123,6 @@ class Rulebook(FrozenModel):
                     raise ValueError(f"media tier {tier.value!r} is in both {twice}")
                 mapped[tier] = tier_rule.id
         return self
-
-
-@dataclass(frozen=True)
-class PlanStamp:
-    """The plan in force, recorded in every grade event (its id and version)."""
-
-    plan_id: str | None = None
-    plan_version: str | None = None
-
-    def fields(self) -> dict[str, str | None]:
-        return {"plan_id": self.plan_id, "plan_version": self.plan_version}
 
 
 NO_PLAN = PlanStamp()
@@ -317,11 +309,23 @@ class Grade:
     # The plan its grade events record: the last graded or escalated under (an override,
     # a person's decision, records none and keeps it).
     plan: PlanStamp = NO_PLAN
+    # The rulebook's proposal awaiting its body's confirmation (plan.yaml `grading`): the
+    # level and category above are proposed, not yet the incident's.
+    proposal: IncidentGradeProposed | None = None
+
+    @property
+    def proposed(self) -> bool:
+        return self.proposal is not None
 
 
 def evolve(grade: Grade | None, event: Envelope) -> Grade:
     """The grade after one more event of its stream: graded first, then moved up or down."""
     payload = event.payload
+    if isinstance(payload, IncidentGradeProposed) and (grade is None or grade.proposed):
+        stamp = PlanStamp(payload.plan_id, payload.plan_version)
+        return Grade(payload.level, payload.category, event.stream_version, stamp, payload)
+    if grade is not None and isinstance(payload, LeaderInstructionRecorded):
+        return replace(grade, version=event.stream_version)
     if isinstance(payload, IncidentGraded):
         stamp = PlanStamp(payload.plan_id, payload.plan_version)
         return Grade(payload.level, payload.category, event.stream_version, stamp)
@@ -342,8 +346,11 @@ def on_report(
     new: ReportFacts,
     dismissed: bool,
     plan: PlanStamp = NO_PLAN,
+    confirm_role: str | None = None,
 ) -> EventPayload | None:
     """Grade an incident on its first report; escalate it when a later one raises it.
+    Under a plan whose grade a body confirms (`confirm_role`), propose the grade instead,
+    and propose again while unconfirmed when a later report raises it.
 
     Escalation compares what the rules said before this report with what they say now,
     so a leader's override down holds until new facts raise the assessment again, and
@@ -353,6 +360,11 @@ def on_report(
     if dismissed:
         return None
     now = assess(rulebook, [*prior, new])
+    if grade is None and confirm_role is not None:
+        return _proposal(rulebook, now, confirm_role, plan)
+    if grade is not None and grade.proposal is not None:
+        raised = now.level < grade.level
+        return _proposal(rulebook, now, grade.proposal.confirm_role, plan) if raised else None
     if grade is None:
         return IncidentGraded(
             level=now.level,
@@ -372,15 +384,35 @@ def on_claims_confirmed(
     confirmation: ReportClaimsConfirmed,
     dismissed: bool,
     plan: PlanStamp = NO_PLAN,
-) -> IncidentEscalated | None:
+) -> IncidentEscalated | IncidentGradeProposed | None:
     """The office confirmed a partner's claims: the incident is assessed again with them,
-    and escalated if they raise it (as a new report would). Nothing is lowered."""
+    and escalated if they raise it (as a new report would; proposed again if its grade is
+    still a proposal). Nothing is lowered."""
     if dismissed or grade is None:
         return None
     after = [
         r.confirmed(confirmation) if r.report_id == confirmation.report_id else r for r in reports
     ]
+    if grade.proposal is not None:
+        now = assess(rulebook, after)
+        if now.level >= grade.level:
+            return None
+        return _proposal(rulebook, now, grade.proposal.confirm_role, plan)
     return _raised(rulebook, grade, assess(rulebook, reports), assess(rulebook, after), plan)
+
+
+def _proposal(
+    rulebook: Rulebook, now: Assessment, confirm_role: str, plan: PlanStamp
+) -> IncidentGradeProposed:
+    return IncidentGradeProposed(
+        level=now.level,
+        category=now.category,
+        rules_fired=now.rules_fired,
+        rulebook_version=rulebook.version,
+        sensitive_topics=now.sensitive_topics,
+        confirm_role=confirm_role,
+        **plan.fields(),
+    )
 
 
 def _raised(
@@ -420,6 +452,8 @@ def on_deadline_missed(
     rule = rulebook.mishandling
     if rule is None or grade is None or dismissed or missed_level != grade.level:
         return None
+    if grade.proposed:
+        return None  # a proposal's level is its body's to decide, not the rulebook's
     to_level = max(1, grade.level - rule.steps)  # 1, the most severe, is as high as it goes
     if to_level == grade.level:
         return None
@@ -456,6 +490,12 @@ def override(
     """The leading group sets the level by hand, up or down."""
     if grade is None:
         raise OverrideRefused("the incident has not been graded yet", grade)
+    if grade.proposal is not None:
+        raise OverrideRefused(
+            f"the grade is proposed, awaiting confirmation by {grade.proposal.confirm_role}: "
+            "confirm it, with another level or category and a reason to change it",
+            grade,
+        )
     if dismissed:
         # A grade on a pseudo-incident would open reporting obligations; reopen it first.
         raise OverrideRefused(
@@ -468,4 +508,75 @@ def override(
         )
     return GradeOverridden(
         from_level=grade.level, to_level=to_level, category=new_category, reason=reason
+    )
+
+
+# --------------------------------------------------------------------------- by a body
+
+
+class ConfirmRefused(OverrideRefused):
+    """A confirmation with nothing proposed, or of a dismissed pseudo-incident (409)."""
+
+    code = "confirm_refused"
+
+
+def confirm(
+    grade: Grade | None,
+    level: Level | None,
+    category: Category | None,
+    reason: str | None,
+    dismissed: bool,
+    by: str,
+) -> IncidentGraded:
+    """The body the plan names confirms the proposed grade, or changes it with a reason:
+    the incident is graded, as every consumer knows it (IncidentGraded), by `by`."""
+    proposal = grade.proposal if grade is not None else None
+    if grade is None or proposal is None:
+        raise ConfirmRefused("no grade is proposed for the incident", grade)
+    if dismissed:
+        raise ConfirmRefused(
+            "the incident was dismissed as a pseudo-incident; reopen it first", grade
+        )
+    new_level = proposal.level if level is None else level
+    new_category = proposal.category if category is None else category
+    changed = new_level != proposal.level or new_category != proposal.category
+    if changed and not reason:
+        raise Invalid(
+            "reason",
+            "required when the level or category differs from the proposal",
+            "missing",
+            message="改变拟定级别或类别时须说明理由（reason）",
+        )
+    return IncidentGraded(
+        level=new_level,
+        category=new_category,
+        rules_fired=proposal.rules_fired,
+        rulebook_version=proposal.rulebook_version,
+        sensitive_topics=proposal.sensitive_topics,
+        plan_id=grade.plan.plan_id,
+        plan_version=grade.plan.plan_version,
+        confirmed_by=by,
+        confirmation_reason=reason or None,
+    )
+
+
+class InstructionRefused(OverrideRefused):
+    """An instruction on an incident neither graded nor proposed (409)."""
+
+    code = "instruction_refused"
+
+
+def instruct(
+    grade: Grade | None, instruction_id: str, text: str, signed: bool, by: str
+) -> LeaderInstructionRecorded:
+    """A leader's instruction (批示/签批) on the incident, at its grade (proposed or not)."""
+    if grade is None:
+        raise InstructionRefused("the incident has not been graded or proposed yet", grade)
+    return LeaderInstructionRecorded(
+        instruction_id=instruction_id,
+        text=text,
+        signed=signed,
+        instructed_by=by,
+        level=grade.level,
+        category=grade.category,
     )

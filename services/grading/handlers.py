@@ -8,9 +8,13 @@ the grade stream first.
 
 from __future__ import annotations
 
+import uuid
+
 from services.grading.domain import (
     Grade,
     ReportFacts,
+    confirm,
+    instruct,
     on_claims_confirmed,
     on_deadline_missed,
     on_report,
@@ -28,7 +32,9 @@ from shared.events import (
     GradeOverridden,
     IncidentDismissed,
     IncidentGraded,
+    IncidentGradeProposed,
     IncidentReopened,
+    LeaderInstructionRecorded,
     Level,
     ObligationFulfilled,
     ObligationOpened,
@@ -72,12 +78,18 @@ class GradingHandlers:
         if any(r.report_id == report.report_id for r in facts.reports):
             return  # the same report under another event id: already counted
         grade = await self.grades.get(uow, event.incident_id)
-        plan = await self.versions.for_incident(event.incident_id, grade, uow)
+        plan = await self.versions.for_incident(facts.pin, grade)
         decision = on_report(
-            plan.rulebook, grade, facts.reports, ReportFacts.of(report), facts.dismissed, plan.stamp
+            plan.rulebook,
+            grade,
+            facts.reports,
+            ReportFacts.of(report),
+            facts.dismissed,
+            plan.stamp,
+            plan.confirmed_by,
         )
         await self.views.add_report(event.incident_id, report, uow)
-        if isinstance(decision, IncidentGraded):
+        if grade is None and isinstance(decision, IncidentGraded | IncidentGradeProposed):
             await self.versions.pin(event.incident_id, plan, uow)
         decided = [decision] if decision is not None else []
         await self.grades.save(uow, event.incident_id, grade, decided, self._cause(event))
@@ -97,7 +109,7 @@ class GradingHandlers:
         if not claimed.claims_unconfirmed:
             return  # the same confirmation under another event id: already counted
         grade = await self.grades.get(uow, event.incident_id)
-        plan = await self.versions.for_incident(event.incident_id, grade, uow)
+        plan = await self.versions.for_incident(facts.pin, grade)
         decision = on_claims_confirmed(
             plan.rulebook, grade, facts.reports, confirmation, facts.dismissed, plan.stamp
         )
@@ -122,7 +134,7 @@ class GradingHandlers:
             # graded means the topics disagree, which someone must look at.
             raise Rejected(f"a deadline was missed on {event.incident_id}, which was never graded")
         facts = await self.views.facts(event.incident_id, uow)
-        plan = await self.versions.for_incident(event.incident_id, grade, uow)
+        plan = await self.versions.for_incident(facts.pin, grade)
         decision = on_deadline_missed(
             plan.rulebook, grade, missed.level, facts.dismissed, plan.stamp
         )
@@ -162,6 +174,43 @@ class GradingCommands:
             grade = await self.grades.get(uow, incident_id)
             facts = await self.views.facts(incident_id, uow)
             decided = override(grade, level, category, reason, facts.dismissed)
+            cause = Cause(actor, incident_id, unit_id=unit_id, occurred_at=self.clock())
+            await self.grades.save(uow, incident_id, grade, [decided], cause)
+            return decided
+
+        return await self.run(work)
+
+    async def confirm(
+        self,
+        incident_id: str,
+        level: Level | None,
+        category: Category | None,
+        reason: str | None,
+        actor: Actor,
+        unit_id: str | None,
+    ) -> IncidentGraded:
+        """The body the plan names confirms or changes the proposed grade; raises
+        ConfirmRefused (409) or Invalid (422, `reason`)."""
+
+        async def work(uow: UnitOfWork) -> IncidentGraded:
+            grade = await self.grades.get(uow, incident_id)
+            facts = await self.views.facts(incident_id, uow)
+            decided = confirm(grade, level, category, reason, facts.dismissed, actor.id)
+            cause = Cause(actor, incident_id, unit_id=unit_id, occurred_at=self.clock())
+            await self.grades.save(uow, incident_id, grade, [decided], cause)
+            return decided
+
+        return await self.run(work)
+
+    async def instruct(
+        self, incident_id: str, text: str, signed: bool, actor: Actor, unit_id: str | None
+    ) -> LeaderInstructionRecorded:
+        """Record a leader's instruction (批示/签批); raises InstructionRefused (409)."""
+        instruction_id = uuid.uuid4().hex
+
+        async def work(uow: UnitOfWork) -> LeaderInstructionRecorded:
+            grade = await self.grades.get(uow, incident_id)
+            decided = instruct(grade, instruction_id, text, signed, actor.id)
             cause = Cause(actor, incident_id, unit_id=unit_id, occurred_at=self.clock())
             await self.grades.save(uow, incident_id, grade, [decided], cause)
             return decided

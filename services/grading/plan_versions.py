@@ -19,30 +19,24 @@ version in force.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.grading.domain import Grade, PlanStamp, Rulebook
+from services.grading.domain import Grade, Rulebook
 from services.grading.projections import FACTS
-from shared.plan import Plan, PlanError
+from shared.plan import Plan
+from shared.plan_rules import PlanStamp
+from shared.plan_snapshots import SnapshotStore, content_digest, snapshot_key
 from shared.store import Document, UnitOfWork
 
 PLAN_VERSIONS = "plan_versions"
 
 
-def _key(plan_id: str | None, plan_version: str | None) -> str:
-    return f"{plan_id}@{plan_version}"
-
-
 def rulebook_digest(rulebook: Rulebook) -> str:
     """The rulebook's content, hashed: what tells two texts under one version apart."""
-    text = json.dumps(rulebook.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return content_digest(rulebook.model_dump(mode="json"))
 
 
 @dataclass(frozen=True)
@@ -52,6 +46,9 @@ class PlanVersion:
     plan_id: str | None
     plan_version: str | None
     rulebook: Rulebook
+    # The role whose confirmation makes the rulebook's grade the incident's (plan.yaml
+    # `grading.confirmed_by`); None: the rulebook grades.
+    confirmed_by: str | None = None
 
     @property
     def stamp(self) -> PlanStamp:
@@ -59,11 +56,12 @@ class PlanVersion:
 
     @property
     def key(self) -> str:
-        return _key(self.plan_id, self.plan_version)
+        return snapshot_key(self.plan_id, self.plan_version)
 
     @classmethod
     def of(cls, plan: Plan, rulebook: Rulebook) -> PlanVersion:
-        return cls(plan.id, plan.version, rulebook)
+        role = plan.manifest.grading.confirmed_by
+        return cls(plan.id, plan.version, rulebook, role.value if role is not None else None)
 
     def document(self, name: str, recorded_at: datetime) -> Document:
         return {
@@ -74,12 +72,18 @@ class PlanVersion:
             "rulebook": self.rulebook.model_dump(mode="json"),
             "rulebook_version": self.rulebook.version,
             "digest": rulebook_digest(self.rulebook),
+            "confirmed_by": self.confirmed_by,
             "recorded_at": recorded_at,
         }
 
     @classmethod
     def from_document(cls, doc: Document) -> PlanVersion:
-        return cls(doc["plan_id"], doc["plan_version"], Rulebook.model_validate(doc["rulebook"]))
+        return cls(
+            doc["plan_id"],
+            doc["plan_version"],
+            Rulebook.model_validate(doc["rulebook"]),
+            doc.get("confirmed_by"),
+        )
 
 
 class PlanVersions:
@@ -88,54 +92,34 @@ class PlanVersions:
     def __init__(self, db: AsyncDatabase[Document], current: PlanVersion) -> None:
         self.db = db
         self.current = current
-        # Snapshots never change once stored: each is read from the database once.
-        self._known: dict[str, PlanVersion] = {current.key: current}
+        self._snapshots = SnapshotStore(db, PLAN_VERSIONS, current, PlanVersion.from_document)
 
     async def record_current(self, name: str, now: datetime) -> None:
         """Store the version in force unless it is stored already, as it is: PlanError when
         the same version is stored with another rulebook (the plan changed, its version
         did not)."""
         current = self.current
-        doc = current.document(name, now)
-        await self.db[PLAN_VERSIONS].update_one(
-            {"_id": current.key}, {"$setOnInsert": doc}, upsert=True
-        )
-        stored = await self.db[PLAN_VERSIONS].find_one({"_id": current.key}) or doc
-        if stored.get("digest") != doc["digest"]:
-            raise PlanError(
+        await self._snapshots.record_current(
+            current.document(name, now),
+            lambda stored: (
                 f"plan {current.plan_id!r} version {current.plan_version!r} was graded under "
                 f"with another rulebook (stored {stored.get('recorded_at')}, rulebook version "
                 f"{stored.get('rulebook_version')!r}): a plan that changes must change its "
                 "`version` in plan.yaml, so that open incidents stay on the text they "
                 "started with"
-            )
-
-    async def _version(self, plan_id: str | None, plan_version: str | None) -> PlanVersion | None:
-        key = _key(plan_id, plan_version)
-        if key not in self._known:
-            doc = await self.db[PLAN_VERSIONS].find_one({"_id": key})
-            if doc is None:
-                return None
-            self._known[key] = PlanVersion.from_document(doc)
-        return self._known[key]
-
-    async def for_incident(
-        self, incident_id: str, grade: Grade | None, uow: UnitOfWork
-    ) -> PlanVersion:
-        """The version an incident is decided under: its pin; for an incident graded before
-        pins were kept, the version its grade events record; else the version in force."""
-        doc: dict[str, Any] = (
-            await self.db[FACTS].find_one(
-                {"_id": incident_id}, {"plan_id": True, "plan_version": True}, session=uow.session
-            )
-            or {}
+            ),
         )
-        if "plan_version" in doc:
-            pinned = await self._version(doc.get("plan_id"), doc["plan_version"])
+
+    async def for_incident(self, pin: PlanStamp | None, grade: Grade | None) -> PlanVersion:
+        """The version an incident is decided under: its pin (kept on its facts); for an
+        incident graded before pins were kept, the version its grade events record; else
+        the version in force."""
+        if pin is not None:
+            pinned = await self._snapshots.stored(pin.plan_id, pin.plan_version)
             if pinned is not None:
                 return pinned
         if grade is not None and grade.plan.plan_version is not None:
-            recorded = await self._version(grade.plan.plan_id, grade.plan.plan_version)
+            recorded = await self._snapshots.stored(grade.plan.plan_id, grade.plan.plan_version)
             if recorded is not None:
                 return recorded
         return self.current

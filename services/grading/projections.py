@@ -25,6 +25,8 @@ from shared.events import (
     GradeOverridden,
     IncidentEscalated,
     IncidentGraded,
+    IncidentGradeProposed,
+    LeaderInstructionRecorded,
     Level,
     MediaTier,
     ObligationFulfilled,
@@ -32,6 +34,7 @@ from shared.events import (
     Reach,
     ReportReceived,
 )
+from shared.plan_rules import PlanStamp
 from shared.store import Document, UnitOfWork
 from shared.visibility import IncidentScope, scope_of
 
@@ -48,6 +51,8 @@ class IncidentFacts:
     reports: tuple[ReportFacts, ...]
     unit_ids: tuple[str, ...]
     dismissed: bool
+    # The plan version the incident is pinned to (plan_versions.py); None before a pin.
+    pin: PlanStamp | None = None
 
 
 class GradeHistoryEntry(BaseModel):
@@ -62,6 +67,16 @@ class GradeHistoryEntry(BaseModel):
     category: Category
     reason: str | None = None
     rules_fired: tuple[FiredRule, ...] = ()
+
+
+class InstructionView(BaseModel):
+    """A leader's instruction (批示; `signed`: 签批) on the incident."""
+
+    instruction_id: str
+    text: str
+    signed: bool
+    instructed_by: str
+    at: datetime
 
 
 class GradeView(BaseModel):
@@ -81,6 +96,12 @@ class GradeView(BaseModel):
     updated_at: datetime
     version: int
     history: tuple[GradeHistoryEntry, ...]
+    # Under a plan whose grade a body confirms: the level above is proposed until a person
+    # with `confirm_role` confirms it; `confirmed_by` who did.
+    proposed: bool = False
+    confirm_role: str | None = None
+    confirmed_by: str | None = None
+    instructions: tuple[InstructionView, ...] = ()
 
 
 def _facts_doc(report: ReportFacts) -> Document:
@@ -124,6 +145,11 @@ class GradingViews:
             reports=tuple(_facts_of(r) for r in doc.get("reports", [])),
             unit_ids=tuple(doc.get("unit_ids", [])),
             dismissed=bool(doc.get("dismissed", False)),
+            pin=(
+                PlanStamp(doc.get("plan_id"), doc["plan_version"])
+                if "plan_version" in doc
+                else None
+            ),
         )
 
     async def add_report(self, incident_id: str, report: ReportReceived, uow: UnitOfWork) -> None:
@@ -190,7 +216,21 @@ class GradingViews:
         }
         current: Document = {"version": event.stream_version, "updated_at": event.occurred_at}
         match event.payload:
-            case IncidentGraded() as graded:
+            case LeaderInstructionRecorded() as given:
+                instruction = {
+                    "instruction_id": given.instruction_id,
+                    "text": given.text,
+                    "signed": given.signed,
+                    "instructed_by": given.instructed_by,
+                    "at": event.occurred_at,
+                }
+                await self.db[GRADES].update_one(
+                    {"_id": event.incident_id},
+                    {"$set": current, "$push": {"instructions": instruction}},
+                    session=uow.session,
+                )
+                return
+            case IncidentGraded() | IncidentGradeProposed() as graded:
                 facts = await self.db[FACTS].find_one(
                     {"_id": event.incident_id}, session=uow.session
                 )
@@ -210,6 +250,11 @@ class GradingViews:
                     filed_by=facts.get("filed_by", []),
                     dismissed=bool(facts.get("dismissed", False)),
                 )
+                if isinstance(graded, IncidentGradeProposed):
+                    current.update(proposed=True, confirm_role=graded.confirm_role)
+                else:
+                    current.update(proposed=False, confirmed_by=graded.confirmed_by)
+                    entry.update(reason=graded.confirmation_reason)
                 category = graded.category
             case IncidentEscalated() as escalated:
                 entry.update(

@@ -1,5 +1,5 @@
 """Where the intake service is assembled: reports in, incidents opened, attached, resolved,
-dismissed, reopened.
+dismissed, reopened; files attached to reports (services/intake/attachments.py).
 
 `build` reads the intake policy (a bad file stops the start), builds the incident
 repository over the store with the read models as its projector, the commands on the one
@@ -11,6 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.intake.api import build_router
+from services.intake.attachments import (
+    AttachmentCommands,
+    AttachmentPolicy,
+    AttachmentStore,
+    AttachmentViews,
+    GridFSAttachmentStore,
+)
+from services.intake.attachments_api import add_attachment_routes
 from services.intake.domain import Incident, IntakePolicy, evolve, incident_stream
 from services.intake.handlers import IntakeCommands
 from services.intake.projections import IntakeViews
@@ -25,16 +33,33 @@ class IntakeParts(ServiceParts):
     policy: IntakePolicy
     views: IntakeViews
     commands: IntakeCommands
+    attachments: AttachmentCommands
 
 
-def build(deps: Dependencies) -> IntakeParts:
+def build(deps: Dependencies, attachment_store: AttachmentStore | None = None) -> IntakeParts:
+    """`attachment_store`: where attached files are kept; intake's own GridFS by default."""
     policy = load_policy(deps.settings.intake_policy_path, IntakePolicy)
     views = IntakeViews(deps.store.db)
-    incidents = Repository[Incident](incident_stream, evolve, projectors=[views.apply])
+    attachment_views = AttachmentViews(deps.store.db)
+    incidents = Repository[Incident](
+        incident_stream, evolve, projectors=[views.apply, attachment_views.apply]
+    )
     visibility = deps.visibility
     commands = IntakeCommands(
         incidents, views, policy, deps.command_runner(), visibility, deps.clock
     )
+    attachments = AttachmentCommands(
+        incidents,
+        views,
+        attachment_views,
+        attachment_store or GridFSAttachmentStore(deps.store.db),
+        AttachmentPolicy.from_settings(deps.settings),
+        deps.command_runner(),
+        visibility,
+        deps.clock,
+    )
+    router = build_router(commands, views, visibility, deps.directory, policy, deps.clock)
+    add_attachment_routes(router, attachments, attachment_views)
     return IntakeParts(
         name="intake",
         prefix="/intake/v1",
@@ -45,9 +70,10 @@ def build(deps: Dependencies) -> IntakeParts:
             f"`{INTAKE_TOPIC}`."
         ),
         store=deps.store,
-        router=build_router(commands, views, visibility, deps.directory, policy, deps.clock),
-        setup=[views.ensure_indexes],
+        router=router,
+        setup=[views.ensure_indexes, attachment_views.ensure_indexes],
         policy=policy,
         views=views,
         commands=commands,
+        attachments=attachments,
     )

@@ -34,9 +34,11 @@ from shared.events import (
     IncidentDismissed,
     IncidentEscalated,
     IncidentGraded,
+    IncidentGradeProposed,
     IncidentOpened,
     IncidentReopened,
     IncidentResolved,
+    LeaderInstructionRecorded,
     ReportReceived,
 )
 from shared.handlers import HandlerMap
@@ -136,6 +138,8 @@ def build(deps: Dependencies) -> NotificationParts:
         .on(IncidentGraded, workflow.on_graded)
         .on(IncidentEscalated, workflow.on_regraded)
         .on(GradeOverridden, workflow.on_regraded)
+        .on(IncidentGradeProposed, workflow.on_proposed)
+        .on(LeaderInstructionRecorded, workflow.on_instructed)
         .on(IncidentResolved, workflow.on_resolved)
         .on(IncidentDismissed, workflow.on_dismissed)
         .on(IncidentReopened, workflow.on_reopened)

@@ -156,7 +156,9 @@ class Dispatcher:
     ) -> None:
         now = self.clock()
         # The obligations row was written by the projector that runs before this one.
-        obligation = await self.projections.obligation(obligation_id, session=uow.session)
+        obligation = await self.projections.obligation(
+            obligation_id, session=uow.session, memo=uow.memo
+        )
         assert obligation is not None, f"obligation {obligation_id} is not projected"
         incident = await self.projections.incidents.get(
             event.incident_id, session=uow.session, memo=uow.memo

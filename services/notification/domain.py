@@ -36,7 +36,7 @@ from shared.events import (
     ObligationState,
 )
 from shared.identity import Role
-from shared.plan_rules import ObligationPolicy, ObligationRule
+from shared.plan_rules import OPENS_ON_PROPOSAL, ObligationPolicy, ObligationRule, PlanStamp
 from shared.visibility import hidden
 
 
@@ -87,14 +87,6 @@ class NotDelivered(Conflict):
 
 # SameDay, ObligationRule and ObligationPolicy: shared/plan_rules.py (the plan view and
 # grading's what-if read the same duties).
-
-
-@dataclass(frozen=True)
-class PlanStamp:
-    """The plan version whose duty table a decision used, recorded on each duty it opens."""
-
-    plan_id: str | None = None
-    plan_version: str | None = None
 
 
 UNSTAMPED = PlanStamp()
@@ -295,6 +287,25 @@ class Ledger:
             return []
         rules = policy.rules_for(level, category, at_closure=True)
         return _open(policy, rules, level, resolved_at, tz, skip=self._owed_kinds(), stamp=stamp)
+
+    def open_on(
+        self,
+        policy: ObligationPolicy,
+        opens_on: str,
+        *,
+        level: Level,
+        category: Category | None,
+        at: datetime,
+        tz: ZoneInfo,
+        stamp: PlanStamp = UNSTAMPED,
+    ) -> list[ObligationOpened]:
+        """The duties of the level and category that open on a grade's proposal (`opens_on:
+        proposed`) or a leader's signed instruction (`instructed`), counted from it. A
+        proposal raised again opens none already owed or met; another signed instruction
+        opens afresh what the last one's duties no longer owe."""
+        rules = policy.rules_on(level, category, opens_on)
+        skip = self.live_kinds() if opens_on == OPENS_ON_PROPOSAL else self._owed_kinds()
+        return _open(policy, rules, level, at, tz, skip=skip, stamp=stamp)
 
     def close_at_reopen(self, policy: ObligationPolicy, reason: str) -> list[ObligationClosed]:
         """Reopening ends the duties its resolution opened that are still open: the matter

@@ -32,16 +32,19 @@ from shared.events import (
     IncidentDismissed,
     IncidentEscalated,
     IncidentGraded,
+    IncidentGradeProposed,
     IncidentOpened,
     IncidentReopened,
     IncidentResolved,
     IncidentStatus,
+    LeaderInstructionRecorded,
     Level,
     ObligationFulfilled,
     ReportReceived,
 )
 from shared.identity import Caller, Role
 from shared.incident_context import IncidentSnapshot
+from shared.plan_rules import OPENS_ON_INSTRUCTION, OPENS_ON_PROPOSAL
 from shared.repository import Cause, CommandRunner, Repository
 from shared.store import UnitOfWork
 
@@ -84,6 +87,47 @@ class ObligationWorkflow:
         incident = await self._learn(event, uow)
         table = await self.versions.for_grade(event.incident_id, p.plan_id, p.plan_version, uow)
         await self._open_for_grade(event, incident, table, p.level, p.category, True, uow)
+
+    async def on_proposed(self, event: Envelope, p: IncidentGradeProposed, uow: UnitOfWork) -> None:
+        """A grade proposed to the body the plan names opens the duties owed on the
+        proposal (`opens_on: proposed`), counted from it; the rest wait for the grade."""
+        table = await self.versions.for_grade(event.incident_id, p.plan_id, p.plan_version, uow)
+        await self._open_on(event, table, OPENS_ON_PROPOSAL, p.level, p.category, uow)
+
+    async def on_instructed(
+        self, event: Envelope, p: LeaderInstructionRecorded, uow: UnitOfWork
+    ) -> None:
+        """A leader's signed instruction (签批) opens the duties owed on it (`opens_on:
+        instructed`), counted from it, from the pinned version; an unsigned one opens
+        nothing (the incident stays under watch, seed 003 第十七条)."""
+        if not p.signed:
+            return
+        table = await self.versions.pinned(event.incident_id, uow)
+        await self._open_on(event, table, OPENS_ON_INSTRUCTION, p.level, p.category, uow)
+
+    async def _open_on(
+        self,
+        event: Envelope,
+        table: DutyTable,
+        opens_on: str,
+        level: Level,
+        category: Category,
+        uow: UnitOfWork,
+    ) -> None:
+        incident = await self._incident(uow, event.incident_id)
+        if incident.closed:
+            return  # an incident already ended owes nothing more on these
+        ledger = await self._ledger(uow, event.incident_id)
+        opened = ledger.open_on(
+            table.duties,
+            opens_on,
+            level=level,
+            category=category,
+            at=event.occurred_at,
+            tz=self.tz,
+            stamp=table.stamp,
+        )
+        await self._react(event, incident, ledger, opened, uow)
 
     async def on_regraded(
         self, event: Envelope, p: IncidentEscalated | GradeOverridden, uow: UnitOfWork

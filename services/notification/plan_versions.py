@@ -32,8 +32,6 @@ version) is decided by the pin, or the plan in force.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,9 +40,8 @@ import structlog
 from prometheus_client import Counter
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.notification.domain import PlanStamp
-from shared.plan import PlanError
-from shared.plan_rules import ObligationPolicy
+from shared.plan_rules import ObligationPolicy, PlanStamp
+from shared.plan_snapshots import SnapshotStore, content_digest, snapshot_key
 from shared.store import Document, UnitOfWork
 
 log = structlog.get_logger("yuqing.notification")
@@ -60,10 +57,6 @@ UNKNOWN_VERSION = Counter(
 )
 
 
-def _key(plan_id: str | None, plan_version: str | None) -> str:
-    return f"{plan_id}@{plan_version}"
-
-
 def duties_of(policy: ObligationPolicy) -> ObligationPolicy:
     """The duty table alone (no delivery part), as a snapshot stores it."""
     data = policy.model_dump(mode="json", include=set(ObligationPolicy.model_fields))
@@ -73,9 +66,7 @@ def duties_of(policy: ObligationPolicy) -> ObligationPolicy:
 def duties_digest(duties: ObligationPolicy) -> str:
     """The table's content, hashed: what tells two tables under one version apart. Fields
     left at their defaults are left out, so a field added later changes no stored digest."""
-    data = duties.model_dump(mode="json", exclude_defaults=True)
-    text = json.dumps(data, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return content_digest(duties.model_dump(mode="json", exclude_defaults=True))
 
 
 @dataclass(frozen=True)
@@ -92,7 +83,7 @@ class DutyTable:
 
     @property
     def key(self) -> str:
-        return _key(self.plan_id, self.plan_version)
+        return snapshot_key(self.plan_id, self.plan_version)
 
     def document(self, recorded_at: datetime) -> Document:
         return {
@@ -117,35 +108,22 @@ class DutyVersions:
     def __init__(self, db: AsyncDatabase[Document], current: DutyTable) -> None:
         self.db = db
         self.current = current
-        # Tables never change once stored: each is read from the database once.
-        self._known: dict[str, DutyTable] = {current.key: current}
+        self._tables = SnapshotStore(db, DUTY_VERSIONS, current, DutyTable.from_document)
 
     async def record_current(self, now: datetime) -> None:
         """Store the table in force unless it is stored already: PlanError when the same
         version is stored with other duties (the duties changed, the version did not)."""
         current = self.current
-        doc = current.document(now)
-        await self.db[DUTY_VERSIONS].update_one(
-            {"_id": current.key}, {"$setOnInsert": doc}, upsert=True
-        )
-        stored = await self.db[DUTY_VERSIONS].find_one({"_id": current.key}) or doc
-        if stored.get("digest") != doc["digest"]:
-            raise PlanError(
+        await self._tables.record_current(
+            current.document(now),
+            lambda stored: (
                 f"plan {current.plan_id!r} version {current.plan_version!r} opened duties "
                 f"from another duty table (stored {stored.get('recorded_at')}, duties version "
                 f"{stored.get('duties_version')!r}): a plan whose duties change must change "
                 "its `version` in plan.yaml, so that open incidents keep the duties they "
                 "started with"
-            )
-
-    async def _stored(self, plan_id: str | None, plan_version: str | None) -> DutyTable | None:
-        key = _key(plan_id, plan_version)
-        if key not in self._known:
-            doc = await self.db[DUTY_VERSIONS].find_one({"_id": key})
-            if doc is None:
-                return None
-            self._known[key] = DutyTable.from_document(doc)
-        return self._known[key]
+            ),
+        )
 
     async def table(
         self, plan_id: str | None, plan_version: str | None, **context: Any
@@ -154,7 +132,7 @@ class DutyVersions:
         counted) or none named."""
         if plan_version is None:
             return self.current
-        found = await self._stored(plan_id, plan_version)
+        found = await self._tables.stored(plan_id, plan_version)
         if found is not None:
             return found
         UNKNOWN_VERSION.labels(str(plan_id), plan_version).inc()

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import bson
 from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
@@ -110,7 +111,7 @@ class NotificationProjections:
 
     async def on_obligation_event(self, event: Envelope, uow: UnitOfWork) -> None:
         """The duty an event of the obligations stream names, as it stands after it."""
-        before = await self.obligation(obligation_of(event), session=uow.session)
+        before = await self.obligation(obligation_of(event), session=uow.session, memo=uow.memo)
         after = evolve_obligation(before.obligation if before else None, event)
         incident = await self.incidents.get(event.incident_id, session=uow.session, memo=uow.memo)
         units = incident.unit_ids if incident else before.unit_ids if before else ()
@@ -118,6 +119,10 @@ class NotificationProjections:
         await self.obligations.replace_one(
             {"_id": row.obligation_id}, row.document(), upsert=True, session=uow.session
         )
+        # As a read would give it back (through BSON: milliseconds, the client's time zones).
+        options = self.obligations.codec_options
+        stored = bson.decode(bson.encode(row.document(), codec_options=options), options)
+        uow.memo[_memo_key(row.obligation_id)] = ObligationRow.from_document(stored)
 
     async def set_units(
         self, incident_id: str, unit_ids: tuple[str, ...], session: AsyncClientSession | None
@@ -128,8 +133,14 @@ class NotificationProjections:
         )
 
     async def obligation(
-        self, obligation_id: str, session: AsyncClientSession | None = None
+        self,
+        obligation_id: str,
+        session: AsyncClientSession | None = None,
+        memo: dict[str, Any] | None = None,
     ) -> ObligationRow | None:
+        """A duty's row; `memo` (a unit of work's) holds the rows this transaction wrote."""
+        if memo is not None and (known := memo.get(_memo_key(obligation_id))) is not None:
+            return known  # type: ignore[no-any-return]
         doc = await self.obligations.find_one({"_id": obligation_id}, session=session)
         return ObligationRow.from_document(doc) if doc is not None else None
 
@@ -185,3 +196,7 @@ class NotificationProjections:
             query, sort=[("deadline", ASCENDING), ("_id", ASCENDING)], limit=limit
         )
         return [ObligationRow.from_document(doc) async for doc in cursor]
+
+
+def _memo_key(obligation_id: str) -> str:
+    return f"{OBLIGATIONS}:{obligation_id}"

@@ -7,6 +7,7 @@ and by network policies, TLS and unbuffered streams on the Ingress."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,19 @@ def test_the_ingress_has_tls_routes_everything_and_streams_unbuffered() -> None:
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
     assert "nginx.ingress.kubernetes.io/proxy-buffering" not in ingresses["yuqing"]["metadata"].get(
         "annotations", {}
+    )
+    # An attachment may be up to 20 MiB: its route alone takes more than the 2m of the rest.
+    uploads = ingresses["yuqing-uploads"]
+    (upload,) = [p for r in uploads["spec"]["rules"] for p in r["http"]["paths"]]
+    assert re.fullmatch(upload["path"], "/intake/v1/reports/r-1/attachments")
+    assert upload["backend"]["service"]["name"] == "intake"
+    limit = uploads["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert int(limit.rstrip("m")) * 2**20 > 20 * 2**20
+    assert (
+        ingresses["yuqing"]["metadata"]["annotations"][
+            "nginx.ingress.kubernetes.io/proxy-body-size"
+        ]
+        == "2m"
     )
 
 

@@ -173,9 +173,19 @@ TABLE: dict[tuple[str, str], Door] = {
     # the referral desk: merging a partner's referral, confirming a partner's claims
     ("POST", "/intake/v1/incidents/{incident_id}/merge"): Door(DESK, WRITE, sight="referred"),
     ("POST", "/intake/v1/reports/{report_id}/confirm-claims"): Door(DESK, WRITE, sight="referred"),
+    # sent without a file: whoever passes the door is told the file is missing (422)
+    ("POST", "/intake/v1/reports/{report_id}/attachments"): Door(
+        FILERS, frozenset({422}), sight="referred"
+    ),
+    ("GET", "/intake/v1/reports/{report_id}/attachments"): Door(None, sight="referred"),
+    ("GET", "/intake/v1/attachments/{attachment_id}"): Door(None, UNSEEDED, sight="referred"),
     # grading
     ("GET", "/grading/v1/incidents/{incident_id}/grade"): Door(None, sight="referred"),
     ("POST", "/grading/v1/incidents/{incident_id}/override"): Door(_r(Role.LEADER), WRITE),
+    # grading by a body: the role the plan names (the shipped plan names none: the leader);
+    # nothing is proposed under the shipped plan, so whoever passes is told 409
+    ("POST", "/grading/v1/incidents/{incident_id}/confirm"): Door(_r(Role.LEADER), WRITE),
+    ("POST", "/grading/v1/incidents/{incident_id}/instructions"): Door(_r(Role.LEADER), WRITE),
     ("GET", "/grading/v1/rulebook"): Door(None, sight="none"),
     # the plan in force: the bureau's staff; a what-if: analysts
     ("GET", "/grading/v1/plan"): Door(ALL, sight="none"),
@@ -240,6 +250,11 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("POST", "/intake/v1/reports/{report_id}/confirm-claims"): {"reason": "已核实"},
     ("POST", "/grading/v1/incidents/{incident_id}/override"): {"level": 2, "reason": "研判"},
+    ("POST", "/grading/v1/incidents/{incident_id}/confirm"): {},
+    ("POST", "/grading/v1/incidents/{incident_id}/instructions"): {
+        "text": "请涉事部门核实处置",
+        "signed": True,
+    },
     ("POST", "/grading/v1/plan/try"): {"plan": "school", "since": "2026-01-01T00:00:00+08:00"},
     ("POST", "/notifications/v1/obligations/{obligation_id}/fulfil"): {"reference": "县政发1号"},
     ("POST", "/statements/v1/incidents/{incident_id}/statements"): DRAFT,

@@ -11,7 +11,12 @@ from typing import Literal
 
 from pydantic import BaseModel, field_validator
 
-from services.archive.domain.views import IncidentView, ObligationView, ReviewView
+from services.archive.domain.views import (
+    AttachmentView,
+    IncidentView,
+    ObligationView,
+    ReviewView,
+)
 from shared.events import Category, IncidentStatus, Level, ObligationState, StatementState
 
 # What became of a duty, as notification recorded it: met on time, late (迟报), missed,
@@ -93,7 +98,8 @@ def case_figures(view: IncidentView, now: datetime) -> CaseFigures:
     statement's clearance: what the leading group reads in the review.
     """
     first_report_at = min((r.received_at for r in view.reports), default=view.opened_at)
-    levels = [g.level for g in view.grade_history]
+    # A proposal awaiting its body (plan.yaml `grading`) was never the incident's level.
+    levels = [g.level for g in view.grade_history if g.change != "proposed"]
     return CaseFigures(
         first_report_at=first_report_at,
         graded_at=view.graded_at,
@@ -150,6 +156,8 @@ class CaseRecord(BaseModel):
     archived_at: datetime
     review: ReviewView
     figures: CaseFigures
+    # The files kept with its reports (舆情件, replies, coverage), each with its logged sha256.
+    attachments: list[AttachmentView] = []
 
 
 def case_record(view: IncidentView) -> CaseRecord | None:
@@ -173,6 +181,7 @@ def case_record(view: IncidentView) -> CaseRecord | None:
         archived_at=view.archived_at,
         review=view.review,
         figures=CaseFigures.model_validate(view.case_figures or {}),
+        attachments=view.attachments,
     )
 
 

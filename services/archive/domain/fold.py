@@ -17,10 +17,12 @@ from typing import Any
 from services.archive.domain.ordering import Logged, causal_order
 from services.archive.domain.views import (
     ApprovalView,
+    AttachmentView,
     ClaimsConfirmationView,
     Gap,
     GradeChange,
     IncidentView,
+    InstructionView,
     NotificationView,
     ObligationView,
     PublicationView,
@@ -30,6 +32,7 @@ from services.archive.domain.views import (
     StatementView,
 )
 from shared.events import (
+    AttachmentAdded,
     CaseArchived,
     DeadlineMissed,
     Envelope,
@@ -38,10 +41,12 @@ from shared.events import (
     IncidentDismissed,
     IncidentEscalated,
     IncidentGraded,
+    IncidentGradeProposed,
     IncidentOpened,
     IncidentReopened,
     IncidentResolved,
     IncidentStatus,
+    LeaderInstructionRecorded,
     NotificationAcknowledged,
     NotificationFailed,
     NotificationSent,
@@ -252,16 +257,53 @@ def _graded(f: _Folder, event: Envelope, p: IncidentGraded) -> None:
     view.level, view.category, view.graded_at = p.level, p.category, event.occurred_at
     view.sensitive_topics = list(p.sensitive_topics)
     view.plan_id, view.plan_version = p.plan_id, p.plan_version
+    view.grade_proposed = False
     view.grade_history.append(
         GradeChange(
             change="graded",
+            level=p.level,
+            category=p.category,
+            reason=p.confirmation_reason,
+            rules_fired=list(p.rules_fired),
+            rulebook_version=p.rulebook_version,
+            plan_id=p.plan_id,
+            plan_version=p.plan_version,
+            confirmed_by=p.confirmed_by,
+            actor=event.actor,
+            at=event.occurred_at,
+            event_id=event.event_id,
+        )
+    )
+
+
+def _proposed(f: _Folder, event: Envelope, p: IncidentGradeProposed) -> None:
+    # Not the incident's grade until its body confirms it (IncidentGraded), so the level
+    # stays as it was; the proposal is in the history.
+    f.view.grade_proposed = f.view.level is None
+    f.view.grade_history.append(
+        GradeChange(
+            change="proposed",
             level=p.level,
             category=p.category,
             rules_fired=list(p.rules_fired),
             rulebook_version=p.rulebook_version,
             plan_id=p.plan_id,
             plan_version=p.plan_version,
+            confirm_role=p.confirm_role,
             actor=event.actor,
+            at=event.occurred_at,
+            event_id=event.event_id,
+        )
+    )
+
+
+def _instructed(f: _Folder, event: Envelope, p: LeaderInstructionRecorded) -> None:
+    f.view.instructions.append(
+        InstructionView(
+            instruction_id=p.instruction_id,
+            text=p.text,
+            signed=p.signed,
+            instructed_by=p.instructed_by,
             at=event.occurred_at,
             event_id=event.event_id,
         )
@@ -540,6 +582,22 @@ def _review_recorded(f: _Folder, event: Envelope, p: ReviewRecorded) -> None:
     )
 
 
+def _attachment_added(f: _Folder, event: Envelope, p: AttachmentAdded) -> None:
+    f.view.attachments.append(
+        AttachmentView(
+            attachment_id=p.attachment_id,
+            report_id=p.report_id,
+            filename=p.filename,
+            content_type=p.content_type,
+            size=p.size,
+            sha256=p.sha256,
+            added_by=p.added_by,
+            added_at=event.occurred_at,
+            event_id=str(event.event_id),
+        )
+    )
+
+
 def _case_archived(f: _Folder, event: Envelope, p: CaseArchived) -> None:
     view = f.view
     view.status, view.case_id, view.archived_at = (
@@ -556,6 +614,7 @@ STEPS: dict[type[EventPayload], Step] = {
     ReportReceived: _report_received,
     ReportAttached: _report_attached,
     ReportClaimsConfirmed: _claims_confirmed,
+    AttachmentAdded: _attachment_added,
     ReferralOpened: _referral_opened,
     ReferralMerged: _referral_merged,
     IncidentResolved: _resolved,
@@ -564,6 +623,8 @@ STEPS: dict[type[EventPayload], Step] = {
     IncidentGraded: _graded,
     IncidentEscalated: _escalated,
     GradeOverridden: _overridden,
+    IncidentGradeProposed: _proposed,
+    LeaderInstructionRecorded: _instructed,
     ObligationOpened: _obligation_opened,
     NotificationSent: _of_obligation(_sent),
     NotificationFailed: _of_obligation(_failed),

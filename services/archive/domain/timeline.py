@@ -16,6 +16,7 @@ from services.archive.domain.ordering import Logged, causal_order
 from shared.catalogue import Catalogue
 from shared.events import (
     Actor,
+    AttachmentAdded,
     CaseArchived,
     DeadlineMissed,
     Envelope,
@@ -24,9 +25,11 @@ from shared.events import (
     IncidentDismissed,
     IncidentEscalated,
     IncidentGraded,
+    IncidentGradeProposed,
     IncidentOpened,
     IncidentReopened,
     IncidentResolved,
+    LeaderInstructionRecorded,
     NotificationAcknowledged,
     NotificationFailed,
     NotificationSent,
@@ -138,6 +141,13 @@ def _claims_confirmed(p: ReportClaimsConfirmed, w: Words) -> str:
     return f"办公室核实舆情件 {p.report_id} 的媒体级别（{tier}）与传播数据：{short(p.reason)}"
 
 
+def _attachment_added(p: AttachmentAdded, w: Words) -> str:
+    return (
+        f"{w.person(p.added_by)} 为舆情件 {p.report_id} 添加附件「{short(p.filename)}」"
+        f"（{p.size} 字节，SHA-256 {p.sha256}）"
+    )
+
+
 def _resolved(p: IncidentResolved, w: Words) -> str:
     return f"事件处置完毕：{short(p.reason)}"
 
@@ -154,7 +164,23 @@ def _graded(p: IncidentGraded, w: Words) -> str:
     c = w.catalogue
     line = f"研判为{c.level(p.level)}，类别：{c.category(p.category)}"
     reasons = "；".join(r.reason for r in p.rules_fired)
+    if p.confirmed_by is not None:  # a proposal its body confirmed or changed
+        why = f"；理由：{short(p.confirmation_reason)}" if p.confirmation_reason else ""
+        return f"{w.person(p.confirmed_by)} 确认级别：{line}{why}"
     return f"{line}（依据：{short(reasons)}）" if reasons else line
+
+
+def _proposed(p: IncidentGradeProposed, w: Words) -> str:
+    c = w.catalogue
+    line = f"规则拟定为{c.level(p.level)}，类别：{c.category(p.category)}"
+    line += f"，待{w.role(p.confirm_role)}确认"
+    reasons = "；".join(r.reason for r in p.rules_fired)
+    return f"{line}（依据：{short(reasons)}）" if reasons else line
+
+
+def _instructed(p: LeaderInstructionRecorded, w: Words) -> str:
+    how = "签批" if p.signed else "批示（未签批，持续监测）"
+    return f"{w.person(p.instructed_by)} {how}：{short(p.text)}"
 
 
 def _escalated(p: IncidentEscalated, w: Words) -> str:
@@ -271,12 +297,15 @@ LINES: dict[type[EventPayload], Line] = {
     ReferralOpened: _referral_opened,
     ReferralMerged: _referral_merged,
     ReportClaimsConfirmed: _claims_confirmed,
+    AttachmentAdded: _attachment_added,
     IncidentResolved: _resolved,
     IncidentDismissed: _dismissed,
     IncidentReopened: _reopened,
     IncidentGraded: _graded,
     IncidentEscalated: _escalated,
     GradeOverridden: _overridden,
+    IncidentGradeProposed: _proposed,
+    LeaderInstructionRecorded: _instructed,
     ObligationOpened: _obligation_opened,
     NotificationSent: _sent,
     NotificationFailed: _failed,

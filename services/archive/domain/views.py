@@ -63,6 +63,23 @@ class ReportView(BaseModel):
     claims_confirmed: ClaimsConfirmationView | None = None
 
 
+class AttachmentView(BaseModel):
+    """A file attached to one of the incident's reports, as the log recorded it (its
+    `AttachmentAdded` event, `event_id`): the file downloaded from intake
+    (`/intake/v1/attachments/{attachment_id}`) must have this sha256, and `verify` says
+    whether the log itself is intact."""
+
+    attachment_id: str
+    report_id: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    added_by: str
+    added_at: datetime
+    event_id: str
+
+
 class ReferralView(BaseModel):
     """The incident is a partner's referral: who referred it, what it matched, and where
     the office merged it."""
@@ -76,7 +93,7 @@ class ReferralView(BaseModel):
 
 
 class GradeChange(BaseModel):
-    change: Literal["graded", "escalated", "overridden"]
+    change: Literal["graded", "escalated", "overridden", "proposed"]
     level: Level
     from_level: Level | None = None
     category: Category
@@ -86,7 +103,21 @@ class GradeChange(BaseModel):
     # The plan (YUQING_PLAN) the grade was decided under; None before plans were recorded.
     plan_id: str | None = None
     plan_version: str | None = None
+    # A grade its body confirmed (plan.yaml `grading`): who; a proposal, whose role confirms.
+    confirmed_by: str | None = None
+    confirm_role: str | None = None
     actor: Actor
+    at: datetime
+    event_id: uuid.UUID
+
+
+class InstructionView(BaseModel):
+    """A leader's instruction (批示; `signed`: 签批) on the incident."""
+
+    instruction_id: str
+    text: str
+    signed: bool
+    instructed_by: str
     at: datetime
     event_id: uuid.UUID
 
@@ -198,7 +229,11 @@ class IncidentView(BaseModel):
     reports: list[ReportView] = []
     report_count: int = 0
     filed_by: list[str] = []
+    attachments: list[AttachmentView] = []  # every file attached to any of its reports
     grade_history: list[GradeChange] = []
+    # True while the rulebook's grade is a proposal awaiting its body (level stays unset).
+    grade_proposed: bool = False
+    instructions: list[InstructionView] = []
     obligations: list[ObligationView] = []
     statements: list[StatementView] = []
     review: ReviewView | None = None
