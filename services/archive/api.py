@@ -161,6 +161,7 @@ def build_router(
     max_page = limits.max_page_size
     router = APIRouter(tags=["archive"])
     people = {p.id: p.name for p in visibility.directory.people}
+    unit_names = {u.id: u.name for u in visibility.directory.units}
     # Replays run beside the request that started them; held here so they are not collected.
     replays: set[asyncio.Task[ReplayJob]] = set()
 
@@ -355,7 +356,7 @@ def build_router(
         records = await views.load_log(incident_id)
         return Timeline(
             incident_id=incident_id,
-            events=timeline(records, tz, catalogue, event_type or (), people),
+            events=timeline(records, tz, catalogue, event_type or (), people, unit_names),
         )
 
     @router.get(

@@ -258,6 +258,15 @@ async def test_the_timeline_names_roles_and_levels_as_the_catalogue_does(
     assert lines[0] == "研判为一级（重大），类别：询问（依据：中央媒体报道）"
     assert lines[1] == "开启报送义务：手机快报，截止 2026-11-21 08:30（责任：领导小组办公室）"
 
+    # The units an incident opens for are named as the directory names them, not by id.
+    opened = await api.get(
+        "/archive/v1/incidents/inc-a/timeline",
+        params={"event_type": ["IncidentOpened"]},
+        headers=admin,
+    )
+    (line,) = [e["summary"] for e in opened.json()["events"]]
+    assert line.endswith("（涉及单位：实验小学）"), line
+
 
 # --------------------------------------------------------------------------- facts, not verdicts
 

@@ -77,11 +77,16 @@ class Words:
     catalogue: Catalogue
     tz: tzinfo
     names: Mapping[str, str]
-    # The directory's names of people (id -> 张组长): staff read names, not ids.
+    # The directory's names of people (id -> 张组长) and units (id -> 实验小学): staff read
+    # names, not ids.
     people: Mapping[str, str] = field(default_factory=dict)
+    units: Mapping[str, str] = field(default_factory=dict)
 
     def person(self, person_id: str) -> str:
         return self.people.get(person_id, person_id)
+
+    def unit(self, unit_id: str) -> str:
+        return self.units.get(unit_id, unit_id)
 
     def when(self, moment: datetime) -> str:
         return moment.astimezone(self.tz).strftime("%Y-%m-%d %H:%M")
@@ -120,7 +125,7 @@ def _report_received(p: ReportReceived, w: Words) -> str:
 
 
 def _opened(p: IncidentOpened, w: Words) -> str:
-    return f"立为舆情事件：{short(p.title)}（涉及单位：{'、'.join(p.unit_ids)}）"
+    return f"立为舆情事件：{short(p.title)}（涉及单位：{'、'.join(map(w.unit, p.unit_ids))}）"
 
 
 def _attached(p: ReportAttached, w: Words) -> str:
@@ -337,10 +342,13 @@ def timeline(
     catalogue: Catalogue,
     event_types: Sequence[str] = (),
     people: Mapping[str, str] | None = None,
+    units: Mapping[str, str] | None = None,
 ) -> list[TimelineEntry]:
     """Every event in causal order with a Chinese line; only `event_types` when given."""
     ordered = causal_order(records)
-    words = Words(catalogue, tz, _names(r.event for r in ordered), dict(people or {}))
+    words = Words(
+        catalogue, tz, _names(r.event for r in ordered), dict(people or {}), dict(units or {})
+    )
     return [
         TimelineEntry(
             event_id=r.event.event_id,
