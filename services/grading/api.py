@@ -361,6 +361,19 @@ def build_router(
             )
         return grade
 
+    async def acting_scope(caller: Caller, incident_id: str, role: Role) -> IncidentScope:
+        """As for the override: seen in full, the role, and acting for every unit."""
+        scope = await views.scope(incident_id)
+        visibility.require(caller, scope, "incident", incident_id, at_least=Sight.FULL)
+        assert scope is not None
+        caller.require(role)
+        if not visibility.may_act_on(caller, scope):
+            raise Forbidden(
+                f"{caller.id} may not act for every unit of incident {incident_id}",
+                {"unit_ids": list(scope.unit_ids)},
+            )
+        return scope
+
     @router.post(
         "/incidents/{incident_id}/override",
         response_model=OverrideOut,
@@ -372,17 +385,9 @@ def build_router(
     ) -> OverrideOut:
         # An incident grading knows of but has not graded is judged on its facts: the
         # domain refuses it with 409, where an unknown or unseen one answers 404.
-        scope = await views.scope(incident_id)
         # The leading group's act on the bureau's record: a partner, whatever its token
         # carries, only referred the incident and may not regrade it.
-        visibility.require(caller, scope, "incident", incident_id, at_least=Sight.FULL)
-        assert scope is not None
-        caller.require(Role.LEADER)
-        if not visibility.may_act_on(caller, scope):
-            raise Forbidden(
-                f"{caller.id} may not act for every unit of incident {incident_id}",
-                {"unit_ids": list(scope.unit_ids)},
-            )
+        scope = await acting_scope(caller, incident_id, Role.LEADER)
         if plans is not None:  # the plan in force decides which levels and categories exist
             check_grade_input(plans.plan, body)
         units = scope.unit_ids or (None,)
@@ -396,19 +401,6 @@ def build_router(
             category=decided.category,
             reason=decided.reason,
         )
-
-    async def acting_scope(caller: Caller, incident_id: str, role: Role) -> IncidentScope:
-        """As for the override: seen in full, the role, and acting for every unit."""
-        scope = await views.scope(incident_id)
-        visibility.require(caller, scope, "incident", incident_id, at_least=Sight.FULL)
-        assert scope is not None
-        caller.require(role)
-        if not visibility.may_act_on(caller, scope):
-            raise Forbidden(
-                f"{caller.id} may not act for every unit of incident {incident_id}",
-                {"unit_ids": list(scope.unit_ids)},
-            )
-        return scope
 
     @router.post(
         "/incidents/{incident_id}/confirm",
