@@ -36,6 +36,8 @@ from shared.events import (
 from shared.plan import PlanError, load_plan, read_manifest
 from shared.policy import PolicyError
 from shared.settings import CONFIG_DIR, Settings
+from tests.fakes.duties import FULFIL, LIST
+from tests.fakes.duties import duties_by_kind as duties
 from tests.fakes.harness import FakeService, fake_service, fake_settings
 from tests.fakes.upstream import Clock, Streams
 
@@ -43,8 +45,6 @@ TOWN = CONFIG_DIR / "plans" / "town"
 VERSION = read_manifest(TOWN).version
 DIRECTORY = Directory.load(CONFIG_DIR / "directory.yaml")
 T0 = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
-LIST = "/notifications/v1/obligations"
-FULFIL = "/notifications/v1/obligations/{}/fulfil"
 
 
 class Upstream(Streams):
@@ -94,16 +94,6 @@ async def notification(tmp_path: Path, clock: Clock) -> AsyncIterator[FakeServic
         "notification", build_notification, settings=settings, clock=clock
     ) as service:
         yield service
-
-
-async def duties(service: FakeService, incident_id: str) -> dict[str, dict[str, Any]]:
-    """The incident's duties as the office lists them, by kind (the latest of each)."""
-    office = service.token("office-li", "county", "office")
-    async with service.http() as http:
-        r = await http.get(LIST, params={"incident_id": incident_id}, headers=office)
-    assert r.status_code == 200, r.text
-    rows = sorted(r.json()["obligations"], key=lambda d: d["counted_from"])
-    return {d["kind"]: d for d in rows}
 
 
 async def opened(service: FakeService, kind: str) -> list[ObligationOpened]:

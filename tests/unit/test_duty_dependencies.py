@@ -13,9 +13,7 @@ import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 import yaml
 
@@ -36,14 +34,14 @@ from shared.events import (
 from shared.plan import PlanError, load_plan
 from shared.policy import PolicyError
 from shared.settings import CONFIG_DIR, Settings
+from tests.fakes.duties import duties_by_kind as owed
+from tests.fakes.duties import fulfil
 from tests.fakes.harness import FakeService, fake_service, fake_settings
 from tests.fakes.upstream import Clock, Streams
 
 FOURTIER = CONFIG_DIR / "plans" / "fourtier"
 DIRECTORY = Directory.load(CONFIG_DIR / "directory.yaml")
 T0 = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
-LIST = "/notifications/v1/obligations"
-FULFIL = "/notifications/v1/obligations/{}/fulfil"
 
 
 class Upstream(Streams):
@@ -85,24 +83,6 @@ async def notification(tmp_path: Path, clock: Clock) -> AsyncIterator[FakeServic
         "notification", build_notification, settings=settings, clock=clock
     ) as service:
         yield service
-
-
-async def owed(service: FakeService, incident_id: str) -> dict[str, dict[str, Any]]:
-    """The incident's duties as the office lists them, by kind (the latest of each)."""
-    office = service.token("office-li", "county", "office")
-    async with service.http() as http:
-        r = await http.get(LIST, params={"incident_id": incident_id}, headers=office)
-    assert r.status_code == 200, r.text
-    return {d["kind"]: d for d in r.json()["obligations"]}
-
-
-async def fulfil(
-    service: FakeService, obligation_id: str, at: datetime | None = None
-) -> httpx.Response:
-    leader = service.token("leader-zhang", "county", "leader")
-    body = {"fulfilled_at": at.isoformat()} if at is not None else {}
-    async with service.http() as http:
-        return await http.post(FULFIL.format(obligation_id), json=body, headers=leader)
 
 
 async def opened(service: FakeService, kind: str) -> list[Envelope]:
