@@ -19,9 +19,9 @@ from zoneinfo import ZoneInfo
 import httpx
 import uvicorn
 
-from shared.auth import API_KEY_HEADER, ApiKeys, RevocationList, TokenTooLong
+from shared.auth import API_KEY_HEADER, ApiKeys, RevocationList, TokenService, TokenTooLong
 from shared.console import PasswordBook
-from shared.directory import Directory
+from shared.directory import Directory, Person
 from shared.embedded import EmbeddedError, EmbeddedInfra
 from shared.events import utcnow
 from shared.gateway import Gateway
@@ -57,6 +57,19 @@ def parse_roles(text: str) -> list[Role]:
         raise argparse.ArgumentTypeError(f"unknown role in {text!r}; roles: {valid}") from None
 
 
+def credentials_announced(
+    settings: Settings, tokens: TokenService, demo: Sequence[tuple[Person, str | None]]
+) -> list[str]:
+    """What `yuqing up` prints for the person at the terminal: the demo passwords made and,
+    in development, an administrator's token. A production start prints no credential into
+    its logs: its tokens are minted with `yuqing token` by whoever holds the key."""
+    lines = [f"YUQING_PASSWORD={person.id}:{password}" for person, password in demo if password]
+    if settings.environment == "development":
+        token = tokens.issue("admin", "county", [Role.ADMIN], name="development admin")
+        lines.append(f"YUQING_TOKEN={token}")
+    return lines
+
+
 async def _serve(names: Sequence[str], settings: Settings, *, announce: bool) -> None:
     ctx = Context.from_settings(settings)
     runners = [ServiceRunner.connect(n, composition_root(n), ctx) for n in names]
@@ -80,11 +93,8 @@ async def _serve(names: Sequence[str], settings: Settings, *, announce: bool) ->
     if server.started:
         print(f"yuqing is up at {settings.base_url} ({', '.join(names)})", flush=True)
         if announce:
-            for person, password in demo:
-                if password is not None:
-                    print(f"YUQING_PASSWORD={person.id}:{password}", flush=True)
-            token = ctx.tokens.issue("admin", "county", [Role.ADMIN], name="development admin")
-            print(f"YUQING_TOKEN={token}", flush=True)
+            for line in credentials_announced(settings, ctx.tokens, demo):
+                print(line, flush=True)
     await serving
     if not server.started:
         raise SystemExit(f"yuqing could not start on {settings.http_host}:{settings.http_port}")
@@ -272,10 +282,14 @@ def _local(value: str | None, tz: ZoneInfo) -> str:
 
 
 def plan_difference_table(answer: dict[str, Any], tz: ZoneInfo) -> str:
-    """The what-if's answer as a table: one line per incident, then one per duty."""
+    """The what-if's answer as a table: one line per incident, then one per duty (the
+    event it opens on, its deadline beside the recorded one, when it was met, the outcome),
+    then the recorded duties the candidate drops and its duties the record gives no event
+    to open on, with why."""
     header = (
         f"{'incident':<38} {'recorded plan':<26} {'level':<6} {'category':<22} "
-        f"{'duty':<24} {'deadline':<11} {'recorded':<11} {'met at':<11} {'outcome':<8} change"
+        f"{'duty':<24} {'opens on':<10} {'deadline':<11} {'recorded':<11} {'met at':<11} "
+        f"{'outcome':<8} change"
     )
     lines = [
         f"plan {answer['plan']} {answer['version']} against incidents graded since "
@@ -294,13 +308,20 @@ def plan_difference_table(answer: dict[str, Any], tz: ZoneInfo) -> str:
         for duty in incident["duties"]:
             lines.append(
                 f"{'':<38} {'':<26} {'':<6} {'':<22} {duty['kind']:<24} "
+                f"{duty.get('opens_on', 'graded'):<10} "
                 f"{_local(duty['deadline'], tz):<11} {_local(duty['recorded_deadline'], tz):<11} "
                 f"{_local(duty['met_at'], tz):<11} {duty['outcome']:<8} {duty['change']}"
             )
         for kind in incident["dropped"]:
             lines.append(
-                f"{'':<38} {'':<26} {'':<6} {'':<22} {kind:<24} {'-':<11} {'(recorded)':<11} "
-                f"{'':<11} {'':<8} dropped"
+                f"{'':<38} {'':<26} {'':<6} {'':<22} {kind:<24} {'':<10} {'-':<11} "
+                f"{'(recorded)':<11} {'':<11} {'':<8} dropped"
+            )
+        for duty in incident.get("not_opened", []):
+            lines.append(
+                f"{'':<38} {'':<26} {'':<6} {'':<22} {duty['kind']:<24} "
+                f"{duty['opens_on']:<10} {'-':<11} {'':<11} {'':<11} {'':<8} "
+                f"not opened: {duty['note']}"
             )
     differing = sum(1 for i in answer["incidents"] if i["differs"])
     missed = sum(1 for i in answer["incidents"] if i["would_miss"])

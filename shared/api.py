@@ -12,7 +12,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -27,7 +27,14 @@ from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.auth import API_KEY_HEADER, SESSION_COOKIE, VERIFIED_SCOPE_KEY, TokenService
+from shared.auth import (
+    API_KEY_HEADER,
+    SESSION_COOKIE,
+    VERIFIED_SCOPE_KEY,
+    TokenService,
+    authenticated,
+    current_caller,
+)
 from shared.errors import (
     BadRequest,
     Conflict,
@@ -136,6 +143,59 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", error=str(exc))
         return error_response(500, "internal_error", "an unexpected error occurred")
+
+
+# --------------------------------------------------------------------------- bodyless writes
+
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _takes_body(route: APIRoute) -> bool:
+    """Whether the route takes a body: a model's, or one it documents and reads itself."""
+    return route.body_field is not None or "requestBody" in (route.openapi_extra or {})
+
+
+def _authenticates(dependant: Any) -> bool:
+    return any(d.call is authenticated or _authenticates(d) for d in dependant.dependencies)
+
+
+def _unexpected_body(raw: bytes) -> list[dict[str, Any]]:
+    """What a body sent to a write that takes none holds: nothing, or `{}`, is no body."""
+    if not raw.strip():
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    if isinstance(value, dict):
+        return [
+            {
+                "loc": ("body", str(key)),
+                "msg": "Extra inputs are not permitted",
+                "type": "extra_forbidden",
+            }
+            for key in value
+        ]
+    reason = "this operation takes no body (send none, or {})"
+    return [{"loc": ("body",), "msg": reason, "type": "extra_forbidden"}]
+
+
+async def refuse_unexpected_body(request: Request) -> None:
+    """A write route that takes no body refuses one with fields: 422 naming each, as a
+    route with a body model refuses a field the model does not have (every app's routes
+    depend on this, `create_app`). A caller without valid credentials hears its 401 first,
+    as from a route with a body."""
+    route = request.scope.get("route")
+    if request.method not in _WRITE_METHODS or not isinstance(route, APIRoute):
+        return
+    if _takes_body(route):
+        return
+    errors = _unexpected_body(await request.body())
+    if not errors:
+        return
+    if _authenticates(route.dependant):
+        current_caller(request)
+    raise RequestValidationError(errors)
 
 
 class RequestTracing:
@@ -261,14 +321,15 @@ class RequestGuard:
         limiter: RateLimiter | None,
         private_paths: Collection[str] = (),
         docs_paths: Collection[str] = (),
-        upload_max_bytes: int = 0,
+        attachment_max_bytes: int = 0,
     ) -> None:
         self.app = app
         self.tokens = tokens
         self.max_body_bytes = max_body_bytes
         # A file upload (POST .../attachments) may be larger: its own bound, checked again
         # on the file itself by the route.
-        self.upload_max_bytes = max(upload_max_bytes, max_body_bytes)
+        self.attachment_max_bytes = attachment_max_bytes
+        self.upload_max_bytes = max(attachment_max_bytes + UPLOAD_FRAMING_BYTES, max_body_bytes)
         self.limiter = limiter
         self.private_paths = frozenset(private_paths)
         self.docs_paths = frozenset(docs_paths)
@@ -312,12 +373,16 @@ class RequestGuard:
                 return error_response(403, "forbidden", "the docs need the admin or analyst role")
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._limit(scope):
-            return self._too_large(self._limit(scope))
+            return self._too_large(scope)
         return None
 
-    def _limit(self, scope: Scope) -> int:
+    def _upload(self, scope: Scope) -> bool:
+        """A file upload, bounded by the file's own limit rather than the body limit."""
         upload = scope["method"] == "POST" and scope["path"].endswith(UPLOAD_SUFFIX)
-        return self.upload_max_bytes if upload else self.max_body_bytes
+        return upload and self.upload_max_bytes > self.max_body_bytes
+
+    def _limit(self, scope: Scope) -> int:
+        return self.upload_max_bytes if self._upload(scope) else self.max_body_bytes
 
     def _claims(self, scope: Scope) -> dict[str, Any] | None:
         """The verified claims of the request's token: the bearer header's, or else the
@@ -361,7 +426,7 @@ class RequestGuard:
                 break
             size += len(message.get("body", b""))
             if size > self._limit(scope):
-                return self._too_large(self._limit(scope)), receive
+                return self._too_large(scope), receive
             if not message.get("more_body", False):
                 break
 
@@ -370,7 +435,18 @@ class RequestGuard:
 
         return None, replay
 
-    def _too_large(self, limit: int) -> JSONResponse:
+    def _too_large(self, scope: Scope) -> JSONResponse:
+        limit = self._limit(scope)
+        if self._upload(scope):
+            # Named as the route names a file too large: its setting, and the file's bound.
+            file_max = self.attachment_max_bytes
+            return error_response(
+                413,
+                "payload_too_large",
+                f"the file is larger than {file_max} bytes (YUQING_ATTACHMENT_MAX_BYTES): the "
+                f"upload is over {limit} bytes with its multipart framing",
+                [{"field": "file", "reason": f"at most {file_max} bytes", "type": "too_large"}],
+            )
         return error_response(
             413,
             "payload_too_large",
@@ -415,7 +491,7 @@ def guard_app(
         RequestGuard,
         tokens=tokens,
         max_body_bytes=settings.max_body_bytes,
-        upload_max_bytes=settings.attachment_max_bytes + UPLOAD_FRAMING_BYTES,
+        attachment_max_bytes=settings.attachment_max_bytes,
         limiter=limiter,
         private_paths=() if settings.docs_are_public else private,
         docs_paths=docs,
@@ -524,7 +600,7 @@ def _refusals(path: str, method: str, operation: dict[str, Any]) -> set[int]:
         if "{" in path:
             statuses.add(404)
         if method in _WRITES:
-            statuses.add(409)
+            statuses |= {409, 422}  # a body to a write that takes none is refused too
     parameters = operation.get("parameters", [])
     if any(p.get("in") == "query" for p in parameters):
         statuses.add(400)
@@ -613,6 +689,7 @@ def create_app(
         docs_url=f"{prefix}/docs",
         redoc_url=None,
         generate_unique_id_function=operation_id(service),
+        dependencies=[Depends(refuse_unexpected_body)],
     )
     app.openapi = _documented(app)  # type: ignore[method-assign]
     for key, value in state.items():

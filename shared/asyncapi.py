@@ -21,7 +21,7 @@ from pydantic.json_schema import models_json_schema
 
 from shared.events import ALL_TOPICS, DEAD_LETTER_TOPIC, Envelope, EventPayload, event_types
 from shared.settings import Settings
-from shared.signing import PRODUCER_HEADER, SIGNATURE_HEADER
+from shared.signing import PRODUCER_HEADER, RELAY_SIGNATURE_HEADER, SIGNATURE_HEADER
 
 REF = "#/components/schemas/{model}"
 
@@ -101,6 +101,15 @@ HEADERS = {
             "description": (
                 "W3C trace context of the span that published it: the trace id is the "
                 "envelope's correlation_id"
+            ),
+        },
+        RELAY_SIGNATURE_HEADER: {
+            "type": "string",
+            "pattern": "^sha256=[0-9a-f]{64}$",
+            "description": (
+                "HMAC-SHA256, with the producer's key, of `relay-headers:` and the canonical "
+                "JSON of {event: <yuqing-signature>, headers: {yuqing-epoch, traceparent}}: "
+                "a consumer follows the epoch and the traceparent only when it holds"
             ),
         },
     },

@@ -33,6 +33,7 @@ from shared.errors import Forbidden, Unauthorized
 from shared.events import utcnow
 from shared.identity import Caller, Role
 from shared.logging import get_logger
+from shared.signing import weak_secret
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -48,7 +49,6 @@ VERIFIED_SCOPE_KEY = "yuqing.verified_token"
 SESSION_COOKIE = "yuqing_session"
 CSRF_COOKIE = "yuqing_csrf"
 CSRF_HEADER = "x-csrf-token"
-MIN_SECRET_BYTES = 32  # HS256 keys shorter than the hash output are guessable (RFC 7518 3.2)
 DEFAULT_AUDIENCE = "yuqing"
 DEFAULT_MAX_TTL = timedelta(days=30)
 
@@ -65,14 +65,9 @@ class TokenTooLong(ValueError):
 def check_secret(key: str, *, production: bool) -> str | None:
     """Why the key is too weak, or None. Production refuses a weak key; development is
     warned."""
-    size = len(key.encode())
-    if size >= MIN_SECRET_BYTES:
+    problem = weak_secret(key.encode(), "YUQING_SECRET", "a token signing key")
+    if problem is None:
         return None
-    problem = (
-        f"YUQING_SECRET is {size} bytes long; a signing key needs at least "
-        f"{MIN_SECRET_BYTES} random bytes (e.g. `python -c 'import secrets; "
-        "print(secrets.token_urlsafe(48))'`)"
-    )
     if production:
         raise WeakSecret(f"error: {problem}; production does not start with a weak key")
     log.warning("weak_secret", problem=problem)

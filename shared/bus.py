@@ -63,11 +63,13 @@ from shared.metrics import (
     EVENTS_CONSUMED,
     EVENTS_PUBLISHED,
     OUTBOX_ERRORS,
+    UNTRUSTED_RELAY_HEADERS,
     kafka_metrics,
 )
 from shared.settings import Settings
 from shared.signing import (
     PRODUCER_HEADER,
+    RELAY_SIGNATURE_HEADER,
     SIGNATURE_HEADER,
     BusKeys,
     check_signed,
@@ -457,11 +459,9 @@ class OutboxRelay:
                     event.to_json(),
                     topic,
                     key=event.incident_id.encode(),
-                    headers={
-                        **signed_headers(event, self.service, self.keys),
-                        EPOCH_HEADER: str(epoch),
-                        TRACEPARENT_HEADER: traceparent_of(span),
-                    },
+                    headers=relay_headers(
+                        event, self.service, self.keys, epoch=epoch, span=traceparent_of(span)
+                    ),
                     correlation_id=str(event.correlation_id),
                     no_confirm=True,
                 )
@@ -664,6 +664,49 @@ def signed_headers(event: Envelope, producer: str, keys: BusKeys) -> dict[str, s
     }
 
 
+def relay_headers(
+    event: Envelope, producer: str, keys: BusKeys, *, epoch: int, span: str
+) -> dict[str, str]:
+    """`signed_headers` and the relay's own (the broker epoch, the publishing span's
+    traceparent), which `producer` signs too, bound to the event's signature."""
+    headers = signed_headers(event, producer, keys)
+    values = {EPOCH_HEADER: str(epoch), TRACEPARENT_HEADER: span}
+    relay = keys.sign_relay(values, event_signature=headers[SIGNATURE_HEADER], producer=producer)
+    return {**headers, **values, RELAY_SIGNATURE_HEADER: relay}
+
+
+def trusted_relay_values(
+    keys: BusKeys, delivery: Delivery, headers: Mapping[str, Any]
+) -> dict[str, str]:
+    """The relay's headers of a delivered event when its producer signed them; none when
+    they are unsigned or the signature does not hold (a forged epoch or traceparent)."""
+    values = {
+        name: str(headers[name]) for name in (EPOCH_HEADER, TRACEPARENT_HEADER) if name in headers
+    }
+    if not values:
+        return {}
+    signature = str(headers.get(RELAY_SIGNATURE_HEADER) or "")
+    if signature and keys.relay_holds(
+        signature, values, event_signature=delivery.signature, producer=delivery.producer
+    ):
+        return values
+    UNTRUSTED_RELAY_HEADERS.labels(delivery.producer, delivery.topic).inc()
+    log.warning(
+        "relay headers not signed by the event's producer: ignored",
+        producer=delivery.producer,
+        topic=delivery.topic,
+        headers=sorted(values),
+    )
+    return {}
+
+
+def epoch_of(values: Mapping[str, str]) -> int | None:
+    try:
+        return int(values.get(EPOCH_HEADER, ""))
+    except ValueError:
+        return None
+
+
 _DELIVERY: ContextVar[Delivery | None] = ContextVar("yuqing_delivery", default=None)
 
 
@@ -723,6 +766,7 @@ class Received:
     topic: str
     delivery: Delivery
     parent_span: int | None = None  # the span that published it, from its traceparent
+    epoch: int | None = None  # the producer's broker epoch, when its relay signed it
 
 
 @dataclass
@@ -772,8 +816,9 @@ class EventConsumer:
     async def on_message(self, message: KafkaMessage) -> None:
         record = message.raw_message
         topic = getattr(record, "topic", "?")
-        if await self.receive(message.body, topic, message.headers):
-            await self._follow_epoch(message.consumer, topic, message.headers)
+        received = await self.receive(message.body, topic, message.headers)
+        if received is not None:
+            await self._follow_epoch(message.consumer, topic, received.epoch)
 
     async def on_batch(self, message: KafkaMessage) -> None:
         """The records of one poll, in the broker's order: each checked as `receive` does,
@@ -781,13 +826,13 @@ class EventConsumer:
         raw = message.raw_message
         records = raw if isinstance(raw, tuple) else (raw,)
         try:
-            accepted: list[tuple[Received, Mapping[str, Any]]] = []
+            accepted: list[Received] = []
             for record in records:
                 headers = {k: v.decode(errors="replace") for k, v in record.headers or ()}
                 received = await self._accepted(record.value or b"", record.topic, headers)
                 if received is not None:
-                    accepted.append((received, headers))
-            await self.handle_all([r for r, _ in accepted if self.handlers.handler_for(r.event)])
+                    accepted.append(received)
+            await self.handle_all([r for r in accepted if self.handlers.handler_for(r.event)])
         except NackMessage:
             raise
         except Exception as exc:
@@ -795,20 +840,20 @@ class EventConsumer:
             # could not be handled comes again (from its earliest record) instead.
             log.exception("a batch failed: it will be delivered again", error=str(exc))
             raise NackMessage() from exc
-        for received, given in accepted:
-            await self._follow_epoch(message.consumer, received.topic, given)
+        for received in accepted:
+            await self._follow_epoch(message.consumer, received.topic, received.epoch)
 
-    async def receive(self, raw: bytes, topic: str, headers: Mapping[str, Any]) -> bool:
+    async def receive(self, raw: bytes, topic: str, headers: Mapping[str, Any]) -> Received | None:
         """One message as it came off `topic` (the deployment's name for it): parsed, its
         signature, topic and producer checked, then handled. A malformed, unsigned, wrongly
         signed or misplaced event is dead-lettered with the reason and changes nothing.
-        True when the event was its topic owner's, handled or not this service's business."""
+        The event when it was its topic owner's, handled or not this service's business."""
         received = await self._accepted(raw, topic, headers)
         if received is None:
-            return False
+            return None
         if self.handlers.handler_for(received.event) is not None:
             await self.handle_one(received)
-        return True
+        return received
 
     async def _accepted(
         self, raw: bytes, topic: str, headers: Mapping[str, Any]
@@ -824,8 +869,9 @@ class EventConsumer:
             EVENTS_CONSUMED.labels(self.service, event.event_type, "refused").inc()
             await self.dead_letter(raw, topic, delivery)
             return None
-        parent = parent_span_of(headers.get(TRACEPARENT_HEADER), event.correlation_id)
-        return Received(event, raw, topic, delivery, parent)
+        relayed = trusted_relay_values(self.keys, delivery, headers)
+        parent = parent_span_of(relayed.get(TRACEPARENT_HEADER), event.correlation_id)
+        return Received(event, raw, topic, delivery, parent, epoch_of(relayed))
 
     async def handle_all(self, batch: Sequence[Received]) -> None:
         """Handle checked events in order, exactly once in effect: the ones this consumer
@@ -950,17 +996,15 @@ class EventConsumer:
         )
 
     async def _follow_epoch(
-        self, consumer: AIOKafkaConsumer, topic: str, headers: Mapping[str, Any]
+        self, consumer: AIOKafkaConsumer, topic: str, epoch: int | None
     ) -> None:
         """Read `topic` again from its beginning when its producer's epoch grew: the broker
         lost what it had (a wipe), and the positions this consumer holds (and may have
         committed since) point into a log refilled with other records; read from there,
         what was sent since the wipe below them would be skipped. The inbox makes the
         re-read cost one lookup per event already handled."""
-        try:
-            epoch = int(str(headers.get(EPOCH_HEADER, "")))
-        except ValueError:
-            return  # sent by a relay older than the epoch
+        if epoch is None:
+            return  # sent by a relay older than the epoch, or not signed by its producer
         known = self._epochs.get(topic)
         self._epochs[topic] = max(epoch, known or 0)
         if known is None or epoch <= known:

@@ -217,7 +217,7 @@ DEAD_LETTER_TOPIC = "yuqing.deadletter"
 # relay that finds the broker wiped asks these services' groups what they had processed.
 SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
     "grading": (INTAKE_TOPIC, NOTIFICATION_TOPIC),
-    "notification": (INTAKE_TOPIC, GRADING_TOPIC),
+    "notification": (INTAKE_TOPIC, GRADING_TOPIC, STATEMENT_TOPIC),
     "statement": (INTAKE_TOPIC, GRADING_TOPIC),
     "archive": ALL_TOPICS,
 }
@@ -305,6 +305,36 @@ class IncidentReopened(EventPayload):
     reason: str
 
 
+# What a plan's watch (plan.yaml `watch:`) does with a matching report while it lasts.
+WatchOnReport = Literal["reopen", "attach"]
+
+
+class IncidentWatchStarted(EventPayload):
+    """The plan keeps the incident just resolved under watch (善后、动态跟踪) until
+    `watch_until`: a matching report before then reopens it (`on_report: reopen`) or is
+    attached to it, the incident staying resolved (`attach`). Recorded with the resolution,
+    under the plan in force then; a later plan does not change a running watch."""
+
+    EVENT_TYPE = "IncidentWatchStarted"
+    TOPIC = INTAKE_TOPIC
+    watch_until: AwareDatetime
+    on_report: WatchOnReport
+    plan_id: str | None = None
+    plan_version: str | None = None
+
+
+class WatchReportReceived(EventPayload):
+    """A report matching the incident came during its watch: `reopened` when it reopened
+    the incident (the IncidentReopened before it), else it was attached to the resolved
+    incident for the office to see."""
+
+    EVENT_TYPE = "WatchReportReceived"
+    TOPIC = INTAKE_TOPIC
+    report_id: str
+    watch_until: AwareDatetime
+    reopened: bool
+
+
 class ReferralOpened(EventPayload):
     """A partner's report opened an incident of its own (a referral, 转办线索) instead of
     joining one it cannot see; `matched_incident_ids` are the incidents its URL or text
@@ -365,10 +395,23 @@ class AttachmentAdded(EventPayload):
 # grading --------------------------------------------------------------------
 
 
+class ReportOrigin(FrozenModel):
+    """Where and when an incident's first report came from, as the grade events carry it:
+    a duty counted from its publication (舆情发生) or observation (obligations.yaml
+    `counted_from`) and a route by its source (`routing`) decide on it whatever order the
+    intake and grading topics arrive in."""
+
+    report_id: str
+    source_type: SourceType
+    source_name: str
+    published_at: AwareDatetime
+    observed_at: AwareDatetime
+
+
 class IncidentGraded(EventPayload):
     EVENT_TYPE = "IncidentGraded"
     TOPIC = GRADING_TOPIC
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     level: Level
     category: Category
     rules_fired: tuple[FiredRule, ...]
@@ -381,12 +424,21 @@ class IncidentGraded(EventPayload):
     # confirmed the rulebook's proposal, and why when they changed it. None otherwise.
     confirmed_by: str | None = None
     confirmation_reason: str | None = None
+    # The incident's first report (ReportOrigin). None when grading did not say (a
+    # confirmation: its proposal did; an event of version 2).
+    first_report: ReportOrigin | None = None
 
 
 @register_upcaster("IncidentGraded", 1)
 def _graded_v1(payload: dict[str, Any]) -> dict[str, Any]:
     # Version 1 was graded before plans were recorded: which plan applied is not known.
     return {**payload, "plan_id": None, "plan_version": None}
+
+
+@register_upcaster("IncidentGraded", 2)
+def _graded_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    # Version 2 did not carry the first report: not known from the event.
+    return {**payload, "first_report": None}
 
 
 class IncidentEscalated(EventPayload):
@@ -424,6 +476,7 @@ class IncidentGradeProposed(EventPayload):
 
     EVENT_TYPE = "IncidentGradeProposed"
     TOPIC = GRADING_TOPIC
+    SCHEMA_VERSION = 2
     level: Level
     category: Category
     rules_fired: tuple[FiredRule, ...]
@@ -432,6 +485,13 @@ class IncidentGradeProposed(EventPayload):
     confirm_role: str
     plan_id: str | None = None
     plan_version: str | None = None
+    # The incident's first report, as on IncidentGraded.
+    first_report: ReportOrigin | None = None
+
+
+@register_upcaster("IncidentGradeProposed", 1)
+def _proposed_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "first_report": None}
 
 
 class LeaderInstructionRecorded(EventPayload):
@@ -501,11 +561,22 @@ class NotificationAcknowledged(EventPayload):
 class ObligationFulfilled(EventPayload):
     EVENT_TYPE = "ObligationFulfilled"
     TOPIC = NOTIFICATION_TOPIC
+    SCHEMA_VERSION = 2
     obligation_id: str
     fulfilled_by: str
     fulfilled_at: AwareDatetime
     reference: str | None = None
     late: bool = False
+    # Met by an action rather than filed by a person (obligations.yaml `met_by`):
+    # "statement_published" and the statement's id. None for a duty filed by hand.
+    met_by: str | None = None
+    statement_id: str | None = None
+
+
+@register_upcaster("ObligationFulfilled", 1)
+def _fulfilled_v1(payload: dict[str, Any]) -> dict[str, Any]:
+    # Version 1 was always filed by a person.
+    return {**payload, "met_by": None, "statement_id": None}
 
 
 class ObligationClosed(EventPayload):
@@ -523,6 +594,22 @@ class DeadlineMissed(EventPayload):
     level: Level
     deadline: AwareDatetime
     alerted_roles: tuple[str, ...]
+
+
+class DutyDecided(EventPayload):
+    """The role a duty names (`decided_by`) decided whether a duty `opens_on: decided` is
+    owed ("as the group decides", seed 003 篇一 二（二）): yes opens it, counted from the
+    decision (ObligationOpened caused by this); no is recorded and opens nothing."""
+
+    EVENT_TYPE = "DutyDecided"
+    TOPIC = NOTIFICATION_TOPIC
+    SCHEMA_VERSION = 1
+    kind: str
+    title: str  # the duty's, what staff read
+    decision: bool
+    reason: str
+    decided_by: str
+    level: Level
 
 
 # statement ------------------------------------------------------------------
@@ -659,6 +746,47 @@ class CaseArchived(EventPayload):
     TOPIC = ARCHIVE_TOPIC
     case_id: str
     figures: dict[str, Any] = Field(default_factory=dict)
+
+
+class FulfilmentMarkedUntrue(EventPayload):
+    """The office found a duty's recorded fulfilment untrue (谎报, seed 003 第二十八条): it
+    counts against the person who fulfilled it (`fulfilled_by`) in the assessment."""
+
+    EVENT_TYPE = "FulfilmentMarkedUntrue"
+    TOPIC = ARCHIVE_TOPIC
+    obligation_id: str
+    fulfilled_by: str
+    reason: str
+    marked_by: str
+
+
+class UnclearedReleaseRecorded(EventPayload):
+    """The office recorded that a statement or information went out without its clearance
+    chain (未经批准擅自对外发布, seed 003 第二十八条): who released it, through which channel,
+    when and what; it counts against that person and `unit_id`."""
+
+    EVENT_TYPE = "UnclearedReleaseRecorded"
+    TOPIC = ARCHIVE_TOPIC
+    release_id: str
+    released_by: str
+    unit_id: str
+    channel: str
+    released_at: AwareDatetime
+    content: str
+    recorded_by: str
+
+
+class CommendationRecorded(EventPayload):
+    """A commendation (表扬) of a person (`person_id`, of `unit_id`) or of a unit alone for
+    their work on the incident, with the reason."""
+
+    EVENT_TYPE = "CommendationRecorded"
+    TOPIC = ARCHIVE_TOPIC
+    commendation_id: str
+    person_id: str | None = None
+    unit_id: str
+    reason: str
+    recorded_by: str
 
 
 def payload_class(event_type: str) -> type[EventPayload]:

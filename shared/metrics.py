@@ -55,6 +55,11 @@ EVENTS_CONSUMED = Counter(
 DEAD_LETTERS = Counter(
     "yuqing_dead_letters_total", "Messages sent to the dead-letter topic", ["service", "topic"]
 )
+UNTRUSTED_RELAY_HEADERS = Counter(
+    "yuqing_relay_headers_untrusted_total",
+    "Events whose relay headers (epoch, traceparent) their producer did not sign: ignored",
+    ["producer", "topic"],
+)
 CONSUME_SECONDS = Histogram(
     "yuqing_consume_seconds", "Time to handle one consumed event", ["service"]
 )

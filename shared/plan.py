@@ -19,6 +19,10 @@ The levels, categories and statement kinds are the plan's own (`levels:`, `categ
 `{rank, id}`: events carry the rank (1 the most severe, then 2, 3 ... with no gap), the id
 is what the plan calls it; the names staff read are the catalogue's (`levels`,
 `level_short`), the pack's own catalogue.yaml where it has one.
+
+A plan may keep a resolved incident under watch (`watch: {period: 7d, on_report: reopen |
+attach}`, 善后、动态跟踪): intake records the watch with the resolution and routes matching
+reports by it; without `watch:`, intake's own reopen window applies.
 """
 
 from __future__ import annotations
@@ -40,11 +44,12 @@ from shared.events import (
     Level,
     PlanId,
     StatementKind,
+    WatchOnReport,
 )
 from shared.identity import Role
 from shared.models import FrozenModel
 from shared.plan_rules import INCIDENT_UNIT, ApprovalPolicy, ObligationPolicy
-from shared.policy import PolicyError, load_policy
+from shared.policy import Duration, PolicyError, load_policy
 
 MANIFEST = "plan.yaml"
 PolicyName = Literal["rulebook", "obligations", "approval", "catalogue"]
@@ -105,6 +110,17 @@ class PlanGrading(FrozenModel):
         return self
 
 
+class PlanWatch(FrozenModel):
+    """善后、动态跟踪: after resolution the incident stays under watch for `period`; a
+    matching report in that time reopens it (`on_report: reopen`) or is attached to it,
+    the incident staying resolved, for the office to see (`attach`). After the watch a
+    matching report opens a new incident. Without `watch:`, intake's global reopen window
+    (config/intake.yaml `reopen_window_hours`) applies as before."""
+
+    period: Duration
+    on_report: WatchOnReport
+
+
 class PlanManifest(FrozenModel):
     id: str = Field(pattern=PACK_NAME)
     name: str = Field(min_length=1, max_length=200)
@@ -118,6 +134,7 @@ class PlanManifest(FrozenModel):
     articles: tuple[Article, ...] = ()
     files: dict[PolicyName, str] = Field(default_factory=dict)
     grading: PlanGrading = Field(default_factory=PlanGrading)
+    watch: PlanWatch | None = None
 
     @model_validator(mode="after")
     def _no_repeats(self) -> PlanManifest:

@@ -5,14 +5,15 @@ with them, and grading's plan view and what-if read the same rules (shared/plan.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from shared.events import Category, Level
+from shared.events import Category, Level, SourceType, StatementKind
 from shared.identity import Role
 from shared.models import FrozenModel
 from shared.policy import ClockTime, Duration
@@ -29,7 +30,55 @@ OPENS_ON_RESOLUTION = "resolved"
 # signed instruction (签批) is recorded (LeaderInstructionRecorded), counted from it.
 OPENS_ON_PROPOSAL = "proposed"
 OPENS_ON_INSTRUCTION = "instructed"
-OPENS_ON = (OPENS_ON_GRADE, OPENS_ON_RESOLUTION, OPENS_ON_PROPOSAL, OPENS_ON_INSTRUCTION)
+# `decided`: when the role the duty names (`decided_by`) decides that it is owed ("as the
+# group decides", seed 003 篇一 二（二）), counted from the decision; a decision against it
+# is recorded and opens nothing.
+OPENS_ON_DECISION = "decided"
+OPENS_ON = (
+    OPENS_ON_GRADE,
+    OPENS_ON_RESOLUTION,
+    OPENS_ON_PROPOSAL,
+    OPENS_ON_INSTRUCTION,
+    OPENS_ON_DECISION,
+)
+
+# Where a duty's clock starts (`counted_from` of a duty opened with the grade or the
+# proposal): the grading (the default), the first report's `published_at` (舆情发生, seed 003
+# 第十三条) or its `observed_at` (first seen by the monitors). A deadline already past when
+# the duty opens is missed at once, as any other.
+COUNTED_FROM_GRADE = "graded"
+COUNTED_FROM_PUBLISHED = "published"
+COUNTED_FROM_OBSERVED = "observed"
+COUNTED_FROM = (COUNTED_FROM_GRADE, COUNTED_FROM_PUBLISHED, COUNTED_FROM_OBSERVED)
+# The events whose duties may count from the first report (the others count from their own
+# event: a resolution, an instruction, the duty waited on).
+COUNTABLE_FROM_REPORT = (OPENS_ON_GRADE, OPENS_ON_PROPOSAL)
+
+
+@dataclass(frozen=True)
+class Instants:
+    """The instants a duty opened now may be counted from: the event that opens it, and the
+    incident's first report's publication and observation when known."""
+
+    at: datetime
+    published: datetime | None = None
+    observed: datetime | None = None
+
+    def of(self, counted_from: str) -> datetime:
+        """The instant a duty counted from `counted_from` starts; the event's own when the
+        first report's is not known (an incident graded before its report was recorded)."""
+        if counted_from == COUNTED_FROM_PUBLISHED and self.published is not None:
+            return self.published
+        if counted_from == COUNTED_FROM_OBSERVED and self.observed is not None:
+            return self.observed
+        return self.at
+
+
+class MetBy(FrozenModel):
+    """An action that meets a duty without anyone filing it: a statement of this kind
+    published on the incident (an online reply meets 网上答复)."""
+
+    statement_published: StatementKind
 
 
 class SameDay(FrozenModel):
@@ -74,6 +123,14 @@ class ObligationRule(FrozenModel):
     # counted from the resolution, and resolving does not close it; `graded` (the default)
     # as every other duty. Checked by the policy, which names the entry.
     opens_on: str = OPENS_ON_GRADE
+    # Where its clock starts (COUNTED_FROM): only for a duty opened with the grade or the
+    # proposal; the others count from their own event.
+    counted_from: str = COUNTED_FROM_GRADE
+    # An action that meets it (the duty is fulfilled when it happens); a person may still
+    # file it by hand.
+    met_by: MetBy | None = None
+    # Who decides whether a duty `opens_on: decided` is owed (and only for such a duty).
+    decided_by: Role | None = None
 
     @property
     def at_closure(self) -> bool:
@@ -92,6 +149,66 @@ class ObligationRule(FrozenModel):
         return counted_from + self.within
 
 
+ROUTED = "@"  # a routed recipient is written `role@unit`: that role's holders in that unit
+
+
+def routed_recipient(role: str, unit: str) -> str:
+    return f"{role}{ROUTED}{unit}"
+
+
+def split_recipient(recipient: str) -> tuple[str, str | None]:
+    """A recipient's role and, for one a route added (`role@unit`), its unit."""
+    role, _, unit = recipient.partition(ROUTED)
+    return role, unit or None
+
+
+class RouteRecipient(FrozenModel):
+    role: Role
+    unit: str = Field(min_length=1, description="a unit id of the directory")
+
+
+@dataclass(frozen=True)
+class ReportSource:
+    """Where a report came from, as routing reads it."""
+
+    source_type: str
+    source_name: str
+
+
+class Route(FrozenModel):
+    """A routing rule: a report from a matching source (its `source_type`, and its
+    `source_name` searched with the regular expression `source_name`) adds `recipients`, a
+    role at a named unit each, to the incident's duties (those of `kinds`; all if none),
+    e.g. 地方领导留言板 items go to the 督办室 of whoever's board it is (seed 003 第十七条)."""
+
+    id: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    title: str = Field(min_length=1)
+    source_type: SourceType
+    source_name: str | None = Field(default=None, min_length=1)
+    recipients: tuple[RouteRecipient, ...] = Field(min_length=1)
+    kinds: tuple[str, ...] = ()
+
+    @field_validator("source_name")
+    @classmethod
+    def _pattern_compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from exc
+        return pattern
+
+    def matches(self, source: ReportSource) -> bool:
+        if source.source_type != self.source_type.value:
+            return False
+        return (
+            self.source_name is None or re.search(self.source_name, source.source_name) is not None
+        )
+
+    def applies_to(self, kind: str) -> bool:
+        return not self.kinds or kind in self.kinds
+
+
 class ObligationPolicy(FrozenModel):
     """What each level and category obliges: the duties part of config/obligations.yaml."""
 
@@ -99,6 +216,50 @@ class ObligationPolicy(FrozenModel):
     alert_roles: tuple[Role, ...] = Field(min_length=1)
     levels: dict[Level, tuple[ObligationRule, ...]]
     categories: dict[Category, tuple[ObligationRule, ...]] = Field(default_factory=dict)
+    # Recipients by a report's source (seed 003 第十七条), in addition to each duty's own.
+    routing: tuple[Route, ...] = ()
+
+    @model_validator(mode="after")
+    def _routes_sound(self) -> ObligationPolicy:
+        problems: list[str] = []
+        kinds = {rule.kind for _, rule in self._all_rules()}
+        seen: set[str] = set()
+        for n, route in enumerate(self.routing):
+            entry = f"routing.{n} ({route.id})"
+            if route.id in seen:
+                problems.append(f"{entry}.id: {route.id!r} is the id of an earlier route")
+            seen.add(route.id)
+            problems += [
+                f"{entry}.kinds: {kind!r} is not a duty of this file"
+                for kind in route.kinds
+                if kind not in kinds
+            ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def routed(self, kind: str, sources: Sequence[ReportSource]) -> tuple[str, ...]:
+        """The recipients the routes add to a duty of this kind, for reports from these
+        sources (`role@unit`, each once, in the routes' order)."""
+        found = [
+            routed_recipient(r.role.value, r.unit)
+            for route in self.routing
+            if route.applies_to(kind) and any(route.matches(s) for s in sources)
+            for r in route.recipients
+        ]
+        return tuple(dict.fromkeys(found))
+
+    def decided_rule(
+        self, kind: str, level: Level | None, category: Category | None
+    ) -> ObligationRule | None:
+        """The duty of this kind that opens on a decision at the level and category."""
+        found = self.rules_on(level, category, OPENS_ON_DECISION) if level is not None else []
+        return next((rule for rule in found if rule.kind == kind), None)
+
+    def met_by_statement(self, kind: str) -> str | None:
+        """The statement kind whose publication meets a duty of this kind, if any."""
+        rule = self.rule(kind)
+        return None if rule is None or rule.met_by is None else str(rule.met_by.statement_published)
 
     @model_validator(mode="after")
     def _kinds_unique(self) -> ObligationPolicy:
@@ -133,6 +294,35 @@ class ObligationPolicy(FrozenModel):
                     problems.append(
                         f"{entry}.every: a duty that opens on {OPENS_ON_RESOLUTION} cannot "
                         "recur (the incident is no longer open)"
+                    )
+                decided = rule.opens_on == OPENS_ON_DECISION
+                if decided and rule.decided_by is None:
+                    problems.append(
+                        f"{entry}.decided_by: a duty that opens on {OPENS_ON_DECISION} names "
+                        "the role that decides it"
+                    )
+                elif not decided and rule.decided_by is not None:
+                    problems.append(
+                        f"{entry}.decided_by: only for a duty that opens on {OPENS_ON_DECISION} "
+                        f"(this one opens on {rule.opens_on})"
+                    )
+                if decided and rule.after is not None:
+                    problems.append(
+                        f"{entry}.after: a duty that opens on {OPENS_ON_DECISION} cannot wait "
+                        "on another duty (it opens when it is decided)"
+                    )
+                if rule.counted_from not in COUNTED_FROM:
+                    problems.append(
+                        f"{entry}.counted_from: {rule.counted_from!r} is not one of "
+                        f"{', '.join(COUNTED_FROM)} (the default is {COUNTED_FROM_GRADE})"
+                    )
+                elif rule.counted_from != COUNTED_FROM_GRADE and (
+                    rule.after is not None or rule.opens_on not in COUNTABLE_FROM_REPORT
+                ):
+                    problems.append(
+                        f"{entry}.counted_from: {rule.counted_from!r} is for a duty that opens "
+                        f"on {' or '.join(COUNTABLE_FROM_REPORT)} and waits on no other; this "
+                        "one counts from its own event"
                     )
                 if rule.after in closure:
                     problems.append(
@@ -185,6 +375,10 @@ class ObligationPolicy(FrozenModel):
         for place, rules in self._lists():
             for rule in rules:
                 yield place, rule
+
+    def entries(self) -> Iterable[tuple[str, ObligationRule]]:
+        """Each duty with where it is written (`levels.1`, `categories.inquiry`)."""
+        return self._all_rules()
 
     def rule(self, kind: str) -> ObligationRule | None:
         return next((rule for _, rule in self._all_rules() if rule.kind == kind), None)

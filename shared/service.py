@@ -339,11 +339,20 @@ class ServiceRunner(Generic[P]):
             checks["mongodb"] = "ok"
         except Exception:
             checks["mongodb"] = "unavailable"
-        checks["kafka"] = "ok" if self.relay.healthy else "unavailable"
+        answers = self.relay.healthy and await self._broker_answers()
+        checks["kafka"] = "ok" if answers else "unavailable"
         checks["started"] = "ok" if self.started else "starting"
         # Informational: HTTP is served while the consumer joins its group (see READY).
         checks["consumer"] = "ok" if self.joined else "joining"
         return checks
+
+    async def _broker_answers(self) -> bool:
+        """The broker describes its cluster within the timeout: an idle relay has sent
+        nothing that would have failed, and a frozen broker keeps its connections open."""
+        try:
+            return await self.broker.ping(timeout=self.settings.kafka_ping_timeout_seconds)
+        except Exception:
+            return False
 
     def describe(self) -> dict[str, Any]:
         return {

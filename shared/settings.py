@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # whole budget of one transaction, its driver retries included.
     mongodb_server_selection_timeout_seconds: float = Field(default=2.0, gt=0)
     mongodb_transaction_timeout_seconds: float = Field(default=5.0, gt=0)
+    # How long `/readyz` waits for the broker to describe its cluster before it says the
+    # broker is unavailable (a broker that holds connections open but answers nothing).
+    kafka_ping_timeout_seconds: float = Field(default=2.0, gt=0)
     # Each service's database is "<db_prefix>_<service>"; a test run uses a prefix of its own.
     db_prefix: str = "yuqing"
     topic_prefix: str = ""
@@ -160,13 +163,16 @@ class Settings(BaseSettings):
     rulebook_path: Path = CONFIG_DIR / "rulebook.yaml"
     obligations_policy_path: Path = CONFIG_DIR / "obligations.yaml"
     approval_policy_path: Path = CONFIG_DIR / "approval.yaml"
+    # The assessment's rules (考评, 瞒报's threshold): a plan pack's own assessment.yaml wins.
+    assessment_policy_path: Path = CONFIG_DIR / "assessment.yaml"
     archive_report_template: Path = CONFIG_DIR / "templates" / "archive_case_report.md.j2"
     archive_replay_batch_size: int = Field(default=200, ge=1)
     # How often the archive checks the topics, up to what its consumer committed, against
     # its log, and records what a lost transaction left out (services/archive/audit.py).
     archive_audit_seconds: float = Field(default=60.0, gt=0)
-    # Reports embedded in the archive's incident view (the rest are counted and listed by
-    # page at /incidents/{id}/reports), so that a view stays far below MongoDB's 16 MB.
+    # Reports embedded in the archive's incident view and in intake's (the rest are counted
+    # and listed by page at /incidents/{id}/reports), so that a view stays far below
+    # MongoDB's 16 MB.
     archive_embedded_reports: int = Field(default=50, ge=1, le=1000)
     # The largest `limit` a paged list accepts (422 naming `limit` above it), and the
     # longest time window one export of the events may ask for (422 naming the bound).

@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,8 +32,12 @@ from shared.events import ALL_TOPICS, EventError, payload_class
 
 SIGNATURE_HEADER = "yuqing-signature"
 PRODUCER_HEADER = "yuqing-producer"
+# The relay's own headers (the broker epoch, the traceparent) signed by the producer too,
+# bound to the event's signature: a forged epoch would make consumers read a topic again, a
+# forged traceparent would hang the hop under someone else's span.
+RELAY_SIGNATURE_HEADER = "yuqing-relay-signature"
 SCHEME = "sha256"
-MIN_BUS_SECRET_BYTES = 32
+MIN_BUS_SECRET_BYTES = 32  # an HMAC key shorter than the hash output is guessable (RFC 7518 3.2)
 _HKDF_SALT = b"yuqing-bus-v1"
 _HKDF_INFO = b"yuqing event signing key:"
 
@@ -69,14 +75,45 @@ def derive_key(secret: bytes, service: str) -> bytes:
     return hkdf_sha256(secret, salt=_HKDF_SALT, info=_HKDF_INFO + service.encode("utf-8"))
 
 
+# A secret's own spread of bytes, times its length, must say at least this many bits: 32
+# random characters of any alphabet do (hex: ~120), 32 times one letter says 0.
+MIN_SECRET_ESTIMATED_BITS = 96
+# What the shipped examples hold where a secret goes: a deployment that kept one is known.
+PLACEHOLDERS = (b"replace-me", b"changeme", b"change-me")
+
+
+def estimated_bits(secret: bytes) -> float:
+    """The secret's length times the Shannon entropy of its own bytes: a floor no guesser
+    cares about, but it tells a random value from a repeated or patterned one."""
+    if not secret:
+        return 0.0
+    counts = Counter(secret)
+    return -sum(n * math.log2(n / len(secret)) for n in counts.values())
+
+
+def weak_secret(secret: bytes, name: str, what: str) -> str | None:
+    """Why `secret` (the setting `name`, `what` it is for) is too weak, or None."""
+    advice = "(e.g. `openssl rand -base64 48`)"
+    if len(secret) < MIN_BUS_SECRET_BYTES:
+        return (
+            f"{name} is {len(secret)} bytes long; {what} needs at least "
+            f"{MIN_BUS_SECRET_BYTES} random bytes {advice}"
+        )
+    lowered = secret.lower()
+    if any(marker in lowered for marker in PLACEHOLDERS):
+        return f"{name} is still the example's placeholder; {what} needs random bytes {advice}"
+    bits = estimated_bits(secret)
+    if bits < MIN_SECRET_ESTIMATED_BITS:
+        return (
+            f"{name} repeats itself (about {bits:.0f} bits in {len(secret)} bytes); {what} "
+            f"needs random bytes {advice}"
+        )
+    return None
+
+
 def secret_problem(secret: bytes, name: str = "YUQING_BUS_SECRET") -> str | None:
     """Why a bus secret is too weak to sign with, or None."""
-    if len(secret) >= MIN_BUS_SECRET_BYTES:
-        return None
-    return (
-        f"{name} is {len(secret)} bytes long; the event signing secret needs at least "
-        f"{MIN_BUS_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`)"
-    )
+    return weak_secret(secret, name, "the event signing secret")
 
 
 def event_topic(envelope: Mapping[str, Any]) -> str | None:
@@ -118,10 +155,37 @@ class BusKeys:
         self, signature: str, envelope: Mapping[str, Any], *, topic: str, producer: str
     ) -> bool:
         form = canonical_form(envelope, topic=topic, producer=producer)
+        return self._holds(form, producer, signature)
+
+    def _holds(self, form: bytes, producer: str, signature: str) -> bool:
         return any(
             hmac.compare_digest(self._digest(form, producer, g).encode(), signature.encode())
             for g in range(len(self._secrets))
         )
+
+    def seal(self, form: bytes, *, context: str) -> str:
+        """An HMAC-SHA256 of `form` under the key derived for `context`, a name that is no
+        service's (e.g. "archive-seal"): what a service vouches for in its own store, never
+        mistaken for an event's signature (no topic is owned by `context`)."""
+        return self._digest(form, context, 0)
+
+    def seal_holds(self, seal: str, form: bytes, *, context: str) -> bool:
+        return self._holds(form, context, seal)
+
+    def sign_relay(self, values: Mapping[str, str], *, event_signature: str, producer: str) -> str:
+        """`producer`'s signature over the relay's headers `values` sent with the event that
+        `event_signature` signs (so they cannot be moved to another event)."""
+        return self._digest(relay_form(values, event_signature), producer, 0)
+
+    def relay_holds(
+        self, signature: str, values: Mapping[str, str], *, event_signature: str, producer: str
+    ) -> bool:
+        return self._holds(relay_form(values, event_signature), producer, signature)
+
+
+def relay_form(values: Mapping[str, str], event_signature: str) -> bytes:
+    """The bytes a relay signs for its headers: their values and the event's signature."""
+    return b"relay-headers:" + canonical_json({"event": event_signature, "headers": values})
 
 
 def check_signed(

@@ -120,10 +120,18 @@ class Visibility:
             raise hidden(kind, key)
         return sight
 
+    def acting_units(self, caller: Caller) -> set[str] | None:
+        """The units in whose name the caller may file or act: its own and those below it
+        (an administrator: every unit; None). Reading every unit (an analyst) lets it act
+        for none beyond its own: `leader,analyst` of a school does not decide the county's."""
+        if caller.has(Role.ADMIN) and not caller.is_partner:
+            return None
+        return self.directory.subtree(caller.unit)
+
     def may_file_for(self, caller: Caller, unit_ids: Iterable[str]) -> bool:
         """Whether the caller may file or act in the name of all of `unit_ids`."""
-        visible = self.directory.subtree(caller.unit) if caller.is_partner else self.units(caller)
-        return visible is None or set(unit_ids) <= visible
+        acting = self.acting_units(caller)
+        return acting is None or set(unit_ids) <= acting
 
     def may_act_on(self, caller: Caller, incident: IncidentScope) -> bool:
         """Whether the caller may change what the bureau does about an incident it sees:
@@ -153,6 +161,9 @@ class Visibility:
     def unit_in_sight(self, caller: Caller, unit_id: str) -> bool:
         visible = self.units(caller)
         return not caller.is_partner and (visible is None or unit_id in visible)
+
+    def may_act_for_unit(self, caller: Caller, unit_id: str) -> bool:
+        return not caller.is_partner and self.may_file_for(caller, [unit_id])
 
 
 def scope_of(incident_id: str, unit_ids: Sequence[str], filed_by: Sequence[str]) -> IncidentScope:

@@ -31,11 +31,12 @@ from pydantic import BaseModel, Field, ValidationError
 from services.archive.projections import LOG, ArchiveViews
 from shared.auth import CurrentCaller
 from shared.bus import (
-    EPOCH_HEADER,
     bus_keys,
     checked_delivery,
     consumer_name,
+    epoch_of,
     kafka_client_options,
+    trusted_relay_values,
 )
 from shared.clock import Clock
 from shared.errors import Forbidden
@@ -227,11 +228,7 @@ class Audit:
         delivery = checked_delivery(self.keys, self.settings, event, topic, given)
         if isinstance(delivery, str):
             return None
-        try:
-            epoch: int | None = int(given.get(EPOCH_HEADER, ""))
-        except ValueError:
-            epoch = None
-        return event, delivery, epoch
+        return event, delivery, epoch_of(trusted_relay_values(self.keys, delivery, given))
 
     async def _heal(self, batch: list[tuple[Envelope, Delivery, str]], report: AuditPass) -> None:
         if not batch:

@@ -13,7 +13,9 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from services.archive.api import ArchiveLimits, build_router
+from services.archive.assessment_api import AssessmentCommands, load_rules, register_assessment
 from services.archive.audit import Audit, register_audit
+from services.archive.domain import assessment
 from services.archive.domain.review import ReviewLog, evolve, review_stream
 from services.archive.handlers import Recorder, ReviewCommands
 from services.archive.projections import ArchiveViews
@@ -73,6 +75,22 @@ def build(deps: Dependencies) -> ArchiveParts:
         ),
     )
     register_audit(router, deps.store.db, settings.archive_audit_seconds)
+    findings = AssessmentCommands(
+        views,
+        Repository[assessment.AssessmentLog](assessment.assessment_stream, assessment.evolve),
+        deps.command_runner(),
+        deps.clock,
+    )
+    register_assessment(
+        router,
+        views,
+        findings,
+        deps.visibility,
+        deps.catalogue,
+        load_rules(settings.plan, settings.assessment_policy_path),
+        tz,
+        deps.clock,
+    )
     return ArchiveParts(
         name="archive",
         prefix="/archive/v1",

@@ -4,7 +4,9 @@ incident views folded from it.
 Collections of the archive database:
 - `log`: every consumed event once (`_id` = event_id), the envelope as received under
   `envelope`, a global ingest `seq`, and its `position`, `prev_hash` and `hash` in its
-  incident's chain; a few envelope fields are copied beside it for querying.
+  incident's chain; a few envelope fields are copied beside it for querying. Its producer
+  and signature beside it; an event logged before signing began has neither, but the
+  archive's seal (`archive_seal`, made when signing began) instead.
 - `chains`: one head per incident (`length`, `head` hash), so a deleted tail is noticed.
 - `incidents`: the current view of each incident, refolded from the log on every event of
   that incident, with the list's filter, sort and visibility fields beside it. Disposable:
@@ -12,6 +14,7 @@ Collections of the archive database:
 - `cases`: the case library, one entry per archived incident, written with its view.
 - `read_models`: the pointer naming the collections the API reads (`incidents`, `cases` at
   first) and, while a replay runs, the fresh ones it is building; `replay_jobs` its progress.
+  Beside it the signing mark (`signing`): where signed logging began, sealed.
 
 Replay folds the whole log into fresh collections while the API keeps reading the old ones.
 Meanwhile every refresh writes to both, so an event ingested during the replay is not lost
@@ -37,6 +40,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from services.archive.domain import (
     GENESIS,
+    SEAL_CONTEXT,
     ChainLink,
     ChainReport,
     IncidentView,
@@ -44,6 +48,7 @@ from services.archive.domain import (
     fold,
     incident_summary,
     link_hash,
+    seal_form,
     signature_problem,
     unmet_deadlines,
     verify_chain,
@@ -54,7 +59,7 @@ from shared.clock import Clock, utcnow
 from shared.errors import Conflict
 from shared.events import Envelope
 from shared.handlers import Delivery
-from shared.signing import BusKeys
+from shared.signing import BusKeys, canonical_json
 from shared.store import COUNTERS, ConcurrencyConflict, Document, UnitOfWork
 from shared.visibility import IncidentScope
 
@@ -70,7 +75,13 @@ PRODUCER_FAULTS = "producer_faults"
 logger = structlog.get_logger("yuqing.archive")
 _LOG_SEQ = "log"
 _POINTER = "current"
-_SIGNING = "signing"  # where signed logging began: {from_seq}
+# Where signed logging began: {from_seq, sealed, seal}, the archive's seal over the first
+# two (sealed: how many unsigned events logged before it the archive sealed then).
+_SIGNING = "signing"
+# A log document's field holding the archive's seal of an event logged before signing
+# began (chain.seal_form): the only unsigned events verify passes and the fold takes.
+SEAL = "archive_seal"
+_SEAL_BATCH = 500
 # How long a read trusts the pointer it last read: a replay's swap is seen within this, or
 # at once by the reads that then find nothing where the old collections were.
 _POINTER_TTL_SECONDS = 1.0
@@ -193,6 +204,20 @@ def _model_writes(
     return view, document, case
 
 
+def _seal_form(doc: Document) -> bytes | None:
+    return seal_form(
+        seq=doc.get("seq"),
+        incident_id=doc.get("incident_id"),
+        position=doc.get("position"),
+        prev_hash=doc.get("prev_hash"),
+        envelope=doc.get("envelope"),
+    )
+
+
+def _mark_form(mark: Document) -> bytes:
+    return b"archive-signing-start:" + canonical_json(mark)
+
+
 def _logged(doc: Document) -> Logged:
     return Logged(seq=int(doc["seq"]), event=Envelope.model_validate(doc["envelope"]))
 
@@ -210,7 +235,6 @@ class ArchiveViews:
         self.db = db
         self.clock = clock
         self.keys = keys  # the producers' keys: verify checks each event's signature
-        self._signed_from = 1  # the first log seq recorded with signatures (set at start)
         self.embedded_reports = embedded_reports  # reports kept in a stored view; None: all
         self._served: tuple[ReadModels, float] | None = None  # the pointer, when read
         self._windows = ListWindows(clock)  # how the lists read a page
@@ -253,7 +277,19 @@ class ArchiveViews:
 
     async def _ensure_read_model_indexes(self, models: ReadModels) -> None:
         for name, fields in (
-            (models.incidents, ("unit_ids", "level", "category", "status", "filed_by", "due")),
+            (
+                models.incidents,
+                # the last: the office's 谎报 finding names a duty, not its incident
+                (
+                    "unit_ids",
+                    "level",
+                    "category",
+                    "status",
+                    "filed_by",
+                    "due",
+                    "view.obligations.obligation_id",
+                ),
+            ),
             (models.cases, ("unit_ids", "filed_by", "level", "category", "opened_at")),
         ):
             collection = self.db[name]
@@ -518,23 +554,101 @@ class ArchiveViews:
         return [_logged(doc) async for doc in cursor if self.signed(doc)]
 
     async def mark_signing_start(self) -> None:
-        """Remember, once, where signed logging began: an archive upgraded with its log
-        keeps folding the events it logged before (their hash chain still checks)."""
-        last = await self.db[LOG].find_one({}, {"seq": 1}, sort=[("seq", DESCENDING)])
-        first_signed = int(last["seq"]) + 1 if last else 1
-        await self.db[READ_MODELS].update_one(
-            {"_id": _SIGNING}, {"$setOnInsert": {"from_seq": first_signed}}, upsert=True
+        """Seal, once, the unsigned events this archive logged before it recorded
+        signatures (an archive upgraded with its log keeps folding them, their hash chain
+        still checked): each gets the archive's seal over it and its place (`SEAL`), made
+        with a key derived from the bus secret, so that no event written into the store
+        later passes for one of them. A fresh archive seals nothing.
+
+        Sealed are the unsigned events of ingest seq 1 up to, not including, the first
+        one logged with a signature field (and the log's end, and an earlier mark's
+        `from_seq`): a mark that is missing or does not hold is made again on that bound,
+        which a document written into the store cannot move (its seq would have to be
+        one the log's unique index holds already, below every signed event's).
+        """
+        if self.keys is None:
+            return
+        markers = self.db[READ_MODELS]
+        marker = await markers.find_one({"_id": _SIGNING})
+        if marker is not None and self._mark_holds(marker):
+            return
+        log = self.db[LOG]
+        bound = 1
+        last = await log.find_one({}, {"seq": 1}, sort=[("seq", DESCENDING)])
+        if last is not None:
+            bound = int(last["seq"]) + 1
+        signed = await log.find_one(
+            {"signature": {"$exists": True}}, {"seq": 1}, sort=[("seq", ASCENDING)]
         )
-        marker = await self.db[READ_MODELS].find_one({"_id": _SIGNING})
-        self._signed_from = int(marker["from_seq"]) if marker else first_signed
+        if signed is not None:
+            bound = min(bound, int(signed["seq"]))
+        if marker is not None:
+            earlier = marker.get("from_seq")
+            if isinstance(earlier, int) and not isinstance(earlier, bool):
+                bound = min(bound, earlier)
+            logger.warning(
+                "the signing mark holds no archive seal: made again",
+                from_seq=earlier,
+                bound=bound,
+            )
+        sealed = await self._seal_unsigned(max(bound, 1))
+        mark = {"from_seq": max(bound, 1), "sealed": sealed}
+        await markers.replace_one(
+            {"_id": _SIGNING},
+            {**mark, "seal": self.keys.seal(_mark_form(mark), context=SEAL_CONTEXT)},
+            upsert=True,
+        )
+        if sealed:
+            logger.info("unsigned events logged before signing began sealed", sealed=sealed)
+
+    def _mark_holds(self, marker: Document) -> bool:
+        assert self.keys is not None
+        seal = marker.get("seal")
+        try:
+            form = _mark_form({"from_seq": marker.get("from_seq"), "sealed": marker.get("sealed")})
+        except (TypeError, ValueError):  # not JSON: altered
+            return False
+        return isinstance(seal, str) and self.keys.seal_holds(seal, form, context=SEAL_CONTEXT)
+
+    async def _seal_unsigned(self, bound: int) -> int:
+        """Seal every unsigned event of ingest seq 1 up to `bound` (not included)."""
+        assert self.keys is not None
+        if bound <= 1:
+            return 0
+        sealed, writes = 0, list[UpdateOne]()
+        cursor = self.db[LOG].find(
+            {"seq": {"$gte": 1, "$lt": bound}, "signature": {"$exists": False}},
+            sort=[("seq", ASCENDING)],
+        )
+        async for doc in cursor:
+            form = _seal_form(doc)
+            if form is None:
+                logger.error("a logged event is not JSON: left unsealed", event_id=doc["_id"])
+                continue
+            seal = self.keys.seal(form, context=SEAL_CONTEXT)
+            writes.append(UpdateOne({"_id": doc["_id"], "seq": doc["seq"]}, {"$set": {SEAL: seal}}))
+            sealed += 1
+            if len(writes) >= _SEAL_BATCH:
+                await self.db[LOG].bulk_write(writes, ordered=False)
+                writes = []
+        if writes:
+            await self.db[LOG].bulk_write(writes, ordered=False)
+        return sealed
 
     def before_signing(self, doc: Document) -> bool:
-        # Absent, not null: what this archive logged before it recorded signatures.
-        return "signature" not in doc and int(doc.get("seq", 0)) < self._signed_from
+        """Whether the logged event is one this archive logged before it recorded
+        signatures: sealed so by the archive when signing began, the seal holding for this
+        very document (its envelope and its place)."""
+        seal = doc.get(SEAL)
+        if self.keys is None or not isinstance(seal, str):
+            return False
+        form = _seal_form(doc)
+        return form is not None and self.keys.seal_holds(seal, form, context=SEAL_CONTEXT)
 
     def signed(self, doc: Document) -> bool:
-        """Whether a logged event carries its producer's signature: one written into the
-        store by other means (its hash recomputed) is named by verify and folded nowhere."""
+        """Whether a logged event carries its producer's signature, or the archive's seal
+        of an event logged before signing began: one written into the store by other means
+        (its hash recomputed), signed or not, is named by verify and folded nowhere."""
         if self.keys is None or self.before_signing(doc):
             return True
         envelope = doc.get("envelope")
@@ -543,6 +657,7 @@ class ArchiveViews:
             doc.get("producer"),
             doc.get("signature"),
             self.keys,
+            sealed=SEAL in doc,
         )
         if problem is not None:
             logger.warning("logged event not folded", event_id=str(doc.get("_id")), reason=problem)
@@ -652,6 +767,7 @@ class ArchiveViews:
                     producer=doc.get("producer"),
                     signature=doc.get("signature"),
                     before_signing=self.before_signing(doc),
+                    sealed=SEAL in doc,
                 )
             )
         return verify_chain(incident_id, links, int(head["length"]) if head else 0, self.keys)

@@ -9,6 +9,7 @@ which reads them all by page; never a list cut without saying so.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -55,14 +56,57 @@ class ReportList:
         return self.total > len(self.shown)
 
 
-def _href(url: str) -> str:
+class Markdown(str):
+    """Markdown made by the report itself (a helper's output, a link it builds): printed
+    into the document as it is. Every other value a template prints is a person's text
+    and is escaped (`markdown_text`)."""
+
+
+# What opens inline markup: emphasis, code, links and images (`![`), a table cell's end,
+# strikethrough, a heading's mark, and the escape character itself.
+_INLINE_MARKUP = "\\`*_[]!|~#"
+# HTML as entities: no tag, comment or autolink (`<https://...>`) reaches a renderer.
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_ESCAPES = {ord(c): "\\" + c for c in _INLINE_MARKUP} | {ord(c): e for c, e in _ENTITIES.items()}
+# A line that would start a block: a list item, a rule or a heading's underline, a
+# numbered item. (Headings, quotes, fences and tables are escaped inline above.)
+_BLOCK_START = re.compile(r"^([-+=])|^(\d{1,9})([.)])")
+
+
+def _line(text: str) -> str:
+    escaped = text.strip().translate(_ESCAPES)
+    return _BLOCK_START.sub(lambda m: f"\\{m[1]}" if m[1] else f"{m[2]}\\{m[3]}", escaped)
+
+
+def markdown_text(value: object) -> Markdown:
+    """A person's text as Markdown that shows it as written, in every renderer: HTML as
+    entities, every markup character escaped (so no image is loaded, no link made, no
+    table cell ended), a line that would start a list or a rule escaped at its start; its
+    lines kept (a line break is a hard break, a blank line a new paragraph)."""
+    if isinstance(value, Markdown):
+        return value
+    lines = [_line(line) for line in str(value).splitlines()]
+    out: list[str] = []
+    for n, line in enumerate(lines):
+        more = n + 1 < len(lines) and bool(lines[n + 1])
+        out.append(line + "\\" if line and more else line)
+    return Markdown("\n".join(out))
+
+
+def markdown_cell(value: object) -> Markdown:
+    """A person's text as one Markdown table cell (or a link's words): one line, escaped
+    as `markdown_text`."""
+    return markdown_text(" ".join(str(value).split()))
+
+
+def _href(url: str) -> Markdown:
     """A URL as a Markdown link target: what would end or break the link escaped."""
-    return quote(url, safe=":/?#[]@!$&'*+,;=%~-._")
+    return Markdown(quote(url, safe=":/?#[]@!$&'*+,;=%~-._"))
 
 
-def _link_text(text: str) -> str:
-    """Text as a Markdown link's words: one line, its markup characters escaped."""
-    return " ".join(str(text).split()).translate({ord(c): "\\" + c for c in "\\[]|*_`<>"})
+def _finalize(value: object) -> object:
+    """What a template prints: a person's text escaped, the report's own Markdown as is."""
+    return value if isinstance(value, Markdown) else markdown_text(value)
 
 
 def duration_zh(seconds: float | None) -> str:
@@ -104,6 +148,9 @@ class CaseReport:
             undefined=StrictUndefined,  # a template naming a missing field fails loudly
             # Markdown, not HTML: escaping is the Markdown renderer's job (html=False below).
             autoescape=False,  # noqa: S701
+            # Every value printed is a person's text, escaped for Markdown, unless a
+            # helper made it (`Markdown`): a replaced template cannot forget to.
+            finalize=_finalize,
             keep_trailing_newline=True,
         )
         self._template = environment.get_template(template.name)
@@ -118,8 +165,10 @@ class CaseReport:
         self._markdown.add_render_rule("image", _image_as_link)
         self._markdown.add_render_rule("link_open", _link_open)
 
-    def _when(self, moment: datetime | None) -> str:
-        return moment.astimezone(self._tz).strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
+    def _when(self, moment: datetime | None) -> Markdown:
+        return Markdown(
+            moment.astimezone(self._tz).strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
+        )
 
     def _units(self, unit_ids: list[str]) -> str:
         return "、".join(self._directory.unit_name(u) for u in unit_ids)
@@ -143,10 +192,10 @@ class CaseReport:
             case=case,
             reports=self.report_list(case, reports),
             href=_href,
-            link_text=_link_text,
+            link_text=markdown_cell,
             source=self._source,
             when=self._when,
-            duration=duration_zh,
+            duration=lambda seconds: Markdown(duration_zh(seconds)),
             units=self._units,
             level=names.level,
             category=names.category,
@@ -154,7 +203,7 @@ class CaseReport:
             outcome=outcome_zh,
             statement_kind=names.statement_kind,
             statement_state=lambda s: names.statement_states[StatementState(s)],
-            cell=lambda text: " ".join(str(text).split()).replace("|", "\\|"),
+            cell=markdown_cell,
         )
 
     def html(self, case: CaseRecord, reports: Sequence[ReportView] = ()) -> str:

@@ -10,9 +10,9 @@ checked.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter
@@ -21,7 +21,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from services.grading.domain import Rulebook
 from services.grading.handlers import GradingCommands
 from services.grading.projections import GradeView, GradingViews
-from services.grading.whatif import Candidate, IncidentDifference, compare
+from services.grading.whatif import Candidate, IncidentDifference, NotOpened, compare
 from shared.auth import CurrentCaller
 from shared.clock import Clock
 from shared.errors import Forbidden, Invalid
@@ -29,7 +29,19 @@ from shared.events import Category, Level
 from shared.identity import Caller, Role
 from shared.models import FrozenModel
 from shared.plan import PACK_NAME, Plan
-from shared.plan_rules import ObligationRule
+from shared.plan_rules import (
+    COUNTED_FROM_GRADE,
+    COUNTED_FROM_OBSERVED,
+    COUNTED_FROM_PUBLISHED,
+    OPENS_ON_DECISION,
+    OPENS_ON_GRADE,
+    OPENS_ON_INSTRUCTION,
+    OPENS_ON_PROPOSAL,
+    OPENS_ON_RESOLUTION,
+    ObligationRule,
+    Route,
+)
+from shared.policy import format_duration
 from shared.visibility import IncidentScope, ReferredIncident, Sight, Visibility, hidden
 
 
@@ -98,6 +110,11 @@ class Named(BaseModel):
     name: str
 
 
+class MetByOut(BaseModel):
+    statement_published: Named = Field(description="a statement of this kind published")
+    name: str = Field(description="as staff read it: 发布“网上答复”即完成")
+
+
 class DutyOut(BaseModel):
     kind: str
     title: str
@@ -112,8 +129,27 @@ class DutyOut(BaseModel):
         default="graded",
         description="'graded': opens with the grade (its confirmation, under a plan whose "
         "grade a body confirms); 'proposed': with the rulebook's proposal; 'instructed': with a "
-        "leader's signed instruction; 'resolved': when the incident is resolved. Its deadline "
-        "is counted from that event",
+        "leader's signed instruction; 'resolved': when the incident is resolved; 'decided': "
+        "when the role `decided_by` decides it is owed. Its deadline is counted from that event",
+    )
+    opens_on_name: str = Field(default="定级时", description="when it opens, as staff read it")
+    deadline_name: str = Field(default="", description="the deadline, as staff read it")
+    counted_from: str = Field(
+        default="graded",
+        description="where its clock starts, for a duty opened with the grade or the "
+        "proposal: 'graded' (the event), 'published' (the first report's publication, 舆情发生) "
+        "or 'observed' (its first sighting)",
+    )
+    counted_from_name: str = Field(
+        default="定级时", description="the instant its clock starts, as staff read it"
+    )
+    after_title: str | None = Field(default=None, description="the title of the duty waited on")
+    every_name: str | None = Field(default=None, description="a recurring duty's period, named")
+    met_by: MetByOut | None = Field(
+        default=None, description="an action that meets it without anyone filing it"
+    )
+    decided_by: Named | None = Field(
+        default=None, description="who decides whether a duty 'decided' is owed"
     )
 
 
@@ -142,6 +178,37 @@ class StatementKindOut(BaseModel):
     name: str
 
 
+class RouteRecipientOut(BaseModel):
+    role: Named
+    unit: Named
+    name: str = Field(description="as staff read it: 县网信办·领导小组办公室")
+
+
+class RouteOut(BaseModel):
+    """A routing rule (obligations.yaml routing): a report from a matching source adds these
+    recipients to the incident's duties."""
+
+    id: str
+    title: str
+    source_type: Named
+    source_name: str | None = Field(
+        default=None, description="a regular expression searched in the source's name"
+    )
+    recipients: tuple[RouteRecipientOut, ...]
+    kinds: tuple[Named, ...] = Field(
+        description="the duties it adds recipients to (id: kind, name: title); empty: all"
+    )
+
+
+class WatchOut(BaseModel):
+    """善后、动态跟踪 (plan.yaml watch): how long a resolved incident stays under watch, and
+    what a matching report does meanwhile."""
+
+    period: str = Field(description="as the plan writes it: '7d'")
+    period_name: str
+    on_report: Named = Field(description="'reopen' or 'attach', named")
+
+
 class PlanOut(BaseModel):
     """The plan in force: what the deployment's pack (YUQING_PLAN) says."""
 
@@ -161,6 +228,10 @@ class PlanOut(BaseModel):
         description="the role that confirms the rulebook's proposed grade (plan.yaml grading); "
         "none: the rulebook grades",
     )
+    routing: tuple[RouteOut, ...] = ()
+    watch: WatchOut | None = Field(
+        default=None, description="none: intake's own reopen window applies"
+    )
 
 
 class PlanTryIn(FrozenModel):
@@ -178,6 +249,25 @@ class DutyDifferenceOut(BaseModel):
     met_at: datetime | None
     outcome: str = Field(description="met, late, missed or open: by the recorded fulfilment")
     change: str = Field(description="same, new (the record has no such duty) or moved")
+    opens_on: str = Field(default="graded", description="the event it opened on (see the plan)")
+    after: str | None = Field(default=None, description="the duty it waited on")
+
+
+class NotOpenedOut(BaseModel):
+    """A duty of the candidate the record gives no event to open on."""
+
+    kind: str
+    title: str
+    opens_on: str
+    why: str = Field(
+        description="no_proposal, not_confirmed, no_signed_instruction, not_resolved, "
+        "no_decision, decided_against or waits_on_unmet"
+    )
+    note: str = Field(description="why, as staff read it")
+
+    @classmethod
+    def of(cls, n: NotOpened) -> NotOpenedOut:
+        return cls(kind=n.kind, title=n.title, opens_on=n.opens_on, why=n.why, note=n.note)
 
 
 class IncidentDifferenceOut(BaseModel):
@@ -191,6 +281,7 @@ class IncidentDifferenceOut(BaseModel):
     duties: tuple[DutyDifferenceOut, ...]
     dropped: tuple[str, ...]
     would_miss: tuple[str, ...]
+    not_opened: tuple[NotOpenedOut, ...] = ()
 
     @classmethod
     def of(cls, d: IncidentDifference) -> IncidentDifferenceOut:
@@ -207,6 +298,7 @@ class IncidentDifferenceOut(BaseModel):
             ),
             dropped=d.dropped,
             would_miss=d.would_miss,
+            not_opened=tuple(NotOpenedOut.of(n) for n in d.not_opened),
         )
 
 
@@ -226,6 +318,7 @@ class PlanParts:
     candidate: Callable[[str], tuple[Plan, Rulebook]]
     tz: ZoneInfo
     clock: Clock
+    units: Mapping[str, str] = field(default_factory=dict)  # unit id -> its Chinese name
 
 
 def _deadline_text(rule: ObligationRule) -> str:
@@ -240,26 +333,131 @@ def _deadline_text(rule: ObligationRule) -> str:
     return f"{minutes}m" if minutes % 60 else f"{minutes // 60}h"
 
 
-def plan_view(plan: Plan, rulebook: Rulebook) -> PlanOut:
+# What staff read for the ids of a duty's rules and a route's source (the console's report
+# form names source types the same way).
+OPENS_ON_NAMES = {
+    OPENS_ON_GRADE: "定级时",
+    OPENS_ON_PROPOSAL: "提出定级建议时",
+    OPENS_ON_INSTRUCTION: "领导签批时",
+    OPENS_ON_RESOLUTION: "办结时",
+    OPENS_ON_DECISION: "经决定开启时",
+}
+COUNTED_FROM_NAMES = {
+    COUNTED_FROM_GRADE: "定级时",
+    COUNTED_FROM_PUBLISHED: "舆情发生（首条信息发布）时",
+    COUNTED_FROM_OBSERVED: "首次发现时",
+}
+SOURCE_TYPE_NAMES = {
+    "news": "新闻网站",
+    "portal": "门户网站",
+    "forum": "论坛",
+    "weibo": "微博",
+    "wechat": "微信",
+    "qq_group": "QQ群",
+    "short_video": "短视频",
+    "leader_board": "地方领导留言板",
+    "referral": "网信办等转办",
+    "hotline": "热线电话",
+    "other": "其他",
+}
+ON_REPORT_NAMES = {
+    "reopen": "新的相关信息重新打开事件",
+    "attach": "新的相关信息附于已办结事件，供办公室查看",
+}
+
+
+def duration_name(value: timedelta) -> str:
+    """A duration in its largest whole unit, in Chinese: 30分钟, 24小时, 7天."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("天", 86400), ("小时", 3600), ("分钟", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}秒"
+
+
+def _deadline_name(rule: ObligationRule, start: str) -> str:
+    if rule.same_day is not None:
+        day = rule.same_day
+        return (
+            f"当日{day.due:%H:%M}前（{day.cutoff:%H:%M}及以后开始的，"
+            f"次日{day.rollover_to:%H:%M}前）"
+        )
+    assert rule.within is not None
+    return f"{start}起{duration_name(rule.within)}内"
+
+
+def _counted_from_name(rule: ObligationRule, titles: Mapping[str, str]) -> str:
+    """The instant the duty's clock starts, named: its own event's unless it counts from the
+    first report."""
+    if rule.after is not None:
+        return f"“{titles.get(rule.after, rule.after)}”完成时"
+    if rule.opens_on in (OPENS_ON_GRADE, OPENS_ON_PROPOSAL) and rule.counted_from in (
+        COUNTED_FROM_PUBLISHED,
+        COUNTED_FROM_OBSERVED,
+    ):
+        return COUNTED_FROM_NAMES[rule.counted_from]
+    return OPENS_ON_NAMES.get(rule.opens_on, rule.opens_on)
+
+
+def plan_view(plan: Plan, rulebook: Rulebook, units: Mapping[str, str] | None = None) -> PlanOut:
     names = plan.catalogue
+    unit_names = units or {}
+    titles = {rule.kind: rule.title for _, rule in plan.obligations.entries()}
 
     def role(r: Role) -> Named:
         return Named(id=r.value, name=names.role(r.value))
 
     def duty(rule: ObligationRule) -> DutyOut:
         every = int(rule.every.total_seconds() // 3600) if rule.every is not None else None
+        start = _counted_from_name(rule, titles)
+        met_by = None
+        if rule.met_by is not None:
+            kind = str(rule.met_by.statement_published)
+            named = Named(id=kind, name=names.statement_kind(kind))
+            met_by = MetByOut(statement_published=named, name=f"发布“{named.name}”即完成")
         return DutyOut(
             kind=rule.kind,
             title=rule.title,
             owner_role=role(rule.owner_role),
             recipients=tuple(role(r) for r in rule.recipients),
             deadline=_deadline_text(rule),
+            deadline_name=_deadline_name(rule, start),
             every=f"{every}h" if every is not None else None,
+            every_name=(
+                f"每{duration_name(rule.every)}一次（上一轮期限后）"
+                if rule.every is not None
+                else None
+            ),
             after=rule.after,
+            after_title=titles.get(rule.after) if rule.after is not None else None,
             opens_on=rule.opens_on,
+            opens_on_name=OPENS_ON_NAMES.get(rule.opens_on, rule.opens_on),
+            counted_from=rule.counted_from,
+            counted_from_name=start,
+            met_by=met_by,
+            decided_by=role(rule.decided_by) if rule.decided_by is not None else None,
+        )
+
+    def route(r: Route) -> RouteOut:
+        source = r.source_type.value
+        recipients = []
+        for to in r.recipients:
+            unit = Named(id=to.unit, name=unit_names.get(to.unit, to.unit))
+            who = role(to.role)
+            recipients.append(
+                RouteRecipientOut(role=who, unit=unit, name=f"{unit.name}·{who.name}")
+            )
+        return RouteOut(
+            id=r.id,
+            title=r.title,
+            source_type=Named(id=source, name=SOURCE_TYPE_NAMES.get(source, source)),
+            source_name=r.source_name,
+            recipients=tuple(recipients),
+            kinds=tuple(Named(id=k, name=titles.get(k, k)) for k in r.kinds),
         )
 
     manifest = plan.manifest
+    watch = manifest.watch
     return PlanOut(
         id=manifest.id,
         name=manifest.name,
@@ -297,6 +495,18 @@ def plan_view(plan: Plan, rulebook: Rulebook) -> PlanOut:
         articles=tuple(a.model_dump() for a in manifest.articles),
         confirmed_by=(
             role(manifest.grading.confirmed_by) if manifest.grading.confirmed_by else None
+        ),
+        routing=tuple(route(r) for r in plan.obligations.routing),
+        watch=(
+            WatchOut(
+                period=format_duration(watch.period),
+                period_name=f"办结后{duration_name(watch.period)}",
+                on_report=Named(
+                    id=watch.on_report, name=ON_REPORT_NAMES.get(watch.on_report, watch.on_report)
+                ),
+            )
+            if watch is not None
+            else None
         ),
     )
 
@@ -452,8 +662,14 @@ def build_router(
             category=given.category,
         )
 
-    @router.get("/rulebook", response_model=Rulebook, summary="The rules in force")
-    async def get_rulebook(_: CurrentCaller) -> Rulebook:
+    @router.get(
+        "/rulebook",
+        response_model=Rulebook,
+        summary="The rules in force (the bureau's staff)",
+        responses={403: {"description": "a partner"}},
+    )
+    async def get_rulebook(caller: CurrentCaller) -> Rulebook:
+        _bureau_only(caller)  # its thresholds and keywords would teach a partner the level
         return rulebook
 
     if plans is None:
@@ -467,7 +683,7 @@ def build_router(
     )
     async def get_plan(caller: CurrentCaller) -> PlanOut:
         _bureau_only(caller)
-        return plan_view(plans.plan, plans.rulebook)
+        return plan_view(plans.plan, plans.rulebook, plans.units)
 
     @router.post(
         "/plan/try",
@@ -484,7 +700,13 @@ def build_router(
         _bureau_only(caller)
         caller.require(Role.ANALYST)  # (or admin, as everywhere)
         plan, candidate_rulebook = plans.candidate(body.plan)
-        candidate = Candidate(plan.id, plan.version, candidate_rulebook, plan.obligations)
+        candidate = Candidate(
+            plan.id,
+            plan.version,
+            candidate_rulebook,
+            plan.obligations,
+            plan.manifest.grading.confirmed_by,
+        )
         now = plans.clock()
         differences = [
             IncidentDifferenceOut.of(compare(recorded, candidate, plans.tz, now))

@@ -29,8 +29,10 @@ from shared.events import (
     NOTIFICATION_TOPIC,
     SUBSCRIPTIONS,
     DeadlineMissed,
+    DutyDecided,
     IncidentDismissed,
     IncidentReopened,
+    IncidentResolved,
     ObligationFulfilled,
     ObligationOpened,
     ReportClaimsConfirmed,
@@ -107,7 +109,10 @@ def plan_parts(deps: Dependencies, rulebook: Rulebook) -> PlanParts:
         except (PlanError, RulebookError) as exc:
             raise Invalid("plan", str(exc), "invalid_plan") from None
 
-    return PlanParts(plan=plan, rulebook=rulebook, candidate=candidate, tz=tz, clock=deps.clock)
+    units = {unit.id: unit.name for unit in deps.directory.units}
+    return PlanParts(
+        plan=plan, rulebook=rulebook, candidate=candidate, tz=tz, clock=deps.clock, units=units
+    )
 
 
 def build(deps: Dependencies) -> GradingParts:
@@ -131,9 +136,11 @@ def build(deps: Dependencies) -> GradingParts:
         .on(ReportClaimsConfirmed, reactions.claims_confirmed)
         .on(IncidentDismissed, reactions.dismissed)
         .on(IncidentReopened, reactions.reopened)
+        .on(IncidentResolved, reactions.resolved)
         .on(DeadlineMissed, reactions.deadline_missed)
         .on(ObligationOpened, reactions.duty_opened)
         .on(ObligationFulfilled, reactions.duty_fulfilled)
+        .on(DutyDecided, reactions.duty_decided)
     )
 
     commands = GradingCommands(deps.command_runner(), grades, views, deps.clock)

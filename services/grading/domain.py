@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Literal, Self
 
 from pydantic import Field, PositiveInt, ValidationError, model_validator
@@ -27,7 +28,9 @@ from shared.events import (
     MediaTier,
     Reach,
     ReportClaimsConfirmed,
+    ReportOrigin,
     ReportReceived,
+    SourceType,
 )
 from shared.models import FrozenModel
 from shared.plan_rules import PlanStamp
@@ -172,6 +175,11 @@ class ReportFacts:
     # A partner's media tier and reach, not yet confirmed by the office: graded as if
     # they had not been made (what the report says still counts).
     claims_unconfirmed: bool = False
+    # Where it came from and when it was published and first observed: the first
+    # report's are carried on the grade events (ReportOrigin) for notification's duties.
+    source_type: SourceType | None = None
+    published_at: datetime | None = None
+    observed_at: datetime | None = None
 
     @classmethod
     def of(cls, report: ReportReceived) -> ReportFacts:
@@ -183,6 +191,22 @@ class ReportFacts:
             reach=report.reach,
             text=f"{report.title}\n{report.excerpt}",
             claims_unconfirmed=report.claims_unconfirmed,
+            source_type=report.source_type,
+            published_at=report.published_at,
+            observed_at=report.observed_at,
+        )
+
+    @property
+    def origin(self) -> ReportOrigin | None:
+        """Where and when it came from, if grading kept it (reports kept before it did not)."""
+        if self.source_type is None or self.published_at is None or self.observed_at is None:
+            return None
+        return ReportOrigin(
+            report_id=self.report_id,
+            source_type=self.source_type,
+            source_name=self.source_name,
+            published_at=self.published_at,
+            observed_at=self.observed_at,
         )
 
     def confirmed(self, confirmation: ReportClaimsConfirmed) -> ReportFacts:
@@ -360,11 +384,13 @@ def on_report(
     if dismissed:
         return None
     now = assess(rulebook, [*prior, new])
+    first = _first_report([*prior, new])
     if grade is None and confirm_role is not None:
-        return _proposal(rulebook, now, confirm_role, plan)
+        return _proposal(rulebook, now, confirm_role, plan).model_copy(update=first)
     if grade is not None and grade.proposal is not None:
         raised = now.level < grade.level
-        return _proposal(rulebook, now, grade.proposal.confirm_role, plan) if raised else None
+        proposal = _proposal(rulebook, now, grade.proposal.confirm_role, plan)
+        return proposal.model_copy(update=first) if raised else None
     if grade is None:
         return IncidentGraded(
             level=now.level,
@@ -373,8 +399,30 @@ def on_report(
             rulebook_version=rulebook.version,
             sensitive_topics=now.sensitive_topics,
             **plan.fields(),
+            **first,
         )
     return _raised(rulebook, grade, assess(rulebook, prior), now, plan)
+
+
+def on_reopened(
+    rulebook: Rulebook,
+    grade: Grade | None,
+    counted: Sequence[ReportFacts],
+    held: Sequence[ReportFacts],
+    plan: PlanStamp = NO_PLAN,
+) -> IncidentEscalated | None:
+    """Reports filed while the incident was closed (dismissed, or resolved and under watch)
+    were recorded without changing its grade; reopened, they count as if they came now."""
+    if grade is None or not held or grade.proposal is not None:
+        return None
+    return _raised(
+        rulebook, grade, assess(rulebook, counted), assess(rulebook, [*counted, *held]), plan
+    )
+
+
+def _first_report(reports: Sequence[ReportFacts]) -> dict[str, ReportOrigin | None]:
+    """The first report's origin, as the grade events carry it (`first_report`)."""
+    return {"first_report": reports[0].origin if reports else None}
 
 
 def on_claims_confirmed(

@@ -17,6 +17,7 @@ from services.grading.domain import (
     instruct,
     on_claims_confirmed,
     on_deadline_missed,
+    on_reopened,
     on_report,
     override,
 )
@@ -28,12 +29,14 @@ from shared.events import (
     Actor,
     Category,
     DeadlineMissed,
+    DutyDecided,
     Envelope,
     GradeOverridden,
     IncidentDismissed,
     IncidentGraded,
     IncidentGradeProposed,
     IncidentReopened,
+    IncidentResolved,
     LeaderInstructionRecorded,
     Level,
     ObligationFulfilled,
@@ -84,11 +87,11 @@ class GradingHandlers:
             grade,
             facts.reports,
             ReportFacts.of(report),
-            facts.dismissed,
+            facts.closed,
             plan.stamp,
             plan.confirmed_by,
         )
-        await self.views.add_report(event.incident_id, report, uow)
+        await self.views.add_report(event.incident_id, report, uow, held=facts.closed)
         if grade is None and isinstance(decision, IncidentGraded | IncidentGradeProposed):
             await self.versions.pin(event.incident_id, plan, uow)
         decided = [decision] if decision is not None else []
@@ -111,7 +114,12 @@ class GradingHandlers:
         grade = await self.grades.get(uow, event.incident_id)
         plan = await self.versions.for_incident(facts.pin, grade)
         decision = on_claims_confirmed(
-            plan.rulebook, grade, facts.reports, confirmation, facts.dismissed, plan.stamp
+            plan.rulebook,
+            grade,
+            facts.reports,
+            confirmation,
+            facts.closed,
+            plan.stamp,
         )
         await self.views.confirm_claims(event.incident_id, claimed.confirmed(confirmation), uow)
         decided = [decision] if decision is not None else []
@@ -120,10 +128,29 @@ class GradingHandlers:
     async def dismissed(self, event: Envelope, _: IncidentDismissed, uow: UnitOfWork) -> None:
         await self.views.set_dismissed(event.incident_id, True, uow)
 
+    async def resolved(self, event: Envelope, _: IncidentResolved, uow: UnitOfWork) -> None:
+        await self.views.set_resolved(event.incident_id, True, uow, at=event.occurred_at)
+
+    async def duty_decided(self, event: Envelope, decided: DutyDecided, uow: UnitOfWork) -> None:
+        await self.views.duty_decided(event, decided, uow)
+
     async def reopened(self, event: Envelope, _: IncidentReopened, uow: UnitOfWork) -> None:
-        await self.views.set_dismissed(event.incident_id, False, uow)
+        facts = await self.views.facts(event.incident_id, uow)
+        await self.views.reopen(event.incident_id, uow)
         # A reopened incident starts again under the plan in force.
-        await self.versions.pin(event.incident_id, self.versions.current, uow)
+        plan = self.versions.current
+        await self.versions.pin(event.incident_id, plan, uow)
+        grade = await self.grades.get(uow, event.incident_id)
+        held = set(facts.held)
+        decision = on_reopened(
+            plan.rulebook,
+            grade,
+            [r for r in facts.reports if r.report_id not in held],
+            [r for r in facts.reports if r.report_id in held],
+            plan.stamp,
+        )
+        if decision is not None:
+            await self.grades.save(uow, event.incident_id, grade, [decision], self._cause(event))
 
     async def deadline_missed(
         self, event: Envelope, missed: DeadlineMissed, uow: UnitOfWork

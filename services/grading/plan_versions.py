@@ -34,9 +34,15 @@ from shared.store import Document, UnitOfWork
 PLAN_VERSIONS = "plan_versions"
 
 
-def rulebook_digest(rulebook: Rulebook) -> str:
-    """The rulebook's content, hashed: what tells two texts under one version apart."""
-    return content_digest(rulebook.model_dump(mode="json"))
+def rulebook_digest(rulebook: Rulebook, confirmed_by: str | None = None) -> str:
+    """What grading decides by, hashed: what tells two texts under one version apart. The
+    rulebook alone when the rulebook grades (the digest versions before a body's
+    confirmation was kept), with the confirming role when a body confirms."""
+    if confirmed_by is None:
+        return content_digest(rulebook.model_dump(mode="json"))
+    return content_digest(
+        {"rulebook": rulebook.model_dump(mode="json"), "confirmed_by": confirmed_by}
+    )
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,7 @@ class PlanVersion:
             "plan_name": name,
             "rulebook": self.rulebook.model_dump(mode="json"),
             "rulebook_version": self.rulebook.version,
-            "digest": rulebook_digest(self.rulebook),
+            "digest": rulebook_digest(self.rulebook, self.confirmed_by),
             "confirmed_by": self.confirmed_by,
             "recorded_at": recorded_at,
         }
@@ -103,8 +109,9 @@ class PlanVersions:
             current.document(name, now),
             lambda stored: (
                 f"plan {current.plan_id!r} version {current.plan_version!r} was graded under "
-                f"with another rulebook (stored {stored.get('recorded_at')}, rulebook version "
-                f"{stored.get('rulebook_version')!r}): a plan that changes must change its "
+                f"with another rulebook or confirming body (stored {stored.get('recorded_at')}, "
+                f"rulebook version {stored.get('rulebook_version')!r}, confirmed by "
+                f"{stored.get('confirmed_by')!r}): a plan that changes must change its "
                 "`version` in plan.yaml, so that open incidents stay on the text they "
                 "started with"
             ),

@@ -10,16 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pydantic import BaseModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.grading.domain import ReportFacts
-from services.grading.whatif import GradeStep, RecordedDuty, RecordedIncident
+from services.grading.whatif import (
+    GradeStep,
+    RecordedDecision,
+    RecordedDuty,
+    RecordedIncident,
+    RecordedInstruction,
+)
 from shared.events import (
     Actor,
     Category,
+    DutyDecided,
     Envelope,
     FiredRule,
     GradeOverridden,
@@ -33,6 +40,7 @@ from shared.events import (
     ObligationOpened,
     Reach,
     ReportReceived,
+    SourceType,
 )
 from shared.plan_rules import PlanStamp
 from shared.store import Document, UnitOfWork
@@ -53,6 +61,15 @@ class IncidentFacts:
     dismissed: bool
     # The plan version the incident is pinned to (plan_versions.py); None before a pin.
     pin: PlanStamp | None = None
+    # Resolved and not reopened: a report attached during its watch (善后跟踪, `attach`)
+    # is counted, and changes the grade of a closed matter no more than of a dismissed one.
+    resolved: bool = False
+    # The reports filed while it was dismissed or resolved: they count once it is reopened.
+    held: tuple[str, ...] = ()
+
+    @property
+    def closed(self) -> bool:
+        return self.dismissed or self.resolved
 
 
 class GradeHistoryEntry(BaseModel):
@@ -113,6 +130,9 @@ def _facts_doc(report: ReportFacts) -> Document:
         "reach": report.reach.model_dump(),
         "text": report.text,
         "claims_unconfirmed": report.claims_unconfirmed,
+        "source_type": report.source_type.value if report.source_type else None,
+        "published_at": report.published_at,
+        "observed_at": report.observed_at,
     }
 
 
@@ -125,7 +145,17 @@ def _facts_of(doc: Document) -> ReportFacts:
         reach=Reach.model_validate(doc["reach"]),
         text=doc["text"],
         claims_unconfirmed=bool(doc.get("claims_unconfirmed", False)),
+        source_type=SourceType(doc["source_type"]) if doc.get("source_type") else None,
+        published_at=_aware(doc.get("published_at")),
+        observed_at=_aware(doc.get("observed_at")),
     )
+
+
+def _aware(value: object) -> datetime | None:
+    # MongoDB gives back naive UTC unless the client is told otherwise.
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _rules(rules: Sequence[FiredRule]) -> list[Document]:
@@ -145,6 +175,8 @@ class GradingViews:
             reports=tuple(_facts_of(r) for r in doc.get("reports", [])),
             unit_ids=tuple(doc.get("unit_ids", [])),
             dismissed=bool(doc.get("dismissed", False)),
+            resolved=bool(doc.get("resolved", False)),
+            held=tuple(doc.get("held", [])),
             pin=(
                 PlanStamp(doc.get("plan_id"), doc["plan_version"])
                 if "plan_version" in doc
@@ -152,11 +184,16 @@ class GradingViews:
             ),
         )
 
-    async def add_report(self, incident_id: str, report: ReportReceived, uow: UnitOfWork) -> None:
+    async def add_report(
+        self, incident_id: str, report: ReportReceived, uow: UnitOfWork, *, held: bool = False
+    ) -> None:
         await self.db[FACTS].update_one(
             {"_id": incident_id},
             {
-                "$push": {"reports": _facts_doc(ReportFacts.of(report))},
+                "$push": {
+                    "reports": _facts_doc(ReportFacts.of(report)),
+                    **({"held": report.report_id} if held else {}),
+                },
                 "$addToSet": {
                     "unit_ids": {"$each": list(report.unit_ids)},
                     "filed_by": report.filed_by,
@@ -195,6 +232,39 @@ class GradingViews:
         )
         await self.db[GRADES].update_one(
             {"_id": incident_id}, {"$set": {"dismissed": dismissed}}, session=uow.session
+        )
+
+    async def set_resolved(
+        self, incident_id: str, resolved: bool, uow: UnitOfWork, *, at: datetime | None = None
+    ) -> None:
+        # Each resolution's time is kept (`resolutions`): a what-if counts from it.
+        update: Document = {"$set": {"resolved": resolved}}
+        if at is not None:
+            update["$push"] = {"resolutions": at}
+        await self.db[FACTS].update_one(
+            {"_id": incident_id}, update, upsert=True, session=uow.session
+        )
+
+    async def duty_decided(self, event: Envelope, decided: DutyDecided, uow: UnitOfWork) -> None:
+        """Whether a duty `opens_on: decided` was owed, and when: what a what-if reads."""
+        decision = {"kind": decided.kind, "decision": decided.decision, "at": event.occurred_at}
+        await self.db[FACTS].update_one(
+            {"_id": event.incident_id},
+            {"$push": {"decisions": decision}},
+            upsert=True,
+            session=uow.session,
+        )
+
+    async def reopen(self, incident_id: str, uow: UnitOfWork) -> None:
+        """Open again: neither dismissed nor resolved, and the held reports counted."""
+        await self.db[FACTS].update_one(
+            {"_id": incident_id},
+            {"$set": {"dismissed": False, "resolved": False, "held": []}},
+            upsert=True,
+            session=uow.session,
+        )
+        await self.db[GRADES].update_one(
+            {"_id": incident_id}, {"$set": {"dismissed": False}}, session=uow.session
         )
 
     async def scope(self, incident_id: str) -> IncidentScope | None:
@@ -343,8 +413,17 @@ class GradingViews:
                 plan_id=doc.get("plan_id"),
                 plan_version=doc.get("plan_version"),
                 history=tuple(
-                    GradeStep(at=step["at"], level=int(step["level"]))
+                    GradeStep(at=step["at"], level=int(step["level"]), event=step["event_type"])
                     for step in doc.get("history", [])
+                ),
+                instructions=tuple(
+                    RecordedInstruction(at=given["at"], signed=bool(given["signed"]))
+                    for given in doc.get("instructions", [])
+                ),
+                resolved_at=min(facts.get("resolutions", []), default=None),
+                decisions=tuple(
+                    RecordedDecision(kind=d["kind"], decision=bool(d["decision"]), at=d["at"])
+                    for d in facts.get("decisions", [])
                 ),
                 reports=tuple(_facts_of(r) for r in facts.get("reports", [])),
                 duties=tuple(

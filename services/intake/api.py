@@ -4,39 +4,53 @@ Who may do what (DOMAIN.md, "Who uses it"):
 - file a report: the people who watch the net or receive referrals: monitor, office,
   leader, dept_head, spokesperson, partner (and admin), only for units they act for;
 - resolve, dismiss (网络伪舆情) and reopen: the leading group and its office (leader,
-  office, admin);
+  office, admin); under a plan with a `watch:` a resolution starts the watch (善后跟踪), and
+  a matching report during it reopens the incident or is attached to it, as the plan says;
 - merge a partner's referral into an incident, and confirm a partner's claimed media tier
   and reach: the office (office, admin), acting for every unit of both;
 - a partner's report never joins an incident it does not already see, nor reopens one,
   nor adds units to one: it opens a referral of its own;
 - read: whoever `shared.visibility` lets see the incident (a partner only what it
   referred). Every `{id}` route asks it first, so another unit's id answers the same 404
-  as an unknown one, before any role or status is checked.
+  as an unknown one, before any role or status is checked. An incident's view embeds its
+  first YUQING_ARCHIVE_EMBEDDED_REPORTS reports and counts them all (`report_count`);
+  every one is listed by page at /incidents/{id}/reports (a partner: its own), at most
+  YUQING_MAX_PAGE_SIZE a page.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Header, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.intake.domain import (
     Incident,
     IntakePolicy,
+    WatchRule,
     new_report_id,
     normalize_url,
 )
 from services.intake.handlers import Idempotency, IntakeCommands
-from services.intake.projections import IncidentOut, IntakeViews, PartnerIncidentOut, ReportOut
+from services.intake.projections import (
+    IncidentOut,
+    IntakeViews,
+    PartnerIncidentOut,
+    ReportOut,
+    ReportSummary,
+)
 from shared.auth import CurrentCaller
 from shared.clock import Clock
 from shared.directory import Directory
-from shared.errors import Forbidden, Invalid
+from shared.errors import BadRequest, Forbidden, Invalid
 from shared.events import (
     Attachment,
     EventPayload,
@@ -150,6 +164,40 @@ class ReportAnswer(BaseModel):
     )
 
 
+DEFAULT_PAGE = 50  # reports a page lists when no `limit` is asked
+
+
+class ReportPage(BaseModel):
+    incident_id: str
+    total: int = Field(description="every report the caller sees of it (a partner: its own)")
+    items: list[ReportSummary] = Field(description="oldest first, by when intake received them")
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null on the last one"
+    )
+
+
+def _encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        key = base64.urlsafe_b64decode(cursor.encode()).decode()
+    except (ValueError, binascii.Error) as exc:
+        raise BadRequest(
+            "cursor is not one this API returned", {"field": "cursor", "reason": str(exc)}
+        ) from None
+    if not _CURSOR.fullmatch(key):
+        raise BadRequest(
+            "cursor is not one this API returned", {"field": "cursor", "reason": "unknown key"}
+        )
+    return key
+
+
+# What `_order` in projections.py makes: the UTC time received, then the report id.
+_CURSOR = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z \S{1,80}")
+
+
 class MergeIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
@@ -211,7 +259,10 @@ def build_router(
     directory: Directory,
     policy: IntakePolicy,
     clock: Clock,
+    watch: WatchRule | None = None,
+    max_page_size: int = 100,
 ) -> APIRouter:
+    """`max_page_size`: the largest `limit` of a paged list (YUQING_MAX_PAGE_SIZE)."""
     router = APIRouter(tags=["intake"])
 
     @router.post(
@@ -310,7 +361,52 @@ def build_router(
         found = await views.incident(incident_id)
         sight = visibility.require(caller, found.scope if found else None, "incident", incident_id)
         assert found is not None
-        return found if sight is Sight.FULL else found.for_partner(caller.id)
+        if sight is Sight.FULL:
+            return found
+        own, _ = await views.report_page(incident_id, views.embedded_reports, filed_by=caller.id)
+        return found.for_partner(caller.id, own, await views.report_total(incident_id, caller.id))
+
+    @router.get(
+        "/incidents/{incident_id}/reports",
+        response_model=ReportPage,
+        summary="Every report of an incident by page, oldest first (a partner: its own)",
+        responses={
+            400: {"description": "a cursor this API did not give out"},
+            404: {"description": "no such incident, or one the caller may not see"},
+            422: {"description": "a limit above YUQING_MAX_PAGE_SIZE"},
+        },
+    )
+    async def list_reports(
+        incident_id: str,
+        caller: CurrentCaller,
+        limit: Annotated[
+            int | None,
+            Query(ge=1, description="at most YUQING_MAX_PAGE_SIZE; 50 (or that) by default"),
+        ] = None,
+        cursor: Annotated[
+            str | None, Query(max_length=200, description="next_cursor of the page before")
+        ] = None,
+    ) -> ReportPage:
+        if limit is None:
+            limit = min(DEFAULT_PAGE, max_page_size)
+        if limit > max_page_size:
+            raise Invalid(
+                "limit", f"at most {max_page_size} (YUQING_MAX_PAGE_SIZE)", "less_than_equal"
+            )
+        scope = await views.incident_scope(incident_id)
+        sight = visibility.require(caller, scope, "incident", incident_id)
+        after = _decode_cursor(cursor) if cursor else None
+        filer = None if sight is Sight.FULL else caller.id
+        items, last = await views.report_page(incident_id, limit, after, filer)
+        if filer is not None:
+            # Why intake attached it is the bureau's reasoning, not what was filed.
+            items = [r.model_copy(update={"match": None, "score": None}) for r in items]
+        return ReportPage(
+            incident_id=incident_id,
+            total=await views.report_total(incident_id, filer),
+            items=items,
+            next_cursor=_encode_cursor(last) if last else None,
+        )
 
     @router.post(
         "/incidents/{incident_id}/merge",
@@ -390,7 +486,16 @@ def build_router(
                 incident_id=after.incident_id, status=after.status, version=after.version
             )
 
-    lifecycle("resolve", Incident.resolve, "Resolve an incident once the opinion has calmed down")
+    def resolve(incident: Incident, reason: str) -> list[EventPayload]:
+        # Under the plan's watch (plan.yaml `watch:`), from the resolution on.
+        return incident.resolve(reason, watch, clock())
+
+    lifecycle(
+        "resolve",
+        resolve,
+        "Resolve an incident once the opinion has calmed down; under the plan's watch "
+        "(善后跟踪) a matching report until the watch ends reopens it or is attached to it",
+    )
     lifecycle(
         "dismiss", Incident.dismiss, "Dismiss a pseudo-incident (网络伪舆情), with the reason"
     )

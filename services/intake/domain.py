@@ -1,5 +1,5 @@
 """Intake's pure rules: URL normalisation, near-identical text, where a report belongs, the
-incident lifecycle.
+incident lifecycle and its watch after resolution (善后跟踪, the plan's `watch:`).
 
 Nothing here does I/O. Commands are decided against an `Incident` folded from its
 stream (`evolve`), and the decisions are returned as event payloads for the caller to save.
@@ -29,6 +29,7 @@ from shared.events import (
     IncidentReopened,
     IncidentResolved,
     IncidentStatus,
+    IncidentWatchStarted,
     MediaTier,
     Reach,
     ReferralMerged,
@@ -36,6 +37,8 @@ from shared.events import (
     ReportAttached,
     ReportClaimsConfirmed,
     ReportReceived,
+    WatchOnReport,
+    WatchReportReceived,
 )
 from shared.models import FrozenModel
 
@@ -93,6 +96,36 @@ class IntakePolicy(FrozenModel):
     @property
     def clock_skew(self) -> timedelta:
         return timedelta(minutes=self.clock_skew_minutes)
+
+
+@dataclass(frozen=True)
+class WatchRule:
+    """The plan's watch after resolution (plan.yaml `watch:`, 善后、动态跟踪): how long, and
+    what a matching report does meanwhile; with the plan it comes from."""
+
+    period: timedelta
+    on_report: WatchOnReport
+    plan_id: str | None = None
+    plan_version: str | None = None
+
+    def started(self, at: datetime) -> IncidentWatchStarted:
+        return IncidentWatchStarted(
+            watch_until=at + self.period,
+            on_report=self.on_report,
+            plan_id=self.plan_id,
+            plan_version=self.plan_version,
+        )
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A running watch, as the incident's IncidentWatchStarted recorded it."""
+
+    until: datetime
+    on_report: WatchOnReport
+
+    def covers(self, now: datetime) -> bool:
+        return now <= self.until
 
 
 # --------------------------------------------------------------------------- URLs
@@ -290,6 +323,7 @@ class Incident:
     reports: tuple[ReportReceived, ...] = ()
     unconfirmed: frozenset[str] = frozenset()  # reports whose partner claims await the office
     referral: Referral | None = None
+    watch: Watch | None = None  # while resolved under a plan's watch
 
     @property
     def merged(self) -> bool:
@@ -302,9 +336,16 @@ class Incident:
             incident = evolve(incident, event)
         return incident
 
-    def resolve(self, reason: str) -> list[EventPayload]:
+    def resolve(
+        self, reason: str, watch: WatchRule | None = None, at: datetime | None = None
+    ) -> list[EventPayload]:
+        """Resolved; under the plan's `watch` (from `at`, the resolution) the incident is
+        watched for its period. (A merged referral is closed by `merge`, never watched.)"""
         self._require(IncidentStatus.OPEN, action="resolved")
-        return [IncidentResolved(reason=reason)]
+        resolved: list[EventPayload] = [IncidentResolved(reason=reason)]
+        if watch is not None and at is not None:
+            resolved.append(watch.started(at))
+        return resolved
 
     def dismiss(self, reason: str) -> list[EventPayload]:
         self._require(IncidentStatus.OPEN, action="dismissed")
@@ -440,13 +481,16 @@ def evolve(incident: Incident | None, event: Envelope) -> Incident:
         )
     if isinstance(payload, ReportClaimsConfirmed):
         return replace(incident, unconfirmed=incident.unconfirmed - {payload.report_id})
+    if isinstance(payload, IncidentWatchStarted):
+        return replace(incident, watch=Watch(payload.watch_until, payload.on_report))
     status = {
         IncidentResolved: IncidentStatus.RESOLVED,
         IncidentDismissed: IncidentStatus.DISMISSED,
         IncidentReopened: IncidentStatus.OPEN,
     }.get(type(payload))
     if status is not None:
-        return replace(incident, status=status, status_changed_at=event.occurred_at)
+        # Any change of status ends a watch; a resolution under watch records a new one.
+        return replace(incident, status=status, status_changed_at=event.occurred_at, watch=None)
     return incident
 
 
@@ -459,14 +503,26 @@ class Routing(str, Enum):
     OPEN_NEW = "open_new"
     ATTACH = "attach"
     REOPEN_AND_ATTACH = "reopen_and_attach"
+    # During a plan's watch after resolution (善后跟踪期): as the watch's `on_report` says.
+    REOPEN_DURING_WATCH = "reopen_during_watch"
+    ATTACH_DURING_WATCH = "attach_during_watch"
 
 
 def route_report(existing: Incident | None, now: datetime, policy: IntakePolicy) -> Routing:
     """A dismissed pseudo-incident stays dismissed and keeps what is filed about it; a
-    resolved one comes back to life only while the matter is recent."""
+    resolved one comes back to life only while the matter is recent: during the watch its
+    plan set when it was resolved (reopened or attached to, as the watch says), or, with
+    no watch recorded, within intake's reopen window."""
     if existing is None or existing.merged:
         return Routing.OPEN_NEW
     if existing.status is IncidentStatus.RESOLVED:
+        watch = existing.watch
+        if watch is not None:
+            if not watch.covers(now):
+                return Routing.OPEN_NEW
+            if watch.on_report == "reopen":
+                return Routing.REOPEN_DURING_WATCH
+            return Routing.ATTACH_DURING_WATCH
         if now - existing.status_changed_at <= policy.reopen_window:
             return Routing.REOPEN_AND_ATTACH
         return Routing.OPEN_NEW
@@ -474,6 +530,7 @@ def route_report(existing: Incident | None, now: datetime, policy: IntakePolicy)
 
 
 REOPEN_REASON = "已办结事件在复开期限内收到新的舆情件，自动重新打开"
+WATCH_REOPEN_REASON = "已办结事件在善后跟踪期内收到新的舆情件，按预案自动重新打开"
 
 
 def partner_may_join(existing: Incident | None, partner_id: str, unit_ids: Sequence[str]) -> bool:
@@ -505,10 +562,15 @@ MATCH_SIMILAR_TEXT = "similar_text"
 
 
 def place_report(
-    routing: Routing, report: ReportReceived, match: str, score: float | None = None
+    routing: Routing,
+    report: ReportReceived,
+    match: str,
+    score: float | None = None,
+    watch: Watch | None = None,
 ) -> list[EventPayload]:
     """The events that put `report` where `routing` says; `match` says why it belongs,
-    `score` how alike the texts were when that is why."""
+    `score` how alike the texts were when that is why, `watch` the incident's running
+    watch when the report came during it."""
     if routing is Routing.OPEN_NEW:
         opened = IncidentOpened(
             title=report.title, unit_ids=report.unit_ids, first_report_id=report.report_id
@@ -520,4 +582,15 @@ def place_report(
     ]
     if routing is Routing.REOPEN_AND_ATTACH:
         return [IncidentReopened(reason=REOPEN_REASON), *attached]
+    if routing in (Routing.REOPEN_DURING_WATCH, Routing.ATTACH_DURING_WATCH):
+        if watch is None:
+            raise ValueError(f"{routing.value} needs the incident's watch")
+        reopens = routing is Routing.REOPEN_DURING_WATCH
+        noted = WatchReportReceived(
+            report_id=report.report_id, watch_until=watch.until, reopened=reopens
+        )
+        reopened: list[EventPayload] = (
+            [IncidentReopened(reason=WATCH_REOPEN_REASON)] if reopens else []
+        )
+        return [*reopened, *attached, noted]
     return attached

@@ -105,12 +105,24 @@ class IntakeCommands:
             # conflict here, at once, before it has decided anything.
             await self.views.guard_text(report.unit_ids, report_text(report), uow.session)
             # Claims are per unit, so a URL only leads to an incident about one of the
-            # report's own units; the first unit with a claim decides.
+            # report's own units; the first unit with a claim decides. A partner's referral
+            # is the partner's own: a report of the bureau's never joins one (nor does its
+            # URL lead there), it finds the units' own incidents or opens one.
             claims = await self.views.claims(report.normalized_url, report.unit_ids, uow.session)
-            claimed = next((claims[u] for u in report.unit_ids if u in claims), None)
+            passed_over: set[str] = set()
+            if not caller.is_partner:
+                passed_over = await self.views.referrals(claims.values(), uow.session)
+            claimed = next(
+                (
+                    claims[u]
+                    for u in report.unit_ids
+                    if u in claims and claims[u] not in passed_over
+                ),
+                None,
+            )
             match, score, belongs_to = MATCH_SAME_URL, None, claimed
             if claimed is None:
-                similar = await self._similar(report, now, uow)
+                similar = await self._similar(report, now, uow, caller.is_partner)
                 if similar is not None:
                     match, score, belongs_to = (
                         MATCH_SIMILAR_TEXT,
@@ -131,7 +143,8 @@ class IntakeCommands:
             else:
                 routing = route_report(existing, now, self.policy)
                 current = None if routing is Routing.OPEN_NEW else existing
-                placed = place_report(routing, report, match, score)
+                watch = existing.watch if existing is not None else None
+                placed = place_report(routing, report, match, score, watch)
             incident_id = current.incident_id if current is not None else new_incident_id()
             await self.incidents.save(
                 uow,
@@ -142,9 +155,14 @@ class IntakeCommands:
             )
             for unit_id in report.unit_ids:
                 previous = claims.get(unit_id)
-                if previous is None or (routing is Routing.OPEN_NEW and not referral):
+                if (
+                    previous is None
+                    or previous in passed_over
+                    or (routing is Routing.OPEN_NEW and not referral)
+                ):
                     # A URL first seen on a look-alike, or about a unit the incident did
-                    # not cover yet, now leads straight to its incident for that unit.
+                    # not cover yet, or held by a partner's referral, now leads straight
+                    # to its incident for that unit.
                     await self.views.claim(
                         report.normalized_url, unit_id, incident_id, previous, uow.session
                     )
@@ -163,13 +181,25 @@ class IntakeCommands:
         return await self.run(work)
 
     async def _similar(
-        self, report: ReportReceived, now: datetime, uow: UnitOfWork
+        self, report: ReportReceived, now: datetime, uow: UnitOfWork, by_partner: bool
     ) -> TextMatch | None:
+        """The incident a report reads like, from a bounded set of recent reports (and of
+        those of incidents under watch), never a partner's referral unless a partner files:
+        a referral is its partner's own, and only its reports may join it."""
         matching = self.policy.similar_text
         text = report_text(report)
         candidates = await self.views.text_candidates(
             report.unit_ids, now - matching.window, matching.max_compared, uow.session, text
         )
+        # An incident under watch (善后跟踪) is compared with whenever its reports came.
+        watched = await self.views.watched(report.unit_ids, now, uow.session)
+        if watched:
+            candidates += await self.views.text_candidates(
+                report.unit_ids, None, matching.max_compared, uow.session, text, watched
+            )
+        if not by_partner:
+            referrals = await self.views.referrals((c.incident_id for c in candidates), uow.session)
+            candidates = [c for c in candidates if c.incident_id not in referrals]
         return best_text_match(text, candidates, matching)
 
     async def transition(

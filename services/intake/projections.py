@@ -2,7 +2,13 @@
 
 - `reports`: one document per report, as filed, with the incident it went to and its
   normalised text (`text`), which later reports about its units are compared with.
-- `incidents`: intake's view of an incident: status, units, its reports, status history.
+- `incidents`: intake's view of an incident: status, units, its first reports (at most
+  `embedded_reports`, YUQING_ARCHIVE_EMBEDDED_REPORTS) and `report_count`, status history,
+  and its watch after resolution (善后跟踪) with the first reports that came during it, so
+  that the document stays far below MongoDB's 16 MiB however many reports an incident gets.
+- `incident_reports`: one summary per report and incident it was recorded on (a merged
+  referral's report is on both), which every report of an incident is listed from by page
+  (`report_page`), keyed by `order` (when received, then the report id).
 - `url_claims`: which incident a normalised URL currently belongs to, for one unit. Its
   `_id` is the unit and the URL, so two requests racing to open an incident for one URL
   about one unit cannot both win, while the same URL filed about another unit opens or
@@ -16,11 +22,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
@@ -37,6 +43,7 @@ from shared.events import (
     IncidentReopened,
     IncidentResolved,
     IncidentStatus,
+    IncidentWatchStarted,
     MediaTier,
     Reach,
     ReferralMerged,
@@ -45,6 +52,8 @@ from shared.events import (
     ReportClaimsConfirmed,
     ReportReceived,
     SourceType,
+    WatchOnReport,
+    WatchReportReceived,
 )
 from shared.models import FrozenModel
 from shared.store import DecideAgain, Document, UnitOfWork, ensure_collection
@@ -52,6 +61,7 @@ from shared.visibility import IncidentScope, ReferredIncident, scope_of
 
 REPORTS = "reports"
 INCIDENTS = "incidents"
+INCIDENT_REPORTS = "incident_reports"
 URL_CLAIMS = "url_claims"
 IDEMPOTENCY = "idempotency"
 TEXT_GUARDS = "text_guards"
@@ -143,6 +153,33 @@ class ReferralOut(FrozenModel):
     merge_reason: str | None = None
 
 
+class WatchReportOut(FrozenModel):
+    report_id: str
+    at: datetime
+    reopened: bool  # it reopened the incident (on_report: reopen); else attached only
+
+
+class WatchOut(FrozenModel):
+    """The incident's latest watch after resolution (善后跟踪, plan.yaml `watch:`): from when,
+    until when, what a matching report does, and the reports that came during it."""
+
+    started_at: datetime
+    until: datetime
+    on_report: WatchOnReport
+    plan_id: str | None = None
+    plan_version: str | None = None
+    reports: list[WatchReportOut] = Field(default_factory=list)  # the first ones, bounded
+    report_count: int = 0  # every report during it
+
+    @model_validator(mode="before")
+    @classmethod
+    def _counted(cls, data: Any) -> Any:
+        # A watch stored before its reports were counted kept all of them.
+        if isinstance(data, dict) and data.get("report_count") is None:
+            return {**data, "report_count": len(data.get("reports") or ())}
+        return data
+
+
 class IncidentOut(FrozenModel):
     """Intake's view of an incident: where it stands, its units, reports and history."""
 
@@ -151,22 +188,37 @@ class IncidentOut(FrozenModel):
     status: IncidentStatus
     title: str
     unit_ids: list[str]
+    # The first reports (at most YUQING_ARCHIVE_EMBEDDED_REPORTS); every one is listed by
+    # page at /incidents/{id}/reports, and `report_count` counts them all.
     reports: list[ReportSummary]
+    report_count: int
     filed_by: list[str]
     history: list[HistoryEntry]
     opened_at: datetime
     updated_at: datetime
     version: int
     referral: ReferralOut | None = None
+    watch: WatchOut | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _counted(cls, data: Any) -> Any:
+        # Stored before reports were counted (until the start counts them): all embedded.
+        if isinstance(data, dict) and data.get("report_count") is None:
+            return {**data, "report_count": len(data.get("reports") or ())}
+        return data
 
     @property
     def scope(self) -> IncidentScope:
         return scope_of(self.incident_id, self.unit_ids, self.filed_by)
 
-    def for_partner(self, partner_id: str) -> PartnerIncidentOut:
+    def for_partner(
+        self, partner_id: str, own: Sequence[ReportSummary], own_count: int
+    ) -> PartnerIncidentOut:
         """What a partner sees of an incident it filed for (`Sight.REFERRED`): where it
-        stands, when it closed, its own reports and, of its own referral, where the office
-        merged it; nothing of the bureau's handling."""
+        stands, when it closed, its own reports (`own`: its first ones, of `own_count`)
+        and, of its own referral, where the office merged it; nothing of the bureau's
+        handling."""
 
         def last(status: str) -> datetime | None:
             times = [h.at for h in self.history if h.status == status]
@@ -180,9 +232,10 @@ class IncidentOut(FrozenModel):
             dismissed_at=last(IncidentStatus.DISMISSED.value),
             reports=[
                 r.model_copy(update={"match": None, "score": None})
-                for r in self.reports
+                for r in own
                 if r.filed_by == partner_id
             ],
+            report_count=own_count,
             filed_by=[f for f in self.filed_by if f == partner_id],
             merged_into=referral.merged_into
             if referral is not None and referral.referred_by == partner_id
@@ -195,7 +248,10 @@ class PartnerIncidentOut(ReferredIncident):
     shared `ReferredIncident`, its own reports and, of its referral, the incident the
     office merged it into (the outcome, which it may then follow)."""
 
-    reports: list[ReportSummary] = Field(default_factory=list)
+    reports: list[ReportSummary] = Field(
+        default_factory=list, description="its own first reports; all by page"
+    )
+    report_count: int = Field(default=0, description="its own reports, all of them")
     filed_by: list[str] = Field(default_factory=list, description="itself: no other filer")
     merged_into: str | None = None
 
@@ -206,8 +262,11 @@ _Apply = Callable[[Envelope, Any, AsyncClientSession | None], Awaitable[None]]
 
 
 class IntakeViews:
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
+    def __init__(self, db: AsyncDatabase[Document], embedded_reports: int = 50) -> None:
         self.db = db
+        # Reports kept in an incident's document (and in its watch's): the rest are counted
+        # and listed by page from `incident_reports`.
+        self.embedded_reports = embedded_reports
         self._appliers: dict[type[EventPayload], _Apply] = {
             IncidentOpened: self._opened,
             ReportReceived: self._received,
@@ -218,13 +277,51 @@ class IntakeViews:
             ReferralOpened: self._referred,
             ReferralMerged: self._merged,
             ReportClaimsConfirmed: self._claims_confirmed,
+            IncidentWatchStarted: self._watch_started,
+            WatchReportReceived: self._watch_report,
         }
 
     async def ensure_indexes(self) -> None:
         await self.db[REPORTS].create_index([("incident_id", ASCENDING)])
         await self.db[REPORTS].create_index([("unit_ids", ASCENDING), ("received_at", DESCENDING)])
         await self.db[INCIDENTS].create_index([("unit_ids", ASCENDING)])
+        await self.db[INCIDENT_REPORTS].create_index(
+            [("incident_id", ASCENDING), ("order", ASCENDING)]
+        )
+        await self.db[INCIDENT_REPORTS].create_index(
+            [("incident_id", ASCENDING), ("filed_by", ASCENDING), ("order", ASCENDING)]
+        )
         await ensure_collection(self.db, TEXT_GUARDS)
+        await self._count_reports()
+
+    async def _count_reports(self) -> None:
+        """Incidents stored before reports were counted embed every one: list them in
+        `incident_reports`, count them, and keep the first ones only."""
+        cursor = self.db[INCIDENTS].find({"report_count": {"$exists": False}}, {"_id": 1})
+        for incident_id in [doc["_id"] async for doc in cursor]:
+            doc = await self.db[INCIDENTS].find_one(
+                {"_id": incident_id}, {"reports": 1, "watch": 1}
+            )
+            if doc is None:
+                continue
+            summaries: list[Document] = doc.get("reports") or []
+            for summary in summaries:
+                entry = _listed(incident_id, summary)
+                await self.db[INCIDENT_REPORTS].replace_one(
+                    {"_id": entry["_id"]}, entry, upsert=True
+                )
+            # Counted from the list, which holds any report filed meanwhile as well.
+            listed = await self.db[INCIDENT_REPORTS].count_documents({"incident_id": incident_id})
+            counted: Document = {
+                "report_count": max(listed, len(summaries)),
+                "reports": summaries[: self.embedded_reports],
+            }
+            watch = doc.get("watch")
+            if isinstance(watch, dict) and "report_count" not in watch:
+                noted = watch.get("reports") or []
+                counted["watch.report_count"] = len(noted)
+                counted["watch.reports"] = noted[: self.embedded_reports]
+            await self.db[INCIDENTS].update_one({"_id": incident_id}, {"$set": counted})
 
     async def apply(self, event: Envelope, uow: UnitOfWork) -> None:
         """Project one saved event, in the transaction that saved it."""
@@ -244,6 +341,7 @@ class IntakeViews:
                 "title": payload.title,
                 "unit_ids": list(payload.unit_ids),
                 "reports": [],
+                "report_count": 0,
                 "filed_by": [],
                 "history": [_history("opened", event, None)],
                 "opened_at": at,
@@ -287,16 +385,41 @@ class IntakeViews:
             "score": None,
             "claims_unconfirmed": payload.claims_unconfirmed,
         }
+        await self.db[INCIDENT_REPORTS].insert_one(
+            _listed(event.incident_id, summary), session=session
+        )
         await self.db[INCIDENTS].update_one(
             {"_id": event.incident_id},
             {
-                "$push": {"reports": summary},
+                "$inc": {"report_count": 1},
                 "$addToSet": {
                     "unit_ids": {"$each": list(payload.unit_ids)},
                     "filed_by": payload.filed_by,
                 },
                 "$set": {"updated_at": at, "version": event.stream_version},
             },
+            session=session,
+        )
+        await self._embed(event.incident_id, "reports", summary, session)
+
+    async def _embed(
+        self,
+        incident_id: str,
+        array: str,
+        item: Document,
+        session: AsyncClientSession | None,
+        **where: Any,
+    ) -> None:
+        """Push `item` onto the incident's `array` while it holds fewer than
+        `embedded_reports` (a filter on one element's absence: no read of the array), and
+        the incident matches `where`."""
+        await self.db[INCIDENTS].update_one(
+            {
+                "_id": incident_id,
+                f"{array}.{self.embedded_reports - 1}": {"$exists": False},
+                **where,
+            },
+            {"$push": {array: item}},
             session=session,
         )
 
@@ -308,16 +431,29 @@ class IntakeViews:
             {"$set": {"match": payload.match, "score": payload.score}},
             session=session,
         )
+        why = {"match": payload.match, "score": payload.score}
+        await self.db[INCIDENT_REPORTS].update_one(
+            {"_id": _listed_key(event.incident_id, payload.report_id)},
+            {"$set": why},
+            session=session,
+        )
+        await self._set_embedded(event, payload.report_id, why, session)
+
+    async def _set_embedded(
+        self,
+        event: Envelope,
+        report_id: str,
+        fields: Document,
+        session: AsyncClientSession | None,
+    ) -> None:
+        """The incident's updated time and version, and `fields` of the report's embedded
+        summary if it is one of the first (the listed one is set by the caller)."""
         await self.db[INCIDENTS].update_one(
-            {"_id": event.incident_id, "reports.report_id": payload.report_id},
-            {
-                "$set": {
-                    "reports.$.match": payload.match,
-                    "reports.$.score": payload.score,
-                    "updated_at": event.occurred_at,
-                    "version": event.stream_version,
-                }
-            },
+            {"_id": event.incident_id}, {"$set": _at(event)}, session=session
+        )
+        await self.db[INCIDENTS].update_one(
+            {"_id": event.incident_id, "reports.report_id": report_id},
+            {"$set": {f"reports.$.{name}": value for name, value in fields.items()}},
             session=session,
         )
 
@@ -328,6 +464,8 @@ class IntakeViews:
         session: AsyncClientSession | None,
     ) -> None:
         status = _STATUS_AFTER[type(payload)].value
+        # A resolution starts afresh: its own watch, if the plan sets one, comes next.
+        fresh: Document = {"watch": None} if isinstance(payload, IncidentResolved) else {}
         await self.db[INCIDENTS].update_one(
             {"_id": event.incident_id},
             {
@@ -335,10 +473,48 @@ class IntakeViews:
                     "status": status,
                     "updated_at": event.occurred_at,
                     "version": event.stream_version,
+                    **fresh,
                 },
                 "$push": {"history": _history(status, event, payload.reason)},
             },
             session=session,
+        )
+
+    async def _watch_started(
+        self, event: Envelope, payload: IncidentWatchStarted, session: AsyncClientSession | None
+    ) -> None:
+        watch: Document = {
+            "started_at": event.occurred_at,
+            "until": payload.watch_until,
+            "on_report": payload.on_report,
+            "plan_id": payload.plan_id,
+            "plan_version": payload.plan_version,
+            "reports": [],
+            "report_count": 0,
+        }
+        await self.db[INCIDENTS].update_one(
+            {"_id": event.incident_id}, {"$set": _at(event, watch=watch)}, session=session
+        )
+
+    async def _watch_report(
+        self, event: Envelope, payload: WatchReportReceived, session: AsyncClientSession | None
+    ) -> None:
+        noted = {
+            "report_id": payload.report_id,
+            "at": event.occurred_at,
+            "reopened": payload.reopened,
+        }
+        await self.db[INCIDENTS].update_one(
+            {"_id": event.incident_id, "watch.started_at": {"$exists": True}},
+            {"$set": _at(event), "$inc": {"watch.report_count": 1}},
+            session=session,
+        )
+        await self._embed(
+            event.incident_id,
+            "watch.reports",
+            noted,
+            session,
+            **{"watch.started_at": {"$exists": True}},
         )
 
     async def _referred(
@@ -384,33 +560,36 @@ class IntakeViews:
             {"$set": {"claims_unconfirmed": False, "claims_confirmed": confirmation}},
             session=session,
         )
-        await self.db[INCIDENTS].update_one(
-            {"_id": event.incident_id, "reports.report_id": payload.report_id},
-            {"$set": _at(event, **{"reports.$.claims_unconfirmed": False})},
+        await self.db[INCIDENT_REPORTS].update_one(
+            {"_id": _listed_key(event.incident_id, payload.report_id)},
+            {"$set": {"claims_unconfirmed": False}},
             session=session,
         )
+        await self._set_embedded(event, payload.report_id, {"claims_unconfirmed": False}, session)
 
     # ------------------------------------------------------------------ text matching
 
     async def text_candidates(
         self,
         unit_ids: Sequence[str],
-        since: datetime,
+        since: datetime | None,
         limit: int,
         session: AsyncClientSession | None,
         text: str | None = None,
+        incident_ids: Sequence[str] | None = None,
     ) -> list[TextCandidate]:
         """The reports about any of `unit_ids` filed since `since`, most recent first, at
         most `limit` of them: the only ones a new report's text is compared with. Given the
         new report's `text`, only those sharing an LSH band with it (and any projected
-        before bands were kept), so that a filing compares a few instead of `limit`.
+        before bands were kept), so that a filing compares a few instead of `limit`; given
+        `incident_ids`, only those incidents' reports.
 
         Reports projected before texts were kept have none and are not compared."""
-        query: Document = {
-            "unit_ids": {"$in": list(unit_ids)},
-            "received_at": {"$gte": since},
-            "text": {"$exists": True},
-        }
+        query: Document = {"unit_ids": {"$in": list(unit_ids)}, "text": {"$exists": True}}
+        if since is not None:
+            query["received_at"] = {"$gte": since}
+        if incident_ids is not None:
+            query["incident_id"] = {"$in": list(incident_ids)}
         if text is not None:
             query["$or"] = [{"bands": {"$in": text_bands(text)}}, {"bands": {"$exists": False}}]
         cursor = (
@@ -424,6 +603,23 @@ class IntakeViews:
             .limit(limit)
         )
         return [TextCandidate(doc["incident_id"], doc["text"]) async for doc in cursor]
+
+    async def watched(
+        self, unit_ids: Sequence[str], now: datetime, session: AsyncClientSession | None
+    ) -> list[str]:
+        """The resolved incidents about any of `unit_ids` whose watch (善后跟踪) still runs at
+        `now`: a report reading like one of theirs belongs to them however long ago their
+        reports were filed."""
+        cursor = self.db[INCIDENTS].find(
+            {
+                "unit_ids": {"$in": list(unit_ids)},
+                "status": IncidentStatus.RESOLVED.value,
+                "watch.until": {"$gte": now},
+            },
+            {"_id": 1},
+            session=session,
+        )
+        return [doc["_id"] async for doc in cursor]
 
     async def guard_text(
         self, unit_ids: Sequence[str], text: str, session: AsyncClientSession | None
@@ -515,6 +711,57 @@ class IntakeViews:
         doc = await self.db[INCIDENTS].find_one({"_id": incident_id}, {"_id": 0})
         return None if doc is None else IncidentOut.model_validate(doc)
 
+    async def report_page(
+        self,
+        incident_id: str,
+        limit: int,
+        after: str | None = None,
+        filed_by: str | None = None,
+    ) -> tuple[list[ReportSummary], str | None]:
+        """The incident's reports oldest first (by when received, then id), from after the
+        key `after`, at most `limit`, only those `filed_by` filed if given; and the key
+        to pass as `after` for the next page, None on the last one."""
+        query: Document = {"incident_id": incident_id}
+        if filed_by is not None:
+            query["filed_by"] = filed_by
+        if after is not None:
+            query["order"] = {"$gt": after}
+        cursor = (
+            self.db[INCIDENT_REPORTS]
+            .find(query, {"_id": 0, "incident_id": 0})
+            .sort("order", ASCENDING)
+            .limit(limit + 1)
+        )
+        docs = [doc async for doc in cursor]
+        more = len(docs) > limit
+        docs = docs[:limit]
+        items = [
+            ReportSummary.model_validate({k: v for k, v in doc.items() if k != "order"})
+            for doc in docs
+        ]
+        return items, (str(docs[-1]["order"]) if more else None)
+
+    async def report_total(self, incident_id: str, filed_by: str | None = None) -> int:
+        """How many reports the incident has (only those `filed_by` filed, if given)."""
+        if filed_by is None:
+            doc = await self.db[INCIDENTS].find_one({"_id": incident_id}, {"report_count": 1})
+            return int(doc.get("report_count", 0)) if doc is not None else 0
+        return int(
+            await self.db[INCIDENT_REPORTS].count_documents(
+                {"incident_id": incident_id, "filed_by": filed_by}
+            )
+        )
+
+    async def referrals(
+        self, incident_ids: Iterable[str], session: AsyncClientSession | None
+    ) -> set[str]:
+        """Which of the incidents are partners' referrals (their partner's own)."""
+        wanted = list(dict.fromkeys(incident_ids))
+        if not wanted:
+            return set()
+        cursor = self.db[INCIDENTS].find({"_id": {"$in": wanted}}, {"referral": 1}, session=session)
+        return {doc["_id"] async for doc in cursor if doc.get("referral")}
+
     async def incident_scope(self, incident_id: str) -> IncidentScope | None:
         """What deciding who may see or change the incident needs, None if there is none."""
         doc = await self.db[INCIDENTS].find_one(
@@ -523,6 +770,27 @@ class IntakeViews:
         if doc is None:
             return None
         return scope_of(incident_id, doc.get("unit_ids", []), doc.get("filed_by", []))
+
+
+def _listed_key(incident_id: str, report_id: str) -> str:
+    return f"{incident_id} {report_id}"
+
+
+def _order(received_at: datetime, report_id: str) -> str:
+    """The key the reports of an incident are listed by: when received, then the id (one
+    field, so a page is one flat range on an index)."""
+    moment = received_at if received_at.tzinfo is not None else received_at.replace(tzinfo=UTC)
+    return f"{moment.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%fZ} {report_id}"
+
+
+def _listed(incident_id: str, summary: Document) -> Document:
+    """A report's summary as `incident_reports` lists it on `incident_id`."""
+    return {
+        **summary,
+        "_id": _listed_key(incident_id, summary["report_id"]),
+        "incident_id": incident_id,
+        "order": _order(summary["received_at"], summary["report_id"]),
+    }
 
 
 def _claim_key(unit_id: str, normalized_url: str) -> str:

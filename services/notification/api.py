@@ -11,7 +11,7 @@ nothing rather than answering 403, so the list cannot be used to probe.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -72,6 +72,25 @@ class FulfilRequest(BaseModel):
     fulfilled_at: AwareDatetime | None = Field(
         default=None, description="when it was met, if earlier than now (e.g. the phone call)"
     )
+
+
+class DecisionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(
+        min_length=1, max_length=64, description="the duty decided on (`opens_on: decided`)"
+    )
+    decision: Literal["yes", "no"] = Field(description="yes: the duty is owed; no: it is not")
+    reason: str = Field(min_length=1, max_length=2000, description="why, as the body decided")
+
+
+class DecisionView(BaseModel):
+    incident_id: str
+    kind: str
+    decision: Literal["yes", "no"]
+    reason: str
+    decided_by: str
+    obligation_id: str | None = Field(description="the duty a yes opened; null for a no")
 
 
 class AckView(BaseModel):
@@ -178,6 +197,38 @@ def build_router(
         updated = await views.obligation(obligation_id)
         assert updated is not None
         return _view(updated, clock())
+
+    @router.post(
+        "/incidents/{incident_id}/decisions",
+        response_model=DecisionView,
+        status_code=201,
+    )
+    async def decide(
+        incident_id: str, body: DecisionRequest, caller: CurrentCaller
+    ) -> DecisionView:
+        """Record the decision of the role a duty names (`decided_by`, or an admin) on a duty
+        that opens as that body decides (`opens_on: decided`, seed 003 篇一 二（二） "as the
+        group decides"): yes opens it, counted from now; no is recorded and opens nothing.
+        A kind that is not such a duty of the incident's level and category is 422; an
+        incident not graded or ended, or a yes to a duty already owed, is 409."""
+        scope = await views.scope(incident_id)
+        visibility.require(caller, scope, "incident", incident_id, at_least=Sight.FULL)
+        opened = await commands.decide(
+            caller,
+            incident_id,
+            kind=body.kind,
+            decision=body.decision == "yes",
+            reason=body.reason,
+            now=clock(),
+        )
+        return DecisionView(
+            incident_id=incident_id,
+            kind=body.kind,
+            decision=body.decision,
+            reason=body.reason,
+            decided_by=caller.id,
+            obligation_id=opened,
+        )
 
     @router.get(
         "/notifications/{notification_id}",

@@ -24,9 +24,11 @@ from services.notification.domain import (
     notification_stream,
     stream_id,
 )
+from services.notification.facts import DutyFacts
 from services.notification.handlers import ObligationWorkflow
 from services.notification.plan_versions import DutyTable, DutyVersions, duties_of
 from services.notification.projections import NotificationProjections
+from shared.directory import Directory
 from shared.events import (
     SUBSCRIPTIONS,
     Actor,
@@ -40,10 +42,13 @@ from shared.events import (
     IncidentResolved,
     LeaderInstructionRecorded,
     ReportReceived,
+    StatementDrafted,
+    StatementPublished,
 )
 from shared.handlers import HandlerMap
 from shared.metrics import OBLIGATIONS_OWED
-from shared.plan import load_plan
+from shared.plan import Plan, load_plan
+from shared.plan_rules import ObligationPolicy
 from shared.policy import PolicyError, load_policy
 from shared.repository import Repository
 from shared.service import Dependencies, ServiceParts
@@ -79,6 +84,7 @@ def build(deps: Dependencies) -> NotificationParts:
     plan = load_plan(
         settings.plan, settings.policy_paths, deps.directory, pack_wins=False, checks={"duties"}
     )
+    check_duty_actions(settings.obligations_policy_path, policy, plan, deps.directory)
     try:
         tz = ZoneInfo(settings.timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -129,6 +135,7 @@ def build(deps: Dependencies) -> NotificationParts:
         run=run,
         catalogue=deps.catalogue,
         actor=actor,
+        facts=DutyFacts(store.db),
     )
 
     handlers = (
@@ -143,6 +150,8 @@ def build(deps: Dependencies) -> NotificationParts:
         .on(IncidentResolved, workflow.on_resolved)
         .on(IncidentDismissed, workflow.on_dismissed)
         .on(IncidentReopened, workflow.on_reopened)
+        .on(StatementDrafted, workflow.on_statement_drafted)
+        .on(StatementPublished, workflow.on_statement_published)
     )
 
     async def guarded(what: str, one_pass: Callable[[datetime, int], Awaitable[object]]) -> None:
@@ -181,8 +190,11 @@ def build(deps: Dependencies) -> NotificationParts:
         prefix="/notifications/v1",
         title="yuqing notification",
         description=(
-            "Reporting obligations (报送/处置义务) opened by grading, with deadlines counted "
-            "from it; durable deadline watch recording each miss once; fulfilment records; "
+            "Reporting obligations (报送/处置义务) opened by grading (or its proposal, a "
+            "leader's instruction, the resolution, a body's decision), with deadlines counted "
+            "from it or from the first report; met by a person's filing or by publishing a "
+            "statement; recipients routed by a report's source; durable deadline watch "
+            "recording each miss once; fulfilment records; "
             "delivery over e-mail, signed webhooks, SMS and group robots, with retries, "
             "acknowledgement and escalation of unacknowledged pages."
         ),
@@ -200,3 +212,37 @@ def build(deps: Dependencies) -> NotificationParts:
         dispatcher=dispatcher,
         templates=templates,
     )
+
+
+def check_duty_actions(
+    path: object, policy: ObligationPolicy, plan: Plan, directory: Directory
+) -> None:
+    """What the duty file names beyond its duties, checked against the plan and the
+    directory: each `met_by` statement kind is one of the plan's, each `decided_by` role
+    held by someone, each route's recipient a unit of the directory where someone holds the
+    role. PolicyError naming the file, the entry and the field."""
+    problems: list[str] = []
+    kinds = {str(k) for k in plan.manifest.statement_kinds}
+    for place, rule in policy.entries():
+        if rule.decided_by is not None and not directory.people_with(rule.decided_by):
+            problems.append(
+                f"{place} ({rule.kind}).decided_by: nobody in the directory holds the role "
+                f"{rule.decided_by.value!r}"
+            )
+        if rule.met_by is not None and str(rule.met_by.statement_published) not in kinds:
+            problems.append(
+                f"{place} ({rule.kind}).met_by.statement_published: "
+                f"{str(rule.met_by.statement_published)!r} is not a statement kind of plan "
+                f"{plan.id!r} ({', '.join(sorted(kinds))})"
+            )
+    for n, route in enumerate(policy.routing):
+        for m, r in enumerate(route.recipients):
+            entry = f"routing.{n} ({route.id}).recipients.{m}"
+            if directory.unit(r.unit) is None:
+                problems.append(f"{entry}.unit: {r.unit!r} is not a unit of the directory")
+            elif not directory.people_with(r.role, r.unit):
+                problems.append(
+                    f"{entry}.role: nobody in unit {r.unit!r} holds the role {r.role.value!r}"
+                )
+    if problems:
+        raise PolicyError(f"policy file {path}: {'; '.join(problems)}")

@@ -26,7 +26,7 @@ from shared.catalogue import Catalogue
 from shared.directory import Directory
 from shared.identity import Role
 from shared.models import FrozenModel
-from shared.plan_rules import ObligationPolicy
+from shared.plan_rules import ObligationPolicy, split_recipient
 from shared.policy import Duration
 
 
@@ -161,13 +161,25 @@ def page_steps(
     role in turn; a person appears once, at the first step that reaches them.
 
     Only people of the incident's units or the units above them are paged: another
-    school's head has no business with this incident.
+    school's head has no business with this incident. A recipient a route added
+    (`role@unit`, obligations.yaml `routing`) is that role's holders in that unit, wherever
+    it is: the rule named it.
     """
     reach = _units_and_ancestors(directory, unit_ids)
     seen: set[str] = set()
     steps: list[list[str]] = []
-    for group in [[Role(r) for r in roles], *[[r] for r in escalation_roles]]:
-        people = [p.id for role in group for p in directory.people_with(role) if p.unit in reach]
+    targets: list[tuple[Role, str | None]] = [
+        (Role(r), u) for r, u in (split_recipient(r) for r in roles)
+    ]
+    escalation: list[list[tuple[Role, str | None]]] = [[(r, None)] for r in escalation_roles]
+    groups = [targets, *escalation]
+    for group in groups:
+        people = [
+            p.id
+            for role, unit in group
+            for p in directory.people_with(role, unit)
+            if unit is not None or p.unit in reach
+        ]
         step = [pid for pid in dict.fromkeys(people) if pid not in seen]
         seen.update(step)
         if step:

@@ -24,6 +24,7 @@ from shared.errors import Conflict, Forbidden, Invalid
 from shared.events import (
     Category,
     DeadlineMissed,
+    DutyDecided,
     Envelope,
     EventPayload,
     Level,
@@ -36,7 +37,14 @@ from shared.events import (
     ObligationState,
 )
 from shared.identity import Role
-from shared.plan_rules import OPENS_ON_PROPOSAL, ObligationPolicy, ObligationRule, PlanStamp
+from shared.plan_rules import (
+    COUNTABLE_FROM_REPORT,
+    OPENS_ON_PROPOSAL,
+    Instants,
+    ObligationPolicy,
+    ObligationRule,
+    PlanStamp,
+)
 from shared.visibility import hidden
 
 
@@ -70,6 +78,18 @@ class NotRecipient(Forbidden):
     """Only a notification's recipient (or an admin) acknowledges it."""
 
     code = "not_recipient"
+
+
+class NotDecider(Forbidden):
+    """Only the role a duty names to decide it (`decided_by`) or an admin decides it."""
+
+    code = "not_decider"
+
+
+class DecisionRefused(Conflict):
+    """A decision the incident cannot take now: not graded, ended, or the duty owed already."""
+
+    code = "decision_refused"
 
 
 class AlreadyAcknowledged(Conflict):
@@ -207,15 +227,20 @@ class Ledger:
     incident_id: str
     version: int = 0
     obligations: dict[str, Obligation] = field(default_factory=dict)
+    # The decisions recorded on duties `opens_on: decided`, in order.
+    decisions: tuple[DutyDecided, ...] = ()
 
     @staticmethod
     def evolve(ledger: Ledger | None, event: Envelope) -> Ledger:
         return (ledger or Ledger(event.incident_id)).apply(event)
 
     def apply(self, event: Envelope) -> Ledger:
+        if isinstance(event.payload, DutyDecided):
+            decisions = (*self.decisions, event.payload)
+            return replace(self, version=event.stream_version, decisions=decisions)
         key = obligation_of(event)
         obligations = {**self.obligations, key: evolve_obligation(self.obligations.get(key), event)}
-        return Ledger(self.incident_id, event.stream_version, obligations)
+        return Ledger(self.incident_id, event.stream_version, obligations, self.decisions)
 
     def get(self, obligation_id: str) -> Obligation:
         try:
@@ -238,15 +263,19 @@ class Ledger:
         tz: ZoneInfo,
         include_level_duties: bool,
         stamp: PlanStamp = UNSTAMPED,
+        first_report: Instants | None = None,
     ) -> list[ObligationOpened]:
         """Open the duties a grading creates that are not already owed or met.
 
         `include_level_duties` is false when the level went down: a milder level owes
         nothing new, while a category's duties (e.g. the same-day reply) still apply. A
         duty that waits on another (`after`) opens when that one is fulfilled, not here.
+        A duty counted from the first report's publication or observation (`counted_from`)
+        takes it from `first_report` (the grading's own time when not known).
         """
         rules = policy.rules_for(level if include_level_duties else None, category)
-        return _open(policy, rules, level, graded_at, tz, skip=self.live_kinds(), stamp=stamp)
+        at = _at(graded_at, first_report)
+        return _open(policy, rules, level, at, tz, skip=self.live_kinds(), stamp=stamp)
 
     def open_for_reopen(
         self,
@@ -298,14 +327,67 @@ class Ledger:
         at: datetime,
         tz: ZoneInfo,
         stamp: PlanStamp = UNSTAMPED,
+        first_report: Instants | None = None,
     ) -> list[ObligationOpened]:
         """The duties of the level and category that open on a grade's proposal (`opens_on:
-        proposed`) or a leader's signed instruction (`instructed`), counted from it. A
-        proposal raised again opens none already owed or met; another signed instruction
-        opens afresh what the last one's duties no longer owe."""
+        proposed`) or a leader's signed instruction (`instructed`), counted from it (a
+        proposal's, from the first report where `counted_from` says so). A proposal raised
+        again opens none already owed or met; another signed instruction opens afresh what
+        the last one's duties no longer owe."""
         rules = policy.rules_on(level, category, opens_on)
         skip = self.live_kinds() if opens_on == OPENS_ON_PROPOSAL else self._owed_kinds()
-        return _open(policy, rules, level, at, tz, skip=skip, stamp=stamp)
+        return _open(policy, rules, level, _at(at, first_report), tz, skip=skip, stamp=stamp)
+
+    def decide(
+        self,
+        policy: ObligationPolicy,
+        *,
+        kind: str,
+        decision: bool,
+        reason: str,
+        by: str,
+        level: Level,
+        category: Category | None,
+    ) -> DutyDecided:
+        """Record whether a duty `opens_on: decided` of the incident's level and category is
+        owed. Yes to a duty already owed or met is refused (409); no is always recorded."""
+        rule = policy.decided_rule(kind, level, category)
+        if rule is None:
+            raise Invalid(
+                "kind",
+                f"not a duty opened by a decision at level {level} and category {category}",
+                "not_decided_duty",
+                message=f"“{kind}”不是本事件级别、类别下须经决定开启的义务",
+            )
+        if decision and kind in self.live_kinds():
+            raise DecisionRefused(
+                f"“{rule.title}”已开启，无需再决定",
+                {"kind": kind, "incident_id": self.incident_id},
+            )
+        return DutyDecided(
+            kind=kind,
+            title=rule.title,
+            decision=decision,
+            reason=reason,
+            decided_by=by,
+            level=level,
+        )
+
+    def open_decided(
+        self,
+        decided: DutyDecided,
+        policy: ObligationPolicy,
+        *,
+        category: Category | None,
+        at: datetime,
+        tz: ZoneInfo,
+        stamp: PlanStamp = UNSTAMPED,
+    ) -> list[ObligationOpened]:
+        """The duty a yes opens, counted from the decision; nothing for a no."""
+        rule = policy.decided_rule(decided.kind, decided.level, category)
+        if not decided.decision or rule is None or decided.kind in self.live_kinds():
+            return []
+        return [_opening(policy, rule, decided.level, at, tz, stamp)]
 
     def close_at_reopen(self, policy: ObligationPolicy, reason: str) -> list[ObligationClosed]:
         """Reopening ends the duties its resolution opened that are still open: the matter
@@ -360,7 +442,10 @@ class Ledger:
         by: str,
         at: datetime,
         reference: str | None,
+        statement_id: str | None = None,
     ) -> ObligationFulfilled:
+        """A duty met: filed by a person, or (`statement_id`) met by publishing that
+        statement, as the duty's `met_by` says."""
         obligation = self.get(obligation_id)
         if obligation.state is ObligationState.FULFILLED:
             raise AlreadyFulfilled(
@@ -391,7 +476,22 @@ class Ledger:
             # fulfilled_at is the filer's word; a miss already on record is not, so a duty
             # filed after its miss is late whatever earlier time is claimed (考评).
             late=obligation.missed or at > obligation.deadline,
+            met_by=None if statement_id is None else MET_BY_STATEMENT,
+            statement_id=statement_id,
         )
+
+    def met_by_publication(
+        self, statement_kind: str, at: datetime, met_by: Callable[[Obligation], str | None]
+    ) -> list[str]:
+        """The duties still owed (open, or missed and not yet filed) that publishing a
+        statement of this kind at `at` meets: those whose `met_by` (as `met_by` reads it
+        from the table each was opened from) names the kind and counted from `at` or
+        before. A statement published before a duty opened does not meet it."""
+        return [
+            o.obligation_id
+            for o in self.obligations.values()
+            if o.state in OWED_STATES and o.counted_from <= at and met_by(o) == statement_kind
+        ]
 
     def next_round(self, obligation_id: str, policy: ObligationPolicy) -> ObligationOpened | None:
         """The next round of a recurring duty whose current round was just met or missed.
@@ -438,11 +538,20 @@ class Ledger:
         )
 
 
+MET_BY_STATEMENT = "statement_published"  # ObligationFulfilled.met_by of a publication
+
+
+def _at(at: datetime, first_report: Instants | None) -> Instants:
+    if first_report is None:
+        return Instants(at)
+    return Instants(at, first_report.published, first_report.observed)
+
+
 def _open(
     policy: ObligationPolicy,
     rules: Iterable[ObligationRule],
     level: Level,
-    counted_from: datetime,
+    counted_from: datetime | Instants,
     tz: ZoneInfo,
     *,
     skip: set[str],
@@ -461,10 +570,16 @@ def _opening(
     policy: ObligationPolicy,
     rule: ObligationRule,
     level: Level,
-    counted_from: datetime,
+    at: datetime | Instants,
     tz: ZoneInfo,
     stamp: PlanStamp,
 ) -> ObligationOpened:
+    """A duty opened now, counted from the event (`at`) or, where its `counted_from`
+    says so, from the first report's instant `at` knows."""
+    counted_from = at
+    if isinstance(at, Instants):
+        counted_from = at.of(rule.counted_from) if rule.opens_on in COUNTABLE_FROM_REPORT else at.at
+    assert isinstance(counted_from, datetime)
     return ObligationOpened(
         obligation_id=uuid.uuid4().hex,
         kind=rule.kind,

@@ -17,7 +17,14 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from services.notification.domain import Ledger, NotObligationOwner
+from services.notification.domain import (
+    DecisionRefused,
+    Ledger,
+    NotDecider,
+    NotObligationOwner,
+    Obligation,
+)
+from services.notification.facts import DutyFacts
 from services.notification.plan_versions import DutyTable, DutyVersions
 from services.notification.projections import NotificationProjections
 from shared.catalogue import Catalogue
@@ -40,7 +47,10 @@ from shared.events import (
     LeaderInstructionRecorded,
     Level,
     ObligationFulfilled,
+    ObligationOpened,
     ReportReceived,
+    StatementDrafted,
+    StatementPublished,
 )
 from shared.identity import Caller, Role
 from shared.incident_context import IncidentSnapshot
@@ -64,8 +74,11 @@ class ObligationWorkflow:
         run: CommandRunner,
         catalogue: Catalogue,
         actor: Actor,
+        facts: DutyFacts,
     ) -> None:
         self.obligations = obligations
+        # The first report's instants and the reports' sources (facts.py).
+        self.facts = facts
         self.projections = projections
         # The duty table of each plan version (plan_versions.py): an incident's duties
         # open from the version its grade events name, not from the plan in force.
@@ -78,19 +91,24 @@ class ObligationWorkflow:
     # upstream events --------------------------------------------------------------------
 
     async def on_described(
-        self, event: Envelope, _: IncidentOpened | ReportReceived, uow: UnitOfWork
+        self, event: Envelope, p: IncidentOpened | ReportReceived, uow: UnitOfWork
     ) -> None:
-        """Intake tells what the incident is about and which units it concerns."""
+        """Intake tells what the incident is about and which units it concerns, and a
+        report when it was published and observed and where it came from."""
         await self._learn(event, uow)
+        if isinstance(p, ReportReceived):
+            await self.facts.learn_report(event.incident_id, p, uow)
 
     async def on_graded(self, event: Envelope, p: IncidentGraded, uow: UnitOfWork) -> None:
         incident = await self._learn(event, uow)
+        await self.facts.learn_origin(event.incident_id, p.first_report, uow)
         table = await self.versions.for_grade(event.incident_id, p.plan_id, p.plan_version, uow)
         await self._open_for_grade(event, incident, table, p.level, p.category, True, uow)
 
     async def on_proposed(self, event: Envelope, p: IncidentGradeProposed, uow: UnitOfWork) -> None:
         """A grade proposed to the body the plan names opens the duties owed on the
         proposal (`opens_on: proposed`), counted from it; the rest wait for the grade."""
+        await self.facts.learn_origin(event.incident_id, p.first_report, uow)
         table = await self.versions.for_grade(event.incident_id, p.plan_id, p.plan_version, uow)
         await self._open_on(event, table, OPENS_ON_PROPOSAL, p.level, p.category, uow)
 
@@ -126,8 +144,9 @@ class ObligationWorkflow:
             at=event.occurred_at,
             tz=self.tz,
             stamp=table.stamp,
+            first_report=await self.facts.first_report(event.incident_id, uow),
         )
-        await self._react(event, incident, ledger, opened, uow)
+        await self._react(event, incident, ledger, opened, uow, table)
 
     async def on_regraded(
         self, event: Envelope, p: IncidentEscalated | GradeOverridden, uow: UnitOfWork
@@ -157,7 +176,7 @@ class ObligationWorkflow:
             tz=self.tz,
             stamp=table.stamp,
         )
-        await self._react(event, incident, ledger, payloads, uow)
+        await self._react(event, incident, ledger, payloads, uow, table)
 
     async def on_dismissed(self, event: Envelope, p: IncidentDismissed, uow: UnitOfWork) -> None:
         # Not an incident after all: nothing is owed at closure either.
@@ -187,7 +206,7 @@ class ObligationWorkflow:
             tz=self.tz,
             stamp=table.stamp,
         )
-        await self._react(event, incident, ledger, payloads, uow)
+        await self._react(event, incident, ledger, payloads, uow, table)
 
     async def _learn(self, event: Envelope, uow: UnitOfWork) -> IncidentSnapshot:
         change = await self.projections.incidents.apply(event, uow.session, uow.memo)
@@ -221,7 +240,7 @@ class ObligationWorkflow:
                 tz=self.tz,
                 stamp=table.stamp,
             )
-            await self._react(event, incident, ledger, late, uow)
+            await self._react(event, incident, ledger, late, uow, table)
             return
         opened = ledger.open_for_grade(
             table.duties,
@@ -231,8 +250,9 @@ class ObligationWorkflow:
             tz=self.tz,
             include_level_duties=upwards,
             stamp=table.stamp,
+            first_report=await self.facts.first_report(event.incident_id, uow),
         )
-        await self._react(event, incident, ledger, opened, uow)
+        await self._react(event, incident, ledger, opened, uow, table)
 
     async def _react(
         self,
@@ -241,6 +261,7 @@ class ObligationWorkflow:
         ledger: Ledger,
         payloads: Sequence[EventPayload],
         uow: UnitOfWork,
+        table: DutyTable | None = None,
     ) -> None:
         cause = Cause(
             actor=self.actor,
@@ -249,7 +270,80 @@ class ObligationWorkflow:
             correlation_id=event.correlation_id,
             causation_id=event.event_id,
         )
+        if table is not None:
+            payloads = await self._routed(event.incident_id, table, payloads, uow)
         await self.obligations.save(uow, event.incident_id, ledger, payloads, cause)
+
+    async def _routed(
+        self,
+        incident_id: str,
+        table: DutyTable,
+        payloads: Sequence[EventPayload],
+        uow: UnitOfWork,
+    ) -> list[EventPayload]:
+        """The duties opened, with the recipients the table's routes add for the sources of
+        the incident's reports (`role@unit`, seed 003 第十七条)."""
+        if not table.duties.routing or not any(isinstance(p, ObligationOpened) for p in payloads):
+            return list(payloads)
+        sources = await self.facts.sources(incident_id, uow)
+        routed: list[EventPayload] = []
+        for p in payloads:
+            if isinstance(p, ObligationOpened):
+                extra = table.duties.routed(p.kind, sources)
+                added = tuple(r for r in extra if r not in p.recipients)
+                if added:
+                    p = p.model_copy(update={"recipients": (*p.recipients, *added)})
+            routed.append(p)
+        return routed
+
+    # statements -------------------------------------------------------------------------
+
+    async def on_statement_drafted(
+        self, event: Envelope, p: StatementDrafted, uow: UnitOfWork
+    ) -> None:
+        """A statement's kind, kept for when it is published (StatementPublished names only
+        the statement)."""
+        await self.facts.learn_statement(event.incident_id, p, uow)
+
+    async def on_statement_published(
+        self, event: Envelope, p: StatementPublished, uow: UnitOfWork
+    ) -> None:
+        """Publishing a statement meets every duty still owed whose `met_by` names its kind
+        (an online reply meets 网上答复), each recorded as met by it, at its publication,
+        as if filed then by who published it; a duty waiting on it opens as when a person
+        files it. A person may still file such a duty by hand before."""
+        kind = await self.facts.statement_kind(p.statement_id, uow)
+        if kind is None:
+            log.warning("statement published whose kind is not known", statement_id=p.statement_id)
+            return
+        ledger = await self._ledger(uow, event.incident_id)
+        met_by: dict[str, str | None] = {}
+        for o in ledger.obligations.values():
+            table = await self.versions.of_stamp(o.stamp)
+            met_by[o.obligation_id] = table.duties.met_by_statement(o.kind)
+
+        def meets(o: Obligation) -> str | None:
+            return met_by.get(o.obligation_id)
+
+        incident = await self._incident(uow, event.incident_id)
+        for obligation_id in ledger.met_by_publication(kind, event.occurred_at, meets):
+            ledger = await self._ledger(uow, event.incident_id)
+            settled = ledger.fulfil(
+                obligation_id,
+                by=p.published_by,
+                at=event.occurred_at,
+                reference=p.url,
+                statement_id=p.statement_id,
+            )
+            cause = Cause(
+                actor=self.actor,
+                incident_id=event.incident_id,
+                unit_id=_first(incident),
+                correlation_id=event.correlation_id,
+                causation_id=event.event_id,
+                occurred_at=event.occurred_at,
+            )
+            await self._settle(uow, ledger, settled, cause, incident)
 
     # commands ---------------------------------------------------------------------------
 
@@ -297,6 +391,75 @@ class ObligationWorkflow:
             await self._settle(uow, ledger, settled, cause, incident)
 
         await self.run(work)
+
+    async def decide(
+        self,
+        caller: Caller,
+        incident_id: str,
+        *,
+        kind: str,
+        decision: bool,
+        reason: str,
+        now: datetime,
+    ) -> str | None:
+        """Record the decision on a duty `opens_on: decided` (its `decided_by` role, or an
+        admin): yes opens it, counted from now, from the incident's pinned version; no opens
+        nothing. The caller's sight of the incident is checked before this is asked. The
+        duty opened, if any."""
+
+        async def work(uow: UnitOfWork) -> str | None:
+            incident = await self._incident(uow, incident_id)
+            if incident.level is None:
+                raise DecisionRefused("事件尚未定级，不能决定其义务", {"incident_id": incident_id})
+            if incident.closed:
+                raise DecisionRefused("事件已结束，不能再决定其义务", {"incident_id": incident_id})
+            table = await self.versions.pinned(incident_id, uow)
+            rule = table.duties.decided_rule(kind, incident.level, incident.category)
+            decider = rule.decided_by if rule is not None else None
+            if rule is not None and decider is not None and not caller.has(Role.ADMIN, decider):
+                raise NotDecider(
+                    f"决定“{rule.title}”需要{self.catalogue.role(decider)}的角色",
+                    {"kind": kind, "roles": [decider.value]},
+                )
+            ledger = await self._ledger(uow, incident_id)
+            decided = ledger.decide(
+                table.duties,
+                kind=kind,
+                decision=decision,
+                reason=reason,
+                by=caller.id,
+                level=incident.level,
+                category=incident.category,
+            )
+            cause = Cause(
+                actor=caller.actor,
+                incident_id=incident_id,
+                unit_id=_first(incident),
+                occurred_at=now,
+            )
+            saved = await self.obligations.save(uow, incident_id, ledger, [decided], cause)
+            assert saved is not None
+            (event,) = saved.events
+            opened = saved.aggregate.open_decided(
+                decided, table.duties, category=incident.category, at=now, tz=self.tz,
+                stamp=table.stamp,
+            )  # fmt: skip
+            if not opened:
+                return None
+            then = Cause(
+                actor=self.actor,
+                incident_id=incident_id,
+                unit_id=event.unit_id,
+                correlation_id=event.correlation_id,
+                causation_id=event.event_id,
+                occurred_at=now,
+            )
+            routed = await self._routed(incident_id, table, opened, uow)
+            await self.obligations.save(uow, incident_id, saved.aggregate, routed, then)
+            return opened[0].obligation_id
+
+        found: str | None = await self.run(work)
+        return found
 
     # durable deadlines ------------------------------------------------------------------
 
@@ -383,6 +546,7 @@ class ObligationWorkflow:
             correlation_id=event.correlation_id,
             causation_id=event.event_id,
         )
+        following = await self._routed(incident_id, table, following, uow)
         await self.obligations.save(uow, incident_id, saved.aggregate, following, then)
 
     async def _ledger(self, uow: UnitOfWork, incident_id: str) -> Ledger:

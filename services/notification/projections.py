@@ -24,7 +24,7 @@ from services.notification.domain import (
     evolve_obligation,
     obligation_of,
 )
-from shared.events import Envelope, Level, ObligationState
+from shared.events import DutyDecided, Envelope, Level, ObligationState
 from shared.incident_context import IncidentContext
 from shared.store import Document, UnitOfWork
 from shared.visibility import IncidentScope
@@ -110,7 +110,10 @@ class NotificationProjections:
         await self.obligations.create_index([("unit_ids", ASCENDING)])
 
     async def on_obligation_event(self, event: Envelope, uow: UnitOfWork) -> None:
-        """The duty an event of the obligations stream names, as it stands after it."""
+        """The duty an event of the obligations stream names, as it stands after it (a
+        decision names none: the duty it opens is its own event)."""
+        if isinstance(event.payload, DutyDecided):
+            return
         before = await self.obligation(obligation_of(event), session=uow.session, memo=uow.memo)
         after = evolve_obligation(before.obligation if before else None, event)
         incident = await self.incidents.get(event.incident_id, session=uow.session, memo=uow.memo)

@@ -96,7 +96,7 @@ def test_each_service_reads_its_settings_and_secrets_and_mounts_the_policy_files
     }
     assert mounted == shipped
     paths = {k: v for k, v in settings.items() if k.endswith(("_PATH", "_TEMPLATE"))}
-    assert len(paths) == 7
+    assert len(paths) == 8
     for variable, path in paths.items():
         assert Path(path).relative_to("/etc/yuqing").as_posix() in shipped, variable
 

@@ -627,6 +627,30 @@ async def settled(rig: Rig, stream: Stream) -> tuple[float, list[str]]:
         await asyncio.sleep(1.0)
 
 
+async def caught_up_with(
+    rig: Rig, snapshot: dict[str, list[Envelope]], stopped: float
+) -> tuple[float, str]:
+    """How long until every event stored when the stream stopped is in the archive's log
+    and processed by every consumer of its topic: the catching up with what the faults left
+    behind, apart from the new work deadlines passing later bring (they go on for tens of
+    seconds after the last report: the test's duties are due seconds after each grading)."""
+    ids = [str(e.event_id) for es in snapshot.values() for e in es]
+    while True:
+        bad: list[str] = []
+        logged = {
+            d["_id"]
+            async for d in rig.database("archive")[LOG].find({"_id": {"$in": ids}}, {"_id": 1})
+        }
+        bad += [f"not in the archive's log: {i}" for i in ids if i not in logged]
+        figure = await processed_by_every_consumer(rig, snapshot, bad)
+        took = time.monotonic() - stopped
+        if not bad:
+            return took, f"all {len(ids)} events stored at the stop in the archive; {figure}"
+        if took > CAUGHT_UP_WITHIN:
+            raise AssertionError(f"not caught up within {CAUGHT_UP_WITHIN}s: {bad[:10]}")
+        await asyncio.sleep(0.5)
+
+
 async def readable(rig: Rig, stream: Stream) -> tuple[float, int]:
     """Every report answered, read back from intake (after the faults, at once)."""
     started = time.monotonic()
@@ -700,6 +724,8 @@ async def test_kills_of_services_the_database_and_the_whole_system_lose_and_doub
             done = await inject(rig, stream, rng)
         finally:
             await stream.stop()
+    stopped = time.monotonic()
+    at_the_stop = await stored_events(rig)
     faults = time.monotonic() - begun
     print(
         f"injected: {done['single service']} kills -9 of single services, "
@@ -720,6 +746,8 @@ async def test_kills_of_services_the_database_and_the_whole_system_lose_and_doub
 
     took, count = await readable(rig, stream)
     print(f"checked: all {count} reports answered are readable from intake ({took:.1f} s)")
+    took, figure = await caught_up_with(rig, at_the_stop, stopped)
+    print(f"checked: caught up with the stop {took:.1f} s after the stream stopped: {figure}")
     took, figures = await settled(rig, stream)
     print(f"checked: caught up {took:.1f} s after the stream stopped:")
     for figure in figures:

@@ -178,11 +178,9 @@ async def test_a_key_is_rate_limited_as_its_partner_not_as_its_address(
         fake_service("grading", composition_root("grading"), settings=settings) as grading,
         grading.http() as api,
     ):
-        answers = [
-            (await api.get("/grading/v1/rulebook", headers={"X-API-Key": key})).status_code
-            for _ in range(3)
-        ]
-        assert answers == [200, 200, 429]
+        grade = "/grading/v1/incidents/inc-unknown/grade"
+        answers = [(await api.get(grade, headers={"X-API-Key": key})).status_code for _ in range(3)]
+        assert answers == [404, 404, 429]
         # The address the key came from is counted on its own: a request without any
         # credentials from it is not refused for the key's requests (it gets its 401).
-        assert (await api.get("/grading/v1/rulebook")).status_code == 401
+        assert (await api.get(grade)).status_code == 401

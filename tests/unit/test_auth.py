@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -224,7 +225,21 @@ def test_the_signing_key_must_be_at_least_32_bytes() -> None:
         check_secret("x", production=True)
     assert isinstance(stop.value, SystemExit)  # the process stops with the message alone
     assert "YUQING_SECRET" in (check_secret("x", production=False) or "")  # warned
-    assert check_secret("k" * 32, production=True) is None
+    assert check_secret(secrets.token_urlsafe(24), production=True) is None  # 32 random
+    assert check_secret(secrets.token_hex(16), production=True) is None  # 32 hex digits
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("a" * 32, "repeats itself"),
+        ("ab" * 32, "repeats itself"),
+        ("REPLACE-ME-with-a-long-random-value", "placeholder"),  # k8s/base/secret.example.yaml
+    ],
+)
+def test_a_long_key_that_is_not_random_stops_production_too(key: str, reason: str) -> None:
+    with pytest.raises(WeakSecret, match=reason):
+        check_secret(key, production=True)
 
 
 def test_production_does_not_start_with_a_weak_secret(tmp_path: Path) -> None:

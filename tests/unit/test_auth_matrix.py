@@ -163,6 +163,7 @@ TABLE: dict[tuple[str, str], Door] = {
     ("POST", "/intake/v1/reports"): Door(FILERS, frozenset({200, 201}), sight="none"),
     ("GET", "/intake/v1/reports/{report_id}"): Door(None, sight="referred"),
     ("GET", "/intake/v1/incidents/{incident_id}"): Door(None, sight="referred"),
+    ("GET", "/intake/v1/incidents/{incident_id}/reports"): Door(None, sight="referred"),
     ("POST", "/intake/v1/incidents/{incident_id}/resolve"): Door(
         LIFECYCLE, WRITE, sight="referred"
     ),
@@ -186,7 +187,7 @@ TABLE: dict[tuple[str, str], Door] = {
     # nothing is proposed under the shipped plan, so whoever passes is told 409
     ("POST", "/grading/v1/incidents/{incident_id}/confirm"): Door(_r(Role.LEADER), WRITE),
     ("POST", "/grading/v1/incidents/{incident_id}/instructions"): Door(_r(Role.LEADER), WRITE),
-    ("GET", "/grading/v1/rulebook"): Door(None, sight="none"),
+    ("GET", "/grading/v1/rulebook"): Door(ALL, sight="none"),
     # the plan in force: the bureau's staff; a what-if: analysts
     ("GET", "/grading/v1/plan"): Door(ALL, sight="none"),
     ("POST", "/grading/v1/plan/try"): Door(_r(Role.ANALYST), sight="none"),
@@ -197,6 +198,9 @@ TABLE: dict[tuple[str, str], Door] = {
     ),
     ("GET", "/notifications/v1/notifications/{notification_id}"): Door(None, UNSEEDED),
     ("POST", "/notifications/v1/notifications/{notification_id}/ack"): Door(None, UNSEEDED),
+    # a duty that opens as a body decides: the shipped plan has none, so whoever sees the
+    # incident is told the kind is not such a duty (422); the plan's `decided_by` decides
+    ("POST", "/notifications/v1/incidents/{incident_id}/decisions"): Door(None, frozenset({422})),
     # statement
     ("POST", "/statements/v1/incidents/{incident_id}/statements"): Door(WRITERS, WRITE),
     ("GET", "/statements/v1/incidents/{incident_id}/statements"): Door(None),
@@ -231,6 +235,17 @@ TABLE: dict[tuple[str, str], Door] = {
     ("GET", "/archive/v1/accountability"): Door(
         _r(Role.LEADER, Role.OFFICE, Role.ANALYST), sight="none"
     ),
+    # 考评: the period's assessment and its document; the office's findings that feed it
+    # (the seeded duty is not fulfilled: whoever may find it untrue is told 409)
+    ("GET", "/archive/v1/assessment"): Door(
+        _r(Role.LEADER, Role.OFFICE, Role.ANALYST), sight="none"
+    ),
+    ("GET", "/archive/v1/assessment/report"): Door(
+        _r(Role.LEADER, Role.OFFICE, Role.ANALYST), sight="none"
+    ),
+    ("POST", "/archive/v1/obligations/{obligation_id}/untrue"): Door(LIFECYCLE, WRITE),
+    ("POST", "/archive/v1/incidents/{incident_id}/uncleared-releases"): Door(LIFECYCLE, WRITE),
+    ("POST", "/archive/v1/incidents/{incident_id}/commendations"): Door(LIFECYCLE, WRITE),
     ("POST", "/archive/v1/replay"): Door(_r(Role.ANALYST), frozenset({202, 409}), sight="none"),
     ("GET", "/archive/v1/replay/{job_id}"): Door(_r(Role.ANALYST), UNSEEDED, gate_first=True),
     # what the archive's audit checked and recorded: administration, never a partner
@@ -257,6 +272,11 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("POST", "/grading/v1/plan/try"): {"plan": "school", "since": "2026-01-01T00:00:00+08:00"},
     ("POST", "/notifications/v1/obligations/{obligation_id}/fulfil"): {"reference": "县政发1号"},
+    ("POST", "/notifications/v1/incidents/{incident_id}/decisions"): {
+        "kind": "county_report",
+        "decision": "yes",
+        "reason": "领导小组研判决定上报",
+    },
     ("POST", "/statements/v1/incidents/{incident_id}/statements"): DRAFT,
     ("PUT", "/statements/v1/statements/{statement_id}"): {"title": "修订", "body": "修订正文"},
     ("POST", "/statements/v1/statements/{statement_id}/approve"): {"comment": "同意"},
@@ -271,10 +291,30 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "handling": "经过",
         "lessons": "教训",
     },
+    ("POST", "/archive/v1/obligations/{obligation_id}/untrue"): {"reason": "报送内容与事实不符"},
+    ("POST", "/archive/v1/incidents/{incident_id}/uncleared-releases"): {
+        "released_by": "monitor-a",
+        "unit_id": "school-a",
+        "channel": "个人微博",
+        "released_at": "2026-11-21T09:00:00+08:00",
+        "content": "未经审核的情况说明",
+    },
+    ("POST", "/archive/v1/incidents/{incident_id}/commendations"): {
+        "unit_id": "school-a",
+        "reason": "处置及时",
+    },
 }
 QUERIES: dict[tuple[str, str], dict[str, str]] = {
     ("GET", "/statements/v1/statements/{statement_id}/diff"): {"from": "1"},
     ("GET", "/archive/v1/accountability"): {
+        "from": "2026-01-01T00:00:00+08:00",
+        "to": "2027-01-01T00:00:00+08:00",
+    },
+    ("GET", "/archive/v1/assessment"): {
+        "from": "2026-01-01T00:00:00+08:00",
+        "to": "2027-01-01T00:00:00+08:00",
+    },
+    ("GET", "/archive/v1/assessment/report"): {
         "from": "2026-01-01T00:00:00+08:00",
         "to": "2027-01-01T00:00:00+08:00",
     },

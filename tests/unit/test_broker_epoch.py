@@ -16,13 +16,15 @@ import pytest
 from aiokafka import TopicPartition
 
 from services.cli import composition_root
-from shared.bus import EPOCH_HEADER, OutboxRelay, signed_headers
+from shared.bus import EPOCH_HEADER, OutboxRelay, relay_headers, signed_headers
 from shared.events import Envelope
 from tests.fakes.harness import FakeService, fake_service
 from tests.service.upstream_events import opened, resolved
 from tests.unit.test_archive_service import NOW, Story
 
 pytestmark = pytest.mark.asyncio
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 @dataclass
@@ -74,9 +76,12 @@ async def deliver(
 ) -> None:
     runner = service.runner
     assert runner.consumer is not None
-    headers = signed_headers(event, event.topic.removesuffix(".events"), runner.consumer.keys)
-    if epoch is not None:
-        headers[EPOCH_HEADER] = str(epoch)
+    producer, keys = event.topic.removesuffix(".events"), runner.consumer.keys
+    headers = (
+        signed_headers(event, producer, keys)
+        if epoch is None
+        else relay_headers(event, producer, keys, epoch=epoch, span=TRACEPARENT)
+    )
     headers.update(extra)
     topic = runner.settings.topic(event.topic)
     message = Message(event.to_json(), headers, Record(topic), consumer)
@@ -114,6 +119,28 @@ async def test_an_unsigned_record_cannot_make_a_consumer_read_again(archive: Fak
     await deliver(archive, forged, 7, consumer, **{"yuqing-signature": "sha256=" + "0" * 64})
     assert consumer.rewound == []
     assert [reason for _, reason in archive.dead_letters if "signature" in reason]
+
+
+async def test_an_epoch_its_producer_did_not_sign_makes_no_consumer_read_again(
+    archive: FakeService,
+) -> None:
+    """The event itself is the producer's and is handled; only the epoch beside it was
+    written or changed by someone else, so it counts for nothing."""
+    intake = archive.runner.settings.topic("intake.events")
+    consumer = Consumer({TopicPartition(intake, 0)})
+    first, second = events("inc-e5")
+    await deliver(archive, first, 0, consumer)
+
+    await deliver(archive, second, 0, consumer, **{EPOCH_HEADER: "9"})  # raised after signing
+    assert consumer.rewound == []
+    runner = archive.runner
+    assert runner.consumer is not None
+    bare = signed_headers(second, "intake", runner.consumer.keys)
+    message = Message(second.to_json(), {**bare, EPOCH_HEADER: "9"}, Record(intake), consumer)
+    await runner.consumer.on_message(message)  # type: ignore[arg-type]
+    assert consumer.rewound == [], "an epoch with no relay signature at all is ignored too"
+    assert await archive.db["log"].count_documents({}) == 2, "both events were handled"
+    assert archive.dead_letters == []
 
 
 async def test_records_of_a_relay_before_the_epoch_are_handled_as_ever(

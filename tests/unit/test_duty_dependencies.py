@@ -63,7 +63,7 @@ class Upstream(Streams):
             rules_fired=(FiredRule(rule_id="tier-central", reason="中央媒体"),),
             rulebook_version="2026.12-seed000-2",
             plan_id="fourtier",
-            plan_version="2026.12.2-seed000-2",
+            plan_version="2026.12.3-seed000-2",
         )
         return self.event(incident_id, payload, "grade")
 

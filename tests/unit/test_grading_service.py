@@ -23,6 +23,7 @@ from shared.events import (
     IncidentGraded,
     IncidentOpened,
     IncidentReopened,
+    IncidentResolved,
     Level,
     MediaTier,
     Reach,
@@ -225,19 +226,42 @@ async def test_a_dismissed_incident_is_neither_graded_nor_escalated_until_reopen
     view = await grade_of(grading, "inc-d")
     assert (view["level"], view["category"], view["dismissed"]) == (3, "rumor", True)
 
-    await grading.consume(
-        upstream.event("inc-d", IncidentReopened(reason="再次发酵")),
-        upstream.missed("inc-d", 3),
-    )
+    await grading.consume(upstream.event("inc-d", IncidentReopened(reason="再次发酵")))
     view = await grade_of(grading, "inc-d")
     assert view["dismissed"] is False
-    assert (view["level"], view["history"][-1]["event_type"]) == (2, "IncidentEscalated")
+    # The central report filed while it was dismissed counts once it is reopened.
+    escalated = view["history"][-1]
+    assert (view["level"], escalated["event_type"]) == (1, "IncidentEscalated")
+    assert [r["rule_id"] for r in escalated["rules_fired"]] == ["tier-central"]
+    await grading.consume(upstream.missed("inc-d", 3))  # a miss below the level raises nothing
+    assert (await grade_of(grading, "inc-d"))["level"] == 1
 
     await grading.consume(
         upstream.event("inc-u", IncidentDismissed(reason="网络伪舆情")),
         upstream.report("inc-u", MediaTier.CENTRAL),
     )
     assert not [e for e in await grading.published() if e.incident_id == "inc-u"]
+
+
+async def test_a_report_attached_to_a_resolved_incident_changes_its_grade_only_once_reopened(
+    grading: FakeService, upstream: Upstream
+) -> None:
+    """A plan's watch (善后跟踪, `attach`) files a report on a resolved incident without
+    reopening it: counted, but the closed matter is not escalated; reopened, it is."""
+    await grading.consume(
+        upstream.report("inc-w"),
+        upstream.event("inc-w", IncidentResolved(reason="已答复")),
+        upstream.report("inc-w", MediaTier.CENTRAL),
+    )
+    assert [e.event_type for e in await grading.published()] == ["IncidentGraded"]
+    assert (await grade_of(grading, "inc-w"))["level"] == 3
+
+    await grading.consume(
+        upstream.event("inc-w", IncidentReopened(reason="善后跟踪期内再次发酵")),
+        upstream.report("inc-w", MediaTier.CENTRAL),
+    )
+    view = await grade_of(grading, "inc-w")
+    assert (view["level"], view["history"][-1]["event_type"]) == (1, "IncidentEscalated")
 
 
 async def test_a_missed_deadline_at_the_current_level_raises_it_one_step(
@@ -462,11 +486,13 @@ async def test_the_unit_above_sees_the_grade_and_a_sibling_unit_does_not(
 # --------------------------------------------------------------------------- rulebook
 
 
-async def test_the_rulebook_in_force_is_served_to_any_signed_in_caller(
+async def test_the_rulebook_in_force_is_served_to_the_bureaus_staff_and_not_to_a_partner(
     grading: FakeService,
 ) -> None:
     async with grading.http() as api:
         assert (await api.get("/grading/v1/rulebook")).status_code == 401
+        partner = grading.token("partner-wxb", "county", "partner")
+        assert (await api.get("/grading/v1/rulebook", headers=partner)).status_code == 403
         resp = await api.get(
             "/grading/v1/rulebook", headers=grading.token("monitor-chen", "school-a", "monitor")
         )

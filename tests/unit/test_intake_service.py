@@ -401,9 +401,10 @@ async def test_a_partner_sees_what_it_referred(intake: FakeService, api: httpx.A
     assert report_view.json()["actor"]["type"] == "client"
     assert incident_view.status_code == 200, incident_view.text
     assert incident_view.json()["filed_by"] == ["partner-wxb"]
-    # A monitor's own report on that incident stays its own.
+    # A monitor's report of the same URL does not join the referral (the partner's own):
+    # it opens the school's incident, which the partner does not see.
     theirs = await file(api, monitor(intake))
-    assert theirs["incident_id"] == answer["incident_id"]
+    assert theirs["incident_id"] != answer["incident_id"]
     hidden_report = await api.get(f"/intake/v1/reports/{theirs['report_id']}", headers=partner)
     assert hidden_report.json() == not_found("report", theirs["report_id"])
 

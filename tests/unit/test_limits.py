@@ -5,6 +5,7 @@ own composition root on the fakes."""
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import AsyncIterator
 from typing import Any
@@ -52,14 +53,39 @@ def _lax_models(model: type[BaseModel], seen: set[type[BaseModel]]) -> list[str]
     return lax
 
 
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _bodyless_writes(routes: list[Any]) -> list[tuple[str, str]]:
+    """The writes that take no body: no body model, none documented and read by hand."""
+    return [
+        (method, route.path)
+        for route in routes
+        if isinstance(route, APIRoute)
+        and route.body_field is None
+        and "requestBody" not in (route.openapi_extra or {})
+        for method in sorted((route.methods or set()) & WRITES)
+    ]
+
+
 @pytest.mark.parametrize("name", SERVICE_NAMES)
 async def test_every_request_body_of_every_service_refuses_unknown_fields(name: str) -> None:
     async with fake_service(name, composition_root(name)) as service:
+        routes = list(service.parts.router.routes)
         bodies = [
             (route.path, route.body_field.field_info.annotation)
-            for route in service.parts.router.routes
+            for route in routes
             if isinstance(route, APIRoute) and route.body_field is not None
         ]
+        # A write that takes no body refuses one with fields, naming them, as a body model
+        # refuses a field it does not have.
+        admin = service.token("admin", "county", "admin")
+        bodyless: dict[tuple[str, str], tuple[int, Any]] = {}
+        async with service.http() as api:
+            for method, path in _bodyless_writes(routes):
+                url = service.parts.prefix + re.sub(r"\{[^}]+\}", "x-1", path)
+                r = await api.request(method, url, json={"zzz": 1}, headers=admin)
+                bodyless[(method, path)] = (r.status_code, r.json()["error"]["details"])
     lax = {
         path: found
         for path, annotation in bodies
@@ -68,6 +94,36 @@ async def test_every_request_body_of_every_service_refuses_unknown_fields(name: 
     }
     assert bodies, f"{name} has writes with a body"
     assert lax == {}
+    extra = [
+        {"field": "zzz", "reason": "Extra inputs are not permitted", "type": "extra_forbidden"}
+    ]
+    assert bodyless == dict.fromkeys(bodyless, (422, extra))
+
+
+async def test_a_write_without_a_body_takes_none_or_an_empty_object_and_refuses_the_rest() -> None:
+    async with fake_service("archive", composition_root("archive")) as archive:
+        admin = archive.token("admin", "county", "admin")
+        async with archive.http() as api:
+            replay = "/archive/v1/replay"
+            none = await api.post(replay, headers=admin)
+            empty = await api.post(replay, json={}, headers=admin)
+            probed = await api.post(replay, json={"zzz": 1, "batch": 5}, headers=admin)
+            listed = await api.post(replay, json=[1], headers=admin)
+            garbage = await api.post(replay, content=b"zzz=1", headers=admin)
+            anonymous = await api.post(replay, json={"zzz": 1})
+
+    assert none.status_code == 202, none.text
+    assert empty.status_code in (202, 409), empty.text  # 409: the first replay still runs
+    assert probed.status_code == 422
+    assert [d["field"] for d in probed.json()["error"]["details"]] == ["zzz", "batch"]
+    assert "zzz (Extra inputs are not permitted)" in probed.json()["error"]["message"]
+    for refused in (listed, garbage):
+        assert refused.status_code == 422
+        [detail] = refused.json()["error"]["details"]
+        assert detail["field"] == "body"
+        assert "takes no body" in detail["reason"]
+    # No credentials: the same 401 as every route, before the body is judged.
+    assert anonymous.status_code == 401
 
 
 @pytest.fixture

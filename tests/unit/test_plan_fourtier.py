@@ -95,7 +95,7 @@ class Upstream(Streams):
             rules_fired=(FiredRule(rule_id="level-default", reason="影响较小"),),
             rulebook_version="2026.12-seed000-2",
             plan_id="fourtier",
-            plan_version="2026.12.2-seed000-2",
+            plan_version="2026.12.3-seed000-2",
         )
         return self.event(incident_id, payload, "grade")
 
@@ -115,7 +115,7 @@ async def grading(tmp_path: Path) -> AsyncIterator[FakeService]:
 
 def test_the_four_tier_pack_loads_with_its_four_levels_named_in_chinese() -> None:
     plan = load_plan(FOURTIER, Settings().policy_paths, DIRECTORY)
-    assert (plan.id, plan.version) == ("fourtier", "2026.12.2-seed000-2")
+    assert (plan.id, plan.version) == ("fourtier", "2026.12.3-seed000-2")
     assert plan.manifest.ranks == (1, 2, 3, 4)
     assert [level.id for level in plan.manifest.levels] == [t[0] for t in TIERS.values()]
     for rank, (_, name, short) in TIERS.items():

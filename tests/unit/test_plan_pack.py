@@ -59,7 +59,7 @@ def test_the_default_plan_is_huaning_and_carries_configs_own_files() -> None:
     settings = Settings()
     assert settings.plan == PLANS / "huaning"
     plan = load_plan(settings.plan, settings.policy_paths, DIRECTORY, pack_wins=False)
-    assert (plan.id, plan.version) == ("huaning", "2026.11-seed003")
+    assert (plan.id, plan.version) == ("huaning", "2026.11.1-seed003")
     assert plan.manifest.name == "华宁公路分局网络舆情应急处置预案"
     # No copies: the pack points at config/'s files, the one copy to edit.
     for name in ("rulebook", "obligations", "approval", "catalogue"):

@@ -299,6 +299,31 @@ async def test_a_plan_changed_without_a_new_version_stops_the_start(tmp_path: Pa
         assert [d[:3] for d in await decided(again, "inc-b")] == [("IncidentGraded", 3, V)]
 
 
+def confirmed_by_a_body(tmp_path: Path) -> Path:
+    """The shipped Huaning pack, same version and rulebook, whose grade the office confirms."""
+    target = tmp_path / "huaning-body"
+    shutil.copytree(HUANING, target)
+    manifest = yaml.safe_load((target / "plan.yaml").read_text(encoding="utf-8"))
+    manifest["files"] = {
+        name: str(CONFIG_DIR / f"{name}.yaml")
+        for name in ("rulebook", "obligations", "approval", "catalogue")
+    }
+    manifest["grading"] = {"confirmed_by": "office"}
+    write(target / "plan.yaml", manifest)
+    return target
+
+
+async def test_a_confirming_body_added_without_a_new_version_stops_the_start(
+    tmp_path: Path,
+) -> None:
+    mongo, up = FakeMongo(), Upstream()
+    async with grading(mongo, fake_settings(tmp_path)) as before:
+        await before.consume(up.report("inc-a", views=0))
+    with pytest.raises(PlanError, match="confirming body"):
+        async with grading(mongo, fake_settings(tmp_path, plan=confirmed_by_a_body(tmp_path))):
+            pass
+
+
 async def test_an_incident_graded_before_pins_were_kept_stays_on_the_version_its_events_record(
     tmp_path: Path,
 ) -> None:

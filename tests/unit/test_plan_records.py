@@ -51,7 +51,7 @@ def test_grade_events_of_version_1_read_as_graded_under_no_known_plan() -> None:
     old = Envelope.model_validate(stored)
     assert isinstance(old.payload, IncidentGraded)
     assert (old.payload.plan_id, old.payload.plan_version) == (None, None)
-    assert old.schema_version == IncidentGraded.SCHEMA_VERSION == 2
+    assert old.schema_version == IncidentGraded.SCHEMA_VERSION == 3
     assert IncidentEscalated.SCHEMA_VERSION == 2
 
 

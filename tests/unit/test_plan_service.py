@@ -175,7 +175,7 @@ async def test_the_plan_in_force_is_shown_with_its_chinese_names(grading: FakeSe
     assert answer.status_code == 200, answer.text
     plan = answer.json()
     assert (plan["id"], plan["name"]) == ("huaning", "华宁公路分局网络舆情应急处置预案")
-    assert plan["version"] == "2026.11-seed003"
+    assert plan["version"] == "2026.11.1-seed003"
     levels = {level["id"]: level for level in plan["levels"]}
     assert (levels[1]["name"], levels[1]["short"]) == ("一级（重大）", "一级")
     assert [d["kind"] for d in levels[1]["duties"]] == [
@@ -216,8 +216,8 @@ async def test_grade_events_record_the_plan_and_its_version(grading: FakeService
     escalated = [e.payload for e in await grading.published("IncidentEscalated")]
     assert isinstance(graded[0], IncidentGraded)
     assert isinstance(escalated[0], IncidentEscalated)
-    assert (graded[0].plan_id, graded[0].plan_version) == ("huaning", "2026.11-seed003")
-    assert (escalated[0].plan_id, escalated[0].plan_version) == ("huaning", "2026.11-seed003")
+    assert (graded[0].plan_id, graded[0].plan_version) == ("huaning", "2026.11.1-seed003")
+    assert (escalated[0].plan_id, escalated[0].plan_version) == ("huaning", "2026.11.1-seed003")
     async with grading.http() as http:
         view = await http.get(
             "/grading/v1/incidents/inc-1/grade",
@@ -243,13 +243,13 @@ async def test_trying_the_school_plan_shows_what_would_differ_and_changes_nothin
         )
     assert answer.status_code == 200, answer.text
     result = answer.json()
-    assert (result["plan"], result["version"]) == ("school", "2026.12.2-seed000-1")
+    assert (result["plan"], result["version"]) == ("school", "2026.12.3-seed000-1")
     incidents = {i["incident_id"]: i for i in result["incidents"]}
     assert set(incidents) == {"inc-inquiry", "inc-hype"}
 
     inquiry = incidents["inc-inquiry"]
     assert inquiry["differs"]
-    assert inquiry["recorded_plan"] == "huaning@2026.11-seed003"
+    assert inquiry["recorded_plan"] == "huaning@2026.11.1-seed003"
     duties = {d["kind"]: d for d in inquiry["duties"]}
     # 48 hours under the school plan: met at 30 hours, on time (late under Huaning).
     assert (duties["direct_handling"]["change"], duties["direct_handling"]["outcome"]) == (
@@ -276,7 +276,7 @@ async def test_trying_the_school_plan_shows_what_would_differ_and_changes_nothin
     assert plan.json()["id"] == "huaning"
 
     table = plan_difference_table(result, TZ)
-    assert "plan school 2026.12.2-seed000-1" in table
+    assert "plan school 2026.12.3-seed000-1" in table
     assert "*inc-hype" in table
     lines = table.splitlines()
     assert any("facts_told" in line and "missed" in line and "new" in line for line in lines)

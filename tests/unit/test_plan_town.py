@@ -148,7 +148,7 @@ def test_the_town_pack_loads_with_three_levels_named_as_the_town_names_them() ->
             "full_time_watch",
             "result_report_major",
         ],
-        2: ["group_report", "result_report"],
+        2: ["group_report", "county_report_decided", "result_report"],
         3: ["department_handling", "handling_result"],
     }
     waits = {r.kind: r.after for r in plan.obligations.levels[1]}

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from services.archive.domain import GENESIS, ChainLink, link_hash, verify_chain
-from shared.bus import BusMisconfigured, bus_keys, signed_headers
+from shared.bus import (
+    EPOCH_HEADER,
+    TRACEPARENT_HEADER,
+    BusMisconfigured,
+    bus_keys,
+    relay_headers,
+    signed_headers,
+    trusted_relay_values,
+)
 from shared.events import (
     Actor,
     DeadlineMissed,
@@ -19,6 +27,7 @@ from shared.events import (
     IncidentResolved,
     utcnow,
 )
+from shared.handlers import Delivery
 from shared.settings import Settings
 from shared.signing import (
     PRODUCER_HEADER,
@@ -121,6 +130,48 @@ def test_the_relay_headers_carry_the_producer_and_its_signature() -> None:
     assert headers[PRODUCER_HEADER] == "intake"
     assert headers[SIGNATURE_HEADER] == signed(e)
     assert (headers["event_type"], headers["event_id"]) == ("IncidentResolved", str(e.event_id))
+
+
+def test_the_relays_epoch_and_traceparent_count_only_as_its_producer_signed_them() -> None:
+    e, other = resolved(), resolved("inc-2")
+    span = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    headers = relay_headers(e, "intake", KEYS, epoch=3, span=span)
+    delivery = Delivery(
+        topic="intake.events", producer="intake", signature=headers[SIGNATURE_HEADER]
+    )
+
+    assert trusted_relay_values(KEYS, delivery, headers) == {
+        EPOCH_HEADER: "3",
+        TRACEPARENT_HEADER: span,
+    }
+    changed_span = span.replace("b7ad", "0000")
+    for forged in (
+        {**headers, EPOCH_HEADER: "4"},
+        {**headers, TRACEPARENT_HEADER: changed_span},
+        {k: v for k, v in headers.items() if k != "yuqing-relay-signature"},
+    ):
+        assert trusted_relay_values(KEYS, delivery, forged) == {}
+    # Moved to another event, the relay's signature does not hold either.
+    moved = {
+        **signed_headers(other, "intake", KEYS),
+        **{
+            k: headers[k]
+            for k in headers
+            if k.startswith(("yuqing-relay", "yuqing-epoch", "traceparent"))
+        },
+    }
+    other_delivery = Delivery(
+        topic="intake.events", producer="intake", signature=moved[SIGNATURE_HEADER]
+    )
+    assert trusted_relay_values(KEYS, other_delivery, moved) == {}
+    # Signed with another deployment's secret, neither.
+    foreign = relay_headers(e, "intake", BusKeys(b"x" * 48), epoch=3, span=span)
+    assert (
+        trusted_relay_values(
+            KEYS, delivery, {**headers, "yuqing-relay-signature": foreign["yuqing-relay-signature"]}
+        )
+        == {}
+    )
 
 
 # --------------------------------------------------------------------------- the consumer's check
@@ -360,3 +411,27 @@ def test_after_a_rotation_the_new_secret_signs_and_the_old_one_still_verifies(
     # A secret nobody configured verifies nothing.
     stranger = signed(e, BusKeys(b"the-attackers-own-secret-long-enough-to-sign"))
     assert not rotated.signature_holds(stranger, doc(e), topic=e.topic, producer="intake")
+
+
+# --------------------------------------------------------------------------- a service's seal
+
+
+def test_a_seal_holds_for_its_bytes_and_context_only_and_is_no_event_signature() -> None:
+    form = b"archive-seal:" + b'{"seq":1}'
+    seal = KEYS.seal(form, context="archive-seal")
+    rotated = BusKeys(b"a-rotated-bus-secret-that-is-long-enough-for-hmac", [SECRET])
+    e = resolved()
+
+    assert KEYS.seal_holds(seal, form, context="archive-seal")
+    assert rotated.seal_holds(seal, form, context="archive-seal")  # an older secret's seal
+    assert not KEYS.seal_holds(seal, form + b" ", context="archive-seal")
+    assert not KEYS.seal_holds(seal, form, context="intake")
+    assert not BusKeys(b"x" * 48).seal_holds(seal, form, context="archive-seal")
+    # Under a name no topic is owned by: never taken for an event's signature.
+    sealed_event = KEYS.seal(
+        canonical_form(doc(e), topic=e.topic, producer="archive-seal"), context="archive-seal"
+    )
+    assert (
+        check_signed(KEYS, doc(e), topic=e.topic, producer="archive-seal", signature=sealed_event)
+        is not None
+    )

@@ -24,16 +24,19 @@ def test_the_case_report_loads_no_remote_content() -> None:
     assert case is not None
 
     html = report_renderer().html(case)
+    markdown = report_renderer().markdown(case)
 
     assert "<img" not in html  # neither the Markdown image nor the raw tag
     assert re.search(r"<[^>]*\ssrc=", html) is None  # no tag loads anything
-    # The image is a link to it, marked as one, and its address is still there to read.
-    assert (
-        '<a href="https://evil.example/p.png" rel="noopener noreferrer nofollow">'
-        "[图片：现场照片]</a>"
-    ) in html
+    assert "evil.example" not in "".join(re.findall(r"<a [^>]*>", html))  # nor links there
+    # What was written is shown as written, its addresses there to read.
+    assert "![现场照片](https://evil.example/p.png)" in html
     assert "&lt;img src=&quot;https://evil.example/a.png&quot;&gt;" in html
-    assert '<a href="https://news.example/1" rel="noopener noreferrer nofollow">通报</a>' in html
+    assert "[通报](https://news.example/1)" in html
+    # The Markdown document as well: no viewer of it loads or links what people wrote.
+    assert "<img" not in markdown
+    assert "\\!\\[现场照片\\](https://evil.example/p.png)" in markdown
+    assert '&lt;img src="https://evil.example/a.png"&gt;' in markdown
     # And the document itself forbids every load, served or saved.
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html)
     assert csp is not None

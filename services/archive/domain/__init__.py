@@ -6,7 +6,8 @@
 - `timeline`: one Chinese line per event, with the catalogue's names;
 - `chain`: the per-incident hash chain and its verification;
 - `summaries`: the rows of the incident list;
-- `cases`: the figures a case is archived with and the assessment (考评);
+- `cases`: the figures a case is archived with and the accountability figures;
+- `assessment`: the assessment (考评) per unit and person, and the office's findings;
 - `review`: deciding the review of a resolved incident.
 
 Pure: no database, broker, web framework or settings.
@@ -14,11 +15,13 @@ Pure: no database, broker, web framework or settings.
 
 from services.archive.domain.chain import (
     GENESIS,
+    SEAL_CONTEXT,
     ChainBreak,
     ChainLink,
     ChainReport,
     canonical_json,
     link_hash,
+    seal_form,
     signature_problem,
     verify_chain,
 )
@@ -49,6 +52,7 @@ from services.archive.domain.views import (
 
 __all__ = [
     "GENESIS",
+    "SEAL_CONTEXT",
     "STEPS",
     "ApprovalView",
     "ChainBreak",
@@ -75,6 +79,7 @@ __all__ = [
     "partner_summary",
     "partner_view",
     "published_lines",
+    "seal_form",
     "signature_problem",
     "summarize",
     "timeline",

@@ -6,6 +6,9 @@ honest late arrival would look like an edit. A link's hash proves the log was no
 after the archive stored it; the producer's signature (shared/signing.py), recorded with
 it, proves the event is one its topic's owner published: an event written into the log
 with its hash recomputed has no signature that holds, since that needs the producer's key.
+An archive upgraded with its log holds events from before it recorded signatures: when
+signing began it sealed each of them (`seal_form`, with a key of its own derived from the
+bus secret), and only an event whose seal holds passes unsigned.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ class ChainLink:
     hash: str
     producer: str | None = None
     signature: str | None = None
-    # Logged before this archive began recording signatures: its hash chain is checked,
-    # it has no signature to check.
+    # Logged before this archive began recording signatures, and sealed so by the archive
+    # when signing began (`seal_form`): its hash chain is checked, it has no signature.
     before_signing: bool = False
+    # It carries an archive seal at all (one that does not hold, when not before_signing).
+    sealed: bool = False
 
 
 class ChainBreak(BaseModel):
@@ -59,7 +64,8 @@ class ChainReport(BaseModel):
     broken: ChainBreak | None = None
     # Every stored event whose hash or producer signature does not hold, in chain order.
     failures: list[ChainBreak] = []
-    # Links logged before signing began (an archive upgraded with its log): hash only.
+    # Links logged before signing began and sealed so (an archive upgraded with its log):
+    # their hash is checked, they have no signature.
     unsigned_before_signing: int = 0
 
 
@@ -75,19 +81,59 @@ def _link_problem(link: ChainLink, expected_position: int, prev: str) -> str | N
     return None
 
 
+# What the archive's seal of an event logged before signing began is made with: a key
+# derived from the bus secret for this name, which is no service's (shared/signing.py).
+SEAL_CONTEXT = "archive-seal"
+UNSIGNED = (
+    "unsigned event written after signing began: no producer signature is recorded and "
+    "it is none of the events the archive sealed when signing began"
+)
+BAD_SEAL = (
+    "the archive's seal (an event logged before signing began) does not hold: the event "
+    "or its place in the log was altered, or it was written into the store"
+)
+
+
+def seal_form(
+    *, seq: Any, incident_id: Any, position: Any, prev_hash: Any, envelope: Any
+) -> bytes | None:
+    """The bytes the archive seals an unsigned event of its log with when signing begins:
+    the envelope and its place (ingest seq, incident, chain position, previous hash), so a
+    seal holds for that one stored event only. None when they are not JSON (altered)."""
+    try:
+        form = canonical_json(
+            {
+                "envelope": envelope,
+                "incident_id": incident_id,
+                "position": position,
+                "prev_hash": prev_hash,
+                "seq": seq,
+            }
+        )
+    except (TypeError, ValueError):
+        return None
+    return b"archive-seal:" + form
+
+
 def signature_problem(
-    envelope: Mapping[str, Any], producer: str | None, signature: str | None, keys: BusKeys
+    envelope: Mapping[str, Any],
+    producer: str | None,
+    signature: str | None,
+    keys: BusKeys,
+    *,
+    sealed: bool = False,
 ) -> str | None:
-    """Why a logged event is not one its producer signed, or None when it is."""
+    """Why a logged event is not one its producer signed, or None when it is. `sealed`:
+    it carries an archive seal, which did not hold."""
     if not signature:
-        return "no producer signature is recorded: not an event a service published"
+        return BAD_SEAL if sealed else UNSIGNED
     topic = event_topic(envelope) or "?"
     problem = check_signed(keys, envelope, topic=topic, producer=producer, signature=signature)
     return f"the producer signature does not hold ({problem})" if problem else None
 
 
 def _signature_problem(link: ChainLink, keys: BusKeys) -> str | None:
-    return signature_problem(link.envelope, link.producer, link.signature, keys)
+    return signature_problem(link.envelope, link.producer, link.signature, keys, sealed=link.sealed)
 
 
 def verify_chain(

@@ -19,6 +19,8 @@ from services.archive.domain.views import (
     ApprovalView,
     AttachmentView,
     ClaimsConfirmationView,
+    CommendationView,
+    FilingView,
     Gap,
     GradeChange,
     IncidentView,
@@ -30,13 +32,19 @@ from services.archive.domain.views import (
     ReportView,
     ReviewView,
     StatementView,
+    UnclearedReleaseView,
+    UntrueMark,
+    WatchReportView,
+    WatchView,
 )
 from shared.events import (
     AttachmentAdded,
     CaseArchived,
+    CommendationRecorded,
     DeadlineMissed,
     Envelope,
     EventPayload,
+    FulfilmentMarkedUntrue,
     GradeOverridden,
     IncidentDismissed,
     IncidentEscalated,
@@ -46,6 +54,7 @@ from shared.events import (
     IncidentReopened,
     IncidentResolved,
     IncidentStatus,
+    IncidentWatchStarted,
     LeaderInstructionRecorded,
     NotificationAcknowledged,
     NotificationFailed,
@@ -68,7 +77,12 @@ from shared.events import (
     StatementState,
     StatementSubmitted,
     StatementWithdrawn,
+    UnclearedReleaseRecorded,
+    WatchReportReceived,
 )
+
+# Intake's `match` for the reports of a partner's referral merged in (services/intake).
+MERGED_REFERRAL = "merged_referral"
 
 
 class _Folder:
@@ -84,6 +98,7 @@ class _Folder:
         self.submitted: dict[str, int] = {}  # statement id -> version of its last submission
         self.waiting: dict[str, list[Envelope]] = {}
         self.envelope_units: list[str] = []
+        self.filer_units: dict[str, str | None] = {}  # report id -> its filer's own unit
         self.opened = False
         self.versions: dict[str, set[int]] = {}
 
@@ -113,6 +128,7 @@ class _Folder:
         view = self.view
         view.report_count = len(view.reports)
         view.filed_by = sorted({r.filed_by for r in view.reports})
+        view.first_filings = _first_filings(view.reports, self.filer_units)
         if embedded_reports is not None:
             # The first ones stay in the view; all of them are listed by page.
             view.reports = view.reports[:embedded_reports]
@@ -151,6 +167,25 @@ def fold(
     return view
 
 
+def _first_filings(
+    reports: Iterable[ReportView], filer_units: dict[str, str | None]
+) -> list[FilingView]:
+    """Each filer's first report (every report, before the view keeps only the first)."""
+    first: dict[str, FilingView] = {}
+    for r in sorted(reports, key=lambda r: (r.received_at, r.report_id)):
+        if r.filed_by in first:
+            continue
+        merged = r.match == MERGED_REFERRAL
+        first[r.filed_by] = FilingView(
+            filed_by=r.filed_by,
+            unit_id=filer_units.get(r.report_id),
+            report_id=r.report_id,
+            received_at=r.received_at,
+            known_at=min(r.observed_at, r.received_at) if merged else r.received_at,
+        )
+    return sorted(first.values(), key=lambda f: (f.known_at, f.filed_by))
+
+
 def _merge(first: list[str], more: list[str]) -> list[str]:
     return first + [u for u in more if u not in first]
 
@@ -185,6 +220,9 @@ def _report_received(f: _Folder, event: Envelope, p: ReportReceived) -> None:
     )
     f.reports[p.report_id] = report
     f.view.reports.append(report)
+    actor = event.actor
+    own = actor.type == "person" and actor.id == p.filed_by
+    f.filer_units[p.report_id] = actor.unit_id if own else None
     f.view.unit_ids = _merge(f.view.unit_ids, list(p.unit_ids))
     f.release(f"report:{p.report_id}")
 
@@ -247,6 +285,30 @@ def _dismissed(f: _Folder, event: Envelope, p: IncidentDismissed) -> None:
 
 def _reopened(f: _Folder, event: Envelope, p: IncidentReopened) -> None:
     f.view.status, f.view.status_reason = IncidentStatus.OPEN, p.reason
+    watch = f.view.watch
+    if watch is not None and watch.ended_at is None and event.occurred_at <= watch.until:
+        watch.ended_at = event.occurred_at
+
+
+def _watch_started(f: _Folder, event: Envelope, p: IncidentWatchStarted) -> None:
+    f.view.watch = WatchView(
+        started_at=event.occurred_at,
+        until=p.watch_until,
+        on_report=p.on_report,
+        plan_id=p.plan_id,
+        plan_version=p.plan_version,
+    )
+    f.release("watch")
+
+
+def _watch_report(f: _Folder, event: Envelope, p: WatchReportReceived) -> None:
+    watch = f.view.watch
+    if watch is None or watch.until != p.watch_until:
+        f.park("watch", event)  # its watch has not been folded yet
+        return
+    watch.reports.append(
+        WatchReportView(report_id=p.report_id, at=event.occurred_at, reopened=p.reopened)
+    )
 
 
 # --------------------------------------------------------------------------- grading
@@ -427,6 +489,16 @@ def _fulfilled(o: ObligationView, event: Envelope, p: ObligationFulfilled) -> No
     o.late = p.late  # notification's verdict (迟报), which already counts a recorded miss
 
 
+def _marked_untrue(o: ObligationView, event: Envelope, p: FulfilmentMarkedUntrue) -> None:
+    o.untrue = o.untrue or UntrueMark(
+        fulfilled_by=p.fulfilled_by,
+        reason=p.reason,
+        marked_by=p.marked_by,
+        at=event.occurred_at,
+        event_id=event.event_id,
+    )
+
+
 def _missed(o: ObligationView, event: Envelope, p: DeadlineMissed) -> None:
     o.missed_at = o.missed_at or event.occurred_at
 
@@ -598,6 +670,34 @@ def _attachment_added(f: _Folder, event: Envelope, p: AttachmentAdded) -> None:
     )
 
 
+def _uncleared_release(f: _Folder, event: Envelope, p: UnclearedReleaseRecorded) -> None:
+    f.view.uncleared_releases.append(
+        UnclearedReleaseView(
+            release_id=p.release_id,
+            released_by=p.released_by,
+            unit_id=p.unit_id,
+            channel=p.channel,
+            released_at=p.released_at,
+            content=p.content,
+            recorded_by=p.recorded_by,
+            recorded_at=event.occurred_at,
+        )
+    )
+
+
+def _commendation(f: _Folder, event: Envelope, p: CommendationRecorded) -> None:
+    f.view.commendations.append(
+        CommendationView(
+            commendation_id=p.commendation_id,
+            person_id=p.person_id,
+            unit_id=p.unit_id,
+            reason=p.reason,
+            recorded_by=p.recorded_by,
+            recorded_at=event.occurred_at,
+        )
+    )
+
+
 def _case_archived(f: _Folder, event: Envelope, p: CaseArchived) -> None:
     view = f.view
     view.status, view.case_id, view.archived_at = (
@@ -620,6 +720,8 @@ STEPS: dict[type[EventPayload], Step] = {
     IncidentResolved: _resolved,
     IncidentDismissed: _dismissed,
     IncidentReopened: _reopened,
+    IncidentWatchStarted: _watch_started,
+    WatchReportReceived: _watch_report,
     IncidentGraded: _graded,
     IncidentEscalated: _escalated,
     GradeOverridden: _overridden,
@@ -641,4 +743,7 @@ STEPS: dict[type[EventPayload], Step] = {
     StatementPublished: _of_statement(_published),
     ReviewRecorded: _review_recorded,
     CaseArchived: _case_archived,
+    FulfilmentMarkedUntrue: _of_obligation(_marked_untrue),
+    UnclearedReleaseRecorded: _uncleared_release,
+    CommendationRecorded: _commendation,
 }

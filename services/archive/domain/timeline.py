@@ -18,9 +18,12 @@ from shared.events import (
     Actor,
     AttachmentAdded,
     CaseArchived,
+    CommendationRecorded,
     DeadlineMissed,
+    DutyDecided,
     Envelope,
     EventPayload,
+    FulfilmentMarkedUntrue,
     GradeOverridden,
     IncidentDismissed,
     IncidentEscalated,
@@ -29,6 +32,7 @@ from shared.events import (
     IncidentOpened,
     IncidentReopened,
     IncidentResolved,
+    IncidentWatchStarted,
     LeaderInstructionRecorded,
     NotificationAcknowledged,
     NotificationFailed,
@@ -49,6 +53,8 @@ from shared.events import (
     StatementRevised,
     StatementSubmitted,
     StatementWithdrawn,
+    UnclearedReleaseRecorded,
+    WatchReportReceived,
 )
 
 
@@ -165,6 +171,19 @@ def _reopened(p: IncidentReopened, w: Words) -> str:
     return f"事件重新开启：{short(p.reason)}"
 
 
+def _watch_started(p: IncidentWatchStarted, w: Words) -> str:
+    if p.on_report == "reopen":
+        then = "跟踪期内收到相关舆情即重新开启事件"
+    else:
+        then = "跟踪期内收到的相关舆情归入本事件，报办公室知悉"
+    return f"善后跟踪至 {w.when(p.watch_until)}：{then}"
+
+
+def _watch_report(p: WatchReportReceived, w: Words) -> str:
+    then = "事件重新开启" if p.reopened else "已归入本事件，事件仍为已处置，请办公室关注"
+    return f"跟踪期内收到新舆情（舆情件 {p.report_id}）：{then}"
+
+
 def _graded(p: IncidentGraded, w: Words) -> str:
     c = w.catalogue
     line = f"研判为{c.level(p.level)}，类别：{c.category(p.category)}"
@@ -230,7 +249,14 @@ def _acknowledged(p: NotificationAcknowledged, w: Words) -> str:
 def _fulfilled(p: ObligationFulfilled, w: Words) -> str:
     done = f"{w.when(p.fulfilled_at)}，{w.person(p.fulfilled_by)}"
     line = f"报送义务{w.obligation(p.obligation_id)}已完成，{done}"
+    if p.statement_id is not None:  # met by publishing a statement (obligations.yaml met_by)
+        line += f"（发布稿件 {p.statement_id} 即完成）"
     return line + "（迟报）" if p.late else line
+
+
+def _decided(p: DutyDecided, w: Words) -> str:
+    said = "决定开启" if p.decision else "决定不开启"
+    return f"{w.person(p.decided_by)}{said}报送义务：{p.title}；理由：{short(p.reason)}"
 
 
 def _closed(p: ObligationClosed, w: Words) -> str:
@@ -294,6 +320,28 @@ def _case_archived(p: CaseArchived, w: Words) -> str:
     return f"归档入案例库（案例 {p.case_id}）"
 
 
+def _marked_untrue(p: FulfilmentMarkedUntrue, w: Words) -> str:
+    return (
+        f"{w.person(p.marked_by)} 认定报送义务{w.obligation(p.obligation_id)}的完成情况不实"
+        f"（谎报，完成人：{w.person(p.fulfilled_by)}）：{short(p.reason)}"
+    )
+
+
+def _uncleared_release(p: UnclearedReleaseRecorded, w: Words) -> str:
+    return (
+        f"{w.person(p.recorded_by)} 记录未经审核发布：{w.person(p.released_by)}"
+        f"（{w.unit(p.unit_id)}）于 {w.when(p.released_at)} 经 {short(p.channel, 30)} 发布"
+        f"「{short(p.content, 40)}」"
+    )
+
+
+def _commendation(p: CommendationRecorded, w: Words) -> str:
+    whom = w.unit(p.unit_id)
+    if p.person_id is not None:
+        whom = f"{w.person(p.person_id)}（{whom}）"
+    return f"{w.person(p.recorded_by)} 表扬{whom}：{short(p.reason)}"
+
+
 # Each payload class and its line.
 LINES: dict[type[EventPayload], Line] = {
     ReportReceived: _report_received,
@@ -306,6 +354,8 @@ LINES: dict[type[EventPayload], Line] = {
     IncidentResolved: _resolved,
     IncidentDismissed: _dismissed,
     IncidentReopened: _reopened,
+    IncidentWatchStarted: _watch_started,
+    WatchReportReceived: _watch_report,
     IncidentGraded: _graded,
     IncidentEscalated: _escalated,
     GradeOverridden: _overridden,
@@ -318,6 +368,7 @@ LINES: dict[type[EventPayload], Line] = {
     ObligationFulfilled: _fulfilled,
     ObligationClosed: _closed,
     DeadlineMissed: _missed,
+    DutyDecided: _decided,
     StatementDrafted: _drafted,
     StatementRevised: _revised,
     StatementSubmitted: _submitted,
@@ -327,6 +378,9 @@ LINES: dict[type[EventPayload], Line] = {
     StatementPublished: _published,
     ReviewRecorded: _review_recorded,
     CaseArchived: _case_archived,
+    FulfilmentMarkedUntrue: _marked_untrue,
+    UnclearedReleaseRecorded: _uncleared_release,
+    CommendationRecorded: _commendation,
 }
 
 

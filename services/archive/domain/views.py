@@ -92,6 +92,28 @@ class ReferralView(BaseModel):
     merge_reason: str | None = None
 
 
+class WatchReportView(BaseModel):
+    """A report that matched the incident during its watch after resolution."""
+
+    report_id: str
+    at: datetime
+    reopened: bool  # it reopened the incident; else attached to it, the incident resolved
+
+
+class WatchView(BaseModel):
+    """The incident's latest watch after resolution (善后跟踪, plan.yaml `watch:`): from
+    when until when, what a matching report does (`reopen`, `attach`), and the reports
+    that came during it; `ended_at` when it ended early (reopened)."""
+
+    started_at: datetime
+    until: datetime
+    on_report: str
+    plan_id: str | None = None
+    plan_version: str | None = None
+    reports: list[WatchReportView] = []
+    ended_at: datetime | None = None
+
+
 class GradeChange(BaseModel):
     change: Literal["graded", "escalated", "overridden", "proposed"]
     level: Level
@@ -133,6 +155,16 @@ class NotificationView(BaseModel):
     updated_at: datetime
 
 
+class UntrueMark(BaseModel):
+    """The office's finding that a duty's fulfilment was untrue (谎报), with its reason."""
+
+    fulfilled_by: str
+    reason: str
+    marked_by: str
+    at: datetime
+    event_id: uuid.UUID
+
+
 class ObligationView(BaseModel):
     obligation_id: str
     kind: str
@@ -150,6 +182,7 @@ class ObligationView(BaseModel):
     missed_at: datetime | None = None  # when notification recorded the deadline missed
     closed_at: datetime | None = None
     closed_reason: str | None = None
+    untrue: UntrueMark | None = None  # marked untrue by the office (谎报)
     notifications: list[NotificationView] = []
 
 
@@ -197,6 +230,45 @@ class StatementView(BaseModel):
     published_at: datetime | None = None
 
 
+class FilingView(BaseModel):
+    """One filer's first report of the incident: when the bureau had it from them, and
+    from which unit (the person's own as the filing said; None when another filed it in
+    their name, as the office merging a partner's referral).
+    `known_at` is when it made the incident known: the receipt, or for a partner's referral
+    merged in, when the partner observed it (the referral was filed then, not at the merge)."""
+
+    filed_by: str
+    unit_id: str | None
+    report_id: str
+    received_at: datetime
+    known_at: datetime
+
+
+class UnclearedReleaseView(BaseModel):
+    """A statement or information released without its clearance chain, as the office
+    recorded it (未经批准擅自对外发布)."""
+
+    release_id: str
+    released_by: str
+    unit_id: str
+    channel: str
+    released_at: datetime
+    content: str
+    recorded_by: str
+    recorded_at: datetime
+
+
+class CommendationView(BaseModel):
+    """A commendation (表扬) of a person or of a unit for their work on the incident."""
+
+    commendation_id: str
+    person_id: str | None
+    unit_id: str
+    reason: str
+    recorded_by: str
+    recorded_at: datetime
+
+
 class ReviewView(BaseModel):
     cause: str
     handling: str
@@ -237,6 +309,11 @@ class IncidentView(BaseModel):
     obligations: list[ObligationView] = []
     statements: list[StatementView] = []
     review: ReviewView | None = None
+    # For the assessment (考评): each filer's first report, releases without clearance and
+    # commendations the office recorded.
+    first_filings: list[FilingView] = []
+    uncleared_releases: list[UnclearedReleaseView] = []
+    commendations: list[CommendationView] = []
     case_id: str | None = None
     case_figures: dict[str, Any] | None = None
     opened_at: datetime | None = None
@@ -245,6 +322,7 @@ class IncidentView(BaseModel):
     plan_id: str | None = None
     plan_version: str | None = None
     resolved_at: datetime | None = None
+    watch: WatchView | None = None  # its latest watch after resolution (善后跟踪)
     dismissed_at: datetime | None = None
     archived_at: datetime | None = None
     updated_at: datetime | None = None

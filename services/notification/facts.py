@@ -1,0 +1,129 @@
+"""What notification keeps of an incident's reports and statements to decide its duties by,
+in its own database (a service never reads another's):
+
+- `duty_facts`, per incident: its first report's publication and observation (a duty's
+  `counted_from: published | observed`) and the sources of its reports (routing, seed 003
+  第十七条). The grade events carry the first report (`first_report`: its source and
+  instants), so a grade seen before intake's report (the topics are read side by side)
+  still counts from it and is routed by it; the first report intake's topic gives (one
+  incident's events stay in order on a topic) fills them for a grade that does not say (a
+  confirmation, an event of before).
+- `duty_statements`: the kind of each statement drafted (StatementDrafted), since
+  `StatementPublished` names only the statement: a duty `met_by: {statement_published:
+  <kind>}` is met when a statement of that kind is published.
+
+Written in the unit of work of the event that tells them, as everything the consumer does.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shared.events import ReportOrigin, ReportReceived, StatementDrafted
+from shared.plan_rules import Instants, ReportSource
+from shared.store import Document, UnitOfWork
+
+DUTY_FACTS = "duty_facts"
+DUTY_STATEMENTS = "duty_statements"
+
+
+class DutyFacts:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.facts = db[DUTY_FACTS]
+        self.statements = db[DUTY_STATEMENTS]
+
+    async def learn_report(self, incident_id: str, p: ReportReceived, uow: UnitOfWork) -> None:
+        await self._learn(
+            incident_id, p.source_type.value, p.source_name, p.published_at, p.observed_at, uow
+        )
+
+    async def learn_origin(
+        self, incident_id: str, origin: ReportOrigin | None, uow: UnitOfWork
+    ) -> None:
+        """The first report as a grade event names it (nothing when it names none)."""
+        if origin is None:
+            return
+        await self._learn(
+            incident_id,
+            origin.source_type.value,
+            origin.source_name,
+            origin.published_at,
+            origin.observed_at,
+            uow,
+        )
+
+    async def _learn(
+        self,
+        incident_id: str,
+        source_type: str,
+        source_name: str,
+        published: datetime,
+        observed: datetime,
+        uow: UnitOfWork,
+    ) -> None:
+        source = {"source_type": source_type, "source_name": source_name}
+        await self.facts.update_one(
+            {"_id": incident_id},
+            {"$addToSet": {"sources": source}},
+            upsert=True,
+            session=uow.session,
+        )
+        await self.learn_first(incident_id, published, observed, uow)
+
+    async def learn_first(
+        self,
+        incident_id: str,
+        published: datetime | None,
+        observed: datetime | None,
+        uow: UnitOfWork,
+    ) -> None:
+        """The first report's instants, kept as first told: a later report's are not its."""
+        await self.facts.update_one(
+            {"_id": incident_id},
+            {"$setOnInsert": {"sources": []}},
+            upsert=True,
+            session=uow.session,
+        )
+        for field, value in (("first_published_at", published), ("first_observed_at", observed)):
+            if value is not None:
+                await self.facts.update_one(
+                    {"_id": incident_id, field: None}, {"$set": {field: value}}, session=uow.session
+                )
+
+    async def first_report(self, incident_id: str, uow: UnitOfWork) -> Instants | None:
+        """The first report's instants as known (`at` is unused: the caller's event's)."""
+        doc = await self.facts.find_one({"_id": incident_id}, session=uow.session)
+        if doc is None:
+            return None
+        epoch = datetime.min.replace(tzinfo=UTC)
+        return Instants(
+            epoch, _aware(doc.get("first_published_at")), _aware(doc.get("first_observed_at"))
+        )
+
+    async def sources(self, incident_id: str, uow: UnitOfWork) -> list[ReportSource]:
+        doc = await self.facts.find_one({"_id": incident_id}, session=uow.session)
+        found = doc.get("sources", []) if doc is not None else []
+        return [ReportSource(s["source_type"], s["source_name"]) for s in found]
+
+    async def learn_statement(
+        self, event_incident: str, p: StatementDrafted, uow: UnitOfWork
+    ) -> None:
+        await self.statements.update_one(
+            {"_id": p.statement_id},
+            {"$set": {"incident_id": event_incident, "kind": str(p.kind)}},
+            upsert=True,
+            session=uow.session,
+        )
+
+    async def statement_kind(self, statement_id: str, uow: UnitOfWork) -> str | None:
+        doc = await self.statements.find_one({"_id": statement_id}, session=uow.session)
+        kind = doc.get("kind") if doc is not None else None
+        return kind if isinstance(kind, str) else None
+
+
+def _aware(value: object) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
