@@ -10,7 +10,7 @@ CONSOLE_STAMP := console/dist/.built
 CONSOLE_SRC   := $(shell find console/src -type f 2>/dev/null) console/index.html \
                  console/vite.config.js console/package.json console/package-lock.json
 
-.PHONY: run test test-unit test-service test-e2e reliability reliability-long lint format bench bench-long clean install console
+.PHONY: run test test-unit test-service test-e2e storms reliability reliability-long lint format bench bench-long clean install console
 
 install: $(STAMP)
 
@@ -32,7 +32,7 @@ run: $(STAMP) $(CONSOLE_STAMP)
 	$(BIN)/yuqing up
 
 test: $(STAMP) $(CONSOLE_STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not storm"
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
@@ -41,7 +41,12 @@ test-service: $(STAMP)
 	$(BIN)/python -m pytest -q tests/service
 
 test-e2e: $(STAMP) $(CONSOLE_STAMP)
-	$(BIN)/python -m pytest -q tests/e2e
+	$(BIN)/python -m pytest -q -m "not storm" tests/e2e
+
+# A storm per plan pack, end to end, deadlines passed under libfaketime (Debian `faketime`);
+# each prints what it injected and what it checked (.ci/run adds it after the suite).
+storms: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m storm tests/e2e
 
 # Faults injected into running services (a database killed and restarted, ...); each test
 # prints what it injected and what it checked.

@@ -68,11 +68,15 @@ from shared.metrics import (
 )
 from shared.settings import Settings
 from shared.signing import (
+    EPOCH_MARKER,
+    MARKER_HEADER,
     PRODUCER_HEADER,
     RELAY_SIGNATURE_HEADER,
     SIGNATURE_HEADER,
+    TOPIC_OWNERS,
     BusKeys,
     check_signed,
+    marker_binding,
     secret_problem,
 )
 from shared.store import (
@@ -106,6 +110,8 @@ EPOCH_HEADER = "yuqing-epoch"
 # it looked in ({"_id": topic, "base": name, "epoch": n, "below": {"<partition>": offset}}).
 # After a wipe only what lies at or past it is sent again.
 RELAY_PROCESSED = "relay_processed"
+# Epoch markers sent at once, then waited for, after a wipe (OutboxRelay._mark_epoch).
+MARKER_BATCH = 500
 # The span that published the event (W3C trace context): its consumers' spans are children.
 TRACEPARENT_HEADER = "traceparent"
 
@@ -572,6 +578,38 @@ class OutboxRelay:
         self.store.appended_signal.set()
         return queued
 
+    async def _mark_epoch(self, topic: str, ends: Mapping[int, int]) -> None:
+        """Make every partition of this relay's topic reach past where a consumer of the
+        broker's life that ended can stand (one past the last offset the broker gave then),
+        with markers that carry only the new epoch. A consumer holding a position at the
+        refilled log's end would otherwise read nothing there, never see the epoch grow and
+        never read again what was sent below its position (EventConsumer._follow_epoch)."""
+        epoch = await self._current_epoch()
+        logical = topic.removeprefix(self.settings.topic_prefix)
+        value = json.dumps({"marker": EPOCH_MARKER, "producer": self.service, "epoch": epoch})
+        headers = marker_headers(self.service, logical, epoch, self.keys)
+        sent = 0
+        for partition, end in sorted(ends.items()):
+            stood = await self.store.placed_end(epoch - 1, partition)
+            count = stood + 1 - end if stood else 0  # no consumer stood past 0 there
+            for start in range(0, max(count, 0), MARKER_BATCH):
+                sends = [
+                    await self.broker.publish(
+                        value.encode(), topic, partition=partition, headers=headers, no_confirm=True
+                    )
+                    for _ in range(min(MARKER_BATCH, count - start))
+                ]
+                await asyncio.gather(*sends)
+                sent += len(sends)
+        if sent:
+            log.warning(
+                "marked the new epoch past where consumers of the lost broker stood",
+                service=self.service,
+                topic=topic,
+                markers=sent,
+                epoch=epoch,
+            )
+
     async def _load_heads(self) -> Ends:
         heads: Ends = {}
         async for doc in self.store.db[RELAY_HEADS].find({}):
@@ -613,6 +651,8 @@ class OutboxRelay:
         ):
             lost.append(f"{own}: empty, with events of this store marked sent")
         queued = await self._requeue(lost) if lost else 0
+        if lost and own in ends:
+            await self._mark_epoch(own, ends[own])
         # From now on, what the broker has is the mark (what it lost is queued again).
         # Written only then, or the first time: an idle relay's checks write nothing.
         for topic, partitions in ends.items():
@@ -662,6 +702,41 @@ def signed_headers(event: Envelope, producer: str, keys: BusKeys) -> dict[str, s
         PRODUCER_HEADER: producer,
         SIGNATURE_HEADER: signature,
     }
+
+
+def marker_headers(producer: str, topic: str, epoch: int, keys: BusKeys) -> dict[str, str]:
+    """The headers of an epoch marker on `topic` (logical), signed by `producer`."""
+    values = {EPOCH_HEADER: str(epoch)}
+    relay = keys.sign_relay(values, event_signature=marker_binding(topic), producer=producer)
+    return {
+        MARKER_HEADER: EPOCH_MARKER,
+        PRODUCER_HEADER: producer,
+        **values,
+        RELAY_SIGNATURE_HEADER: relay,
+    }
+
+
+def marker_epoch(
+    keys: BusKeys, settings: Settings, topic: str, headers: Mapping[str, Any]
+) -> int | str | None:
+    """The epoch an epoch marker on `topic` (the deployment's name) carries, when its
+    topic's owner signed it; why not otherwise (str); None for a record that is no marker."""
+    if headers.get(MARKER_HEADER) != EPOCH_MARKER:
+        return None
+    logical = topic.removeprefix(settings.topic_prefix)
+    producer = str(headers.get(PRODUCER_HEADER) or "")
+    if TOPIC_OWNERS.get(logical) != producer:
+        return f"wrong producer: {logical} carries only its owner's markers, not {producer!r}'s"
+    values = {EPOCH_HEADER: str(headers.get(EPOCH_HEADER, ""))}
+    signature = str(headers.get(RELAY_SIGNATURE_HEADER) or "")
+    if not signature or not keys.relay_holds(
+        signature, values, event_signature=marker_binding(logical), producer=producer
+    ):
+        return f"bad signature: the epoch marker is not signed with {producer}'s key"
+    try:
+        return int(values[EPOCH_HEADER])
+    except ValueError:
+        return "malformed epoch marker: its epoch is not a number"
 
 
 def relay_headers(
@@ -816,9 +891,23 @@ class EventConsumer:
     async def on_message(self, message: KafkaMessage) -> None:
         record = message.raw_message
         topic = getattr(record, "topic", "?")
+        marked = marker_epoch(self.keys, self.settings, topic, message.headers)
+        if marked is not None:
+            await self._on_marker(message.consumer, topic, message.body, marked)
+            return
         received = await self.receive(message.body, topic, message.headers)
         if received is not None:
             await self._follow_epoch(message.consumer, topic, received.epoch)
+
+    async def _on_marker(
+        self, consumer: AIOKafkaConsumer, topic: str, raw: bytes, marked: int | str
+    ) -> None:
+        """An epoch marker carries no event: its epoch is followed when its topic's owner
+        signed it, and it is dead-lettered with the reason when not."""
+        if isinstance(marked, str):
+            await self.dead_letter(raw, topic, marked)
+        else:
+            await self._follow_epoch(consumer, topic, marked)
 
     async def on_batch(self, message: KafkaMessage) -> None:
         """The records of one poll, in the broker's order: each checked as `receive` does,
@@ -827,8 +916,13 @@ class EventConsumer:
         records = raw if isinstance(raw, tuple) else (raw,)
         try:
             accepted: list[Received] = []
+            markers: list[tuple[str, bytes, int | str]] = []
             for record in records:
                 headers = {k: v.decode(errors="replace") for k, v in record.headers or ()}
+                marked = marker_epoch(self.keys, self.settings, record.topic, headers)
+                if marked is not None:
+                    markers.append((record.topic, record.value or b"", marked))
+                    continue
                 received = await self._accepted(record.value or b"", record.topic, headers)
                 if received is not None:
                     accepted.append(received)
@@ -842,6 +936,8 @@ class EventConsumer:
             raise NackMessage() from exc
         for received in accepted:
             await self._follow_epoch(message.consumer, received.topic, received.epoch)
+        for topic, raw_marker, marked in markers:
+            await self._on_marker(message.consumer, topic, raw_marker, marked)
 
     async def receive(self, raw: bytes, topic: str, headers: Mapping[str, Any]) -> Received | None:
         """One message as it came off `topic` (the deployment's name for it): parsed, its

@@ -427,6 +427,9 @@ class IncidentGraded(EventPayload):
     # The incident's first report (ReportOrigin). None when grading did not say (a
     # confirmation: its proposal did; an event of version 2).
     first_report: ReportOrigin | None = None
+    # The units the incident concerns as grading knew them: a consumer that sees the grade
+    # before intake's IncidentOpened (another topic) still knows whose people to page.
+    unit_ids: tuple[str, ...] = ()
 
 
 @register_upcaster("IncidentGraded", 1)
@@ -485,8 +488,9 @@ class IncidentGradeProposed(EventPayload):
     confirm_role: str
     plan_id: str | None = None
     plan_version: str | None = None
-    # The incident's first report, as on IncidentGraded.
+    # The incident's first report and units, as on IncidentGraded.
     first_report: ReportOrigin | None = None
+    unit_ids: tuple[str, ...] = ()
 
 
 @register_upcaster("IncidentGradeProposed", 1)

@@ -99,7 +99,10 @@ def _status(status: IncidentStatus) -> Callable[[Envelope, Any], Change]:
 
 def _graded(event: Envelope, p: IncidentGraded) -> Change:
     at = event.occurred_at
-    return {"$set": {"level": int(p.level), "category": str(p.category), "graded_at": at}}
+    change: Change = {"$set": {"level": int(p.level), "category": str(p.category), "graded_at": at}}
+    if p.unit_ids:  # the grade may come before intake's IncidentOpened (another topic)
+        change["$addToSet"] = {"unit_ids": {"$each": list(p.unit_ids)}}
+    return change
 
 
 def _regraded(event: Envelope, p: IncidentEscalated | GradeOverridden) -> Change:

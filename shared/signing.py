@@ -36,6 +36,17 @@ PRODUCER_HEADER = "yuqing-producer"
 # bound to the event's signature: a forged epoch would make consumers read a topic again, a
 # forged traceparent would hang the hop under someone else's span.
 RELAY_SIGNATURE_HEADER = "yuqing-relay-signature"
+# A record that carries no event, only the relay's epoch (`yuqing-marker: broker-epoch`):
+# sent after a wipe where a consumer could stand past the refilled log's end.
+MARKER_HEADER = "yuqing-marker"
+EPOCH_MARKER = "broker-epoch"
+
+
+def marker_binding(topic: str) -> str:
+    """What a marker's relay signature is bound to in place of an event's signature."""
+    return f"marker:{topic}"
+
+
 SCHEME = "sha256"
 MIN_BUS_SECRET_BYTES = 32  # an HMAC key shorter than the hash output is guessable (RFC 7518 3.2)
 _HKDF_SALT = b"yuqing-bus-v1"

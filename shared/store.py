@@ -367,6 +367,17 @@ class EventStore:
         """The outbox's true backlog (the relay only ever sees one batch of it)."""
         return await self.db[EVENTS].count_documents({"published": False})
 
+    async def placed_end(self, epoch: int, partition: int) -> int:
+        """One past the highest offset the broker gave an event of this store on
+        `partition` in the relay's `epoch` (the broker's life): how far a consumer of that
+        life can have read there; 0 when none was placed there."""
+        doc = await self.db[EVENTS].find_one(
+            {"placed.epoch": epoch, "placed.partition": partition},
+            {"placed.offset": 1},
+            sort=[("placed.offset", -1)],
+        )
+        return int(doc["placed"]["offset"]) + 1 if doc else 0
+
     async def mark_published(
         self, events: Sequence[Envelope], placed: Sequence[Placement | None] | None = None
     ) -> None:

@@ -39,6 +39,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.archive.alerts import register_alerts
+from services.archive.assessment_api import period_views
 from services.archive.cases_export import register_case_exports
 from services.archive.domain import (
     ChainReport,
@@ -505,21 +506,9 @@ def build_router(
         period_to: Annotated[datetime, Query(alias="to")],
         unit: str | None = None,
     ) -> Accountability:
-        caller.require(Role.LEADER, Role.OFFICE, Role.ANALYST)
         start, end = aware(period_from), aware(period_to)
-        if end <= start:
-            raise BadRequest("`to` must be after `from`", {"field": "to"})
-        visible = visibility.units(caller)
-        if unit is not None and visible is not None and unit not in visible:
-            raise Forbidden(f"unit {unit} is outside the units you may assess", {"unit": unit})
-        units = {unit} if unit is not None else visible
-        conditions: list[Document] = [{"sort_at": {"$lt": end}}]
-        if scope := visibility.scope_filter(caller, at_least=RECORDS):
-            conditions.append(scope)
-        if units is not None:
-            conditions.append({"unit_ids": {"$in": sorted(units)}})
-        assessed = [view async for view in views.scan_views(conditions)]
-        return accountability(assessed, start, end, units, clock())
+        read = await period_views(views, visibility, caller, start, end, unit)
+        return accountability(read.views, start, end, read.units, clock())
 
     @router.post(
         "/replay",

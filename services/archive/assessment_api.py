@@ -22,6 +22,7 @@ document, Markdown or HTML). What counts as concealed (瞒报) is the plan's
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Annotated, Literal
@@ -213,6 +214,38 @@ def _record_id(event: EventPayload) -> str:
 # --------------------------------------------------------------------------- routes
 
 
+@dataclass(frozen=True)
+class PeriodViews:
+    units: set[str] | None  # the units assessed; None: every unit
+    views: list[IncidentView]
+
+
+async def period_views(
+    views: ArchiveViews,
+    visibility: Visibility,
+    caller: Caller,
+    start: datetime,
+    end: datetime,
+    unit: str | None,
+) -> PeriodViews:
+    """The incidents an assessment of [start, end) reads, for the leading group, its office
+    or an analyst: those of `unit` (403 outside the caller's sight) or of every unit in
+    sight, never a partner's; 400 when the period ends before it starts."""
+    caller.require(Role.LEADER, Role.OFFICE, Role.ANALYST)
+    if end <= start:
+        raise BadRequest("`to` must be after `from`", {"field": "to"})
+    visible = visibility.units(caller)
+    if unit is not None and visible is not None and unit not in visible:
+        raise Forbidden(f"unit {unit} is outside the units you may assess", {"unit": unit})
+    units = {unit} if unit is not None else visible
+    conditions: list[Document] = [{"sort_at": {"$lt": end}}]
+    if scope := visibility.scope_filter(caller, at_least=Sight.FULL):
+        conditions.append(scope)
+    if units is not None:
+        conditions.append({"unit_ids": {"$in": sorted(units)}})
+    return PeriodViews(units, [view async for view in views.scan_views(conditions)])
+
+
 def register_assessment(
     router: APIRouter,
     views: ArchiveViews,
@@ -339,21 +372,9 @@ def register_assessment(
     async def assessed(
         caller: Caller, period_from: datetime, period_to: datetime, unit: str | None
     ) -> Assessment:
-        caller.require(Role.LEADER, Role.OFFICE, Role.ANALYST)
         start, end = aware(period_from), aware(period_to)
-        if end <= start:
-            raise BadRequest("`to` must be after `from`", {"field": "to"})
-        visible = visibility.units(caller)
-        if unit is not None and visible is not None and unit not in visible:
-            raise Forbidden(f"unit {unit} is outside the units you may assess", {"unit": unit})
-        units = {unit} if unit is not None else visible
-        conditions: list[Document] = [{"sort_at": {"$lt": end}}]
-        if scope := visibility.scope_filter(caller, at_least=Sight.FULL):
-            conditions.append(scope)
-        if units is not None:
-            conditions.append({"unit_ids": {"$in": sorted(units)}})
-        found = [view async for view in views.scan_views(conditions)]
-        return assess(found, start, end, units, clock(), rules, directory)
+        read = await period_views(views, visibility, caller, start, end, unit)
+        return assess(read.views, start, end, read.units, clock(), rules, directory)
 
     @router.get(
         "/assessment",

@@ -91,6 +91,9 @@ class GradingHandlers:
             plan.stamp,
             plan.confirmed_by,
         )
+        if isinstance(decision, IncidentGraded | IncidentGradeProposed):
+            units = sorted({*facts.unit_ids, *report.unit_ids})
+            decision = decision.model_copy(update={"unit_ids": tuple(units)})
         await self.views.add_report(event.incident_id, report, uow, held=facts.closed)
         if grade is None and isinstance(decision, IncidentGraded | IncidentGradeProposed):
             await self.versions.pin(event.incident_id, plan, uow)

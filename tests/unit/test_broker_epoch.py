@@ -16,8 +16,16 @@ import pytest
 from aiokafka import TopicPartition
 
 from services.cli import composition_root
-from shared.bus import EPOCH_HEADER, OutboxRelay, relay_headers, signed_headers
+from shared.bus import (
+    EPOCH_HEADER,
+    OutboxRelay,
+    marker_epoch,
+    marker_headers,
+    relay_headers,
+    signed_headers,
+)
 from shared.events import Envelope
+from shared.signing import MARKER_HEADER, BusKeys
 from tests.fakes.harness import FakeService, fake_service
 from tests.service.upstream_events import opened, resolved
 from tests.unit.test_archive_service import NOW, Story
@@ -201,3 +209,57 @@ async def test_the_relay_sends_a_grown_epoch_after_it_finds_a_loss() -> None:
         await append("inc-r3")
         assert await again.relay_once() == 2
         assert [s.headers[EPOCH_HEADER] for s in broker.sent[6:]] == ["1"] * 2
+
+
+async def test_after_a_loss_markers_reach_past_where_a_consumer_could_stand() -> None:
+    """A consumer of the lost broker may stand at the end of what it had read there (2,
+    here); the refilled log may end there too (nothing new, or as much as before), and it
+    would read nothing, never see the epoch grow, and skip what was sent below its
+    position. The relay sends markers until each partition reaches past it."""
+    async with fake_service("intake", composition_root("intake"), clock=lambda: NOW) as intake:
+        broker = Broker()
+        relay = OutboxRelay("intake", intake.store, broker, intake.runner.settings)  # type: ignore[arg-type]
+
+        async def work(uow: Any) -> None:
+            await uow.append([opened("inc-m1"), resolved("inc-m1")], 0)
+
+        await intake.store.transaction(work)
+        assert await relay.relay_once() == 2  # offsets 0 and 1 of partition 0, epoch 0
+        await relay._requeue(["intake.events[0]: offset 0 < 2"])
+        topic = intake.runner.settings.topic("intake.events")
+
+        await relay._mark_epoch(topic, {0: 0, 1: 0})  # the new broker holds nothing yet
+
+        markers = [s for s in broker.sent if MARKER_HEADER in s.headers]
+        assert len(markers) == 3, "offsets 0, 1 and 2: one past where a consumer could stand"
+        assert {s.headers[EPOCH_HEADER] for s in markers} == {"1"}
+        keys = intake.runner.relay.keys
+        assert marker_epoch(keys, intake.runner.settings, topic, markers[0].headers) == 1
+
+
+async def test_a_signed_marker_rewinds_and_a_forged_one_is_dead_lettered(
+    archive: FakeService,
+) -> None:
+    runner = archive.runner
+    assert runner.consumer is not None
+    intake = runner.settings.topic("intake.events")
+    consumer = Consumer({TopicPartition(intake, 0)})
+    event, _ = events("inc-m2")
+    await deliver(archive, event, 0, consumer)
+    keys = runner.consumer.keys
+
+    forged = marker_headers("intake", "intake.events", 5, BusKeys(b"another-secret" * 4))
+    wrong_owner = marker_headers("grading", "intake.events", 5, keys)
+    for headers in (forged, wrong_owner):
+        message = Message(b'{"marker": "broker-epoch"}', headers, Record(intake), consumer)
+        await runner.consumer.on_message(message)  # type: ignore[arg-type]
+    assert consumer.rewound == []
+    reasons = [reason for _, reason in archive.dead_letters]
+    assert any("bad signature" in r for r in reasons)
+    assert any("wrong producer" in r for r in reasons)
+
+    signed = marker_headers("intake", "intake.events", 1, keys)
+    message = Message(b'{"marker": "broker-epoch"}', signed, Record(intake), consumer)
+    await runner.consumer.on_message(message)  # type: ignore[arg-type]
+    assert consumer.rewound == [TopicPartition(intake, 0)]
+    assert await archive.db["log"].count_documents({}) == 1, "a marker is no event"

@@ -212,3 +212,31 @@ def test_the_archive_timeline_says_the_duty_was_met_by_the_statement() -> None:
     people = {"spokesperson-sun": "孙老师"}
     (entry,) = timeline([Logged(1, event)], ZoneInfo("Asia/Shanghai"), CATALOGUE, (), people)
     assert entry.summary.endswith("孙老师（发布稿件 st-1 即完成）")
+
+
+async def test_the_school_packs_same_day_reply_is_met_by_publishing_the_online_reply(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """The shipped school pack (seed 000 预案1 四（三）1): an inquiry's same-day reply is
+    met by the online reply published."""
+    settings = fake_settings(tmp_path, plan=CONFIG_DIR / "plans" / "school")
+    async with fake_service(
+        "notification", build_notification, settings=settings, clock=clock
+    ) as school:
+        up = Upstream()
+        await school.consume(up.opened("inc-s"), up.graded("inc-s"))
+        reply = (await owed(school, "inc-s"))["same_day_reply"]
+        assert reply["state"] == "open"
+
+        at = T0 + timedelta(hours=1)
+        clock.now = at
+        await school.consume(
+            up.drafted("inc-s", "st-s", "online_reply"), up.published("inc-s", "st-s", at)
+        )
+        (met,) = await fulfilments(school)
+        assert (met.obligation_id, met.statement_id, met.late) == (
+            reply["obligation_id"],
+            "st-s",
+            False,
+        )
+        assert (await owed(school, "inc-s"))["same_day_reply"]["state"] == "fulfilled"

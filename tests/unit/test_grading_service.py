@@ -166,6 +166,7 @@ async def test_the_first_report_grades_the_incident_caused_by_it(
     assert graded.stream_id == "grade-inc-1"
     assert isinstance(graded.payload, IncidentGraded)
     assert graded.payload.level == 2
+    assert graded.payload.unit_ids == ("school-a",)  # for a consumer that sees it first
     assert graded.causation_id == report.event_id
     assert graded.correlation_id == report.correlation_id
     assert graded.actor == Actor.rule("rulebook")

@@ -247,6 +247,23 @@ async def test_grading_seen_before_intake_gives_the_duty_its_units_when_intake_a
     assert placed["unit_ids"] == ["school-a"]
 
 
+async def test_a_grade_seen_before_intake_pages_the_units_own_people(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """The grade names the units grading knew: a duty opened before intake's IncidentOpened
+    arrives (another topic) is paged to the school's head (the shipped duties: an inquiry's
+    same-day reply goes to the unit's dept_head), not past them to the county's office."""
+    graded = upstream.graded("inc-first", 3, "inquiry")
+    assert isinstance(graded.payload, IncidentGraded)
+    payload = graded.payload.model_copy(update={"unit_ids": ("school-a",)})
+    async with fake_service("notification", build, settings=fake_settings(tmp_path)) as shipped:
+        await shipped.consume(graded.model_copy(update={"payload": payload}))
+        pages = [p async for p in shipped.db["pages"].find({"incident_id": "inc-first"})]
+
+    (reply,) = [p for p in pages if p["kind"] == "same_day_reply"]
+    assert reply["steps"][0] == ["head-liu"], reply["steps"]
+
+
 async def test_escalation_opens_the_new_levels_duties_and_resolving_closes_what_is_pending(
     notification: FakeService, upstream: Upstream, clock: Clock
 ) -> None:

@@ -243,7 +243,7 @@ async def test_trying_the_school_plan_shows_what_would_differ_and_changes_nothin
         )
     assert answer.status_code == 200, answer.text
     result = answer.json()
-    assert (result["plan"], result["version"]) == ("school", "2026.12.3-seed000-1")
+    assert (result["plan"], result["version"]) == ("school", "2026.12.4-seed000-1")
     incidents = {i["incident_id"]: i for i in result["incidents"]}
     assert set(incidents) == {"inc-inquiry", "inc-hype"}
 
@@ -276,7 +276,7 @@ async def test_trying_the_school_plan_shows_what_would_differ_and_changes_nothin
     assert plan.json()["id"] == "huaning"
 
     table = plan_difference_table(result, TZ)
-    assert "plan school 2026.12.3-seed000-1" in table
+    assert "plan school 2026.12.4-seed000-1" in table
     assert "*inc-hype" in table
     lines = table.splitlines()
     assert any("facts_told" in line and "missed" in line and "new" in line for line in lines)

@@ -45,7 +45,7 @@ from shared.settings import CONFIG_DIR
 POLICY = IntakePolicy(reopen_window_hours=72)
 T0 = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)
 RESOLVED_AT = T0 + timedelta(hours=6)
-WEEK = WatchRule(timedelta(days=7), "reopen", "school", "2026.12.3-seed000-1")
+WEEK = WatchRule(timedelta(days=7), "reopen", "school", "2026.12.4-seed000-1")
 PLANS = CONFIG_DIR / "plans"
 
 
@@ -108,7 +108,7 @@ def test_the_resolution_records_the_watch_until_the_end_of_its_period() -> None:
             watch_until=RESOLVED_AT + timedelta(days=7),
             on_report="reopen",
             plan_id="school",
-            plan_version="2026.12.3-seed000-1",
+            plan_version="2026.12.4-seed000-1",
         ),
     ]
     watched = Log().resolved().incident
@@ -240,7 +240,7 @@ def test_a_referral_merged_into_another_incident_is_closed_without_a_watch() -> 
 def test_the_packs_that_carry_a_watch_and_those_that_do_not() -> None:
     school = plan_watch(read_manifest(PLANS / "school"))
     fourtier = plan_watch(read_manifest(PLANS / "fourtier"))
-    assert school == WatchRule(timedelta(days=7), "reopen", "school", "2026.12.3-seed000-1")
+    assert school == WatchRule(timedelta(days=7), "reopen", "school", "2026.12.4-seed000-1")
     assert fourtier == WatchRule(timedelta(days=7), "attach", "fourtier", "2026.12.3-seed000-2")
     assert plan_watch(read_manifest(PLANS / "huaning")) is None
     assert plan_watch(read_manifest(PLANS / "town")) is None

@@ -101,7 +101,7 @@ async def test_on_the_school_pack_a_report_during_the_watch_reopens_the_incident
         assert watched["status"] == "resolved"
         assert watched["watch"]["on_report"] == "reopen"
         assert datetime.fromisoformat(watched["watch"]["until"]) == until
-        assert watched["watch"]["plan_version"] == "2026.12.3-seed000-1"
+        assert watched["watch"]["plan_version"] == "2026.12.4-seed000-1"
 
         # Five days on: past intake's 72-hour window, within the plan's seven-day watch.
         intake.clock.now = T0 + timedelta(days=5)
