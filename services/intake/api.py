@@ -458,7 +458,9 @@ def build_router(
         )
 
     def lifecycle(
-        action: str, decide: Callable[[Incident, str], list[EventPayload]], summary: str
+        action: str,
+        decide: Callable[[Incident, str, datetime], list[EventPayload]],
+        summary: str,
     ) -> None:
         @router.post(
             f"/incidents/{{incident_id}}/{action}",
@@ -478,17 +480,23 @@ def build_router(
             visibility.require(caller, scope, "incident", incident_id)
             caller.require(*LIFECYCLE)
 
-            def decided(incident: Incident) -> list[EventPayload]:
-                return decide(incident, body.reason)
+            def decided(incident: Incident, at: datetime) -> list[EventPayload]:
+                return decide(incident, body.reason, at)
 
             after = await commands.transition(incident_id, decided, caller)
             return IncidentStatusOut(
                 incident_id=after.incident_id, status=after.status, version=after.version
             )
 
-    def resolve(incident: Incident, reason: str) -> list[EventPayload]:
-        # Under the plan's watch (plan.yaml `watch:`), from the resolution on.
-        return incident.resolve(reason, watch, clock())
+    def resolve(incident: Incident, reason: str, at: datetime) -> list[EventPayload]:
+        # Under the plan's watch (plan.yaml `watch:`), from the resolution's instant on.
+        return incident.resolve(reason, watch, at)
+
+    def dismiss(incident: Incident, reason: str, _: datetime) -> list[EventPayload]:
+        return incident.dismiss(reason)
+
+    def reopen(incident: Incident, reason: str, _: datetime) -> list[EventPayload]:
+        return incident.reopen(reason)
 
     lifecycle(
         "resolve",
@@ -496,8 +504,6 @@ def build_router(
         "Resolve an incident once the opinion has calmed down; under the plan's watch "
         "(善后跟踪) a matching report until the watch ends reopens it or is attached to it",
     )
-    lifecycle(
-        "dismiss", Incident.dismiss, "Dismiss a pseudo-incident (网络伪舆情), with the reason"
-    )
-    lifecycle("reopen", Incident.reopen, "Reopen a resolved or dismissed incident, with the reason")
+    lifecycle("dismiss", dismiss, "Dismiss a pseudo-incident (网络伪舆情), with the reason")
+    lifecycle("reopen", reopen, "Reopen a resolved or dismissed incident, with the reason")
     return router

@@ -205,7 +205,7 @@ class IntakeCommands:
     async def transition(
         self,
         incident_id: str,
-        decide: Callable[[Incident], list[EventPayload]],
+        decide: Callable[[Incident, datetime], list[EventPayload]],
         caller: Caller,
     ) -> Incident:
         """Resolve, dismiss or reopen, for a caller who may see the incident and holds a
@@ -214,12 +214,13 @@ class IntakeCommands:
 
         async def work(uow: UnitOfWork) -> Incident:
             incident = await self._acted_on(uow, incident_id, caller)
+            now = self.clock()  # the change's instant: a watch counts from it too
             saved = await self.incidents.save(
                 uow,
                 incident_id,
                 incident,
-                decide(incident),
-                Cause(caller.actor, incident_id, incident.unit_ids[0], occurred_at=self.clock()),
+                decide(incident, now),
+                Cause(caller.actor, incident_id, incident.unit_ids[0], occurred_at=now),
             )
             assert saved is not None, "a transition always decides an event"
             return saved.aggregate

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from services.cli import composition_root
-from shared.events import Envelope
+from shared.events import Envelope, IncidentWatchStarted
 from shared.settings import CONFIG_DIR
 from tests.fakes.harness import FakeService, fake_service, fake_settings
 
@@ -40,8 +40,10 @@ REPORT = {
 class Clock:
     def __init__(self) -> None:
         self.now = T0
+        self.step = timedelta(0)  # how far each reading moves it
 
     def __call__(self) -> datetime:
+        self.now += self.step
         return self.now
 
 
@@ -123,6 +125,21 @@ async def test_on_the_school_pack_a_report_during_the_watch_reopens_the_incident
         assert [(r["report_id"], r["reopened"]) for r in view["watch"]["reports"]] == [
             (again.json()["report_id"], True)
         ]
+
+
+async def test_the_watch_counts_from_the_resolutions_own_instant(tmp_path: Path) -> None:
+    """Read on a clock that moves between reads: the watch ends its period after the
+    resolution as recorded, not after another reading of the clock."""
+    async with intake_on("school", tmp_path) as intake:
+        incident_id = (await intake.file()).json()["incident_id"]
+        intake.clock.step = timedelta(milliseconds=1)
+        await intake.resolve(incident_id)
+        published = await intake.service.published()
+        (resolution,) = [e for e in published if e.event_type == "IncidentResolved"]
+        (started,) = [e for e in published if e.event_type == "IncidentWatchStarted"]
+
+    assert isinstance(started.payload, IncidentWatchStarted)
+    assert started.payload.watch_until == resolution.occurred_at + timedelta(days=7)
 
 
 async def test_on_the_fourtier_pack_a_report_during_the_watch_is_attached_and_after_it_opens_anew(
