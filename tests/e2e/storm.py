@@ -28,6 +28,14 @@ from tests.conftest import Infra
 from tests.e2e.conftest import RunningSystem, system_env, wait_for
 from tests.service.notification_receivers import HttpReceiver
 
+# A duty's deadline from the instant it counts from, as a storm's article table states it.
+Rule = Callable[[datetime], datetime]
+
+
+def within(delta: timedelta) -> Rule:
+    return lambda start: start + delta
+
+
 PLANS = CONFIG_DIR / "plans"
 LOCAL = ZoneInfo("Asia/Shanghai")  # YUQING_TIMEZONE's default: the packs' same-day rules
 

@@ -9,7 +9,7 @@ a watch after closure (篇三 has none: a report within intake's reopen window r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,17 +18,10 @@ import pytest
 
 from tests.conftest import Infra
 from tests.e2e.conftest import wait_for
-from tests.e2e.storm import PEOPLE, Storm, at, same_day
+from tests.e2e.storm import PEOPLE, Rule, Storm, at, same_day, within
 from tests.service.notification_receivers import HttpReceiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.storm]
-
-Rule = Callable[[datetime], datetime]
-
-
-def within(delta: timedelta) -> Rule:
-    return lambda start: start + delta
-
 
 # article -> duty kind -> deadline rule (from the instant it counts from) -> recipients -> owner.
 TABLE: dict[str, tuple[str, Rule, list[str], str]] = {
