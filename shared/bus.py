@@ -349,6 +349,8 @@ class OutboxRelay:
         self._check_due = True
         self._checked_at = float("-inf")
         self.requeued = 0  # events queued again because the broker had lost them
+        # A loss was found and the epoch markers are not yet sent (the next check sends them).
+        self._markers_owed = False
         self._epoch: int | None = None  # loaded with the first batch
         self._processed: dict[str, dict[str, Any]] = {}  # what RELAY_PROCESSED holds
 
@@ -545,9 +547,10 @@ class OutboxRelay:
         return self._epoch
 
     async def _requeue(self, lost: list[str]) -> int:
-        # What every consumer had processed in the broker's life that ended (its epoch, the
-        # one the relay's last look at the broker was in) is not sent again.
-        ended = await self._current_epoch()
+        # What every consumer had processed in a broker's life (the relay's last look at each
+        # topic, in whichever epoch it was taken) is not sent again: their inbox marks keep it
+        # handled whatever the broker lost since, and a loss found twice in one life (a check
+        # cut short) does not make the second look find nothing processed.
         processed = [
             Processed(
                 topic=str(mark["base"]),
@@ -555,7 +558,7 @@ class OutboxRelay:
                 below={int(p): int(o) for p, o in mark.get("below", {}).items()},
                 seen_at=mark["at"],
             )
-            async for mark in self.store.db[RELAY_PROCESSED].find({"epoch": ended})
+            async for mark in self.store.db[RELAY_PROCESSED].find({})
         ]
         # The epoch first: what is sent again tells every consumer of the topic that the
         # broker is a new one, wherever their positions point (EventConsumer._follow_epoch).
@@ -566,6 +569,7 @@ class OutboxRelay:
             return_document=ReturnDocument.AFTER,
         )
         self._epoch = int(doc["value"]) if doc else 1
+        self._markers_owed = self._check_due = True
         await self.store.republish_unprocessed(processed)
         queued = await self.store.count_unpublished()
         self.requeued += queued
@@ -590,7 +594,7 @@ class OutboxRelay:
         headers = marker_headers(self.service, logical, epoch, self.keys)
         sent = 0
         for partition, end in sorted(ends.items()):
-            stood = await self.store.placed_end(epoch - 1, partition)
+            stood = await self.store.placed_end_before(epoch, partition)
             count = stood + 1 - end if stood else 0  # no consumer stood past 0 there
             for start in range(0, max(count, 0), MARKER_BATCH):
                 sends = [
@@ -651,10 +655,9 @@ class OutboxRelay:
         ):
             lost.append(f"{own}: empty, with events of this store marked sent")
         queued = await self._requeue(lost) if lost else 0
-        if lost and own in ends:
-            await self._mark_epoch(own, ends[own])
         # From now on, what the broker has is the mark (what it lost is queued again).
-        # Written only then, or the first time: an idle relay's checks write nothing.
+        # Written only then, or the first time: an idle relay's checks write nothing. Written
+        # before the markers: a send that fails now must not find the same loss again.
         for topic, partitions in ends.items():
             if not lost and topic in self._heads:
                 continue
@@ -664,6 +667,9 @@ class OutboxRelay:
                 upsert=True,
             )
         self._heads = ends
+        if self._markers_owed and own in ends:
+            await self._mark_epoch(own, ends[own])
+            self._markers_owed = False
         if not lost:
             await self._record_processed(ends)
         self._check_due = False

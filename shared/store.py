@@ -367,14 +367,15 @@ class EventStore:
         """The outbox's true backlog (the relay only ever sees one batch of it)."""
         return await self.db[EVENTS].count_documents({"published": False})
 
-    async def placed_end(self, epoch: int, partition: int) -> int:
+    async def placed_end_before(self, epoch: int, partition: int) -> int:
         """One past the highest offset the broker gave an event of this store on
-        `partition` in the relay's `epoch` (the broker's life): how far a consumer of that
-        life can have read there; 0 when none was placed there."""
+        `partition` in the last of the relay's epochs (the broker's lives) before `epoch`
+        that placed any there: how far a consumer of that life can have read there; 0 when
+        none was placed there."""
         doc = await self.db[EVENTS].find_one(
-            {"placed.epoch": epoch, "placed.partition": partition},
-            {"placed.offset": 1},
-            sort=[("placed.offset", -1)],
+            {"placed.epoch": {"$lt": epoch}, "placed.partition": partition},
+            {"placed.epoch": 1, "placed.offset": 1},
+            sort=[("placed.epoch", -1), ("placed.offset", -1)],
         )
         return int(doc["placed"]["offset"]) + 1 if doc else 0
 

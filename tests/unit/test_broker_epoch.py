@@ -18,12 +18,14 @@ from aiokafka import TopicPartition
 from services.cli import composition_root
 from shared.bus import (
     EPOCH_HEADER,
+    RELAY_PROCESSED,
     OutboxRelay,
     marker_epoch,
     marker_headers,
     relay_headers,
     signed_headers,
 )
+from shared.clock import utcnow
 from shared.events import Envelope
 from shared.signing import MARKER_HEADER, BusKeys
 from tests.fakes.harness import FakeService, fake_service
@@ -263,3 +265,31 @@ async def test_a_signed_marker_rewinds_and_a_forged_one_is_dead_lettered(
     await runner.consumer.on_message(message)  # type: ignore[arg-type]
     assert consumer.rewound == [TopicPartition(intake, 0)]
     assert await archive.db["log"].count_documents({}) == 1, "a marker is no event"
+
+
+async def test_a_loss_found_twice_in_one_broker_life_sends_again_only_what_was_unprocessed() -> (
+    None
+):
+    """A check cut short after it found a loss (the broker dropping the relay's connection
+    as it restarts) leaves the next send to find the same loss. What every consumer had
+    processed before the wipe must not be sent again then: their inbox marks keep it."""
+    async with fake_service("intake", composition_root("intake"), clock=lambda: NOW) as intake:
+        broker = Broker()
+        relay = OutboxRelay("intake", intake.store, broker, intake.runner.settings)  # type: ignore[arg-type]
+
+        async def work(uow: Any) -> None:
+            await uow.append([opened("inc-t1"), resolved("inc-t1")], 0)
+
+        await intake.store.transaction(work)
+        assert await relay.relay_once() == 2  # offsets 0 and 1 of partition 0, epoch 0
+        topic = intake.runner.settings.topic("intake.events")
+        seen = {"base": "intake.events", "epoch": 0, "below": {"0": 2}, "at": utcnow()}
+        await intake.store.db[RELAY_PROCESSED].replace_one({"_id": topic}, seen, upsert=True)
+
+        assert await relay._requeue(["intake.events[0]: offset 0 < 2"]) == 0
+        assert await relay._requeue(["intake.events[0]: offset 0 < 2"]) == 0, (
+            "the second look at the same loss sent again what every consumer had processed"
+        )
+        assert relay.requeued == 0
+        # The epoch markers the cut-short check did not send are still owed.
+        assert relay._markers_owed
