@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -213,20 +214,27 @@ async def test_the_relay_sends_a_grown_epoch_after_it_finds_a_loss() -> None:
         assert [s.headers[EPOCH_HEADER] for s in broker.sent[6:]] == ["1"] * 2
 
 
+async def relay_with_two_sent(intake: FakeService, incident: str) -> tuple[Broker, OutboxRelay]:
+    """Intake's relay on a fake broker, having sent an incident's opening and resolution
+    (offsets 0 and 1 of partition 0, epoch 0)."""
+    broker = Broker()
+    relay = OutboxRelay("intake", intake.store, broker, intake.runner.settings)  # type: ignore[arg-type]
+
+    async def work(uow: Any) -> None:
+        await uow.append([opened(incident), resolved(incident)], 0)
+
+    await intake.store.transaction(work)
+    assert await relay.relay_once() == 2
+    return broker, relay
+
+
 async def test_after_a_loss_markers_reach_past_where_a_consumer_could_stand() -> None:
     """A consumer of the lost broker may stand at the end of what it had read there (2,
     here); the refilled log may end there too (nothing new, or as much as before), and it
     would read nothing, never see the epoch grow, and skip what was sent below its
     position. The relay sends markers until each partition reaches past it."""
     async with fake_service("intake", composition_root("intake"), clock=lambda: NOW) as intake:
-        broker = Broker()
-        relay = OutboxRelay("intake", intake.store, broker, intake.runner.settings)  # type: ignore[arg-type]
-
-        async def work(uow: Any) -> None:
-            await uow.append([opened("inc-m1"), resolved("inc-m1")], 0)
-
-        await intake.store.transaction(work)
-        assert await relay.relay_once() == 2  # offsets 0 and 1 of partition 0, epoch 0
+        broker, relay = await relay_with_two_sent(intake, "inc-m1")
         await relay._requeue(["intake.events[0]: offset 0 < 2"])
         topic = intake.runner.settings.topic("intake.events")
 
@@ -274,16 +282,12 @@ async def test_a_loss_found_twice_in_one_broker_life_sends_again_only_what_was_u
     as it restarts) leaves the next send to find the same loss. What every consumer had
     processed before the wipe must not be sent again then: their inbox marks keep it."""
     async with fake_service("intake", composition_root("intake"), clock=lambda: NOW) as intake:
-        broker = Broker()
-        relay = OutboxRelay("intake", intake.store, broker, intake.runner.settings)  # type: ignore[arg-type]
-
-        async def work(uow: Any) -> None:
-            await uow.append([opened("inc-t1"), resolved("inc-t1")], 0)
-
-        await intake.store.transaction(work)
-        assert await relay.relay_once() == 2  # offsets 0 and 1 of partition 0, epoch 0
+        _, relay = await relay_with_two_sent(intake, "inc-t1")
         topic = intake.runner.settings.topic("intake.events")
-        seen = {"base": "intake.events", "epoch": 0, "below": {"0": 2}, "at": utcnow()}
+        # Every consumer had processed both, seen a second after they were sent (the store
+        # keeps times to the millisecond; a look in the same one counts nothing as seen).
+        later = utcnow() + timedelta(seconds=1)
+        seen = {"base": "intake.events", "epoch": 0, "below": {"0": 2}, "at": later}
         await intake.store.db[RELAY_PROCESSED].replace_one({"_id": topic}, seen, upsert=True)
 
         assert await relay._requeue(["intake.events[0]: offset 0 < 2"]) == 0
