@@ -62,6 +62,16 @@ class Directory(BaseModel):
             found |= below
         return found
 
+    def upward(self, unit_id: str) -> list[str]:
+        """The unit and the units above it, nearest first."""
+        found: list[str] = []
+        current: str | None = unit_id
+        while current is not None and current not in found:
+            found.append(current)
+            unit = self.unit(current)
+            current = unit.parent if unit else None
+        return found
+
     def people_with(self, role: Role, unit_id: str | None = None) -> list[Person]:
         return [
             p for p in self.people if role in p.roles and (unit_id is None or p.unit == unit_id)

@@ -192,14 +192,7 @@ def _units_and_ancestors(directory: Directory, unit_ids: Sequence[str]) -> set[s
     intake), only the top of the tree, which is above whatever units the incident has."""
     if not unit_ids:
         return {u.id for u in directory.units if u.parent is None}
-    found: set[str] = set()
-    for unit_id in unit_ids:
-        current: str | None = unit_id
-        while current is not None and current not in found:
-            found.add(current)
-            unit = directory.unit(current)
-            current = unit.parent if unit else None
-    return found
+    return {above for unit_id in unit_ids for above in directory.upward(unit_id)}
 
 
 class PageMove(str, Enum):

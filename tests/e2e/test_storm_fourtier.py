@@ -478,13 +478,18 @@ def test_a_storm_under_the_four_tier_plan(
             missed,
         )
         storm.check(
-            (
-                people["leader-zhang"]["on_time"],
-                people["office-li"]["on_time"],
-                people["propaganda-wang"]["on_time"],
-            )
-            == (3, 4, 1),
-            "考评 on time: 张组长 3 (请示, 集中办公, 总结评估), 李主任 4, 信息股 1",
+            {
+                person: (people[person]["on_time"], people[person]["missed"])
+                for person in ("leader-zhang", "office-li", "propaganda-wang", "head-liu")
+            }
+            == {
+                "leader-zhang": (3, 1),
+                "office-li": (4, 1),
+                "propaganda-wang": (1, 0),
+                "head-liu": (0, 1),
+            },
+            "考评 per person: 张组长 3 on time (请示, 集中办公, 总结评估) and the 总结评估 missed; "
+            "李主任 4 and the 监控 round missed; 信息股 1; 刘校长 the 影响较小 duty missed",
             people,
         )
     finally:

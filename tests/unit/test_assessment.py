@@ -220,6 +220,19 @@ def test_a_duty_met_counts_for_the_person_who_met_it_and_a_miss_for_the_role_hol
     assert {p.person_id: p.name for p in assessment.people}["sun"] == "孙老师"
 
 
+def test_a_miss_of_a_role_the_unit_lacks_counts_against_its_holders_in_the_unit_above() -> None:
+    log = Log()
+    log.report("r1", person("monitor-chen"), T0)
+    log.duty("missed")  # owned by the office: the county's, not the school's
+    log.missed("missed")
+
+    assessment = assessed(log.view())
+
+    assert counts_of(assessment) == {"school-a": {"missed": 1}, "office-li": {"missed": 1}}
+    [missed] = assessment.units[0].records
+    assert (missed.unit_id, missed.holders) == ("school-a", ["office-li"])
+
+
 def test_an_incident_of_two_units_counts_a_duty_for_each_unit_and_once_for_the_person() -> None:
     log = Log(units=("school-a", "school-b"))
     log.report("r1", person("monitor-chen"), T0)

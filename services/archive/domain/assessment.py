@@ -5,7 +5,8 @@ What counts (`RecordKind`), each with the incident and the facts behind it:
 - a duty (报送义务) met on time (`on_time`) or late (`late`, 迟报) counts for the person who
   fulfilled it (ObligationFulfilled.fulfilled_by), and for each unit the incident concerns;
 - a duty missed (`missed`, 漏报) counts for each unit the incident concerns, under its owner
-  role, and for the people holding that role in that unit in the directory (`holders`);
+  role, and for the people holding that role in that unit, else in the nearest unit above
+  it that has any (`holders`: a school's duty owned by the county office counts against it);
   still open (`open`, with `overdue` once its deadline passed) or closed (`closed`) only for
   the unit;
 - a fulfilment the office marked untrue (`untrue`, 谎报) replaces its on-time or late
@@ -216,10 +217,16 @@ class _Ledger:
 
 
 def holders(directory: Directory, role: str, unit_id: str) -> list[str]:
-    """Who holds `role` in `unit_id`, as the directory lists them."""
-    return sorted(
-        p.id for p in directory.people if p.unit == unit_id and role in {r.value for r in p.roles}
-    )
+    """Who answers for a duty of `role` in `unit_id`: its holders there, else in the nearest
+    unit above that has any (a school's incident owed by the county office is the county
+    office's; the same people its pages reached)."""
+    for unit in directory.upward(unit_id):
+        found = sorted(
+            p.id for p in directory.people if p.unit == unit and role in {r.value for r in p.roles}
+        )
+        if found:
+            return found
+    return []
 
 
 def _duty(
