@@ -27,6 +27,7 @@ from shared.events import utcnow
 from shared.gateway import Gateway
 from shared.identity import Role
 from shared.logging import configure_logging, get_logger
+from shared.policy import PolicyError
 from shared.policy import parse_duration as policy_duration
 from shared.service import Build, Context, ServiceParts, ServiceRunner
 from shared.settings import SERVICE_NAMES, Settings
@@ -122,6 +123,10 @@ def _run(names: Sequence[str], *, announce: bool) -> int:
         asyncio.run(_serve(names, resolved, announce=announce))
     except KeyboardInterrupt:
         pass
+    except PolicyError as exc:
+        # A malformed plan or policy file is the operator's to mend: what and where, no trace.
+        print(f"error: cannot start: {exc}", file=sys.stderr)
+        return 2
     finally:
         infra.stop()
     return 0
