@@ -342,6 +342,17 @@ def test_a_storm_under_the_town_plan(infra: Infra, tmp_path: Path, receiver: Htt
             what="the second decision",
         )
         decided_at = at(decisions[-1]["occurred_at"])
+        shown = storm.until(
+            rumor,
+            lambda v: len(v.get("decisions", [])) == 2,
+            "the incident view lists both decisions",
+        )["decisions"]
+        storm.check(
+            [(d["decision"], d["decided_by"]) for d in shown]
+            == [(False, "leader-zhang"), (True, "leader-zhang")],
+            "the archive's incident view keeps the no and the yes, with who decided",
+            shown,
+        )
         county_decided = duty(rumor, DECIDED)
         storm.check(
             county_decided["obligation_id"] == yes.json()["obligation_id"],

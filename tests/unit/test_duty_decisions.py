@@ -16,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from services.archive.domain.fold import fold
 from services.archive.domain.ordering import Logged
 from services.archive.domain.timeline import timeline
 from services.notification.bootstrap import build as build_notification
@@ -151,6 +152,27 @@ async def test_no_is_recorded_and_opens_nothing_and_a_later_yes_still_can(
     r = await decide(town, "inc-1", YES)
     assert r.status_code == 201, r.text
     assert (await owed(town, "inc-1"))[KIND]["state"] == "open"
+
+
+async def test_the_archive_view_keeps_each_decision_and_the_duty_the_yes_opened(
+    town: FakeService, clock: Clock
+) -> None:
+    up = Upstream()
+    upstream = [up.opened("inc-1"), up.graded("inc-1")]
+    await town.consume(*upstream)
+    assert (await decide(town, "inc-1", NO)).status_code == 201
+    clock.now = T0 + timedelta(hours=5)
+    opened = (await decide(town, "inc-1", YES)).json()["obligation_id"]
+
+    told = upstream + await town.published()
+    view = fold("inc-1", [Logged(n + 1, e) for n, e in enumerate(told)])
+    assert [(d.decision, d.reason, d.decided_by, d.at) for d in view.decisions] == [
+        (False, NO["reason"], "leader-zhang", T0),
+        (True, YES["reason"], "leader-zhang", T0 + timedelta(hours=5)),
+    ]
+    assert [(o.kind, o.obligation_id) for o in view.obligations if o.kind == KIND] == [
+        (KIND, opened)
+    ]
 
 
 async def test_only_the_deciding_role_decides_and_only_a_duty_the_incident_has(

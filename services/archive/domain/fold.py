@@ -20,6 +20,7 @@ from services.archive.domain.views import (
     AttachmentView,
     ClaimsConfirmationView,
     CommendationView,
+    DecisionView,
     FilingView,
     Gap,
     GradeChange,
@@ -42,6 +43,7 @@ from shared.events import (
     CaseArchived,
     CommendationRecorded,
     DeadlineMissed,
+    DutyDecided,
     Envelope,
     EventPayload,
     FulfilmentMarkedUntrue,
@@ -366,6 +368,21 @@ def _instructed(f: _Folder, event: Envelope, p: LeaderInstructionRecorded) -> No
             text=p.text,
             signed=p.signed,
             instructed_by=p.instructed_by,
+            at=event.occurred_at,
+            event_id=event.event_id,
+        )
+    )
+
+
+def _decided(f: _Folder, event: Envelope, p: DutyDecided) -> None:
+    f.view.decisions.append(
+        DecisionView(
+            kind=p.kind,
+            title=p.title,
+            decision=p.decision,
+            reason=p.reason,
+            decided_by=p.decided_by,
+            level=p.level,
             at=event.occurred_at,
             event_id=event.event_id,
         )
@@ -727,6 +744,7 @@ STEPS: dict[type[EventPayload], Step] = {
     GradeOverridden: _overridden,
     IncidentGradeProposed: _proposed,
     LeaderInstructionRecorded: _instructed,
+    DutyDecided: _decided,
     ObligationOpened: _obligation_opened,
     NotificationSent: _of_obligation(_sent),
     NotificationFailed: _of_obligation(_failed),

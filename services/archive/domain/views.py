@@ -144,6 +144,20 @@ class InstructionView(BaseModel):
     event_id: uuid.UUID
 
 
+class DecisionView(BaseModel):
+    """What the deciding body decided of a duty `opens_on: decided` ("as the group decides"):
+    yes opened it, no opened nothing; both with the reason."""
+
+    kind: str
+    title: str
+    decision: bool
+    reason: str
+    decided_by: str
+    level: int
+    at: datetime
+    event_id: uuid.UUID
+
+
 class NotificationView(BaseModel):
     notification_id: str
     channel: str
@@ -306,6 +320,7 @@ class IncidentView(BaseModel):
     # True while the rulebook's grade is a proposal awaiting its body (level stays unset).
     grade_proposed: bool = False
     instructions: list[InstructionView] = []
+    decisions: list[DecisionView] = []
     obligations: list[ObligationView] = []
     statements: list[StatementView] = []
     review: ReviewView | None = None
