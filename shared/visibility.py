@@ -3,7 +3,8 @@
 A principal sees the incidents of its own unit and the units below it (admin and
 analyst: every unit). A partner's client sees only the incidents it referred, whatever
 else its token carries, and of them only what `Sight.REFERRED` allows: the
-`ReferredIncident` every service answers it with (`scope_filter(at_least=FULL)` leaves
+`ReferredIncident` every service answers it with (intake, which grades nothing, its
+`ReferredStanding`; `scope_filter(at_least=FULL)` leaves
 it out of the bureau's records: cases, duties, the assessment, the export). An incident
 outside a caller's sight answers exactly like one that does not exist, so ids cannot be
 probed: `hidden()` is that one answer.
@@ -56,24 +57,30 @@ class PublishedLine(BaseModel):
     published_at: datetime
 
 
-class ReferredIncident(BaseModel):
-    """All a partner sees of an incident it referred (`Sight.REFERRED`), in every service:
-    its id, status, level and category, the times it was closed and, where a service adds
-    them, the partner's own reports and the published statements. Never drafts,
-    approvals, comments, obligations, recipients, other filers, reasons or review text.
-    Each service answers a partner this shape (or a subclass adding only its own reports
-    and the official line) instead of its record; `sight` tells the two apart."""
+class ReferredStanding(BaseModel):
+    """Where an incident a partner referred stands (`Sight.REFERRED`): its id, status and
+    the times it was closed. Intake, which grades nothing, answers a partner this (with its
+    own reports) rather than a level it would always leave empty; the services that know
+    the grade answer `ReferredIncident`. Never drafts, approvals, comments, obligations,
+    recipients, other filers, reasons or review text; `sight` tells it from the record."""
 
     model_config = ConfigDict(extra="forbid")
 
     sight: Literal["referred"] = "referred"
     incident_id: str
     status: IncidentStatus | None = None
-    level: Level | None = None
-    category: Category | None = None
     resolved_at: datetime | None = None
     dismissed_at: datetime | None = None
     archived_at: datetime | None = None
+
+
+class ReferredIncident(ReferredStanding):
+    """All a partner sees of an incident it referred, in the services that know its grade:
+    where it stands, its level and category and, where a service adds them, the partner's
+    own reports and the published statements (a subclass adding only those)."""
+
+    level: Level | None = None
+    category: Category | None = None
 
 
 def hidden(kind: str, key: str) -> NotFound:

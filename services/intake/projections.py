@@ -57,7 +57,7 @@ from shared.events import (
 )
 from shared.models import FrozenModel
 from shared.store import DecideAgain, Document, UnitOfWork, ensure_collection
-from shared.visibility import IncidentScope, ReferredIncident, scope_of
+from shared.visibility import IncidentScope, ReferredStanding, scope_of
 
 REPORTS = "reports"
 INCIDENTS = "incidents"
@@ -243,9 +243,10 @@ class IncidentOut(FrozenModel):
         )
 
 
-class PartnerIncidentOut(ReferredIncident):
-    """A partner's sight of an incident it referred (DESIGN.md, "Who may do what"): the
-    shared `ReferredIncident`, its own reports and, of its referral, the incident the
+class PartnerIncidentOut(ReferredStanding):
+    """A partner's sight of an incident it referred (DESIGN.md, "Who may do what"): where
+    it stands (`ReferredStanding`: intake grades nothing, so no level; the archive's and
+    grading's answers carry it), its own reports and, of its referral, the incident the
     office merged it into (the outcome, which it may then follow)."""
 
     reports: list[ReportSummary] = Field(

@@ -714,6 +714,7 @@ async def test_the_office_merges_a_referral_and_the_partner_sees_only_its_own_pa
     assert [r["report_id"] for r in there.json()["reports"]] == [answer["report_id"]]
     assert there.json()["filed_by"] == ["partner-wxb"]
     assert "history" not in there.json()
+    assert "level" not in there.json()  # intake grades nothing: the level is grading's
     assert "unit_ids" not in there.json()
     theirs = await api.get(f"/intake/v1/reports/{school['report_id']}", headers=partner(intake))
     assert theirs.json() == not_found("report", school["report_id"])
