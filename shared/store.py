@@ -36,11 +36,13 @@ from pymongo.errors import (
     DuplicateKeyError,
     ExecutionTimeout,
     NetworkTimeout,
+    OperationFailure,
     PyMongoError,
     ServerSelectionTimeoutError,
     WTimeoutError,
 )
 
+from shared.errors import StillConflicting
 from shared.events import Envelope, event_types, utcnow
 from shared.metrics import EVENTS_APPENDED
 
@@ -246,7 +248,9 @@ class MongoTransactions:
 
     An unreachable database is not retried here (the driver would for 120 s): the caller
     hears of it at once, as a ConnectionFailure (503 for a request; a consumer backs off
-    and tries again), and so does a transaction that ran out of its budget.
+    and tries again), and so does a transaction that ran out of its budget. One that ran
+    out of it losing write conflicts to other transactions (filings onto one incident) is
+    StillConflicting instead (409 for a request): the database is there, the record busy.
     """
 
     def __init__(self, client: AsyncMongoClient[Document], timeout: float | None = None) -> None:
@@ -255,8 +259,11 @@ class MongoTransactions:
 
     async def run(self, work: Callable[[AsyncClientSession | None], Awaitable[T]]) -> T:
         selection = self.client.options.server_selection_timeout
+        conflicted = False  # whether the last attempt lost a write conflict
 
         async def attempt(session: AsyncClientSession) -> T:
+            nonlocal conflicted
+            conflicted = False
             try:
                 if not self.client.topology_description.has_writable_server():
                     # Known to be away (or not met yet): wait for it as long as the client's
@@ -276,6 +283,10 @@ class MongoTransactions:
                     # database is away, so it is not retried.
                     raise ServerSelectionTimeoutError(str(exc)) from exc
                 raise  # a connection lost: retried, and the next attempt asks as above
+            except OperationFailure as exc:
+                # Retried by the driver (TransientTransactionError) within the budget.
+                conflicted = exc.has_error_label("TransientTransactionError")
+                raise
 
         async with self.client.start_session() as session:
             try:
@@ -287,6 +298,11 @@ class MongoTransactions:
                 async with asyncio.timeout(self.timeout):
                     return await session.with_transaction(attempt, write_concern=DURABLE)
             except (TimeoutError, ExecutionTimeout, WTimeoutError) as exc:
+                if conflicted:
+                    raise StillConflicting(
+                        "the record kept changing while this was written; try again",
+                        {"within_seconds": self.timeout},
+                    ) from exc
                 raise NetworkTimeout(
                     f"the database did not complete the transaction within {self.timeout}s"
                     f": {exc or 'the budget ran out'}"

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import APIRouter
 
 from shared.bus import OutboxRelay, ensure_topics, make_broker
+from shared.errors import StillConflicting
 from shared.events import (
     DEAD_LETTER_TOPIC,
     INTAKE_TOPIC,
@@ -27,7 +28,14 @@ from shared.handlers import HandlerMap
 from shared.incident_context import IncidentContext
 from shared.service import Context, ServiceParts, ServiceRunner
 from shared.settings import Settings
-from shared.store import ConcurrencyConflict, EventStore, Placement, Processed, UnitOfWork
+from shared.store import (
+    ConcurrencyConflict,
+    EventStore,
+    Placement,
+    Processed,
+    UnitOfWork,
+    ensure_collection,
+)
 from tests.fakes.mongo import FakeMongo
 from tests.service.upstream_events import escalated, graded, kafka_headers, opened, wait_for
 from tests.service.upstream_events import resolved as resolved_event
@@ -394,3 +402,43 @@ async def test_two_replicas_relay_each_event_once_and_a_standby_takes_over(
             await relay.stop()
         for broker in brokers:
             await broker.stop()
+
+
+async def test_a_write_held_by_another_transaction_past_the_budget_is_a_conflict_not_an_outage(
+    settings: Settings,
+    mongo_client,  # type: ignore[no-untyped-def]
+) -> None:
+    # Filings onto one incident write the same documents: a writer that keeps losing to
+    # another transaction until its budget runs out must hear "conflict, try again" (409,
+    # a consumer's backoff), not "the database is not reachable" (503).
+    store = EventStore.on(mongo_client, settings.database_name("probe"), "probe", 1.0)
+    patient = EventStore.on(mongo_client, settings.database_name("probe"), "probe", 60.0)
+    await store.ensure_indexes()
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def holder(uow: UnitOfWork) -> None:
+        await uow.db["probe_heads"].update_one(
+            {"_id": "inc-1"}, {"$inc": {"n": 1}}, upsert=True, session=uow.session
+        )
+        holding.set()
+        await release.wait()
+
+    async def loser(uow: UnitOfWork) -> None:
+        await uow.db["probe_heads"].update_one(
+            {"_id": "inc-1"}, {"$inc": {"n": 10}}, upsert=True, session=uow.session
+        )
+
+    await ensure_collection(store.db, "probe_heads")
+    held = asyncio.create_task(patient.transaction(holder))
+    await holding.wait()
+    try:
+        with pytest.raises(StillConflicting):
+            await store.transaction(loser)
+    finally:
+        release.set()
+        await held
+    await store.transaction(loser)  # the other writer done, it goes through
+    doc = await store.db["probe_heads"].find_one({"_id": "inc-1"})
+    assert doc is not None
+    assert doc["n"] == 11
+    await mongo_client.drop_database(settings.database_name("probe"))
