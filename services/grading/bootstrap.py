@@ -155,7 +155,7 @@ def build(deps: Dependencies) -> GradingParts:
         router=router,
         handlers=handlers,
         consumes=SUBSCRIPTIONS["grading"],
-        setup=[record_plan_version],
+        setup=[views.ensure_indexes, record_plan_version],
         rulebook=rulebook,
         plans=plans,
         versions=versions,

@@ -1,8 +1,10 @@
 """Grading's read models, written in the transaction of the events behind them.
 
-- `facts`: per incident, what grading learnt from intake: its reports (as ReportFacts),
-  units, who filed them, and whether it was dismissed. Grading decides on it; it can be
-  rebuilt by replaying the intake topic.
+- `facts`: per incident, what grading learnt from intake: its units, who filed for it,
+  whether it was dismissed, and how many reports it has; each report (as ReportFacts) is a
+  document of `report_facts`, in arrival order (`order`), so an incident of any number of
+  reports never outgrows a MongoDB document. Grading decides on them; they can be rebuilt
+  by replaying the intake topic.
 - `grades`: per incident, the current grade and its history, for people to read.
 """
 
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import BaseModel
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.grading.domain import ReportFacts
@@ -47,6 +51,7 @@ from shared.store import Document, UnitOfWork
 from shared.visibility import IncidentScope, scope_of
 
 FACTS = "facts"
+REPORT_FACTS = "report_facts"
 GRADES = "grades"
 # The duties notification opened on each incident and when each was met: what a what-if
 # (services/grading/whatif.py) compares a candidate plan's deadlines with.
@@ -136,6 +141,10 @@ def _facts_doc(report: ReportFacts) -> Document:
     }
 
 
+def _report_key(incident_id: str, report_id: str) -> str:
+    return f"{incident_id}/{report_id}"
+
+
 def _facts_of(doc: Document) -> ReportFacts:
     return ReportFacts(
         report_id=doc["report_id"],
@@ -168,11 +177,40 @@ class GradingViews:
 
     # ------------------------------------------------------------------ facts
 
+    async def ensure_indexes(self) -> None:
+        await self.db[REPORT_FACTS].create_index([("incident_id", ASCENDING), ("order", ASCENDING)])
+        await self._move_embedded_reports()
+
+    async def _move_embedded_reports(self) -> None:
+        """Facts stored before reports had documents of their own embed them all: give each
+        its document, in the order it was embedded, and count them."""
+        cursor = self.db[FACTS].find({"reports": {"$exists": True}}, {"reports": 1})
+        async for doc in cursor:
+            embedded: list[Document] = doc.get("reports") or []
+            for order, report in enumerate(embedded, start=1):
+                await self.db[REPORT_FACTS].replace_one(
+                    {"_id": _report_key(doc["_id"], report["report_id"])},
+                    {**report, "incident_id": doc["_id"], "order": order},
+                    upsert=True,
+                )
+            await self.db[FACTS].update_one(
+                {"_id": doc["_id"]},
+                {"$set": {"report_count": len(embedded)}, "$unset": {"reports": ""}},
+            )
+
+    async def _reports(
+        self, incident_id: str, session: AsyncClientSession | None = None
+    ) -> tuple[ReportFacts, ...]:
+        cursor = self.db[REPORT_FACTS].find(
+            {"incident_id": incident_id}, sort=[("order", ASCENDING)], session=session
+        )
+        return tuple([_facts_of(doc) async for doc in cursor])
+
     async def facts(self, incident_id: str, uow: UnitOfWork) -> IncidentFacts:
         doc = await self.db[FACTS].find_one({"_id": incident_id}, session=uow.session) or {}
         return IncidentFacts(
             incident_id=incident_id,
-            reports=tuple(_facts_of(r) for r in doc.get("reports", [])),
+            reports=await self._reports(incident_id, uow.session),
             unit_ids=tuple(doc.get("unit_ids", [])),
             dismissed=bool(doc.get("dismissed", False)),
             resolved=bool(doc.get("resolved", False)),
@@ -187,19 +225,28 @@ class GradingViews:
     async def add_report(
         self, incident_id: str, report: ReportReceived, uow: UnitOfWork, *, held: bool = False
     ) -> None:
-        await self.db[FACTS].update_one(
+        counted = await self.db[FACTS].find_one_and_update(
             {"_id": incident_id},
             {
-                "$push": {
-                    "reports": _facts_doc(ReportFacts.of(report)),
-                    **({"held": report.report_id} if held else {}),
-                },
+                "$inc": {"report_count": 1},
+                **({"$push": {"held": report.report_id}} if held else {}),
                 "$addToSet": {
                     "unit_ids": {"$each": list(report.unit_ids)},
                     "filed_by": report.filed_by,
                 },
             },
+            projection={"report_count": 1},
             upsert=True,
+            return_document=ReturnDocument.AFTER,
+            session=uow.session,
+        )
+        await self.db[REPORT_FACTS].insert_one(
+            {
+                "_id": _report_key(incident_id, report.report_id),
+                **_facts_doc(ReportFacts.of(report)),
+                "incident_id": incident_id,
+                "order": (counted or {}).get("report_count", 1),  # upserted: never None
+            },
             session=uow.session,
         )
         await self.db[GRADES].update_one(
@@ -217,9 +264,9 @@ class GradingViews:
         self, incident_id: str, confirmed: ReportFacts, uow: UnitOfWork
     ) -> None:
         """A report's partner claims, as the office confirmed them, now count."""
-        await self.db[FACTS].update_one(
-            {"_id": incident_id, "reports.report_id": confirmed.report_id},
-            {"$set": {f"reports.$.{k}": v for k, v in _facts_doc(confirmed).items()}},
+        await self.db[REPORT_FACTS].update_one(
+            {"_id": _report_key(incident_id, confirmed.report_id)},
+            {"$set": _facts_doc(confirmed)},
             session=uow.session,
         )
 
@@ -425,7 +472,7 @@ class GradingViews:
                     RecordedDecision(kind=d["kind"], decision=bool(d["decision"]), at=d["at"])
                     for d in facts.get("decisions", [])
                 ),
-                reports=tuple(_facts_of(r) for r in facts.get("reports", [])),
+                reports=await self._reports(incident_id),
                 duties=tuple(
                     [
                         RecordedDuty(

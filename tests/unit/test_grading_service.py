@@ -20,6 +20,7 @@ from shared.events import (
     DeadlineMissed,
     Envelope,
     IncidentDismissed,
+    IncidentEscalated,
     IncidentGraded,
     IncidentOpened,
     IncidentReopened,
@@ -32,6 +33,7 @@ from shared.events import (
 )
 from shared.settings import CONFIG_DIR
 from tests.fakes.harness import FakeService, fake_service, fake_settings
+from tests.fakes.mongo import FakeMongo
 from tests.fakes.upstream import Streams
 
 pytestmark = pytest.mark.asyncio
@@ -202,6 +204,46 @@ async def test_a_stronger_report_escalates_and_a_weaker_one_changes_nothing(
     assert [r["rule_id"] for r in last["rules_fired"]] == ["tier-central"]
 
 
+async def test_each_report_is_a_document_of_its_own_so_no_incident_outgrows_one(
+    upstream: Upstream,
+) -> None:
+    mongo = FakeMongo()
+    async with fake_service("grading", build, clock=lambda: T0, mongo=mongo) as grading:
+        await grading.consume(*(upstream.report("inc-1", views=40_000) for _ in range(3)))
+        facts = await grading.db["facts"].find_one({"_id": "inc-1"})
+        assert facts is not None
+        assert "reports" not in facts
+        assert facts["report_count"] == 3
+        # The third report's reach (120,000 in all) is what escalated it: all three count.
+        assert [e.event_type for e in await grading.published()] == [
+            "IncidentGraded",
+            "IncidentEscalated",
+        ]
+        # As grading kept them before: embedded in the incident's facts, in arrival order.
+        kept = grading.db["report_facts"].find({"incident_id": "inc-1"}, sort=[("order", 1)])
+        embedded = [
+            {k: v for k, v in doc.items() if k not in ("_id", "incident_id", "order")}
+            async for doc in kept
+        ]
+        await grading.db["report_facts"].delete_many({})
+        await grading.db["facts"].update_one(
+            {"_id": "inc-1"}, {"$set": {"reports": embedded}, "$unset": {"report_count": ""}}
+        )
+    async with fake_service("grading", build, clock=lambda: T0, mongo=mongo) as restarted:
+        facts = await restarted.db["facts"].find_one({"_id": "inc-1"})
+        assert facts is not None
+        assert "reports" not in facts
+        assert facts["report_count"] == 3
+        # 900,000 views alone stay under the 1,000,000 bound; with the moved three over it.
+        await restarted.consume(upstream.report("inc-1", views=900_000))
+        moved = restarted.db["report_facts"].find({"incident_id": "inc-1"}, sort=[("order", 1)])
+        assert [doc["report_id"] async for doc in moved] == ["rep-1", "rep-2", "rep-3", "rep-4"]
+        escalations = await restarted.published("IncidentEscalated")
+        assert [
+            int(e.payload.to_level) for e in escalations if isinstance(e.payload, IncidentEscalated)
+        ] == [2, 1]
+
+
 async def test_a_report_counted_once_even_under_another_event_id(
     grading: FakeService, upstream: Upstream
 ) -> None:
@@ -211,7 +253,7 @@ async def test_a_report_counted_once_even_under_another_event_id(
     assert [e.event_type for e in await grading.published()] == ["IncidentGraded"]
     facts = await grading.db["facts"].find_one({"_id": "inc-1"})
     assert facts is not None
-    assert len(facts["reports"]) == 1
+    assert facts.get("report_count") == 1
 
 
 async def test_a_dismissed_incident_is_neither_graded_nor_escalated_until_reopened(
