@@ -2,7 +2,7 @@
 them, two units' incidents carried through them (filed, graded, owed, a statement
 published, resolved, reviewed), and then unit A's token asks every route that takes an id
 for unit B's ids: each answers exactly what a random id of the same kind answers (status
-and body), and every list, count, search and figure leaves B out.
+and body), and every list, count, search, export and figure leaves B out.
 
 And what a partner sees of an incident it referred, everywhere: `ReferredIncident`
 (id, status, level, category, closure times), its own reports and the official line,
@@ -11,9 +11,11 @@ never a draft, approval, comment, obligation, recipient, other filer or review.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,9 +23,14 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.routing import Mount
 
 from services.archive.bootstrap import build as build_archive
 from services.grading.bootstrap import build as build_grading
+from services.intake.attachments import MemoryAttachmentStore
+from services.intake.bootstrap import IntakeParts
 from services.intake.bootstrap import build as build_intake
 from services.notification.bootstrap import build as build_notification
 from services.statement.bootstrap import build as build_statement
@@ -36,9 +43,11 @@ from shared.events import (
     StatementRevised,
     StatementSubmitted,
 )
+from shared.service import Dependencies
 from tests.fakes.harness import FakeService, fake_service, fake_settings
 from tests.unit.test_archive_service import NOW, REVIEW, T0, Clock, Story, reviewed
 from tests.unit.test_archive_service import clock as clock
+from tests.unit.test_intake_attachments import png
 
 RELEASE = {
     "kind": "online_reply",
@@ -47,6 +56,8 @@ RELEASE = {
     "facts": [{"label": "涉及学生", "value": "0"}],
     "outlets": ["官方微博"],
 }
+# A file intake accepts (a real PNG), as a multipart upload.
+ATTACHMENT: dict[str, Any] = {"files": {"file": ("截图.png", png(), "image/png")}}
 # A token of unit A with every role a unit's people hold (no admin, no analyst: those see
 # every unit by design), so that role checks never hide what visibility would answer.
 UNIT_A_ROLES = ("leader", "office", "monitor", "dept_head", "spokesperson", "propaganda")
@@ -85,8 +96,14 @@ async def system(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[System]:
     # A webhook channel, so that pages are queued (and never sent: nothing dispatches).
     monkeypatch.setenv("YUQING_WEBHOOK_URL", "http://127.0.0.1:9/never-dialled")
     monkeypatch.setenv("YUQING_WEBHOOK_SECRET", "probe-webhook-secret-long-enough-x")
+    files = MemoryAttachmentStore()
+
+    def intake_on_memory(deps: Dependencies) -> IntakeParts:
+        # Intake's files kept in memory (its GridFS default asks a real database).
+        return build_intake(deps, attachment_store=files)
+
     builds = {
-        "intake": build_intake,
+        "intake": intake_on_memory,
         "grading": build_grading,
         "notification": build_notification,
         "statement": build_statement,
@@ -98,7 +115,7 @@ async def system(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[System]:
         for name, build in builds.items():
             settings = fake_settings(archive_embedded_reports=2)
             services[name] = await stack.enter_async_context(
-                fake_service(name, build, settings=settings)  # type: ignore[arg-type]
+                fake_service(name, build, settings=settings)
             )
             clients[name] = await stack.enter_async_context(services[name].http())
         yield System(services, clients)
@@ -130,6 +147,7 @@ class Handled:
     obligation_id: str
     case_id: str
     notification_id: str
+    attachment_id: str
 
 
 async def handled(system: System, unit: str, title: str) -> Handled:
@@ -142,6 +160,10 @@ async def handled(system: System, unit: str, title: str) -> Handled:
     )
     assert filed.status_code == 201, filed.text
     incident_id, report_id = filed.json()["incident_id"], filed.json()["report_id"]
+    attached = await system.http("intake").post(
+        f"/intake/v1/reports/{report_id}/attachments", headers=monitor, **ATTACHMENT
+    )
+    assert attached.status_code == 201, attached.text
     await system.pump()
 
     writer = system.token(f"spokesperson-{unit}", unit, "spokesperson")
@@ -192,10 +214,14 @@ async def handled(system: System, unit: str, title: str) -> Handled:
         obligation_id,
         reviewed.json()["case_id"],
         str(page["_id"]),
+        attached.json()["attachment_id"],
     )
 
 
-# Every route that takes an id: (service, method, path with {} for the id, kind, request).
+# Every route that takes an id: (service, method, path with {} for the id, kind, request);
+# test_the_probe_table_lists_every_served_route_that_takes_an_id holds it to the apps. A
+# write sends a body the route would take, so that its 404 is the id's: FastAPI answers a
+# body it cannot read with 422 before the route runs (an upload's file is read after).
 ID_ROUTES: list[tuple[str, str, str, str, dict[str, Any]]] = [
     ("archive", "GET", "/archive/v1/incidents/{}", "incident", {}),
     ("archive", "GET", "/archive/v1/incidents/{}", "incident", {"params": {"as_of": "2100-01-01"}}),
@@ -206,8 +232,40 @@ ID_ROUTES: list[tuple[str, str, str, str, dict[str, Any]]] = [
     ("archive", "GET", "/archive/v1/cases/{}", "case", {}),
     ("archive", "GET", "/archive/v1/cases/{}/report", "case", {}),
     ("archive", "GET", "/archive/v1/cases/{}/report", "case", {"params": {"format": "html"}}),
+    # The office's findings for the assessment (考评), each for unit A's own unit.
+    (
+        "archive",
+        "POST",
+        "/archive/v1/incidents/{}/uncleared-releases",
+        "incident",
+        {
+            "json": {
+                "released_by": "spokesperson-sun",
+                "unit_id": "school-a",
+                "channel": "微信群",
+                "released_at": "2026-01-01T08:00:00+08:00",
+                "content": "未经审核的说明",
+            }
+        },
+    ),
+    (
+        "archive",
+        "POST",
+        "/archive/v1/incidents/{}/commendations",
+        "incident",
+        {"json": {"unit_id": "school-a", "reason": "处置及时"}},
+    ),
+    (
+        "archive",
+        "POST",
+        "/archive/v1/obligations/{}/untrue",
+        "obligation",
+        {"json": {"reason": "x"}},
+    ),
     ("intake", "GET", "/intake/v1/reports/{}", "report", {}),
     ("intake", "GET", "/intake/v1/incidents/{}", "incident", {}),
+    ("intake", "GET", "/intake/v1/incidents/{}/reports", "incident", {}),
+    ("intake", "GET", "/intake/v1/incidents/{}/reports", "incident", {"params": {"limit": 1}}),
     ("intake", "POST", "/intake/v1/incidents/{}/resolve", "incident", {"json": {"reason": "x"}}),
     ("intake", "POST", "/intake/v1/incidents/{}/dismiss", "incident", {"json": {"reason": "x"}}),
     ("intake", "POST", "/intake/v1/incidents/{}/reopen", "incident", {"json": {"reason": "x"}}),
@@ -225,6 +283,9 @@ ID_ROUTES: list[tuple[str, str, str, str, dict[str, Any]]] = [
         "report",
         {"json": {"reason": "x"}},
     ),
+    ("intake", "POST", "/intake/v1/reports/{}/attachments", "report", ATTACHMENT),
+    ("intake", "GET", "/intake/v1/reports/{}/attachments", "report", {}),
+    ("intake", "GET", "/intake/v1/attachments/{}", "attachment", {}),
     ("grading", "GET", "/grading/v1/incidents/{}/grade", "incident", {}),
     (
         "grading",
@@ -232,6 +293,20 @@ ID_ROUTES: list[tuple[str, str, str, str, dict[str, Any]]] = [
         "/grading/v1/incidents/{}/override",
         "incident",
         {"json": {"level": 1, "reason": "x"}},
+    ),
+    (
+        "grading",
+        "POST",
+        "/grading/v1/incidents/{}/confirm",
+        "incident",
+        {"json": {"level": 1, "reason": "x"}},
+    ),
+    (
+        "grading",
+        "POST",
+        "/grading/v1/incidents/{}/instructions",
+        "incident",
+        {"json": {"text": "请妥善处置", "signed": True}},
     ),
     ("statement", "GET", "/statements/v1/incidents/{}/statements", "incident", {}),
     ("statement", "POST", "/statements/v1/incidents/{}/statements", "incident", {"json": RELEASE}),
@@ -269,9 +344,89 @@ ID_ROUTES: list[tuple[str, str, str, str, dict[str, Any]]] = [
         {"json": {"outlet": "官方微博", "url": "https://weibo.example/x"}},
     ),
     ("notification", "POST", "/notifications/v1/obligations/{}/fulfil", "obligation", {"json": {}}),
+    (
+        "notification",
+        "POST",
+        "/notifications/v1/incidents/{}/decisions",
+        "incident",
+        {"json": {"kind": "report_county", "decision": "yes", "reason": "x"}},
+    ),
     ("notification", "GET", "/notifications/v1/notifications/{}", "notification", {}),
     ("notification", "POST", "/notifications/v1/notifications/{}/ack", "notification", {}),
 ]
+
+
+# Routes with an id in their path that the probes leave out, each with the reason.
+ID_EXEMPT: dict[tuple[str, str, str], str] = {
+    # A replay job belongs to the deployment, not to a unit: only an admin or an analyst
+    # reads it (both see every unit by design), and unit A's token is refused (403) before
+    # the id is looked up, so it tells no id from another. A partner's probe of it:
+    # test_an_admin_role_beside_partner_neither_replays_nor_reads_a_replay.
+    ("archive", "GET", "/archive/v1/replay/{}"): "not unit-scoped (replay job)",
+}
+# The path parameters that name a unit's record, and the kind of id the table gives them.
+ID_PARAMS = {
+    "incident_id": "incident",
+    "report_id": "report",
+    "statement_id": "statement",
+    "obligation_id": "obligation",
+    "case_id": "case",
+    "attachment_id": "attachment",
+    "notification_id": "notification",
+}
+PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
+
+
+def served_routes(app: FastAPI) -> Iterator[tuple[str, str]]:
+    """(method, path template) of every route the app serves, included routers walked."""
+
+    def walk(routes: Sequence[Any], prefix: str) -> Iterator[tuple[str, str]]:
+        for route in routes:
+            if isinstance(route, APIRoute):
+                yield from ((m, prefix + route.path) for m in route.methods or ())
+            elif hasattr(route, "effective_route_contexts"):
+                # FastAPI's included router: the routes it serves, with their full paths.
+                for context in route.effective_route_contexts():
+                    yield from ((m, prefix + context.path_format) for m in context.methods)
+            elif isinstance(route, Mount):
+                yield from walk(route.routes, prefix + route.path)
+            else:
+                # What has a path and methods (the docs, the schema); anything else the walk
+                # cannot see into fails here rather than hiding its routes.
+                methods = getattr(route, "methods", None)
+                assert methods is not None, f"a route the walk cannot see into: {route!r}"
+                yield from ((m, prefix + route.path) for m in methods)
+
+    yield from walk(app.routes, "")
+
+
+async def test_the_probe_table_lists_every_served_route_that_takes_an_id(system: System) -> None:
+    probed = {(service, method, path): kind for service, method, path, kind, _ in ID_ROUTES}
+    served: set[tuple[str, str, str]] = set()
+    missing, wrong_kind = [], []
+    for name, service in system.services.items():
+        app = service.runner.app
+        routes = set(served_routes(app))
+        # The walk saw at least every operation the service's schema documents.
+        documented = {(m.upper(), p) for p, ops in app.openapi()["paths"].items() for m in ops}
+        assert documented <= routes, (name, documented - routes)
+        for method, path in sorted(routes):
+            params = PARAM.findall(path)
+            if not params:
+                continue
+            key = (name, method, PARAM.sub("{}", path))
+            served.add(key)
+            if key in ID_EXEMPT:
+                continue
+            if key not in probed:
+                missing.append(f"{method} {path} ({name})")
+            elif [probed[key]] != [ID_PARAMS.get(p) for p in params]:
+                wrong_kind.append(f"{method} {path}: probed as {probed[key]}")
+
+    assert not missing, "routes taking an id the probes leave out: " + "; ".join(missing)
+    assert not wrong_kind, wrong_kind
+    stale = (set(probed) | set(ID_EXEMPT)) - served
+    assert not stale, f"probed or exempted, but not served: {sorted(stale)}"
 
 
 def known_id(ids: Handled, kind: str) -> str:
@@ -282,6 +437,7 @@ def known_id(ids: Handled, kind: str) -> str:
         "obligation": ids.obligation_id,
         "case": ids.case_id,
         "notification": ids.notification_id,
+        "attachment": ids.attachment_id,
     }[kind]
 
 
@@ -375,6 +531,81 @@ async def test_every_list_count_search_and_figure_leaves_unit_b_out(system: Syst
     )
     assert asked_b.status_code == asked_other.status_code == 403
     assert asked_b.json() == json.loads(asked_other.text.replace("road-1", "school-b"))
+
+    # The assessment (考评) and its document: the same.
+    assessed = await archive.get("/archive/v1/assessment", params=period, headers=unit_a)
+    assert assessed.status_code == 200, assessed.text
+    assert {u["unit_id"] for u in assessed.json()["units"]} == {"school-a"}
+    assert "school-b" not in assessed.text
+    assert b.incident_id not in assessed.text
+    for fmt in ("markdown", "html"):
+        document = await archive.get(
+            "/archive/v1/assessment/report", params={**period, "format": fmt}, headers=unit_a
+        )
+        assert document.status_code == 200, document.text
+        assert "实验小学" in document.text
+        for secret in ("第二中学", "school-b", b.incident_id):
+            assert secret not in document.text, (fmt, secret)
+    for path in ("/archive/v1/assessment", "/archive/v1/assessment/report"):
+        asked_b = await archive.get(path, params={**period, "unit": "school-b"}, headers=unit_a)
+        asked_other = await archive.get(path, params={**period, "unit": "road-1"}, headers=unit_a)
+        assert asked_b.status_code == asked_other.status_code == 403, path
+        assert asked_b.json() == json.loads(asked_other.text.replace("road-1", "school-b"))
+
+    # The case library as a table and as counts for the charts.
+    for query in ({}, {"unit": "school-b"}, {"q": "第二中学"}):
+        table = await archive.get("/archive/v1/cases/export", params=query, headers=unit_a)
+        assert table.status_code == 200, table.text
+        rows = list(csv.DictReader(io.StringIO(table.content.decode("utf-8-sig"))))
+        assert [r["事件编号"] for r in rows] == ([a.incident_id] if not query else []), query
+        for secret in ("第二中学", b.incident_id, b.case_id):
+            assert secret not in table.text, (query, secret)
+    workbook = await archive.get(
+        "/archive/v1/cases/export", params={"format": "xlsx"}, headers=unit_a
+    )
+    assert workbook.status_code == 200, workbook.text
+    counts = await archive.get("/archive/v1/cases/counts", headers=unit_a)
+    assert counts.status_code == 200, counts.text
+    assert counts.json()["total"] == 1
+    assert [u["unit_id"] for u in counts.json()["by_unit"]] == ["school-a"]
+    assert sum(c["count"] for c in counts.json()["by_level"]) == 1
+    for query in ({"unit": "school-b"}, {"q": "第二中学"}):
+        counted_b = await archive.get("/archive/v1/cases/counts", params=query, headers=unit_a)
+        assert counted_b.status_code == 200, counted_b.text
+        assert counted_b.json()["total"] == 0, query
+        assert "school-b" not in [u["unit_id"] for u in counted_b.json()["by_unit"]], query
+
+    # The event export is an analyst's (who sees every unit by design): unit A's people are
+    # refused it, alike whichever incident or unit they name.
+    export = "/archive/v1/events"
+    for known, unknown, name in (
+        (b.incident_id, "incident-random-9f3", "incident_id"),
+        ("school-b", "road-1", "unit"),
+    ):
+        asked_b = await archive.get(export, params={name: known}, headers=unit_a)
+        asked_other = await archive.get(export, params={name: unknown}, headers=unit_a)
+        assert asked_b.status_code == asked_other.status_code == 403, asked_b.text
+        assert asked_b.json() == json.loads(asked_other.text.replace(unknown, known))
+    refused = await archive.get(export, headers=unit_a)
+    assert refused.status_code == 403, refused.text
+
+    # The dashboard's alerts: the leading group raises both grades by hand (an escalation
+    # each), and A's list holds A's alone, whatever it asks.
+    leader = system.token("leader-zhang", "county", "leader")
+    for incident in (a, b):
+        raised = await system.http("grading").post(
+            f"/grading/v1/incidents/{incident.incident_id}/override",
+            json={"level": 1, "reason": "舆情升温"},
+            headers=leader,
+        )
+        assert raised.status_code == 200, raised.text
+    await system.pump()
+    everyone = await archive.get("/archive/v1/alerts", headers=leader)
+    assert sorted({row["incident_id"] for row in everyone.json()["items"]}) == sorted(
+        [a.incident_id, b.incident_id]
+    ), everyone.text
+    assert await ids(archive, "/archive/v1/alerts", "items") == [a.incident_id]
+    assert await ids(archive, "/archive/v1/alerts", "items", limit=1) == [a.incident_id]
 
 
 # --------------------------------------------------------------------------- a partner
