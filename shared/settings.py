@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     # longest time window one export of the events may ask for (422 naming the bound).
     max_page_size: int = Field(default=100, ge=1, le=1000)
     export_max_window_days: int = Field(default=31, ge=1)
+    # The longest period (`from`..`to`) one assessment (考评) or accountability may cover
+    # (422 naming `from` beyond it): each reads every incident of the period at once.
+    assessment_max_days: int = Field(default=366, ge=1)
     timezone: str = "Asia/Shanghai"
 
     outbox_poll_seconds: float = Field(default=0.5, gt=0)

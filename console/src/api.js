@@ -103,3 +103,17 @@ export async function act(method, path, options) {
     throw error
   }
 }
+
+// Every page of a list the API pages by `next_cursor` (null on the last page): the named
+// lists of each page joined in order, as one answer of the first page's shape.
+export async function everyPage(path, lists, options) {
+  const joined = Object.fromEntries(lists.map((name) => [name, []]))
+  let cursor = null
+  do {
+    const query = cursor ? `${path.includes('?') ? '&' : '?'}cursor=${encodeURIComponent(cursor)}` : ''
+    const page = await api('GET', path + query, options)
+    for (const name of lists) joined[name].push(...page[name])
+    cursor = page.next_cursor
+  } while (cursor)
+  return joined
+}

@@ -12,7 +12,8 @@ records, and answer it the 404 of an unknown id (or, for lists, nothing).
 
 Limits: a page is at most `YUQING_MAX_PAGE_SIZE` rows and an export of every incident at
 most `YUQING_EXPORT_MAX_WINDOW_DAYS` long (the last such window unless `since` is given);
-either beyond answers 422 naming the parameter. The view embeds the first
+either beyond answers 422 naming the parameter, as does an assessment or accountability
+period longer than `YUQING_ASSESSMENT_MAX_DAYS` (naming `from`). The view embeds the first
 `YUQING_ARCHIVE_EMBEDDED_REPORTS` reports and counts them all.
 
 Writes: the review of a resolved incident (leader, office), which the archive records as
@@ -24,9 +25,6 @@ analyst: it rebuilds read models from the log and changes no fact).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -71,9 +69,10 @@ from services.archive.report import CaseReport
 from shared.auth import CurrentCaller
 from shared.catalogue import Catalogue
 from shared.clock import Clock
-from shared.errors import BadRequest, Forbidden, Invalid, NotFound
+from shared.errors import Forbidden, Invalid, NotFound
 from shared.events import MAX_LEVELS, Category, IncidentStatus
 from shared.identity import Caller, Role
+from shared.paging import decode_cursor, encode_cursor, page_size
 from shared.store import Document
 from shared.visibility import ReferredIncident, Sight, Visibility, hidden
 
@@ -94,6 +93,8 @@ class ArchiveLimits:
     embedded_reports: int = 50  # reports kept in the incident view; the rest by page
     max_page_size: int = 100  # the largest `limit` of a paged list
     export_max_window: timedelta = timedelta(days=31)  # the longest window of one export
+    # the longest period of an assessment or accountability (`from`..`to`)
+    assessment_max_period: timedelta = timedelta(days=366)
 
 
 class IncidentPage(BaseModel):
@@ -132,21 +133,6 @@ class CasePage(BaseModel):
     next_cursor: str | None
 
 
-def _encode_cursor(key: tuple[datetime, str]) -> str:
-    raw = json.dumps([key[0].isoformat(), key[1]]).encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        sort_at, key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(sort_at), str(key)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise BadRequest(
-            "cursor is not one this API returned", {"field": "cursor", "reason": str(exc)}
-        ) from None
-
-
 def build_router(
     views: ArchiveViews,
     reviews: ReviewCommands,
@@ -179,11 +165,6 @@ def build_router(
         )
         assert found is not None
         return found, sight
-
-    def page_size(limit: int) -> int:
-        if limit > max_page:
-            raise Invalid("limit", f"at most {max_page} (YUQING_MAX_PAGE_SIZE)", "less_than_equal")
-        return limit
 
     def export_window(
         since: datetime | None, until: datetime | None, incident_id: str | None
@@ -264,7 +245,7 @@ def build_router(
     ) -> IncidentPage:
         """Newest first. A partner gets its referred incidents as `ReferredIncident` rows
         and may filter them by level, category and status only (422 naming the rest)."""
-        page_size(limit)
+        page_size(limit, max_page)
         if caller.is_partner:
             asked = dict(
                 zip(
@@ -284,12 +265,12 @@ def build_router(
             # Not overdue: no deadline unmet (`due` null) or none past yet; one field, so
             # the query stays flat (see services/archive/listing.py).
             conditions.append({"due": {"$lt": now}} if overdue else {"due": {"$not": {"$lt": now}}})
-        after = _decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor) if cursor else None
         rows, last = await views.list_page("incidents", conditions, limit, after)
         summaries = [IncidentSummary.model_validate(row["summary"]) for row in rows]
         return IncidentPage(
             items=[partner_summary(s) for s in summaries] if caller.is_partner else summaries,
-            next_cursor=_encode_cursor(last) if last else None,
+            next_cursor=encode_cursor(last) if last else None,
         )
 
     @router.get(
@@ -325,9 +306,9 @@ def build_router(
         limit: Annotated[int, Query(ge=1, description="at most YUQING_MAX_PAGE_SIZE")] = 50,
         cursor: str | None = None,
     ) -> ReportPage:
-        page_size(limit)
+        page_size(limit, max_page)
         _, sight = await visible_incident(caller, incident_id, Sight.REFERRED)
-        after = _decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor) if cursor else None
         full = fold(incident_id, await views.load_log(incident_id))
         seen = partner_view(full, caller.id).reports if sight is Sight.REFERRED else full.reports
         ordered = sorted(seen, key=lambda r: (r.received_at, r.report_id))
@@ -339,7 +320,7 @@ def build_router(
             total=len(ordered),
             items=items,
             next_cursor=(
-                _encode_cursor((items[-1].received_at, items[-1].report_id)) if more else None
+                encode_cursor((items[-1].received_at, items[-1].report_id)) if more else None
             ),
         )
 
@@ -452,18 +433,18 @@ def build_router(
         limit: Annotated[int, Query(ge=1, description="at most YUQING_MAX_PAGE_SIZE")] = 20,
         cursor: str | None = None,
     ) -> CasePage:
-        page_size(limit)
+        page_size(limit, max_page)
         # The case library is the bureau's record: a partner's search finds nothing.
         conditions = common_filters(
             caller, unit, level, category, opened_from, opened_to, at_least=RECORDS
         )
         if q:
             conditions.append({"text": {"$regex": re.escape(q), "$options": "i"}})
-        after = _decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor) if cursor else None
         rows, last = await views.list_page("cases", conditions, limit, after)
         return CasePage(
             items=[CaseRecord.model_validate(row["case"]) for row in rows],
-            next_cursor=_encode_cursor(last) if last else None,
+            next_cursor=encode_cursor(last) if last else None,
         )
 
     # Before `/cases/{case_id}`, which would take `export` for a case id.
@@ -507,7 +488,9 @@ def build_router(
         unit: str | None = None,
     ) -> Accountability:
         start, end = aware(period_from), aware(period_to)
-        read = await period_views(views, visibility, caller, start, end, unit)
+        read = await period_views(
+            views, visibility, caller, start, end, unit, limits.assessment_max_period
+        )
         return accountability(read.views, start, end, read.units, clock())
 
     @router.post(

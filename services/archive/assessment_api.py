@@ -15,7 +15,8 @@ into the assessment.
 Reads (leader, office, analyst; only the units the caller sees, as /accountability; a
 partner's assessment is empty): `GET /assessment?from&to[&unit]` (every count per unit and
 per person with the records behind it) and `GET /assessment/report` (the same as a Chinese
-document, Markdown or HTML). What counts as concealed (瞒报) is the plan's
+document, Markdown or HTML), for a period of at most `YUQING_ASSESSMENT_MAX_DAYS` (422
+naming `from` beyond it). What counts as concealed (瞒报) is the plan's
 `assessment.yaml` (`concealed_after_minutes`), else config/assessment.yaml.
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -227,13 +228,23 @@ async def period_views(
     start: datetime,
     end: datetime,
     unit: str | None,
+    longest: timedelta,
 ) -> PeriodViews:
     """The incidents an assessment of [start, end) reads, for the leading group, its office
     or an analyst: those of `unit` (403 outside the caller's sight) or of every unit in
-    sight, never a partner's; 400 when the period ends before it starts."""
+    sight, never a partner's; 400 when the period ends before it starts, 422 naming `from`
+    when it is longer than `longest` (YUQING_ASSESSMENT_MAX_DAYS)."""
     caller.require(Role.LEADER, Role.OFFICE, Role.ANALYST)
     if end <= start:
         raise BadRequest("`to` must be after `from`", {"field": "to"})
+    if end - start > longest:
+        days = longest / timedelta(days=1)
+        raise Invalid(
+            "from",
+            f"the period from `from` to `to` is longer than {days:g} days "
+            "(YUQING_ASSESSMENT_MAX_DAYS): assess it in shorter periods",
+            "assessment_period",
+        )
     visible = visibility.units(caller)
     if unit is not None and visible is not None and unit not in visible:
         raise Forbidden(f"unit {unit} is outside the units you may assess", {"unit": unit})
@@ -255,7 +266,9 @@ def register_assessment(
     rules: AssessmentRules,
     tz: tzinfo,
     clock: Clock,
+    longest_period: timedelta,
 ) -> None:
+    """`longest_period`: the longest `from`..`to` of an assessment (YUQING_ASSESSMENT_MAX_DAYS)."""
     directory = visibility.directory
     report = AssessmentReport(directory, catalogue, tz)
 
@@ -373,7 +386,7 @@ def register_assessment(
         caller: Caller, period_from: datetime, period_to: datetime, unit: str | None
     ) -> Assessment:
         start, end = aware(period_from), aware(period_to)
-        read = await period_views(views, visibility, caller, start, end, unit)
+        read = await period_views(views, visibility, caller, start, end, unit, longest_period)
         return assess(read.views, start, end, read.units, clock(), rules, directory)
 
     @router.get(

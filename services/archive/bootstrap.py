@@ -72,6 +72,7 @@ def build(deps: Dependencies) -> ArchiveParts:
             embedded_reports=settings.archive_embedded_reports,
             max_page_size=settings.max_page_size,
             export_max_window=timedelta(days=settings.export_max_window_days),
+            assessment_max_period=timedelta(days=settings.assessment_max_days),
         ),
     )
     register_audit(router, deps.store.db, settings.archive_audit_seconds)
@@ -90,6 +91,7 @@ def build(deps: Dependencies) -> ArchiveParts:
         load_rules(settings.plan, settings.assessment_policy_path),
         tz,
         deps.clock,
+        timedelta(days=settings.assessment_max_days),
     )
     return ArchiveParts(
         name="archive",

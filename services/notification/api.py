@@ -5,7 +5,8 @@ the one visibility policy for full sight of the incident first (a partner, anoth
 and an unknown id all get the same 404), then the roles, then the record. The list shows
 only what the caller sees: a partner sees none of the bureau's duties (an empty list, as
 for any caller with nothing in sight), and a filter outside the caller's sight finds
-nothing rather than answering 403, so the list cannot be used to probe.
+nothing rather than answering 403, so the list cannot be used to probe. The list pages
+by a keyset cursor (`next_cursor`), at most `YUQING_MAX_PAGE_SIZE` duties a page.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from services.notification.projections import (
 from shared.auth import CurrentCaller
 from shared.clock import Clock
 from shared.events import Level, ObligationState
+from shared.paging import decode_cursor, encode_cursor, page_size
 from shared.visibility import Sight, Visibility
 
 
@@ -58,8 +60,14 @@ class ObligationView(BaseModel):
 
 
 class ObligationList(BaseModel):
-    obligations: list[ObligationView]
-    count: int
+    obligations: list[ObligationView] = Field(description="this page, soonest deadline first")
+    count: int = Field(
+        description="every duty the filters match that the caller sees, on all pages "
+        "(not only this one)"
+    )
+    next_cursor: str | None = Field(
+        default=None, description="pass as `cursor` for the next page; null on the last one"
+    )
     as_of: datetime
 
 
@@ -152,10 +160,21 @@ def build_router(
     dispatcher: Dispatcher,
     visibility: Visibility,
     clock: Clock,
+    *,
+    max_page_size: int,
 ) -> APIRouter:
+    """`max_page_size`: the largest `limit` of the list, and its default
+    (YUQING_MAX_PAGE_SIZE)."""
     router = APIRouter(tags=["obligations"])
 
-    @router.get("/obligations", response_model=ObligationList)
+    @router.get(
+        "/obligations",
+        response_model=ObligationList,
+        responses={
+            400: {"description": "a cursor this API did not give out"},
+            422: {"description": "a limit above YUQING_MAX_PAGE_SIZE"},
+        },
+    )
     async def list_obligations(
         caller: CurrentCaller,
         incident_id: str | None = None,
@@ -163,18 +182,32 @@ def build_router(
         level: Level | None = None,
         state: ObligationState | None = None,
         overdue: bool | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+        limit: Annotated[
+            int | None,
+            Query(ge=1, description="at most YUQING_MAX_PAGE_SIZE, which is also the default"),
+        ] = None,
+        cursor: Annotated[
+            str | None, Query(max_length=200, description="next_cursor of the page before")
+        ] = None,
     ) -> ObligationList:
-        """Duties, soonest deadline first, of the incidents the caller fully sees."""
+        """Duties, soonest deadline first (then by id), of the incidents the caller fully
+        sees, by page: `count` is how many match on all pages."""
+        size = page_size(limit, max_page_size)
+        after = decode_cursor(cursor) if cursor else None
         now = clock()
         if caller.is_partner:
             return ObligationList(obligations=[], count=0, as_of=now)
         scope = visibility.scope_filter(caller)
-        rows = await views.find(
-            ObligationFilter(incident_id, unit, level, state, overdue, scope), now, limit
+        wanted = ObligationFilter(incident_id, unit, level, state, overdue, scope)
+        rows, total = await views.find(wanted, now, size + 1, after)
+        shown = rows[:size]
+        last = shown[-1] if len(rows) > size else None
+        return ObligationList(
+            obligations=[_view(row, now) for row in shown],
+            count=total,
+            next_cursor=encode_cursor((last.deadline, last.obligation_id)) if last else None,
+            as_of=now,
         )
-        found = [_view(row, now) for row in rows]
-        return ObligationList(obligations=found, count=len(found), as_of=now)
 
     @router.post("/obligations/{obligation_id}/fulfil", response_model=ObligationView)
     async def fulfil(

@@ -199,7 +199,14 @@ def build(deps: Dependencies) -> NotificationParts:
             "acknowledgement and escalation of unacknowledged pages."
         ),
         store=store,
-        router=build_router(workflow, projections, dispatcher, deps.visibility, deps.clock),
+        router=build_router(
+            workflow,
+            projections,
+            dispatcher,
+            deps.visibility,
+            deps.clock,
+            max_page_size=deps.settings.max_page_size,
+        ),
         handlers=handlers,
         consumes=SUBSCRIPTIONS["notification"],
         setup=[projections.ensure_indexes, dispatcher.ensure_indexes, record_version],

@@ -26,6 +26,8 @@ from services.notification.domain import (
 )
 from shared.events import DutyDecided, Envelope, Level, ObligationState
 from shared.incident_context import IncidentContext
+from shared.paging import Key
+from shared.paging import after as keyset_after
 from shared.store import Document, UnitOfWork
 from shared.visibility import IncidentScope
 
@@ -177,7 +179,26 @@ class NotificationProjections:
             counts[key] = counts.get(key, 0) + 1
         return counts
 
-    async def find(self, f: ObligationFilter, now: datetime, limit: int) -> list[ObligationRow]:
+    async def find(
+        self, f: ObligationFilter, now: datetime, limit: int, after: Key | None = None
+    ) -> tuple[list[ObligationRow], int]:
+        """Up to `limit` duties matching `f`, soonest deadline first (then by id), after the
+        key (deadline, obligation id) of the last one a page showed; and how many match in
+        all, on every page."""
+        clauses = self._clauses(f, now)
+        matching: dict[str, Any] = {"$and": clauses} if clauses else {}
+        if after is not None:
+            clauses = [*clauses, keyset_after(after, "deadline")]
+        query: dict[str, Any] = {"$and": clauses} if clauses else {}
+        cursor = self.obligations.find(
+            query, sort=[("deadline", ASCENDING), ("_id", ASCENDING)], limit=limit
+        )
+        rows = [ObligationRow.from_document(doc) async for doc in cursor]
+        total = await self.obligations.count_documents(matching)
+        return rows, total
+
+    @staticmethod
+    def _clauses(f: ObligationFilter, now: datetime) -> list[dict[str, Any]]:
         clauses: list[dict[str, Any]] = []
         if f.scope:
             clauses.append(f.scope)
@@ -194,11 +215,7 @@ class NotificationProjections:
             clauses.append({"state": {"$in": owed}, "deadline": {"$lte": now}})
         elif f.overdue is False:
             clauses.append({"$or": [{"state": {"$nin": owed}}, {"deadline": {"$gt": now}}]})
-        query: dict[str, Any] = {"$and": clauses} if clauses else {}
-        cursor = self.obligations.find(
-            query, sort=[("deadline", ASCENDING), ("_id", ASCENDING)], limit=limit
-        )
-        return [ObligationRow.from_document(doc) async for doc in cursor]
+        return clauses
 
 
 def _memo_key(obligation_id: str) -> str:

@@ -3,11 +3,14 @@
 Every route with an `{id}` first asks the one visibility policy whether the caller sees
 the incident concerned (fully: statements are the bureau's internal records), and answers
 another unit's id exactly like an unknown one; then the roles the route needs; then the
-domain decides. Which status each refusal answers with is `shared.api`'s table.
+domain decides. Which status each refusal answers with is `shared.api`'s table. The
+inbox pages by a keyset cursor (`next_cursor`), at most `YUQING_MAX_PAGE_SIZE` statements
+of each of its lists a page.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
@@ -32,6 +35,7 @@ from services.statement.projections import (
 from shared.auth import CurrentCaller
 from shared.events import EventPayload, Fact, StatementKind
 from shared.identity import Caller, Role
+from shared.paging import Key, decode_positions, encode_positions, page_size
 from shared.visibility import PublishedLine, Sight, Visibility, hidden
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -94,6 +98,11 @@ class PublishRequest(BaseModel):
 class InboxView(BaseModel):
     waiting: list[StatementView] = Field(description="waiting for the caller's step, oldest first")
     mine: list[StatementView] = Field(description="written by the caller, newest first")
+    next_cursor: str | None = Field(
+        default=None,
+        description="pass as `cursor` for the next page of both lists (a list already "
+        "shown to its end comes back empty); null on the last one",
+    )
 
 
 class PartnerOfficialLine(PublishedLine):
@@ -104,12 +113,42 @@ class PartnerOfficialLine(PublishedLine):
     facts: list[Fact]
 
 
+Read = Callable[[Key | None, int], Awaitable[list[StatementView]]]
+Keep = Callable[[StatementView], Awaitable[bool]]
+
+
+def _key(view: StatementView) -> Key:
+    return view.drafted_at, view.statement_id
+
+
+async def _page(
+    read: Read, keep: Keep, after: Key | None, size: int
+) -> tuple[list[StatementView], Key | None]:
+    """Up to `size` of the statements `read` gives after the key that `keep` keeps, read
+    in batches until the page is full or none is left; and the key the next page resumes
+    after (None when this one shows the last)."""
+    kept: list[StatementView] = []
+    position, batch = after, size + 1
+    while len(kept) <= size:
+        found = await read(position, batch)
+        kept += [view for view in found if await keep(view)]
+        if len(found) < batch:
+            break
+        position = _key(found[-1])
+    shown = kept[:size]
+    return shown, _key(shown[-1]) if len(kept) > size else None
+
+
 def build_router(
     workflow: StatementWorkflow,
     views: StatementProjections,
     rules: ApprovalRules,
     visibility: Visibility,
+    *,
+    max_page_size: int,
 ) -> APIRouter:
+    """`max_page_size`: the most statements of each list a page of the inbox holds, and
+    its default (YUQING_MAX_PAGE_SIZE)."""
     router = APIRouter(tags=["statements"])
 
     async def see_incident(incident_id: str, caller: Caller) -> None:
@@ -274,28 +313,67 @@ def build_router(
 
         return await decide(statement_id, caller, publication, PUBLISHER_ROLES)
 
-    @router.get("/inbox")
-    async def inbox(caller: CurrentCaller) -> InboxView:
+    @router.get(
+        "/inbox",
+        responses={
+            400: {"description": "a cursor this API did not give out"},
+            422: {"description": "a limit above YUQING_MAX_PAGE_SIZE"},
+        },
+    )
+    async def inbox(
+        caller: CurrentCaller,
+        limit: Annotated[
+            int | None,
+            Query(
+                ge=1,
+                description="statements of each list a page holds: at most "
+                "YUQING_MAX_PAGE_SIZE, which is also the default",
+            ),
+        ] = None,
+        cursor: Annotated[
+            str | None, Query(max_length=500, description="next_cursor of the page before")
+        ] = None,
+    ) -> InboxView:
         """The console's approval inbox: statements whose next step is the caller's to fill
         now (their role and unit; never a statement they wrote or a chain they already
         approved in), and the statements they wrote, newest first, with any rejection and
-        its comment. Only statements of incidents the caller fully sees."""
+        its comment. Only statements of incidents the caller fully sees. Both lists page
+        together: `next_cursor` resumes each after the last one it showed."""
+        size = page_size(limit, max_page_size)
+        waiting_after, mine_after = decode_positions(cursor, 2) if cursor else (None, None)
+        done = cursor is not None  # a list the cursor holds no position of was shown whole
         held = sorted(role.value for role in caller.roles)
 
         async def seen(view: StatementView) -> bool:
             scope = await views.incident_scope(view.incident_id)
             return visibility.sight(caller, scope) is Sight.FULL
 
-        waiting = [
-            view
-            for view in await views.awaiting(held)
-            if (view.missing[0].unit_id in (None, caller.unit))
-            and all(v.author != caller.id for v in view.versions)
-            and all(step.approved_by != caller.id for step in view.chain)
-            and await seen(view)
-        ]
-        mine = [view for view in await views.written_by(caller.id) if await seen(view)]
-        return InboxView(waiting=waiting, mine=mine)
+        async def waits_for_caller(view: StatementView) -> bool:
+            return (
+                view.missing[0].unit_id in (None, caller.unit)
+                and all(v.author != caller.id for v in view.versions)
+                and all(step.approved_by != caller.id for step in view.chain)
+                and await seen(view)
+            )
+
+        waiting: list[StatementView] = []
+        mine: list[StatementView] = []
+        waiting_next: Key | None = None
+        mine_next: Key | None = None
+        if not (done and waiting_after is None):
+            waiting, waiting_next = await _page(
+                lambda at, n: views.awaiting(held, n, at), waits_for_caller, waiting_after, size
+            )
+        if not (done and mine_after is None):
+            mine, mine_next = await _page(
+                lambda at, n: views.written_by(caller.id, n, at), seen, mine_after, size
+            )
+        more = waiting_next is not None or mine_next is not None
+        return InboxView(
+            waiting=waiting,
+            mine=mine,
+            next_cursor=encode_positions(waiting_next, mine_next) if more else None,
+        )
 
     @router.get("/statements/{statement_id}")
     async def get_statement(statement_id: str, caller: CurrentCaller) -> StatementView:

@@ -66,7 +66,9 @@ def build(deps: Dependencies) -> StatementParts:
             "incident's level; nothing is published before the current version is cleared."
         ),
         store=deps.store,
-        router=build_router(workflow, projections, rules, deps.visibility),
+        router=build_router(
+            workflow, projections, rules, deps.visibility, max_page_size=settings.max_page_size
+        ),
         handlers=handlers,
         consumes=SUBSCRIPTIONS["statement"],
         setup=[projections.ensure_indexes],

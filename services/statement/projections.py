@@ -12,7 +12,7 @@ from datetime import datetime
 from itertools import pairwise
 
 from pydantic import BaseModel, ConfigDict
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -35,6 +35,8 @@ from shared.events import (
     StatementState,
 )
 from shared.incident_context import IncidentContext
+from shared.paging import Key
+from shared.paging import after as keyset_after
 from shared.store import Document, UnitOfWork
 from shared.visibility import IncidentScope
 
@@ -361,22 +363,32 @@ class StatementProjections:
         cursor = self.statements.find({"incident_id": incident_id}).sort("drafted_at", ASCENDING)
         return [StatementSummary.model_validate(doc) async for doc in cursor]
 
-    async def awaiting(self, roles: list[str], limit: int = 200) -> list[StatementView]:
+    async def awaiting(
+        self, roles: list[str], limit: int, after: Key | None = None
+    ) -> list[StatementView]:
         """Statements whose next open step one of `roles` fills (the inbox's candidates:
-        the caller's unit, authorship and sight are checked by the route), oldest first."""
+        the caller's unit, authorship and sight are checked by the route), oldest first
+        (then by id), after the key (drafted_at, statement id) given."""
         states = [s.value for s in (StatementState.IN_REVIEW, StatementState.APPROVED)]
         states.append(StatementState.PUBLISHED.value)  # a published one being cleared again
+        query: Document = {"state": {"$in": states}, "missing.0.role": {"$in": roles}}
+        if after is not None:
+            query = {"$and": [query, keyset_after(after, "drafted_at")]}
         cursor = self.statements.find(
-            {"state": {"$in": states}, "missing.0.role": {"$in": roles}},
-            sort=[("drafted_at", ASCENDING)],
-            limit=limit,
+            query, sort=[("drafted_at", ASCENDING), ("_id", ASCENDING)], limit=limit
         )
         return [StatementView.model_validate(doc) async for doc in cursor]
 
-    async def written_by(self, person_id: str, limit: int = 100) -> list[StatementView]:
-        """Statements any version of which `person_id` wrote, newest first."""
+    async def written_by(
+        self, person_id: str, limit: int, after: Key | None = None
+    ) -> list[StatementView]:
+        """Statements any version of which `person_id` wrote, newest first (then by id,
+        descending), after the key (drafted_at, statement id) given."""
+        query: Document = {"versions.author": person_id}
+        if after is not None:
+            query = {"$and": [query, keyset_after(after, "drafted_at", descending=True)]}
         cursor = self.statements.find(
-            {"versions.author": person_id}, sort=[("drafted_at", -1)], limit=limit
+            query, sort=[("drafted_at", DESCENDING), ("_id", DESCENDING)], limit=limit
         )
         return [StatementView.model_validate(doc) async for doc in cursor]
 

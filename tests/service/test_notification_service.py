@@ -226,6 +226,46 @@ async def test_fulfilling_is_recorded_once_and_only_by_those_who_may(
         assert ack.status_code == 404
 
 
+async def test_the_list_pages_by_cursor_through_every_duty_once_on_the_real_database(
+    fast_settings: Settings, start: Start
+) -> None:
+    service = await start(fast_settings.model_copy(update={"max_page_size": 2}))
+    # Five bulletins due at the same moment (ties broken by id) and a later duty.
+    at = now_ms()
+    incidents = [f"inc-p{n}" for n in range(5)]
+    events = [e for i in incidents for e in (opened(i), graded(i, 2, at=at))]
+    await feed(fast_settings, *events, opened("inc-p9"), graded("inc-p9", 3, at=at))
+    office = bearer(fast_settings, "office-li", "county", "office")
+
+    async with client(service) as http:
+
+        async def all_in() -> bool:
+            r = await http.get("/notifications/v1/obligations", headers=office)
+            return r.status_code == 200 and r.json()["count"] == 6
+
+        await wait_for(all_in)
+        pages: list[dict[str, Any]] = []
+        params: dict[str, str] = {}
+        while True:
+            r = await http.get("/notifications/v1/obligations", params=params, headers=office)
+            assert r.status_code == 200, r.text
+            pages.append(r.json())
+            if not r.json()["next_cursor"]:
+                break
+            params = {"cursor": r.json()["next_cursor"]}
+        too_many = await http.get("/notifications/v1/obligations?limit=3", headers=office)
+
+    assert [len(p["obligations"]) for p in pages] == [2, 2, 2]
+    listed = [o for p in pages for o in p["obligations"]]
+    assert len({o["obligation_id"] for o in listed}) == 6
+    assert {o["incident_id"] for o in listed} == {*incidents, "inc-p9"}
+    assert listed[-1]["kind"] == "direct_handling"  # the latest deadline comes last
+    tied = [o["obligation_id"] for o in listed[:5]]
+    assert tied == sorted(tied)
+    assert too_many.status_code == 422
+    assert too_many.json()["error"]["details"][0]["field"] == "limit"
+
+
 async def test_escalation_adds_duties_and_resolving_closes_what_is_pending(
     fast_settings: Settings, start: Start
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -43,6 +44,18 @@ async def service(settings: Settings) -> AsyncIterator[Runner]:
     # Stopped once the relay has sent what the test stored: on Python 3.11 a cancel that
     # meets a fresh append inside OutboxRelay's asyncio.wait_for is swallowed, and stop()
     # then waits for the relay for ever.
+    await wait_for(lambda: drained(runner))
+    await runner.stop()
+
+
+@pytest.fixture
+async def small_pages(settings: Settings) -> AsyncIterator[Runner]:
+    """The service with inbox pages of at most two statements a list."""
+    await ensure_topics(settings)
+    small = settings.model_copy(update={"max_page_size": 2})
+    runner = ServiceRunner.connect("statement", build, Context.from_settings(small))
+    await runner.start()
+    yield runner
     await wait_for(lambda: drained(runner))
     await runner.stop()
 
@@ -143,6 +156,48 @@ async def test_a_level_one_release_needs_the_office_then_the_task_force_before_p
         unknown = await http.get("/statements/v1/statements/no-such-id", headers=who.office)
         assert hidden.json()["error"]["code"] == unknown.json()["error"]["code"] == "not_found"
         assert (await http.get(base)).status_code == 401
+
+
+async def test_the_inbox_pages_by_cursor_through_every_statement_once_on_the_real_database(
+    small_pages: Runner, settings: Settings
+) -> None:
+    who = People(settings)
+    incidents = [f"inc-p{n}" for n in range(3)]
+    await feed(settings, *[e for i in incidents for e in (opened(i), graded(i, 2))])
+
+    async def pages(http: httpx.AsyncClient, headers: dict[str, str]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        params: dict[str, str] = {}
+        while True:
+            r = await http.get("/statements/v1/inbox", params=params, headers=headers)
+            assert r.status_code == 200, r.text
+            found.append(r.json())
+            if r.json()["next_cursor"] is None:
+                return found
+            params = {"cursor": r.json()["next_cursor"]}
+
+    async with client(small_pages) as http:
+        drafts = []
+        for incident in incidents:
+            statement = await draft_when_known(http, incident, who.author)
+            await submit_when_graded(http, statement["statement_id"], who.author)
+            drafted_at = datetime.fromisoformat(statement["drafted_at"])
+            drafts.append((drafted_at, statement["statement_id"]))
+        office = await pages(http, who.office)
+        author = await pages(http, who.author)
+        too_many = await http.get("/statements/v1/inbox?limit=3", headers=who.office)
+
+    written = [sid for _, sid in sorted(drafts)]  # oldest first, ties by id
+
+    def ids(page: dict[str, Any], part: str) -> list[str]:
+        return [s["statement_id"] for s in page[part]]
+
+    assert [ids(p, "waiting") for p in office] == [written[:2], written[2:]]
+    assert [ids(p, "mine") for p in author] == [written[::-1][:2], written[::-1][2:]]
+    assert all(not p["mine"] for p in office)
+    assert all(not p["waiting"] for p in author)
+    assert too_many.status_code == 422
+    assert too_many.json()["error"]["details"][0]["field"] == "limit"
 
 
 async def test_a_revision_restarts_the_chain_and_a_rejection_needs_a_comment(

@@ -13,7 +13,7 @@ import pytest
 
 from services.archive.bootstrap import build
 from shared.events import Actor, ObligationFulfilled, ReportReceived
-from tests.fakes.harness import FakeService, fake_service
+from tests.fakes.harness import FakeService, fake_service, fake_settings
 from tests.unit.test_archive_service import NOW, T0, Clock, Story
 
 pytestmark = pytest.mark.asyncio
@@ -292,6 +292,46 @@ async def test_the_assessment_counts_only_what_the_caller_may_assess_and_no_part
     assert county["concealed_after_minutes"] == 60
     assert accountability.status_code == 200  # the earlier figures still answer
     assert [u["unit_id"] for u in accountability.json()["units"]] == ["school-a", "school-b"]
+
+
+PERIOD_ROUTES = (
+    "/archive/v1/assessment",
+    "/archive/v1/assessment/report",
+    "/archive/v1/accountability",
+)
+
+
+async def test_a_period_longer_than_the_configured_days_is_refused_naming_from(
+    archive: FakeService, api: httpx.AsyncClient
+) -> None:
+    await story_with_a_met_duty(archive)
+    end = NOW + timedelta(hours=1)
+
+    async def asked(days: timedelta, service: FakeService, client: httpx.AsyncClient) -> list[Any]:
+        period = {"from": (end - days).isoformat(), "to": end.isoformat()}
+        return [await client.get(r, params=period, headers=office(service)) for r in PERIOD_ROUTES]
+
+    # The default (YUQING_ASSESSMENT_MAX_DAYS=366): a year of 366 days answers, a day more not.
+    year = await asked(timedelta(days=366), archive, api)
+    longer = await asked(timedelta(days=367), archive, api)
+    # A deployment's own bound.
+    settings = fake_settings(assessment_max_days=7)
+    async with fake_service("archive", build, settings=settings, clock=Clock()) as week:
+        await story_with_a_met_duty(week)
+        async with week.http() as client:
+            seven = await asked(timedelta(days=7), week, client)
+            beyond = await asked(timedelta(days=7, seconds=1), week, client)
+
+    assert [r.status_code for r in year + seven] == [200] * 6
+    for refused, days in [(r, "366") for r in longer] + [(r, "7") for r in beyond]:
+        assert refused.status_code == 422, refused.text
+        (detail,) = refused.json()["error"]["details"]
+        assert detail["field"] == "from"
+        assert f"longer than {days} days (YUQING_ASSESSMENT_MAX_DAYS)" in detail["reason"]
+    # Within the bound the year's figures are the shorter period's: nothing else happened.
+    shorter = await assessment(api, office(archive))
+    assert counts(year[0].json(), "school-a") == counts(shorter, "school-a")
+    assert counts(shorter, "school-a")["on_time"] == 1
 
 
 async def test_a_unit_reporting_long_after_the_county_knew_is_concealed_by_rule(

@@ -5,6 +5,7 @@ clock the test holds, messages sent to local HTTP receivers, and who may see wha
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -150,6 +151,19 @@ def clock() -> Clock:
     return Clock()
 
 
+@contextlib.asynccontextmanager
+async def running(
+    tmp_path: Path, hook: HttpReceiver, ops: HttpReceiver, clock: Clock, **overrides: Any
+) -> AsyncIterator[FakeService]:
+    path = tmp_path / "obligations.yaml"
+    path.write_text(
+        POLICY.format(hook=hook.url, ops=ops.url, secret_env=SECRET_ENV), encoding="utf-8"
+    )
+    settings = fake_settings(tmp_path, obligations_policy_path=path, **overrides)
+    async with fake_service("notification", build, settings=settings, clock=clock) as service:
+        yield service
+
+
 @pytest.fixture
 async def notification(
     tmp_path: Path,
@@ -159,12 +173,24 @@ async def notification(
     clock: Clock,
 ) -> AsyncIterator[FakeService]:
     monkeypatch.setenv(SECRET_ENV, "fast-layer-webhook-secret")
-    path = tmp_path / "obligations.yaml"
-    path.write_text(
-        POLICY.format(hook=hook.url, ops=ops.url, secret_env=SECRET_ENV), encoding="utf-8"
-    )
-    settings = fake_settings(tmp_path, obligations_policy_path=path)
-    async with fake_service("notification", build, settings=settings, clock=clock) as service:
+    async with running(tmp_path, hook, ops, clock) as service:
+        yield service
+
+
+PAGE = 3  # YUQING_MAX_PAGE_SIZE of `small_pages`
+
+
+@pytest.fixture
+async def small_pages(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    hook: HttpReceiver,
+    ops: HttpReceiver,
+    clock: Clock,
+) -> AsyncIterator[FakeService]:
+    """The service with pages of at most PAGE duties (YUQING_MAX_PAGE_SIZE)."""
+    monkeypatch.setenv(SECRET_ENV, "fast-layer-webhook-secret")
+    async with running(tmp_path, hook, ops, clock, max_page_size=PAGE) as service:
         yield service
 
 
@@ -445,6 +471,75 @@ async def test_the_list_shows_only_duties_in_full_sight_and_never_refuses_a_filt
         for roles in (("partner",), ("partner", "admin")):
             assert await duties(http, notification.token("partner-wxb", "county", *roles)) == []
         assert (await http.get(LIST)).status_code == 401
+
+
+async def test_the_list_pages_soonest_first_and_the_next_pages_hold_the_rest_once(
+    small_pages: FakeService, upstream: Upstream
+) -> None:
+    # Four level-1 incidents (two duties each, their deadlines tied across incidents) and a
+    # level-2 one: nine duties, three pages of PAGE.
+    for n in range(4):
+        await small_pages.consume(upstream.opened(f"inc-{n}"), upstream.graded(f"inc-{n}", 1))
+    await small_pages.consume(upstream.opened("inc-2b"), upstream.graded("inc-2b", 2))
+    office = small_pages.token("office-li", "county", "office")
+    stored = [doc async for doc in small_pages.db["obligations"].find({})]
+    assert len(stored) == 9
+
+    pages: list[dict[str, Any]] = []
+    async with small_pages.http() as http:
+        params: dict[str, Any] = {}
+        while True:
+            r = await http.get(LIST, params=params, headers=office)
+            assert r.status_code == 200, r.text
+            pages.append(r.json())
+            if r.json()["next_cursor"] is None:
+                break
+            params = {"cursor": r.json()["next_cursor"]}
+        # An incident's duties come back whole in one page of the default size.
+        one = (await http.get(LIST, params={"incident_id": "inc-1"}, headers=office)).json()
+        # A page larger than YUQING_MAX_PAGE_SIZE is refused, naming `limit`; a made-up
+        # cursor answers 400 naming `cursor`.
+        too_many = await http.get(LIST, params={"limit": PAGE + 1}, headers=office)
+        forged = await http.get(LIST, params={"cursor": "not-a-cursor"}, headers=office)
+
+    # With no `limit`, a page holds the configured size; `count` counts all nine each time.
+    assert [len(p["obligations"]) for p in pages] == [PAGE, PAGE, PAGE]
+    assert [p["count"] for p in pages] == [9, 9, 9]
+    listed = [o for p in pages for o in p["obligations"]]
+    ids = [o["obligation_id"] for o in listed]
+    assert len(set(ids)) == len(ids) == 9  # no duplicate
+    assert set(ids) == {doc["obligation_id"] for doc in stored}  # nothing missing
+    keys = [(datetime.fromisoformat(o["deadline"]), o["obligation_id"]) for o in listed]
+    assert keys == sorted(keys)  # soonest deadline first, ties by id, across pages
+    assert (one["count"], len(one["obligations"]), one["next_cursor"]) == (2, 2, None)
+    assert too_many.status_code == 422, too_many.text
+    assert [d["field"] for d in too_many.json()["error"]["details"]] == ["limit"]
+    assert "YUQING_MAX_PAGE_SIZE" in too_many.json()["error"]["message"]
+    assert forged.status_code == 400, forged.text
+    assert forged.json()["error"]["details"]["field"] == "cursor"
+
+
+async def test_a_page_of_a_filtered_list_resumes_in_that_filter(
+    small_pages: FakeService, upstream: Upstream
+) -> None:
+    for n in range(4):
+        await small_pages.consume(upstream.opened(f"inc-{n}"), upstream.graded(f"inc-{n}", 1))
+    office = small_pages.token("office-li", "county", "office")
+
+    async with small_pages.http() as http:
+        wanted = {"level": 1, "state": "open", "limit": 2}
+        first = (await http.get(LIST, params=wanted, headers=office)).json()
+        after = {**wanted, "cursor": first["next_cursor"]}
+        rest = [(await http.get(LIST, params=after, headers=office)).json()]
+        while rest[-1]["next_cursor"]:
+            after["cursor"] = rest[-1]["next_cursor"]
+            rest.append((await http.get(LIST, params=after, headers=office)).json())
+
+    pages = [first, *rest]
+    assert [len(p["obligations"]) for p in pages] == [2, 2, 2, 2]
+    assert {p["count"] for p in pages} == {8}
+    ids = [o["obligation_id"] for p in pages for o in p["obligations"]]
+    assert len(set(ids)) == 8
 
 
 # --------------------------------------------------------------------------- deadlines
