@@ -61,6 +61,7 @@ from shared.events import (
     SourceType,
 )
 from shared.identity import Role
+from shared.paging import page_size
 from shared.visibility import Sight, Visibility
 
 FILERS = (
@@ -387,12 +388,9 @@ def build_router(
             str | None, Query(max_length=200, description="next_cursor of the page before")
         ] = None,
     ) -> ReportPage:
-        if limit is None:
-            limit = min(DEFAULT_PAGE, max_page_size)
-        if limit > max_page_size:
-            raise Invalid(
-                "limit", f"at most {max_page_size} (YUQING_MAX_PAGE_SIZE)", "less_than_equal"
-            )
+        limit = page_size(
+            min(DEFAULT_PAGE, max_page_size) if limit is None else limit, max_page_size
+        )
         scope = await views.incident_scope(incident_id)
         sight = visibility.require(caller, scope, "incident", incident_id)
         after = _decode_cursor(cursor) if cursor else None
