@@ -17,6 +17,7 @@ import pytest
 
 from shared.embedded import free_port
 from tests.conftest import Infra
+from tests.service.notification_receivers import HttpReceiver
 
 YUQING = str(Path(sys.executable).with_name("yuqing"))
 
@@ -139,3 +140,10 @@ def wait_for(fetch, predicate, timeout: float = 10.0, what: str = "condition"): 
         time.sleep(0.1)
         result = fetch()
     return result
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[HttpReceiver]:
+    """An HTTP server taking webhook pages (a system told YUQING_WEBHOOK_URL pages there)."""
+    with HttpReceiver().running() as running:
+        yield running

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,40 @@ Rule = Callable[[datetime], datetime]
 
 def within(delta: timedelta) -> Rule:
     return lambda start: start + delta
+
+
+# A duty as the pack's articles state it: the article, its deadline rule, the roles its
+# pages reach, and the role that files it.
+Duty = tuple[str, Rule, list[str], str]
+
+
+@dataclass(frozen=True)
+class Articles:
+    """A storm's table of the pack's articles: each duty kind's `Duty`, who holds each role
+    a page reaches (config/directory.yaml), and the tag each level's pages start with."""
+
+    duties: dict[str, Duty]
+    holders: dict[str, str]
+    tags: dict[int, str]
+
+
+def report_body(run: str, key: str, **fields: Any) -> dict[str, Any]:
+    """A 人民网 report about 实验小学 (central, seen five minutes after it was published),
+    its URL unique to the storm's run and `key`; `fields` (a storm's title and excerpt
+    among them) set or change any field."""
+    report: dict[str, Any] = {
+        "source_type": "news",
+        "source_name": "人民网",
+        "media_tier": "central",
+        "url": f"https://people.example.cn/{run}/{key}.html",
+        "author": "记者 李明",
+        "published_at": "2026-11-21T08:00:00+08:00",
+        "observed_at": "2026-11-21T08:05:00+08:00",
+        "reach": {"views": 5000, "reposts": 40, "comments": 80, "likes": 100},
+        "unit_ids": ["school-a"],
+    }
+    report.update(fields)
+    return report
 
 
 PLANS = CONFIG_DIR / "plans"
@@ -85,6 +120,7 @@ class Storm:
         self, name: str, infra: Infra, tmp_path: Path, pack: str, receiver: HttpReceiver
     ) -> None:
         self.name = name
+        self.pack = pack
         run = uuid.uuid4().hex[:8]
         # Every page goes to the people's webhook contact (their id): who was told, and what.
         self.receiver = receiver
@@ -244,6 +280,80 @@ class Storm:
             and all(p["subject"].startswith(tag) and duty["title"] in p["subject"] for p in pages),
             f"{article}: paged to {sorted(people)} as {tag}{duty['title']}",
             pages,
+        )
+
+    def check_duties(
+        self,
+        articles: Articles,
+        duties: list[dict[str, Any]],
+        start: datetime,
+        also: Sequence[str] = (),
+    ) -> None:
+        """Every duty's deadline, recipients (the article's, and `also` where a rule routes
+        more) and owner against the article it comes from, the people its first pages
+        reached, and the pack that opened it."""
+        for duty in duties:
+            article, rule, recipients, owner = articles.duties[duty["kind"]]
+            expected = [*recipients, *also]
+            people = {articles.holders[r] for r in expected}
+            self.check_pages(duty, people, articles.tags[duty["level"]], article)
+            self.check(
+                at(duty["counted_from"]) == start and at(duty["deadline"]) == rule(start),
+                f"{article}: {duty['kind']} due {duty['deadline']} (from {start.isoformat()})",
+                duty,
+            )
+            self.check(
+                sorted(duty["recipients"]) == sorted(expected) and duty["owner_role"] == owner,
+                f"{article}: recipients {expected}, owned by {owner} ({PEOPLE[owner][0]})",
+                duty,
+            )
+            self.check(
+                duty["plan_id"] == self.pack, f"{duty['kind']} opened by the {self.pack} pack", duty
+            )
+
+    def miss_alerts(self, obligation_id: str) -> dict[str, dict[str, Any]]:
+        """The alerts of a duty's miss (【超时告警…】 pages) by notification, once any came."""
+        alerts: dict[str, dict[str, Any]] = wait_for(
+            lambda: {
+                p["notification_id"]: p
+                for p in self.pages(obligation_id)
+                if p["subject"].startswith("【超时告警")
+            },
+            bool,
+            timeout=30,
+            what="the alert of the miss",
+        )
+        return alerts
+
+    def check_missed(
+        self, articles: Articles, incident_id: str, duty: dict[str, Any], alerted: str
+    ) -> None:
+        """Missed once, at its true deadline, and `alerted` (a person) alerted once."""
+        article = articles.duties[duty["kind"]][0]
+        view = self.until(
+            incident_id,
+            lambda v: any(
+                d["obligation_id"] == duty["obligation_id"] and d["state"] == "missed"
+                for d in v.get("obligations", [])
+            ),
+            f"{duty['kind']} missed",
+        )
+        (missed,) = [d for d in view["obligations"] if d["obligation_id"] == duty["obligation_id"]]
+        events = [
+            e
+            for e in self.events(incident_id, "DeadlineMissed")
+            if duty["title"] in e["summary"] and at(e["occurred_at"]) == at(duty["deadline"])
+        ]
+        self.check(
+            at(missed["missed_at"]) == at(duty["deadline"]) and len(events) == 1,
+            f"{article}: missed once, at its true deadline {duty['deadline']}",
+            (missed, events),
+        )
+        alerts = self.miss_alerts(duty["obligation_id"])
+        self.check(
+            [p["recipient"] for p in alerts.values()] == [alerted],
+            f"{article}: the miss alerts {alerted} once",
+            alerts,
         )
 
     def report(self, body: dict[str, Any], role: str = "monitor") -> str:

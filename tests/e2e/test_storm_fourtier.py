@@ -14,7 +14,6 @@ shipped pack turns it on)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 
 from tests.conftest import Infra
 from tests.e2e.conftest import wait_for
-from tests.e2e.storm import PEOPLE, Rule, Storm, at, within
+from tests.e2e.storm import PEOPLE, Articles, Rule, Storm, at, report_body, within
 from tests.service.notification_receivers import HttpReceiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.storm]
@@ -100,6 +99,7 @@ HOLDERS = {
 # catalogue.yaml level_short, and as the notification texts carry it.
 SHORT = {1: "特别重大", 2: "重大或较大", 3: "一般", 4: "影响较小"}
 TAGS = {level: f"【{short}舆情】" for level, short in SHORT.items()}
+ARTICLES = Articles(TABLE, HOLDERS, TAGS)
 # approval.yaml: who clears what is released at each tier.
 CHAINS = {
     1: ["office", "leader"],
@@ -112,90 +112,19 @@ ALERTED = {1: "leader-zhang", 2: "leader-zhang", 3: "leader-zhang", 4: "office-l
 
 
 def body(storm: Storm, key: str, **overrides: Any) -> dict[str, Any]:
-    report: dict[str, Any] = {
-        "source_type": "news",
-        "source_name": "人民网",
-        "media_tier": "central",
-        "url": f"https://people.example.cn/{storm.run}/{key}.html",
+    story = {
         "title": f"家长质疑实验小学校服收费（{storm.run}）",
         "excerpt": "多名家长质疑学校校服定价过高，询问收费依据。",
         "author": "记者 王芳",
-        "published_at": "2026-11-21T08:00:00+08:00",
-        "observed_at": "2026-11-21T08:05:00+08:00",
         "reach": {"views": 8000, "reposts": 60, "comments": 90, "likes": 120},
-        "unit_ids": ["school-a"],
     }
-    report.update(overrides)
-    return report
-
-
-def check_duties(storm: Storm, duties: list[dict[str, Any]], start: datetime) -> None:
-    """Every duty's deadline, recipients and owner against the article it comes from, and
-    the people its first pages reached."""
-    for duty in duties:
-        article, rule, recipients, owner = TABLE[duty["kind"]]
-        storm.check_pages(duty, {HOLDERS[r] for r in recipients}, TAGS[duty["level"]], article)
-        storm.check(
-            at(duty["counted_from"]) == start and at(duty["deadline"]) == rule(start),
-            f"{article}: {duty['kind']} due {duty['deadline']} (from {start.isoformat()})",
-            duty,
-        )
-        storm.check(
-            sorted(duty["recipients"]) == sorted(recipients) and duty["owner_role"] == owner,
-            f"{article}: recipients {recipients}, owned by {owner} ({PEOPLE[owner][0]})",
-            duty,
-        )
-
-
-def check_missed(storm: Storm, incident_id: str, duty: dict[str, Any]) -> None:
-    """Missed once, at its true deadline, and the body the tier names alerted once."""
-    article = TABLE[duty["kind"]][0]
-    view = storm.until(
-        incident_id,
-        lambda v: any(
-            d["obligation_id"] == duty["obligation_id"] and d["state"] == "missed"
-            for d in v.get("obligations", [])
-        ),
-        f"{duty['kind']} missed",
-    )
-    (missed,) = [d for d in view["obligations"] if d["obligation_id"] == duty["obligation_id"]]
-    events = [
-        e
-        for e in storm.events(incident_id, "DeadlineMissed")
-        if duty["title"] in e["summary"] and at(e["occurred_at"]) == at(duty["deadline"])
-    ]
-    storm.check(
-        at(missed["missed_at"]) == at(duty["deadline"]) and len(events) == 1,
-        f"{article}: missed once, at its true deadline {duty['deadline']}",
-        (missed, events),
-    )
-    alerts = wait_for(
-        lambda: {
-            p["notification_id"]: p
-            for p in storm.pages(duty["obligation_id"])
-            if p["subject"].startswith("【超时告警")
-        },
-        bool,
-        timeout=30,
-        what="the alert of the miss",
-    )
-    storm.check(
-        [p["recipient"] for p in alerts.values()] == [ALERTED[duty["level"]]],
-        f"{article}: the miss alerts {ALERTED[duty['level']]} once",
-        alerts,
-    )
-
-
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver().running() as running:
-        yield running
+    return report_body(storm.run, key, **(story | overrides))
 
 
 def test_a_storm_under_the_four_tier_plan(
-    infra: Infra, tmp_path: Path, receiver: HttpReceiver
+    infra: Infra, tmp_path: Path, webhook_receiver: HttpReceiver
 ) -> None:
-    storm = Storm("fourtier", infra, tmp_path, "fourtier", receiver)
+    storm = Storm("fourtier", infra, tmp_path, "fourtier", webhook_receiver)
 
     def duty(incident_id: str, kind: str, state: str = "open") -> dict[str, Any]:
         found: list[dict[str, Any]] = wait_for(
@@ -284,7 +213,7 @@ def test_a_storm_under_the_four_tier_plan(
                 view,
             )
             (graded,) = storm.events(incident_id, "IncidentGraded")
-            check_duties(storm, storm.duties(incident_id), at(graded["occurred_at"]))
+            storm.check_duties(ARTICLES, storm.duties(incident_id), at(graded["occurred_at"]))
 
         # -- duties that follow another (after:), counted from the filing they wait on ------
         for incident_id, first, then, role in (
@@ -296,7 +225,7 @@ def test_a_storm_under_the_four_tier_plan(
                 f"{TABLE[then][0]}: not owed before {first} is filed",
             )
             filed = storm.fulfil(duty(incident_id, first)["obligation_id"], role, "已请示")
-            check_duties(storm, [duty(incident_id, then)], at(filed["fulfilled_at"]))
+            storm.check_duties(ARTICLES, [duty(incident_id, then)], at(filed["fulfilled_at"]))
 
         # -- a statement at each tier, cleared by that tier's chain (approval.yaml) -------
         for incident_id, level, kind, title in (
@@ -328,7 +257,7 @@ def test_a_storm_under_the_four_tier_plan(
 
         # -- seven hours out: the first 6-hour round of 24小时不间断监控 passes ---------------
         storm.start(timedelta(hours=7))
-        check_missed(storm, especially, watch_round)
+        storm.check_missed(ARTICLES, especially, watch_round, ALERTED[watch_round["level"]])
         storm.check(
             len(storm.events(especially, "IncidentEscalated")) == 0,
             "a miss at 特别重大 escalates nowhere (the top tier)",
@@ -344,7 +273,7 @@ def test_a_storm_under_the_four_tier_plan(
         # -- closure: 五2 总结评估 owed at the two tiers the leading group leads ---------------
         resolved_at = resolve(especially, "舆情已平息")
         summary = duty(especially, "summary_assessment")
-        check_duties(storm, [summary], resolved_at)
+        storm.check_duties(ARTICLES, [summary], resolved_at)
         storm.check(
             [d["state"] for d in storm.duties(especially) if d["kind"] == "round_the_clock_watch"]
             == ["missed", "closed"],
@@ -386,7 +315,7 @@ def test_a_storm_under_the_four_tier_plan(
 
         major_resolved = resolve(major, "谣言已澄清")
         assessment_major = duty(major, "summary_assessment_major")
-        check_duties(storm, [assessment_major], major_resolved)
+        storm.check_duties(ARTICLES, [assessment_major], major_resolved)
         storm.fulfil(assessment_major["obligation_id"], "leader", "已总结评估")
         storm.until(
             major,
@@ -432,7 +361,7 @@ def test_a_storm_under_the_four_tier_plan(
 
         # -- two days out: the 影响较小 duty passes; the office is alerted; one tier up -------
         storm.start(timedelta(hours=50))
-        check_missed(storm, minor, section)
+        storm.check_missed(ARTICLES, minor, section, ALERTED[section["level"]])
         escalated = storm.until(minor, lambda v: v.get("level") == 3, "escalated to 一般")
         (escalation,) = storm.events(minor, "IncidentEscalated")
         escalated_at = at(escalation["occurred_at"])
@@ -442,14 +371,14 @@ def test_a_storm_under_the_four_tier_plan(
             escalation,
         )
         request = duty(minor, "office_request")
-        check_duties(storm, [request], escalated_at)
+        storm.check_duties(ARTICLES, [request], escalated_at)
         storm.fulfil(request["obligation_id"], "office", "已请示")
         resolve(minor, "积水已处理")
         storm.stop()
 
         # -- eight days out: the 总结评估 and the watch both run out ----------------------
         storm.start(timedelta(days=8))
-        check_missed(storm, especially, summary)
+        storm.check_missed(ARTICLES, especially, summary, ALERTED[summary["level"]])
         late = storm.report(
             body(
                 storm,

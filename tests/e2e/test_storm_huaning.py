@@ -9,7 +9,6 @@ a watch after closure (篇三 has none: a report within intake's reopen window r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Infra
-from tests.e2e.conftest import wait_for
-from tests.e2e.storm import PEOPLE, Rule, Storm, at, same_day, within
+from tests.e2e.storm import PEOPLE, Articles, Rule, Storm, at, report_body, same_day, within
 from tests.service.notification_receivers import HttpReceiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.storm]
@@ -67,6 +65,7 @@ TABLE: dict[str, tuple[str, Rule, list[str], str]] = {
 HOLDERS = {"leader": "leader-zhang", "office": "office-li", "dept_head": "head-liu"}
 HOLDERS["office@county"] = "office-li"
 LEVEL_NAMES = {1: "一级舆情", 2: "二级舆情", 3: "三级舆情"}
+ARTICLES = Articles(TABLE, HOLDERS, {n: f"【{name}】" for n, name in LEVEL_NAMES.items()})
 # 第十七条: a 县长 leader-board item's duties go to the county 督办室 too (its office).
 BOARD = "office@county"
 LEVEL_DUTIES = {
@@ -77,55 +76,17 @@ LEVEL_DUTIES = {
 
 
 def body(storm: Storm, key: str, **overrides: Any) -> dict[str, Any]:
-    report: dict[str, Any] = {
-        "source_type": "news",
-        "source_name": "人民网",
-        "media_tier": "central",
-        "url": f"https://people.example.cn/{storm.run}/{key}.html",
+    story = {
         "title": f"家长质疑实验小学食堂食材过期（{storm.run}）",
         "excerpt": "多名家长反映学校食堂使用过期食材，质疑监管不力。",
-        "author": "记者 李明",
-        "published_at": "2026-11-21T08:00:00+08:00",
-        "observed_at": "2026-11-21T08:05:00+08:00",
-        "reach": {"views": 5000, "reposts": 40, "comments": 80, "likes": 100},
-        "unit_ids": ["school-a"],
     }
-    report.update(overrides)
-    return report
-
-
-def check_duties(
-    storm: Storm, incident_id: str, duties: list[dict[str, Any]], start: datetime, routed: bool
-) -> None:
-    """Every duty's deadline, recipients and owner against the article it comes from, and
-    the people its page reached."""
-    for duty in duties:
-        article, rule, recipients, owner = TABLE[duty["kind"]]
-        expected = [*recipients, BOARD] if routed else recipients
-        people = {HOLDERS[r] for r in expected}
-        storm.check_pages(duty, people, f"【{LEVEL_NAMES[duty['level']]}】", article)
-        storm.check(
-            at(duty["counted_from"]) == start and at(duty["deadline"]) == rule(start),
-            f"{article}: {duty['kind']} due {duty['deadline']} (from {start.isoformat()})",
-            duty,
-        )
-        storm.check(
-            sorted(duty["recipients"]) == sorted(expected) and duty["owner_role"] == owner,
-            f"{article}: recipients {expected}, owned by {owner} ({PEOPLE[owner][0]})",
-            duty,
-        )
-
-
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver().running() as running:
-        yield running
+    return report_body(storm.run, key, **(story | overrides))
 
 
 def test_a_storm_under_the_huaning_plan(
-    infra: Infra, tmp_path: Path, receiver: HttpReceiver
+    infra: Infra, tmp_path: Path, webhook_receiver: HttpReceiver
 ) -> None:
-    storm = Storm("huaning", infra, tmp_path, "huaning", receiver)
+    storm = Storm("huaning", infra, tmp_path, "huaning", webhook_receiver)
     try:
         storm.start()
         with storm.admin() as api:
@@ -173,7 +134,9 @@ def test_a_storm_under_the_huaning_plan(
                 view,
             )
             duties = storm.duties(incident_id)
-            check_duties(storm, incident_id, duties, graded_at[incident_id], incident_id == board)
+            storm.check_duties(
+                ARTICLES, duties, graded_at[incident_id], [BOARD] if incident_id == board else []
+            )
             # The archive's view tells the same deadlines and recipients.
             archived = {d["obligation_id"]: d for d in view["obligations"]}
             storm.check(
@@ -273,16 +236,7 @@ def test_a_storm_under_the_huaning_plan(
                     f"{article}: one DeadlineMissed for it",
                     missed_events,
                 )
-                alerts = wait_for(
-                    lambda o=d["obligation_id"]: {
-                        p["notification_id"]: p
-                        for p in storm.pages(o)
-                        if p["subject"].startswith("【超时告警")
-                    },
-                    bool,
-                    timeout=30,
-                    what="the alert of the miss",
-                )
+                alerts = storm.miss_alerts(d["obligation_id"])
                 storm.check(
                     [p["recipient"] for p in alerts.values()] == ["leader-zhang"],
                     f"{article}: the miss alerts the leading group (张组长) once",
@@ -301,7 +255,7 @@ def test_a_storm_under_the_huaning_plan(
             "the escalation opens the level-1 duties",
             new_duties,
         )
-        check_duties(storm, provincial, new_duties, escalated_at, routed=False)
+        storm.check_duties(ARTICLES, new_duties, escalated_at)
         storm.check(escalated["level"] == 1, "the archive shows the provincial incident at level 1")
 
         # A missed duty filed late (迟报).
@@ -453,7 +407,7 @@ def test_a_storm_under_the_huaning_plan(
         reopened_at = at(reopening["occurred_at"])
         storm.check(view["level"] == 3, "reopened at its level (三级)", view["level"])
         reowed = [d for d in storm.duties(board) if d["state"] == "open"]
-        check_duties(storm, board, reowed, reopened_at, routed=True)
+        storm.check_duties(ARTICLES, reowed, reopened_at, [BOARD])
         for d in reowed:
             role = TABLE[d["kind"]][3]
             storm.fulfil(d["obligation_id"], role, "再次办结")

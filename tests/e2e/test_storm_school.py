@@ -12,8 +12,7 @@ it on), routing by source (the pack has no `routing`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 
 from tests.conftest import Infra
 from tests.e2e.conftest import wait_for
-from tests.e2e.storm import PEOPLE, Rule, Storm, at, same_day, within
+from tests.e2e.storm import PEOPLE, Articles, Rule, Storm, at, report_body, same_day, within
 from tests.service.notification_receivers import HttpReceiver
 
 pytestmark = [pytest.mark.e2e, pytest.mark.storm]
@@ -73,94 +72,21 @@ TABLE: dict[str, tuple[str, Rule, list[str], str]] = {
 }
 HOLDERS = {"leader": "leader-zhang", "office": "office-li", "dept_head": "head-liu"}
 LEVEL_NAMES = {1: "一级舆情", 2: "二级舆情", 3: "三级舆情"}
+ARTICLES = Articles(TABLE, HOLDERS, {n: f"【{name}】" for n, name in LEVEL_NAMES.items()})
 
 
 def body(storm: Storm, key: str, **overrides: Any) -> dict[str, Any]:
-    report: dict[str, Any] = {
-        "source_type": "news",
-        "source_name": "人民网",
-        "media_tier": "central",
-        "url": f"https://people.example.cn/{storm.run}/{key}.html",
+    story = {
         "title": f"家长质疑实验小学午餐收费标准（{storm.run}）",
         "excerpt": "多名家长质疑学校午餐收费过高，询问收费依据。",
-        "author": "记者 李明",
-        "published_at": "2026-11-21T08:00:00+08:00",
-        "observed_at": "2026-11-21T08:05:00+08:00",
-        "reach": {"views": 5000, "reposts": 40, "comments": 80, "likes": 100},
-        "unit_ids": ["school-a"],
     }
-    report.update(overrides)
-    return report
-
-
-def check_duties(storm: Storm, duties: list[dict[str, Any]], start: datetime) -> None:
-    """Every duty's deadline, recipients and owner against the article it comes from, and
-    the people its page reached."""
-    for duty in duties:
-        article, rule, recipients, owner = TABLE[duty["kind"]]
-        people = {HOLDERS[r] for r in recipients}
-        storm.check_pages(duty, people, f"【{LEVEL_NAMES[duty['level']]}】", article)
-        storm.check(
-            at(duty["counted_from"]) == start and at(duty["deadline"]) == rule(start),
-            f"{article}: {duty['kind']} due {duty['deadline']} (from {start.isoformat()})",
-            duty,
-        )
-        storm.check(
-            sorted(duty["recipients"]) == sorted(recipients) and duty["owner_role"] == owner,
-            f"{article}: recipients {recipients}, owned by {owner} ({PEOPLE[owner][0]})",
-            duty,
-        )
-
-
-def check_missed(storm: Storm, incident_id: str, duty: dict[str, Any]) -> None:
-    """Missed once, at its true deadline, and the leading group alerted once (统一领导)."""
-    article = TABLE[duty["kind"]][0]
-    view = storm.until(
-        incident_id,
-        lambda v: any(
-            d["obligation_id"] == duty["obligation_id"] and d["state"] == "missed"
-            for d in v.get("obligations", [])
-        ),
-        f"{duty['kind']} missed",
-    )
-    (missed,) = [d for d in view["obligations"] if d["obligation_id"] == duty["obligation_id"]]
-    events = [
-        e
-        for e in storm.events(incident_id, "DeadlineMissed")
-        if duty["title"] in e["summary"] and at(e["occurred_at"]) == at(duty["deadline"])
-    ]
-    storm.check(
-        at(missed["missed_at"]) == at(duty["deadline"]) and len(events) == 1,
-        f"{article}: missed once, at its true deadline {duty['deadline']}",
-        (missed, events),
-    )
-    alerts = wait_for(
-        lambda: {
-            p["notification_id"]: p
-            for p in storm.pages(duty["obligation_id"])
-            if p["subject"].startswith("【超时告警")
-        },
-        bool,
-        timeout=30,
-        what="the alert of the miss",
-    )
-    storm.check(
-        [p["recipient"] for p in alerts.values()] == ["leader-zhang"],
-        f"{article}: the miss alerts the leading group (张组长) once",
-        alerts,
-    )
-
-
-@pytest.fixture
-def receiver() -> Iterator[HttpReceiver]:
-    with HttpReceiver().running() as running:
-        yield running
+    return report_body(storm.run, key, **(story | overrides))
 
 
 def test_a_storm_under_the_school_plan(
-    infra: Infra, tmp_path: Path, receiver: HttpReceiver
+    infra: Infra, tmp_path: Path, webhook_receiver: HttpReceiver
 ) -> None:
-    storm = Storm("school", infra, tmp_path, "school", receiver)
+    storm = Storm("school", infra, tmp_path, "school", webhook_receiver)
     try:
         storm.start()
         with storm.admin() as api:
@@ -208,7 +134,7 @@ def test_a_storm_under_the_school_plan(
                 view,
             )
             (graded,) = storm.events(incident_id, "IncidentGraded")
-            check_duties(storm, storm.duties(incident_id), at(graded["occurred_at"]))
+            storm.check_duties(ARTICLES, storm.duties(incident_id), at(graded["occurred_at"]))
 
         def duty(incident_id: str, kind: str) -> dict[str, Any]:
             (found,) = [d for d in storm.duties(incident_id) if d["kind"] == kind]
@@ -259,7 +185,7 @@ def test_a_storm_under_the_school_plan(
 
         # -- an outage of three hours: the first tracking report (2h) passes -----------
         storm.start(timedelta(hours=3))
-        check_missed(storm, inquiry, tracking)
+        storm.check_missed(ARTICLES, inquiry, tracking, "leader-zhang")
         storm.check(
             len(storm.events(inquiry, "IncidentEscalated")) == 0,
             "a miss at level 1 escalates nowhere (the top level)",
@@ -301,7 +227,7 @@ def test_a_storm_under_the_school_plan(
         (resolution,) = storm.events(inquiry, "IncidentResolved")
         resolved_at = at(resolution["occurred_at"])
         summary = duty(inquiry, "summary_review")
-        check_duties(storm, [summary], resolved_at)
+        storm.check_duties(ARTICLES, [summary], resolved_at)
         storm.check(
             [d["state"] for d in storm.duties(inquiry) if d["kind"] == "tracking_update"]
             == ["missed", "closed"],
@@ -348,7 +274,7 @@ def test_a_storm_under_the_school_plan(
             reopening,
         )
         reowed = [d for d in storm.duties(suggestion) if d["state"] == "open"]
-        check_duties(storm, reowed, at(reopening["occurred_at"]))
+        storm.check_duties(ARTICLES, reowed, at(reopening["occurred_at"]))
         for d in reowed:
             storm.fulfil(d["obligation_id"], TABLE[d["kind"]][3], "再次办结")
         with storm.as_("leader") as api:
@@ -431,7 +357,7 @@ def test_a_storm_under_the_school_plan(
 
         # -- an outage to eight days on: the 总结评估 and the watch both run out ---------
         storm.start(timedelta(days=8))
-        check_missed(storm, inquiry, summary)
+        storm.check_missed(ARTICLES, inquiry, summary, "leader-zhang")
         late = storm.report(
             body(
                 storm,
