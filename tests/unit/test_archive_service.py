@@ -41,6 +41,7 @@ from shared.events import (
 )
 from shared.store import INBOX
 from tests.fakes.harness import FakeService, fake_service
+from tests.fakes.upstream import Clock
 
 T0 = datetime(2026, 11, 21, 0, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=6)  # the archive's clock: every deadline of the stories has passed
@@ -163,19 +164,9 @@ class Story:
         return self.add(IncidentResolved(reason="舆情平息"), "incident", when, actor=leader)
 
 
-class Clock:
-    """The archive's clock, which a test moves on."""
-
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(NOW)
 
 
 @pytest.fixture

@@ -165,14 +165,14 @@ async def running(
 
 
 @pytest.fixture
-async def notification(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    hook: HttpReceiver,
-    ops: HttpReceiver,
-    clock: Clock,
-) -> AsyncIterator[FakeService]:
+def webhook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(SECRET_ENV, "fast-layer-webhook-secret")
+
+
+@pytest.fixture
+async def notification(
+    tmp_path: Path, webhook_secret: None, hook: HttpReceiver, ops: HttpReceiver, clock: Clock
+) -> AsyncIterator[FakeService]:
     async with running(tmp_path, hook, ops, clock) as service:
         yield service
 
@@ -182,14 +182,9 @@ PAGE = 3  # YUQING_MAX_PAGE_SIZE of `small_pages`
 
 @pytest.fixture
 async def small_pages(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    hook: HttpReceiver,
-    ops: HttpReceiver,
-    clock: Clock,
+    tmp_path: Path, webhook_secret: None, hook: HttpReceiver, ops: HttpReceiver, clock: Clock
 ) -> AsyncIterator[FakeService]:
     """The service with pages of at most PAGE duties (YUQING_MAX_PAGE_SIZE)."""
-    monkeypatch.setenv(SECRET_ENV, "fast-layer-webhook-secret")
     async with running(tmp_path, hook, ops, clock, max_page_size=PAGE) as service:
         yield service
 

@@ -5,7 +5,7 @@ with its rejections."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -13,6 +13,7 @@ import pytest
 
 from services.statement.bootstrap import build
 from tests.fakes.harness import FakeService, fake_service, fake_settings
+from tests.fakes.upstream import Clock
 from tests.unit.test_statement_service import (
     API,
     T0,
@@ -75,17 +76,9 @@ async def test_a_statement_waits_in_the_inbox_of_whoever_fills_its_next_step(
 PAGE = 2  # YUQING_MAX_PAGE_SIZE of `small_pages`
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(T0)
 
 
 @pytest.fixture
