@@ -28,17 +28,37 @@ class Infra:
 
 
 def _containers() -> Iterator[Infra]:
-    from testcontainers.kafka import KafkaContainer
-    from testcontainers.mongodb import MongoDbContainer
+    import re
+    import time
 
-    # A single-node replica set: the event store appends in multi-document transactions.
-    mongo = MongoDbContainer("mongo:7").with_command("--replSet rs0 --bind_ip_all")
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+    from testcontainers.kafka import KafkaContainer
+
+    # A single-node replica set (the event store appends in multi-document transactions),
+    # without root credentials: with them the image's mongod enables authorization, which
+    # a replica set accepts only with a key file.
+    mongo = (
+        DockerContainer("mongo:7")
+        .with_command("--replSet rs0 --bind_ip_all")
+        .with_exposed_ports(27017)
+        .waiting_for(LogMessageWaitStrategy(re.compile("waiting for connections", re.I)))
+    )
     with KafkaContainer() as kafka, mongo:
-        mongo.exec(
-            "mongosh --quiet -u test -p test --eval "
-            "\"rs.initiate({_id:'rs0',members:[{_id:0,host:'localhost:27017'}]})\""
-        )
-        url = mongo.get_connection_url() + "/?directConnection=true&authSource=admin"
+        initiate = "rs.initiate({_id:'rs0',members:[{_id:0,host:'localhost:27017'}]})"
+        mongo.exec(["mongosh", "--quiet", "--eval", initiate])
+        deadline = time.monotonic() + 60
+        while (
+            b"true"
+            not in mongo.exec(
+                ["mongosh", "--quiet", "--eval", "db.hello().isWritablePrimary"]
+            ).output
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the MongoDB container's replica set elected no primary")
+            time.sleep(0.5)
+        host, port = mongo.get_container_host_ip(), mongo.get_exposed_port(27017)
+        url = f"mongodb://{host}:{port}/?directConnection=true"
         yield Infra(kafka=kafka.get_bootstrap_server(), mongo=url)
 
 
