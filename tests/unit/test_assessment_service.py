@@ -28,7 +28,7 @@ SUN = Actor(type="person", id="spokesperson-sun", unit_id="school-a")
 
 @pytest.fixture
 async def archive() -> AsyncIterator[FakeService]:
-    async with fake_service("archive", build, clock=Clock()) as service:
+    async with fake_service("archive", build, clock=Clock(NOW)) as service:
         yield service
 
 
@@ -316,7 +316,7 @@ async def test_a_period_longer_than_the_configured_days_is_refused_naming_from(
     longer = await asked(timedelta(days=367), archive, api)
     # A deployment's own bound.
     settings = fake_settings(assessment_max_days=7)
-    async with fake_service("archive", build, settings=settings, clock=Clock()) as week:
+    async with fake_service("archive", build, settings=settings, clock=Clock(NOW)) as week:
         await story_with_a_met_duty(week)
         async with week.http() as client:
             seven = await asked(timedelta(days=7), week, client)
