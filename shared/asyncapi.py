@@ -1,17 +1,21 @@
 """The AsyncAPI 3 document of the event bus, written from the declared events themselves.
 
 Every event type is a message with its own payload schema (the envelope with that type's
-payload, `event_type` and `schema_version` fixed), on the channel of its topic; each
-service sends on its topic and receives the types its handler map reacts to; the
-dead-letter topic is a channel too. A partner's engineer can generate a consumer from it
-that rejects what the system would never send.
+payload, `event_type` and `schema_version` fixed), on the channel of its topic; the
+dead-letter topic is a channel too. The operations are those of all five services, from
+the one declaration of the bus (shared/events.py: each topic's owner sends on it, each
+service receives what `SUBSCRIPTIONS` says it reads), whichever services run in the
+process that serves it: in the distributed shape nginx and the Ingress send
+`/asyncapi.json` to the archive, and its document is the whole bus's. The servers are
+the configured bootstrap brokers, one each, with the configured Kafka security. A
+partner's engineer can generate a consumer from it that rejects what the system would
+never send.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
@@ -19,20 +23,18 @@ import jinja2
 from pydantic import BaseModel, Field, create_model
 from pydantic.json_schema import models_json_schema
 
-from shared.events import ALL_TOPICS, DEAD_LETTER_TOPIC, Envelope, EventPayload, event_types
-from shared.settings import Settings
-from shared.signing import PRODUCER_HEADER, RELAY_SIGNATURE_HEADER, SIGNATURE_HEADER
+from shared.events import (
+    ALL_TOPICS,
+    DEAD_LETTER_TOPIC,
+    SUBSCRIPTIONS,
+    Envelope,
+    EventPayload,
+    event_types,
+)
+from shared.settings import SERVICE_NAMES, Settings
+from shared.signing import PRODUCER_HEADER, RELAY_SIGNATURE_HEADER, SIGNATURE_HEADER, TOPIC_OWNERS
 
 REF = "#/components/schemas/{model}"
-
-
-@dataclass(frozen=True)
-class BusMember:
-    """What the document says of one service: the topic it sends on, the types it handles."""
-
-    name: str
-    topic: str
-    handles: tuple[type[EventPayload], ...]
 
 
 class DeadLetter(BaseModel):
@@ -133,7 +135,9 @@ def _package_version() -> str:
         return "0"
 
 
-def asyncapi_document(settings: Settings, members: Sequence[BusMember]) -> dict[str, Any]:
+def asyncapi_document(settings: Settings) -> dict[str, Any]:
+    """The document of the whole bus as `settings` deploy it (topic names, brokers,
+    security): the same whichever services the serving process runs."""
     kinds = sorted(event_types().values(), key=lambda k: (k.TOPIC, k.EVENT_TYPE))
     envelopes = {k.EVENT_TYPE: _typed_envelope(k) for k in kinds}
     models: list[type[BaseModel]] = [*envelopes.values(), DeadLetter]
@@ -179,26 +183,11 @@ def asyncapi_document(settings: Settings, members: Sequence[BusMember]) -> dict[
         "messages": {"DeadLetter": {"$ref": "#/components/messages/DeadLetter"}},
     }
 
-    operations: dict[str, Any] = {}
-    for member in members:
-        sent = [k for k in kinds if member.topic == k.TOPIC]
-        if sent:
-            operations[f"{member.name}_sends"] = _operation(
-                "send", member.topic, sent, f"{member.name} relays its stored events"
-            )
-        for topic in sorted({k.TOPIC for k in member.handles}):
-            handled = sorted(
-                (k for k in member.handles if topic == k.TOPIC), key=lambda k: k.EVENT_TYPE
-            )
-            operations[f"{member.name}_receives_{_channel(topic)}"] = _operation(
-                "receive", topic, handled, f"{member.name} reacts to these types"
-            )
-        operations[f"{member.name}_dead_letters"] = {
-            "action": "send",
-            "channel": {"$ref": f"#/channels/{_channel(DEAD_LETTER_TOPIC)}"},
-            "summary": f"{member.name} gives up on a message, with the reason",
-            "messages": [{"$ref": f"#/channels/{_channel(DEAD_LETTER_TOPIC)}/messages/DeadLetter"}],
-        }
+    operations = _operations(kinds)
+    servers, security_schemes = _servers(settings)
+    components: dict[str, Any] = {"messages": messages, "schemas": schemas}
+    if security_schemes:
+        components["securitySchemes"] = security_schemes
 
     return {
         "asyncapi": "3.0.0",
@@ -213,17 +202,95 @@ def asyncapi_document(settings: Settings, members: Sequence[BusMember]) -> dict[
             ),
         },
         "defaultContentType": "application/json",
-        "servers": {
-            "kafka": {
-                "host": settings.kafka_bootstrap_servers or "localhost:9092",
-                "protocol": "kafka",
-                "description": "The deployment's Kafka-protocol brokers",
-            }
-        },
+        "servers": servers,
         "channels": channels,
         "operations": operations,
-        "components": {"messages": messages, "schemas": schemas},
+        "components": components,
     }
+
+
+def _operations(kinds: list[type[EventPayload]]) -> dict[str, Any]:
+    """What every service sends and receives, from the declaration of the bus: the owner
+    of each topic sends its types on it (shared/signing.py's TOPIC_OWNERS, the topics of
+    shared/events.py), each consumer receives every message of the topics `SUBSCRIPTIONS`
+    gives it, and dead-letters what it cannot act on."""
+    topics_of = {service: topic for topic, service in TOPIC_OWNERS.items()}
+    dead = _channel(DEAD_LETTER_TOPIC)
+    operations: dict[str, Any] = {}
+    for service in SERVICE_NAMES:
+        topic = topics_of.get(service)
+        sent = [k for k in kinds if topic == k.TOPIC]
+        if topic is not None and sent:
+            operations[f"{service}_sends"] = _operation(
+                "send", topic, sent, f"{service} relays its stored events"
+            )
+        consumed = SUBSCRIPTIONS.get(service, ())
+        for read in consumed:
+            received = [k for k in kinds if read == k.TOPIC]
+            operations[f"{service}_receives_{_channel(read)}"] = _operation(
+                "receive",
+                read,
+                received,
+                f"{service} reads every message of {read}: it acts on the types it handles "
+                "and passes over the others",
+            )
+        if consumed:
+            operations[f"{service}_dead_letters"] = {
+                "action": "send",
+                "channel": {"$ref": f"#/channels/{dead}"},
+                "summary": f"{service} gives up on a message, with the reason",
+                "messages": [{"$ref": f"#/channels/{dead}/messages/DeadLetter"}],
+            }
+    return operations
+
+
+# The AsyncAPI 3 security scheme of each SASL mechanism the services speak.
+_SASL_SCHEMES = {"PLAIN": "plain", "SCRAM-SHA-256": "scramSha256", "SCRAM-SHA-512": "scramSha512"}
+
+
+def _servers(settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One server per bootstrap broker (`host:port`, as configured), on the configured
+    security protocol: `kafka` in the clear, `kafka-secure` over TLS (SSL, SASL_SSL); the
+    SASL mechanism (SASL_*) or, over SSL with a client certificate configured, mutual TLS
+    named as the security scheme a client must satisfy. The servers, and the security
+    schemes they refer to (none configured, none)."""
+    configured = settings.kafka_bootstrap_servers or "localhost:9092"
+    hosts = [h.strip() for h in configured.split(",") if h.strip()] or ["localhost:9092"]
+    protocol = settings.kafka_security_protocol
+    tls = protocol in ("SSL", "SASL_SSL")
+    schemes: dict[str, Any] = {}
+    if protocol.startswith("SASL_"):
+        mechanism = settings.kafka_sasl_mechanism
+        schemes["sasl"] = {
+            "type": _SASL_SCHEMES[mechanism],
+            "description": (
+                f"SASL {mechanism} with the username and password the deployment gives the "
+                f"client ({protocol})"
+            ),
+        }
+    elif tls and settings.kafka_ssl_certfile is not None:
+        schemes["mutualTLS"] = {
+            "type": "X509",
+            "description": "Mutual TLS: the client shows a certificate the brokers trust",
+        }
+    wire = "TLS" if tls else "in the clear"
+    servers: dict[str, Any] = {}
+    for n, host in enumerate(hosts, start=1):
+        server: dict[str, Any] = {
+            "host": host,
+            "protocol": "kafka-secure" if tls else "kafka",
+            "title": f"Kafka bootstrap broker {n} of {len(hosts)}",
+            "description": (
+                f"One of the deployment's bootstrap brokers ({protocol}, {wire}): a client "
+                "may start from any of them"
+            ),
+        }
+        if schemes:
+            server["security"] = [
+                {"$ref": f"#/components/securitySchemes/{name}"} for name in schemes
+            ]
+        servers[f"kafka-{n}"] = server
+    return servers, schemes
 
 
 def _summary_of(model: type[BaseModel]) -> str:

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import Receive, Scope, Send
 
 from shared.api import guard_app, install_error_handlers
-from shared.asyncapi import BusMember, asyncapi_document, asyncapi_page
+from shared.asyncapi import asyncapi_document, asyncapi_page
 from shared.bus import ensure_topics
 from shared.change_feed import ChangeFeed
 from shared.console import install_console
@@ -86,10 +86,8 @@ class Gateway:
                 return
 
     def asyncapi(self) -> dict[str, Any]:
-        members = [
-            BusMember(s.name, s.parts.topic, tuple(s.parts.handlers.types())) for s in self.services
-        ]
-        return asyncapi_document(self.settings, members)
+        """The whole bus's document, not only this process's services' part of it."""
+        return asyncapi_document(self.settings)
 
     def _root_app(self) -> FastAPI:
         app = FastAPI(title="yuqing", docs_url=None, redoc_url=None, openapi_url=None)

@@ -46,8 +46,12 @@ def run(*command: str | Path, **kwargs: Any) -> subprocess.CompletedProcess[str]
 
 def build_wheel(out: Path) -> Path:
     """`pip wheel` of the checkout. The build backend (hatchling) is a dev dependency, so no
-    isolated build environment has to be fetched; without it pip fetches one."""
-    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out)]
+    isolated build environment has to be fetched; without it pip fetches one.
+
+    A wheel that does not build fails the test with pip's output: it is never skipped.
+    Nothing it needs can be missing where the suite runs: pip is the interpreter's own and
+    `make install` installs hatchling with the dev extra (without it pip fetches it)."""
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out)]
     try:
         import hatchling  # noqa: F401
     except ImportError:
@@ -56,7 +60,12 @@ def build_wheel(out: Path) -> Path:
         built = run(*pip, "--no-build-isolation", ROOT)
     wheels = sorted(out.glob("yuqing-*.whl"))
     if built.returncode != 0 or not wheels:
-        pytest.skip(f"the wheel cannot be built here: {built.stderr.strip()[-800:]}")
+        output = f"{built.stdout}\n{built.stderr}".strip()
+        pytest.fail(
+            f"the wheel did not build (pip exited {built.returncode}, "
+            f"{len(wheels)} wheel(s) in {out}):\n{output[-6000:]}",
+            pytrace=False,
+        )
     return wheels[-1]
 
 

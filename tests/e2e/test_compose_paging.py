@@ -1,12 +1,16 @@
 """The compose deployment's configuration pages people: `.env` written from `.env.example`
 with every channel variable pointing at a local receiver (a real SMTP server, HTTP
 receivers answering as the robots and gateways do), the policy directory "mounted" as
-compose mounts it (a copy of `config/` in place of /etc/yuqing), and compose's own
-`environment:` overrides. A level-1 report then pages the leading group on every channel,
-each message in its channel's format.
+compose mounts it (a copy of `config/` in place of its mount point), and what
+docker-compose.yml itself passes (its `env_file:` and `environment:`, read from the file
+and interpolated from `.env` as compose does). A level-1 report then pages the leading
+group on every channel, each message in its channel's format.
 
 No Docker engine is here, so the services run in one `yuqing up` process with exactly the
-environment compose would give each container (the five containers read the same `.env`)."""
+environment compose would give each container (the five containers get the same one);
+only where a container listens and keeps its data differ on this host. Every channel
+variable the code reads (the shipped obligations policy's `*_env` keys) must reach the
+containers with the value `.env` gives it."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from email.message import EmailMessage
 from pathlib import Path
@@ -26,7 +30,9 @@ import pytest
 import yaml
 
 from services.notification.channels import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from shared.settings import SERVICE_NAMES
 from tests.conftest import Infra
+from tests.deploy.test_files import channel_variables
 from tests.e2e.conftest import RunningSystem, system_env
 from tests.e2e.test_walking_skeleton import report
 from tests.service.notification_receivers import HttpReceiver, Received, smtp_server
@@ -34,6 +40,7 @@ from tests.service.notification_receivers import HttpReceiver, Received, smtp_se
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
 WEBHOOK_SECRET = "compose-webhook-secret-0123456789"
 SMS_SECRET = "compose-sms-secret-0123456789abcd"
 ROBOTS = ("webhook", "sms", "wecom", "dingtalk", "feishu")
@@ -52,6 +59,113 @@ def dotenv(path: Path) -> dict[str, str]:
     """KEY=VALUE lines as compose reads an env_file (comments and blanks skipped)."""
     pairs = re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", path.read_text(encoding="utf-8"), re.M)
     return dict(pairs)
+
+
+# Compose's interpolation: $$, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error},
+# ${VAR?error}, ${VAR:+other}, ${VAR+other} and $VAR.
+INTERPOLATION = re.compile(
+    r"\$\$|\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+)
+
+
+def interpolate(value: str, source: Mapping[str, str]) -> str:
+    """`value` as compose interpolates it from `source` (the project's .env, nothing set in
+    the shell); a required variable unset stops compose, and so the test."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("braced") or match.group("bare")
+        op, arg, have = match.group("op"), match.group("arg") or "", source.get(name)
+        unset = have is None or (have == "" and op is not None and op.startswith(":"))
+        if op in (":-", "-"):
+            return arg if unset else str(have)
+        if op in (":?", "?"):
+            assert not unset, f"docker compose refuses to start: {name}: {arg}"
+            return str(have)
+        if op in (":+", "+"):
+            return "" if unset else arg
+        return have or ""
+
+    return INTERPOLATION.sub(one, value)
+
+
+def scalar(value: Any) -> str:
+    """A YAML value as compose passes it to a container (booleans as true/false)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+def compose_service(name: str) -> dict[str, Any]:
+    """One service of docker-compose.yml, its `<<:` merges resolved (the loader does)."""
+    services: dict[str, Any] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]
+    assert name in services, f"docker-compose.yml has no service {name}"
+    service: dict[str, Any] = services[name]
+    return service
+
+
+def container_env(name: str, dotenv_file: Mapping[str, str]) -> dict[str, str]:
+    """The environment compose gives service `name`'s container: its `env_file:` entries in
+    order (`.env` is `dotenv_file`, others read beside the compose file), then its
+    `environment:` over them, interpolated from `.env`."""
+    service = compose_service(name)
+    env: dict[str, str] = {}
+    entries = service.get("env_file") or []
+    for entry in [entries] if isinstance(entries, (str, dict)) else entries:
+        path = entry if isinstance(entry, str) else entry["path"]
+        required = True if isinstance(entry, str) else entry.get("required", True)
+        if path == ".env":
+            env.update(dotenv_file)
+        elif (ROOT / path).is_file():
+            env.update(dotenv(ROOT / path))
+        else:
+            assert not required, f"{name}: env_file {path} is missing"
+    overrides = service.get("environment") or {}
+    if isinstance(overrides, list):
+        pairs = [item.split("=", 1) if "=" in item else [item, None] for item in overrides]
+        overrides = dict(pairs)
+    for key, value in overrides.items():
+        if value is None:  # `KEY` alone: the value compose finds for KEY
+            if key in dotenv_file:
+                env[key] = dotenv_file[key]
+            continue
+        env[key] = interpolate(scalar(value), dotenv_file)
+    return env
+
+
+def config_mount(name: str, dotenv_file: Mapping[str, str]) -> tuple[Path, str]:
+    """The policy volume of service `name`: the host directory, the path in the container."""
+    for volume in compose_service(name).get("volumes", []):
+        if isinstance(volume, dict):
+            source, target = volume.get("source", ""), volume.get("target", "")
+        else:  # source:target[:mode], split once interpolated (${VAR:-...} has a colon)
+            source, target = volume, ""
+        if "YUQING_CONFIG_HOST_DIR" in source:
+            if not target:
+                source, target, *_ = interpolate(source, dotenv_file).split(":")
+            host = Path(interpolate(source, dotenv_file))
+            return (host if host.is_absolute() else ROOT / host), target
+    raise AssertionError(f"{name} mounts no ${{YUQING_CONFIG_HOST_DIR}}")
+
+
+def not_passed(env: Mapping[str, str], dotenv_file: Mapping[str, str]) -> list[str]:
+    """The channel variables a container does not get as `.env` sets them."""
+    return sorted(v for v in channel_variables() if env.get(v) != dotenv_file.get(v))
+
+
+def test_compose_passes_every_channel_variable_the_code_reads_to_the_services() -> None:
+    """Each of the 14 channel variables set in .env (to a value of its own) reaches every
+    service's container unchanged: not dropped, not overridden by `environment:`."""
+    channels = channel_variables()
+    assert len(channels) == 14  # SMTP (5), webhook (2), SMS (2), WeCom, DingTalk (2), Feishu (2)
+    operator = dotenv(ROOT / ".env.example")
+    operator.update(YUQING_SECRET="s" * 48, YUQING_BUS_SECRET="b" * 48)
+    operator.update({v: f"set-in-dotenv-{v.lower()}" for v in channels})
+    for name in SERVICE_NAMES:
+        lost = not_passed(container_env(name, operator), operator)
+        assert lost == [], f"docker-compose.yml does not pass {lost} from .env to {name}"
 
 
 def address(person: str, channel: str) -> str:
@@ -101,8 +215,11 @@ def compose_system(
 ) -> Iterator[RunningSystem]:
     http, smtp_port, _ = receivers
     config = mounted_config(tmp_path)
+    run = uuid.uuid4().hex[:8]
     env_file = dotenv(ROOT / ".env.example")
-    # What the operator sets in .env: the secret and the channels.
+    # What the operator sets in .env: the secret, the channels, the servers (compose's own
+    # defaults name its containers; here the session's), this run's names and the policy
+    # directory mounted.
     env_file.update(
         YUQING_SECRET="compose-secret-key-long-enough-for-hmac-sha256",
         YUQING_BUS_SECRET="compose-bus-secret-long-enough-for-hmac-sha256",
@@ -118,23 +235,30 @@ def compose_system(
         YUQING_DINGTALK_ROBOT_SECRET="SEC-dingtalk-compose",
         YUQING_FEISHU_ROBOT_URL=http["feishu"].url,
         YUQING_FEISHU_ROBOT_SECRET="feishu-compose",
-    )
-    # The volume: ${YUQING_CONFIG_HOST_DIR}:/etc/yuqing.
-    env_file = {k: v.replace("/etc/yuqing", str(config)) for k, v in env_file.items()}
-    run = uuid.uuid4().hex[:8]
-    env = system_env(tmp_path / "data")
-    env.update(env_file)
-    # compose's `environment:` wins over .env: here the session's servers and a free port.
-    env.update(
         KAFKA_BOOTSTRAP_SERVERS=infra.kafka,
         MONGODB_URL=infra.mongo,
-        YUQING_HTTP_HOST="127.0.0.1",
-        YUQING_HTTP_PORT=system_env(tmp_path)["YUQING_HTTP_PORT"],
-        YUQING_DATA_DIR=str(tmp_path / "data"),
         YUQING_DB_PREFIX=f"compose{run}",
         YUQING_TOPIC_PREFIX=f"compose{run}.",
         YUQING_RATE_LIMIT="100000/minute",
         YUQING_DEMO_PASSWORDS="false",
+        YUQING_CONFIG_HOST_DIR=str(config),
+    )
+    # What compose gives each container, from docker-compose.yml: the one process stands
+    # for five containers with one environment.
+    containers = {name: container_env(name, env_file) for name in SERVICE_NAMES}
+    container = containers["notification"]
+    assert all(c == container for c in containers.values()), "the services' environments differ"
+    assert not_passed(container, env_file) == [], "compose drops channel variables"
+    # The volume: the host directory in place of its mount point in the container.
+    source, target = config_mount("notification", env_file)
+    assert source == config
+    env = system_env(tmp_path / "data")
+    env.update({k: v.replace(target, str(source)) for k, v in container.items()})
+    # Only where a container listens and keeps its data are the container's own.
+    env.update(
+        YUQING_HTTP_HOST="127.0.0.1",
+        YUQING_HTTP_PORT=system_env(tmp_path)["YUQING_HTTP_PORT"],
+        YUQING_DATA_DIR=str(tmp_path / "data"),
     )
     running = RunningSystem(env)
     yield running

@@ -22,8 +22,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from shared.asyncapi import asyncapi_document
 from shared.bus import signed_headers
 from shared.events import ALL_TOPICS, Actor, Envelope, IncidentResolved, event_types
+from shared.settings import Settings
 from shared.signing import TOPIC_OWNERS, BusKeys
 from tests.e2e.conftest import RunningSystem, wait_for
 from tests.e2e.test_walking_skeleton import incident_view, report
@@ -70,15 +72,18 @@ def test_the_served_document_is_valid_asyncapi_3_and_names_every_topic(
     operations = document["operations"]
     receives = {k for k, o in operations.items() if o["action"] == "receive"}
     assert {"grading_receives_intake_events", "archive_receives_grading_events"} <= receives
-    # Every service sends on its topic and dead-letters what it cannot act on; every one
-    # that consumes says what it receives.
+    # Every service sends on its topic; every one that consumes says what it receives and
+    # dead-letters what it cannot act on (intake consumes nothing).
     services = ("intake", "grading", "notification", "statement", "archive")
     for service in services:
         assert operations[f"{service}_sends"]["action"] == "send"
+    consumers = {k.split("_receives_")[0] for k in receives}
+    assert consumers == set(services) - {"intake"}
+    for service in consumers:
         assert operations[f"{service}_dead_letters"]["channel"] == {
             "$ref": "#/channels/yuqing_deadletter"
         }
-    assert {k.split("_receives_")[0] for k in receives} == set(services) - {"intake"}
+    assert "intake_dead_letters" not in operations
     # Every event type the system declares is a message of its own topic's channel.
     for name, kind in event_types().items():
         channel = document["channels"][kind.TOPIC.replace(".", "_")]
@@ -91,6 +96,35 @@ def test_the_served_document_is_valid_asyncapi_3_and_names_every_topic(
     assert {"yuqing-producer", "yuqing-signature"} <= set(
         messages["IncidentGraded"]["headers"]["required"]
     )
+
+
+@pytest.mark.parametrize(
+    "security",
+    [
+        {"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "SCRAM-SHA-512"},
+        {"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_mechanism": "PLAIN"},
+        {"kafka_security_protocol": "SSL", "kafka_ssl_certfile": Path("/etc/kafka/client.pem")},
+    ],
+    ids=lambda s: str(s["kafka_security_protocol"]),
+)
+def test_the_document_of_a_secured_cluster_of_brokers_is_valid_asyncapi_3(
+    security: dict[str, Any],
+) -> None:
+    """As a deployment on a secured three-broker cluster would serve it (no system needed):
+    one server per broker, each naming the security scheme it asks of a client."""
+    assert ASYNCAPI_3_SCHEMA.exists(), "npm ci in console/ installs @asyncapi/specs"
+    meta = json.loads(ASYNCAPI_3_SCHEMA.read_text(encoding="utf-8"))
+    settings = Settings(
+        kafka_bootstrap_servers="kafka-0.kafka:9093,kafka-1.kafka:9093,kafka-2.kafka:9093",
+        kafka_sasl_username="yuqing",
+        kafka_sasl_password="not-in-the-document",
+        **security,
+    )
+    document = asyncapi_document(settings)
+    validator = jsonschema.validators.validator_for(meta)(meta)
+    assert [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(document)] == []
+    assert len(document["servers"]) == 3
+    assert all(s["security"] for s in document["servers"].values())
 
 
 def components_schema(document: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
