@@ -544,6 +544,10 @@ class NotificationSent(EventPayload):
 
 
 class NotificationFailed(EventPayload):
+    """A notification that did not reach its recipient: every attempt on `channel` failed,
+    or (`channel` "none", `attempts` 0) the person had no contact on a channel that could
+    reach them, so nothing was sent. `reason` says which, in what staff read."""
+
     EVENT_TYPE = "NotificationFailed"
     TOPIC = NOTIFICATION_TOPIC
     notification_id: str
@@ -552,6 +556,10 @@ class NotificationFailed(EventPayload):
     recipient: str
     attempts: int
     reason: str
+
+
+# NotificationFailed.channel when no channel could reach the person (never a channel's name).
+NO_CHANNEL = "none"
 
 
 class NotificationAcknowledged(EventPayload):

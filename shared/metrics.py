@@ -39,6 +39,11 @@ DELIVERIES_FAILED = Counter(
     "Delivery attempts that failed, by channel",
     ["channel"],
 )
+NOTIFICATIONS_UNREACHABLE = Counter(
+    "yuqing_notifications_unreachable_total",
+    "People a page could not tell (no contact on a channel that reaches them), by duty level",
+    ["level"],
+)
 ACKNOWLEDGE_SECONDS = Histogram(
     "yuqing_acknowledge_seconds",
     "Time from a notification being sent to its recipient acknowledging it",

@@ -46,7 +46,7 @@ from shared.events import (
     StatementPublished,
 )
 from shared.handlers import HandlerMap
-from shared.metrics import OBLIGATIONS_OWED
+from shared.metrics import NOTIFICATIONS_UNREACHABLE, OBLIGATIONS_OWED
 from shared.plan import Plan, load_plan
 from shared.plan_rules import ObligationPolicy
 from shared.policy import PolicyError, load_policy
@@ -101,6 +101,10 @@ def build(deps: Dependencies) -> NotificationParts:
     for name, channel in policy.delivery.channels.items():
         if not channel.enabled:
             log.warning("channel not configured: disabled", channel=name)
+    # Each of the plan's levels shows 0 from the start, so the first person a page cannot
+    # reach is an increase an alert sees.
+    for level in plan.manifest.ranks:
+        NOTIFICATIONS_UNREACHABLE.labels(str(int(level)))
 
     projections = NotificationProjections(store.db)
     dispatcher = Dispatcher(

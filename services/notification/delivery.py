@@ -23,7 +23,8 @@ import jinja2
 from pydantic import Field, model_validator
 
 from shared.catalogue import Catalogue
-from shared.directory import Directory
+from shared.directory import Directory, Person
+from shared.events import NO_CHANNEL
 from shared.identity import Role
 from shared.models import FrozenModel
 from shared.plan_rules import ObligationPolicy, split_recipient
@@ -135,6 +136,8 @@ class DeliveryPolicy(FrozenModel):
             raise ValueError(f"unknown channels: {', '.join(unknown)}")
         if (self.fallback is None) != (self.fallback_address is None):
             raise ValueError("give fallback and fallback_address together")
+        if NO_CHANNEL in self.channels:
+            raise ValueError(f"{NO_CHANNEL!r} is not a channel name: it records that none was")
         return self
 
     def channels_for(self, kind: str, contacts: Mapping[str, str]) -> list[str]:
@@ -146,6 +149,20 @@ class DeliveryPolicy(FrozenModel):
             for name in contacts
             if name in allowed and name in self.channels and self.channels[name].enabled
         ]
+
+
+# Why a page tells nobody of a person (no channel for them), as NotificationFailed's
+# reason: what staff read.
+NOT_IN_DIRECTORY = "没有可送达此人的渠道（通讯录中没有此人）"
+NO_CONTACTS = "没有可送达此人的渠道（未配置联系方式）"
+NO_USABLE_CONTACT = "没有可送达此人的渠道（其联系方式的渠道均未启用或不用于此类义务）"
+
+
+def unreachable_reason(person: Person | None) -> str:
+    """Why `channels_for` found no channel for this person (or nobody by that id)."""
+    if person is None:
+        return NOT_IN_DIRECTORY
+    return NO_USABLE_CONTACT if person.contacts else NO_CONTACTS
 
 
 # --------------------------------------------------------------------------- paging

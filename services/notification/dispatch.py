@@ -3,7 +3,10 @@
 A duty opened or missed starts a *page*: its recipients are told on their preferred
 channel; if nobody acknowledges within the window they are told again, then the next
 step of the escalation chain is. Each message is a *delivery*, a row with its attempts and
-next attempt time, so a restart loses none.
+next attempt time, so a restart loses none. A person no channel reaches (no contact on a
+channel the duty's kind allows and the deployment configured) gets a delivery on no
+channel: recorded NotificationFailed (channel "none", 0 attempts) with why, once a page,
+and counted in yuqing_notifications_unreachable_total.
 
 Guarantee to the outside world: at-least-once. A delivery is claimed with a lease before
 sending and marked sent after; a crash between the two sends it again once the lease runs
@@ -38,13 +41,15 @@ from services.notification.delivery import (
     Templates,
     next_move,
     page_steps,
+    unreachable_reason,
 )
 from services.notification.domain import Notification, NotRecipient, Outcome
 from services.notification.projections import NotificationProjections
 from shared.catalogue import Catalogue
 from shared.clock import Clock
-from shared.directory import Directory
+from shared.directory import Directory, Person
 from shared.events import (
+    NO_CHANNEL,
     Actor,
     DeadlineMissed,
     Envelope,
@@ -57,7 +62,7 @@ from shared.events import (
 )
 from shared.identity import Caller, Role
 from shared.incident_context import IncidentSnapshot
-from shared.metrics import ACKNOWLEDGE_SECONDS, DELIVERIES_FAILED
+from shared.metrics import ACKNOWLEDGE_SECONDS, DELIVERIES_FAILED, NOTIFICATIONS_UNREACHABLE
 from shared.repository import Cause, CommandRunner, Repository
 from shared.store import Document, UnitOfWork
 from shared.visibility import hidden
@@ -201,12 +206,33 @@ class Dispatcher:
             person = self.directory.person(person_id)
             channels = self.policy.channels_for(page["kind"], person.contacts if person else {})
             if person is None or not channels:
-                log.warning("no channel reaches this person", person=person_id, kind=page["kind"])
+                await self._unreachable(page, reason, person_id, person, now, session)
                 continue
             # The preferred channel first; the fallback catches it if that one fails for good.
             await self._enqueue(
                 page, reason, person_id, channels[0], person.contacts[channels[0]], now, session
             )
+
+    async def _unreachable(
+        self,
+        page: Document,
+        reason: Reason,
+        person_id: str,
+        person: Person | None,
+        now: datetime,
+        session: AsyncClientSession | None,
+    ) -> None:
+        """Nobody can tell this person: queued as a delivery on no channel, which the loop
+        records (`_record_unreachable`) as NotificationFailed, once per person and page:
+        sending the step again (renotify) finds it queued and queues nothing more."""
+        queued = await self.deliveries.find_one(
+            {"page_id": page["_id"], "recipient": person_id, "channel": NO_CHANNEL},
+            session=session,
+        )
+        if queued is not None:
+            return
+        extra = {"unreachable": unreachable_reason(person)}
+        await self._enqueue(page, reason, person_id, NO_CHANNEL, "", now, session, extra)
 
     async def _enqueue(
         self,
@@ -312,6 +338,9 @@ class Dispatcher:
             await self._advance(page["_id"], now)
 
     async def _attempt(self, doc: Document, now: datetime) -> None:
+        if doc["channel"] == NO_CHANNEL:
+            await self._record_unreachable(doc)
+            return
         channel = self.policy.channels.get(doc["channel"])
         message = await self._message(doc)
         out = Outgoing(
@@ -351,6 +380,29 @@ class Dispatcher:
         }
         if await self.run(lambda uow: self._record(uow, doc, sent, row)):
             log.info("notification sent", notification_id=doc["_id"], channel=doc["channel"])
+
+    async def _record_unreachable(self, doc: Document) -> None:
+        """Nothing to send: the person's NotificationFailed, counted once it is on record (a
+        second sender after a lost lease finds it there and counts nothing)."""
+        reason: str = doc["context"]["unreachable"]
+        failed = NotificationFailed(
+            notification_id=doc["_id"],
+            obligation_id=doc["obligation_id"],
+            channel=NO_CHANNEL,
+            recipient=doc["recipient"],
+            attempts=0,
+            reason=reason,
+        )
+        row = {"state": FAILED, "last_error": reason}
+        if await self.run(lambda uow: self._record(uow, doc, failed, row)):
+            NOTIFICATIONS_UNREACHABLE.labels(str(doc["context"]["level"])).inc()
+            log.warning(
+                "no channel reaches this person",
+                notification_id=doc["_id"],
+                obligation_id=doc["obligation_id"],
+                person=doc["recipient"],
+                reason=reason,
+            )
 
     async def _failed(self, doc: Document, attempts: int, reason: str, now: datetime) -> None:
         DELIVERIES_FAILED.labels(doc["channel"]).inc()

@@ -79,6 +79,7 @@ def test_the_alerts_cover_overdue_duties_lag_dead_letters_and_a_service_down() -
         "yuqing_consumer_lag",
         "yuqing_dead_letters_total",
         "yuqing_http_requests_total",
+        "yuqing_notifications_unreachable_total",  # a person a page cannot reach
         "up",
     } <= read
     assert read <= exported(), read - exported()

@@ -22,6 +22,7 @@ from services.archive.domain import (
 )
 from shared.catalogue import Catalogue
 from shared.events import (
+    NO_CHANNEL,
     Actor,
     ApprovalStep,
     CaseArchived,
@@ -39,6 +40,7 @@ from shared.events import (
     Level,
     MediaTier,
     NotificationAcknowledged,
+    NotificationFailed,
     NotificationSent,
     ObligationClosed,
     ObligationFulfilled,
@@ -866,6 +868,51 @@ def test_notification_channels_are_named_by_the_catalogue() -> None:
         s.logged(), SHANGHAI, CATALOGUE, ["NotificationSent"], {"leader-zhang": "张组长"}
     )
     assert named[0].summary == "已通过企业微信通知 张组长：「手机快报」（第 1 次）"
+
+
+def test_a_person_no_channel_reaches_reads_as_not_told_with_why() -> None:
+    s = Script()
+    s.add(obligation("ob", "phone_quick_report", "手机快报", 1, at(minutes=30)), "ob", at())
+    no_contact = "没有可送达此人的渠道（未配置联系方式）"
+    s.add(
+        NotificationFailed(
+            notification_id="n1",
+            obligation_id="ob",
+            channel=NO_CHANNEL,
+            recipient="leader-qian",
+            attempts=0,
+            reason=no_contact,
+        ),
+        "notification-n1",
+        at(seconds=1),
+    )
+    s.add(
+        NotificationFailed(
+            notification_id="n2",
+            obligation_id="ob",
+            channel="sms",
+            recipient="leader-zhang",
+            attempts=5,
+            reason="HTTP 503",
+        ),
+        "notification-n2",
+        at(minutes=5),
+    )
+    people = {"leader-qian": "钱副组长", "leader-zhang": "张组长"}
+
+    lines = timeline(s.logged(), SHANGHAI, CATALOGUE, ["NotificationFailed"], people)
+
+    assert [e.summary for e in lines] == [
+        f"未能通知 钱副组长「手机快报」：{no_contact}",
+        "通过短信通知 张组长 失败（已尝试 5 次）：HTTP 503",
+    ]
+    (duty,) = fold(INCIDENT, s.logged()).obligations
+    assert [
+        (n.recipient, n.channel, n.state, n.attempts, n.reason) for n in duty.notifications
+    ] == [
+        ("leader-qian", "none", "failed", 0, no_contact),
+        ("leader-zhang", "sms", "failed", 5, "HTTP 503"),
+    ]
 
 
 # --------------------------------------------------------------------------- referrals

@@ -24,6 +24,7 @@ from services.notification.delivery import (
     Templates,
     next_move,
     page_steps,
+    unreachable_reason,
 )
 from services.notification.dispatch import TEMPLATE_REASONS
 from shared.catalogue import Catalogue
@@ -150,6 +151,32 @@ def test_a_signed_channel_without_its_secret_is_disabled(monkeypatch: pytest.Mon
 def test_kinds_naming_an_unknown_channel_are_refused() -> None:
     with pytest.raises(ValidationError, match="unknown channels: pager"):
         DeliveryPolicy.model_validate({"kinds": {"default": ["pager"]}})
+
+
+def test_why_nobody_reaches_a_person_says_what_to_fix_in_chinese(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("UNSET_SMTP_HOST", raising=False)
+    policy = DeliveryPolicy.model_validate(
+        {
+            "channels": {"email": {"type": "email", "host_env": "UNSET_SMTP_HOST"}},
+            "kinds": {"default": ["email"]},
+        }
+    )
+    bare = Person(id="leader-q", name="钱", unit="county", roles=[Role.LEADER])
+    mailed = bare.model_copy(update={"contacts": {"email": "q@example.cn"}})
+    assert policy.channels_for("phone_quick_report", mailed.contacts) == []  # no SMTP host
+
+    assert unreachable_reason(bare) == "没有可送达此人的渠道（未配置联系方式）"
+    assert unreachable_reason(mailed) == (
+        "没有可送达此人的渠道（其联系方式的渠道均未启用或不用于此类义务）"
+    )
+    assert unreachable_reason(None) == "没有可送达此人的渠道（通讯录中没有此人）"
+
+
+def test_no_channel_may_be_named_none_which_records_that_no_channel_reached() -> None:
+    with pytest.raises(ValidationError, match="'none' is not a channel name"):
+        DeliveryPolicy.model_validate({"channels": {"none": {"type": "webhook", "url": HOOK}}})
 
 
 def _directory() -> Directory:

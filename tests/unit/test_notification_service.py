@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,8 +35,10 @@ from shared.events import (
     NotificationAcknowledged,
     NotificationFailed,
     NotificationSent,
+    ObligationOpened,
 )
 from shared.service import Context, Dependencies
+from shared.settings import CONFIG_DIR
 from shared.store import UnitOfWork
 from tests.fakes.harness import FakeService, fake_service, fake_settings
 from tests.fakes.mongo import FakeMongo
@@ -676,6 +679,76 @@ async def test_a_delivery_failing_for_good_is_recorded_once_and_the_fallback_tol
     assert "张组长" in content
     assert "通过接口推送送达" in content  # the catalogue's name of the webhook channel
     assert len(hook.requests) == 1
+
+
+@pytest.fixture
+async def with_unreachable_leader(
+    tmp_path: Path, webhook_secret: None, hook: HttpReceiver, ops: HttpReceiver, clock: Clock
+) -> AsyncIterator[FakeService]:
+    """The shipped directory with a second leader, 钱副组长, who has no contacts at all."""
+    directory = yaml.safe_load((CONFIG_DIR / "directory.yaml").read_text(encoding="utf-8"))
+    directory["people"].append(
+        {"id": "leader-qian", "name": "钱副组长", "unit": "county", "roles": ["leader"]}
+    )
+    path = tmp_path / "directory.yaml"
+    path.write_text(yaml.safe_dump(directory, allow_unicode=True), encoding="utf-8")
+    async with running(tmp_path, hook, ops, clock, directory_path=path) as service:
+        yield service
+
+
+async def test_a_person_no_channel_reaches_is_recorded_once_a_page_and_the_others_told(
+    with_unreachable_leader: FakeService,
+    upstream: Upstream,
+    clock: Clock,
+    hook: HttpReceiver,
+    ops: HttpReceiver,
+) -> None:
+    """A level-1 grade pages both leaders about its two duties: 张组长 is told of each, and
+    钱副组长, with no contact, is recorded once a duty as not reachable and counted, not again
+    when the page is sent again and not when it escalates."""
+    service = with_unreachable_leader
+    counted_before = scraped("yuqing_notifications_unreachable_total", level="1")
+    await service.consume(upstream.opened("inc-u"), upstream.graded("inc-u", 1))
+    dispatcher = parts(service).dispatcher
+    await dispatcher.run_once(clock(), 10)
+
+    opened = {
+        e.payload.obligation_id
+        for e in await service.published("ObligationOpened")
+        if isinstance(e.payload, ObligationOpened)
+    }
+    assert len(opened) == 2  # 手机快报 and 动态跟踪
+    told = [c.json() for c in hook.requests]
+    assert sorted((b["to"], b["obligation_id"]) for b in told) == [
+        ("leader-zhang", d) for d in sorted(opened)
+    ]
+    failed = [
+        e.payload
+        for e in await service.published("NotificationFailed")
+        if isinstance(e.payload, NotificationFailed)
+    ]
+    assert sorted(
+        (f.obligation_id, f.recipient, f.channel, f.attempts, f.reason) for f in failed
+    ) == [
+        (d, "leader-qian", "none", 0, "没有可送达此人的渠道（未配置联系方式）")
+        for d in sorted(opened)
+    ]
+    assert scraped("yuqing_notifications_unreachable_total", level="1") == counted_before + 2
+    # Nothing was tried, so there is no failing channel for the fallback group to hear of.
+    assert ops.requests == []
+    assert scraped("yuqing_deliveries_failed_total", channel="none") == 0
+
+    clock.now = T0 + timedelta(minutes=11)  # nobody acknowledged: the leaders told again
+    await dispatcher.run_once(clock(), 10)
+    await dispatcher.run_once(clock(), 10)
+    clock.now = T0 + timedelta(minutes=22)  # still nobody: escalated to the office
+    await dispatcher.run_once(clock(), 10)
+    await dispatcher.run_once(clock(), 10)
+
+    recipients = sorted(c.json()["to"] for c in hook.requests)
+    assert recipients == ["leader-zhang"] * 4 + ["office-li"] * 2
+    assert len(await service.published("NotificationFailed")) == 2
+    assert scraped("yuqing_notifications_unreachable_total", level="1") == counted_before + 2
 
 
 # --------------------------------------------------------------------------- start-up

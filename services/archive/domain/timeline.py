@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from services.archive.domain.ordering import Logged, causal_order
 from shared.catalogue import Catalogue
 from shared.events import (
+    NO_CHANNEL,
     Actor,
     AttachmentAdded,
     CaseArchived,
@@ -236,6 +237,8 @@ def _sent(p: NotificationSent, w: Words) -> str:
 
 
 def _failed(p: NotificationFailed, w: Words) -> str:
+    if p.channel == NO_CHANNEL:  # nothing was sent: no channel reaches the person
+        return f"未能通知 {w.person(p.recipient)}{w.obligation(p.obligation_id)}：{short(p.reason)}"
     return (
         f"通过{w.catalogue.channel(p.channel)}通知 {w.person(p.recipient)} 失败"
         f"（已尝试 {p.attempts} 次）：{short(p.reason)}"
