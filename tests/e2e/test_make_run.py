@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,11 @@ class ProcessGroup(RunningSystem):
         return took, self.output[printed:]
 
 
+# Told whenever the delivery loop reaches a page's recipient (no channel is configured
+# here, so it reaches nobody): the system's own news, which may fall in the stop's window.
+NOT_THE_STOP = {"no channel reaches this person"}
+
+
 def complaints(lines: list[str]) -> list[str]:
     """The lines at level warning or above, and any broker connection noise."""
     found = []
@@ -67,9 +73,16 @@ def complaints(lines: list[str]) -> list[str]:
         except ValueError:
             record = None
         level = record.get("level") if isinstance(record, dict) else None
+        told = record.get("event") if isinstance(record, dict) else None
+        if told in NOT_THE_STOP:
+            continue
         if level in ("warning", "error", "critical") or "Unable connect to node" in line:
             found.append(line)
     return found
+
+
+def duties(view: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    return [(o["obligation_id"], o["kind"], o["deadline"], o["state"]) for o in view["obligations"]]
 
 
 def stop_cleanly(system: ProcessGroup, sig: signal.Signals) -> None:
@@ -122,7 +135,8 @@ def test_an_incident_survives_stopping_and_starting_the_system(tmp_path: Path) -
     finally:
         second.stop()
     assert after["level"] == 1
-    assert after["obligations"] == before["obligations"]
+    # The duties as they were (their pages' outcomes may still be coming in: left out).
+    assert duties(after) == duties(before)
     assert [r["report_id"] for r in after["reports"]] == [r["report_id"] for r in before["reports"]]
     assert port_is_free(kafka_port), "the embedded broker was left behind"
     assert port_is_free(mongo_port), "the embedded database was left behind"
