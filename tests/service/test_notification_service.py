@@ -22,6 +22,7 @@ from shared.events import (
 )
 from shared.service import Context, ServiceRunner
 from shared.settings import Settings
+from tests.paging import every_page
 from tests.service.upstream_events import (
     bearer,
     client,
@@ -244,15 +245,7 @@ async def test_the_list_pages_by_cursor_through_every_duty_once_on_the_real_data
             return r.status_code == 200 and r.json()["count"] == 6
 
         await wait_for(all_in)
-        pages: list[dict[str, Any]] = []
-        params: dict[str, str] = {}
-        while True:
-            r = await http.get("/notifications/v1/obligations", params=params, headers=office)
-            assert r.status_code == 200, r.text
-            pages.append(r.json())
-            if not r.json()["next_cursor"]:
-                break
-            params = {"cursor": r.json()["next_cursor"]}
+        pages = await every_page(http, "/notifications/v1/obligations", office)
         too_many = await http.get("/notifications/v1/obligations?limit=3", headers=office)
 
     assert [len(p["obligations"]) for p in pages] == [2, 2, 2]

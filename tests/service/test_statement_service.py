@@ -14,6 +14,7 @@ from services.statement.bootstrap import StatementParts, build
 from shared.bus import ensure_topics
 from shared.service import Context, ServiceRunner
 from shared.settings import Settings
+from tests.paging import every_page
 from tests.service.upstream_events import bearer, client, escalated, feed, graded, opened, wait_for
 
 pytestmark = pytest.mark.asyncio
@@ -165,17 +166,6 @@ async def test_the_inbox_pages_by_cursor_through_every_statement_once_on_the_rea
     incidents = [f"inc-p{n}" for n in range(3)]
     await feed(settings, *[e for i in incidents for e in (opened(i), graded(i, 2))])
 
-    async def pages(http: httpx.AsyncClient, headers: dict[str, str]) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        params: dict[str, str] = {}
-        while True:
-            r = await http.get("/statements/v1/inbox", params=params, headers=headers)
-            assert r.status_code == 200, r.text
-            found.append(r.json())
-            if r.json()["next_cursor"] is None:
-                return found
-            params = {"cursor": r.json()["next_cursor"]}
-
     async with client(small_pages) as http:
         drafts = []
         for incident in incidents:
@@ -183,8 +173,8 @@ async def test_the_inbox_pages_by_cursor_through_every_statement_once_on_the_rea
             await submit_when_graded(http, statement["statement_id"], who.author)
             drafted_at = datetime.fromisoformat(statement["drafted_at"])
             drafts.append((drafted_at, statement["statement_id"]))
-        office = await pages(http, who.office)
-        author = await pages(http, who.author)
+        office = await every_page(http, "/statements/v1/inbox", who.office)
+        author = await every_page(http, "/statements/v1/inbox", who.author)
         too_many = await http.get("/statements/v1/inbox?limit=3", headers=who.office)
 
     written = [sid for _, sid in sorted(drafts)]  # oldest first, ties by id

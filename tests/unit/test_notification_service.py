@@ -42,6 +42,7 @@ from shared.settings import CONFIG_DIR
 from shared.store import UnitOfWork
 from tests.fakes.harness import FakeService, fake_service, fake_settings
 from tests.fakes.mongo import FakeMongo
+from tests.paging import every_page
 from tests.service.notification_receivers import HttpReceiver
 
 T0 = datetime(2026, 11, 21, 2, 0, tzinfo=UTC)  # 10:00 in Shanghai
@@ -483,16 +484,8 @@ async def test_the_list_pages_soonest_first_and_the_next_pages_hold_the_rest_onc
     stored = [doc async for doc in small_pages.db["obligations"].find({})]
     assert len(stored) == 9
 
-    pages: list[dict[str, Any]] = []
     async with small_pages.http() as http:
-        params: dict[str, Any] = {}
-        while True:
-            r = await http.get(LIST, params=params, headers=office)
-            assert r.status_code == 200, r.text
-            pages.append(r.json())
-            if r.json()["next_cursor"] is None:
-                break
-            params = {"cursor": r.json()["next_cursor"]}
+        pages = await every_page(http, LIST, office)
         # An incident's duties come back whole in one page of the default size.
         one = (await http.get(LIST, params={"incident_id": "inc-1"}, headers=office)).json()
         # A page larger than YUQING_MAX_PAGE_SIZE is refused, naming `limit`; a made-up

@@ -14,6 +14,7 @@ import pytest
 from services.statement.bootstrap import build
 from tests.fakes.harness import FakeService, fake_service, fake_settings
 from tests.fakes.upstream import Clock
+from tests.paging import every_page
 from tests.unit.test_statement_service import (
     API,
     T0,
@@ -91,20 +92,14 @@ async def small_pages(clock: Clock) -> AsyncIterator[FakeService]:
         yield running
 
 
-async def every_page(api: httpx.AsyncClient, headers: dict[str, str]) -> list[dict[str, list[str]]]:
+async def inbox_pages(
+    api: httpx.AsyncClient, headers: dict[str, str]
+) -> list[dict[str, list[str]]]:
     """Each page of the inbox, following `next_cursor` to the end: the ids of each list."""
-    pages: list[dict[str, list[str]]] = []
-    params: dict[str, str] = {}
-    while True:
-        r = await api.get(f"{API}/inbox", params=params, headers=headers)
-        assert r.status_code == 200, r.text
-        body = r.json()
-        pages.append(
-            {part: [s["statement_id"] for s in body[part]] for part in ("waiting", "mine")}
-        )
-        if body["next_cursor"] is None:
-            return pages
-        params = {"cursor": body["next_cursor"]}
+    return [
+        {part: [s["statement_id"] for s in body[part]] for part in ("waiting", "mine")}
+        for body in await every_page(api, f"{API}/inbox", headers)
+    ]
 
 
 async def test_the_inbox_pages_both_lists_and_the_next_pages_hold_the_rest_once(
@@ -126,7 +121,7 @@ async def test_the_inbox_pages_both_lists_and_the_next_pages_hold_the_rest_once(
             await known(small_pages, upstream, f"inc-m{n}", 3)
             written.append(await drafted(api, f"inc-m{n}", office))
 
-        pages = await every_page(api, office)
+        pages = await inbox_pages(api, office)
         too_many = await api.get(f"{API}/inbox", params={"limit": PAGE + 1}, headers=office)
         forged = await api.get(f"{API}/inbox", params={"cursor": "bm9wZQ"}, headers=office)
 
@@ -164,8 +159,8 @@ async def test_a_page_of_the_inbox_skips_what_is_not_the_callers_and_misses_noth
                 if school == "school-a":
                     school_a.append(sid)
 
-        head = await every_page(api, who.head)
-        author = await every_page(api, who.author)
+        head = await inbox_pages(api, who.head)
+        author = await inbox_pages(api, who.author)
 
     assert head == [{"waiting": school_a[:2], "mine": []}, {"waiting": school_a[2:], "mine": []}]
     newest_first = school_a[::-1]
