@@ -158,15 +158,16 @@ class System:
     def archive(self) -> AsyncDatabase[Document]:
         return self.mongo[self.archive_db]
 
-    async def commands(self) -> dict[str, int]:
-        """The services' command counts so far (by `<database>.<command>`)."""
+    async def commands(self) -> tuple[dict[str, int], dict[str, int]]:
+        """The services' command counts so far (by `<database>:<collection>.<command>`), and
+        the commands that failed (by `<database>.<command>.<error>`)."""
         self._snapshot += 1
         self.process.send_signal(signal.SIGUSR1)
         while True:
             with contextlib.suppress(OSError, ValueError):
                 body = json.loads(self.counts_path.read_text())
                 if body["snapshot"] >= self._snapshot:
-                    return dict(body["commands"])
+                    return dict(body["commands"]), dict(body["failed"])
             await asyncio.sleep(0.01)
 
     async def messages(self) -> int:
@@ -189,16 +190,21 @@ class System:
 class Usage:
     commands: dict[str, int]
     messages: int
+    failed: dict[str, int]
 
     @classmethod
     async def of(cls, system: System) -> Usage:
-        return cls(await system.commands(), await system.messages())
+        commands, failed = await system.commands()
+        return cls(commands, await system.messages(), failed)
 
     def since(self, earlier: Usage) -> Usage:
-        keys = set(self.commands) | set(earlier.commands)
+        def minus(now: dict[str, int], then: dict[str, int]) -> dict[str, int]:
+            return {k: now.get(k, 0) - then.get(k, 0) for k in set(now) | set(then)}
+
         return Usage(
-            {k: self.commands.get(k, 0) - earlier.commands.get(k, 0) for k in keys},
+            minus(self.commands, earlier.commands),
             self.messages - earlier.messages,
+            minus(self.failed, earlier.failed),
         )
 
     def total(self, names: frozenset[str] | None = None) -> int:
@@ -550,6 +556,12 @@ async def sustained(
         },
         "commands_by_collection_per_report": {
             k: round(v / reports, 2) for k, v in used.by_collection().items()
+        },
+        # Write conflicts and the like: each one an attempt done again.
+        "failed_commands_per_report": {
+            k: round(v / reports, 2)
+            for k, v in sorted(used.failed.items(), key=lambda kv: -kv[1])
+            if v > 0
         },
     }
 

@@ -35,21 +35,41 @@ class CountingListener(CommandListener):
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        # The database each open transaction began in (by session and transaction number):
+        # commitTransaction and abortTransaction go to `admin`, which says nothing of whose.
+        self._began: dict[tuple[bytes, int], str] = {}
+        self._sent: dict[int, str] = {}  # request id -> key, until it is answered
         self._lock = threading.Lock()
 
     def started(self, event: CommandStartedEvent) -> None:
-        target = event.command.get(event.command_name)
+        command = event.command
+        name = event.command_name
+        target = command.get(name)
         # A getMore names its cursor's collection apart; a database command names none.
-        collection = target if isinstance(target, str) else event.command.get("collection", "")
+        collection = target if isinstance(target, str) else command.get("collection", "")
+        key = f"{event.database_name}:{collection}.{name}"
+        txn = (
+            (bytes(command["lsid"]["id"]), int(command["txnNumber"]))
+            if ("txnNumber" in command and "lsid" in command)
+            else None
+        )
         with self._lock:
-            self.counts[f"{event.database_name}:{collection}.{event.command_name}"] += 1
+            if txn is not None and command.get("startTransaction"):
+                self._began[txn] = event.database_name
+            if txn is not None and name in {"commitTransaction", "abortTransaction"}:
+                key = f"{self._began.pop(txn, 'admin')}:.{name}"
+            self.counts[key] += 1
+            self._sent[event.request_id] = key
 
     def succeeded(self, event: CommandSucceededEvent) -> None:
-        pass
+        with self._lock:
+            self._sent.pop(event.request_id, None)
 
     def failed(self, event: CommandFailedEvent) -> None:
+        code = event.failure.get("codeName") or event.failure.get("code") or "?"
         with self._lock:
-            self.errors[f"{event.database_name}.{event.command_name}"] += 1
+            key = self._sent.pop(event.request_id, f"{event.database_name}.{event.command_name}")
+            self.errors[f"{key}.{code}"] += 1
 
     def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
         with self._lock:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -331,15 +332,21 @@ class Dispatcher:
             if doc is None:
                 break
             claimed.append(doc)
-        await asyncio.gather(*(self._attempt(doc, now) for doc in claimed))
+        # Sent side by side, recorded one at a time per incident: each record moves the
+        # incident's event order, and two at once would conflict there and be done again.
+        recording: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        await asyncio.gather(
+            *(self._attempt(doc, now, recording[doc["incident_id"]]) for doc in claimed)
+        )
         async for page in self.pages.find(
             {"state": PAGE_OPEN, "ack_due_at": {"$lte": now}}, limit=batch
         ):
             await self._advance(page["_id"], now)
 
-    async def _attempt(self, doc: Document, now: datetime) -> None:
+    async def _attempt(self, doc: Document, now: datetime, recording: asyncio.Lock) -> None:
         if doc["channel"] == NO_CHANNEL:
-            await self._record_unreachable(doc)
+            async with recording:
+                await self._record_unreachable(doc)
             return
         channel = self.policy.channels.get(doc["channel"])
         message = await self._message(doc)
@@ -362,7 +369,8 @@ class Dispatcher:
         except Exception as exc:
             # Whatever went wrong counts as a failed attempt, so the retry cap still holds.
             reason = str(exc) if isinstance(exc, DeliveryError) else repr(exc)
-            await self._failed(doc, attempts, reason, now)
+            async with recording:
+                await self._failed(doc, attempts, reason, now)
             return
         sent = NotificationSent(
             notification_id=doc["_id"],
@@ -378,7 +386,9 @@ class Dispatcher:
             "subject": message.subject,
             "body": message.body,
         }
-        if await self.run(lambda uow: self._record(uow, doc, sent, row)):
+        async with recording:
+            recorded = await self.run(lambda uow: self._record(uow, doc, sent, row))
+        if recorded:
             log.info("notification sent", notification_id=doc["_id"], channel=doc["channel"])
 
     async def _record_unreachable(self, doc: Document) -> None:

@@ -63,34 +63,28 @@ class DutyFacts:
         observed: datetime,
         uow: UnitOfWork,
     ) -> None:
+        """Adds the source and keeps the first report's instants as first told (a later
+        report's are not its): read once, written only with what is new, since an incident's
+        every report and grade tells it again."""
         source = {"source_type": source_type, "source_name": source_name}
-        await self.facts.update_one(
-            {"_id": incident_id},
-            {"$addToSet": {"sources": source}},
-            upsert=True,
-            session=uow.session,
-        )
-        await self.learn_first(incident_id, published, observed, uow)
-
-    async def learn_first(
-        self,
-        incident_id: str,
-        published: datetime | None,
-        observed: datetime | None,
-        uow: UnitOfWork,
-    ) -> None:
-        """The first report's instants, kept as first told: a later report's are not its."""
-        await self.facts.update_one(
-            {"_id": incident_id},
-            {"$setOnInsert": {"sources": []}},
-            upsert=True,
-            session=uow.session,
-        )
+        doc = await self.facts.find_one({"_id": incident_id}, session=uow.session)
+        if doc is None:
+            first = {"first_published_at": published, "first_observed_at": observed}
+            await self.facts.update_one(
+                {"_id": incident_id},
+                {"$setOnInsert": first, "$addToSet": {"sources": source}},
+                upsert=True,
+                session=uow.session,
+            )
+            return
+        change: Document = {}
         for field, value in (("first_published_at", published), ("first_observed_at", observed)):
-            if value is not None:
-                await self.facts.update_one(
-                    {"_id": incident_id, field: None}, {"$set": {field: value}}, session=uow.session
-                )
+            if doc.get(field) is None:
+                change.setdefault("$set", {})[field] = value
+        if source not in doc.get("sources", []):
+            change["$addToSet"] = {"sources": source}
+        if change:
+            await self.facts.update_one({"_id": incident_id}, change, session=uow.session)
 
     async def first_report(self, incident_id: str, uow: UnitOfWork) -> Instants | None:
         """The first report's instants as known (`at` is unused: the caller's event's)."""
