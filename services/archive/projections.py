@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -412,16 +413,19 @@ class ArchiveViews:
             if self.signed(doc):
                 logs[str(doc["incident_id"])].append(_logged(doc))
         positions: set[tuple[str, str, int]] = set()
-        found = db[LOG].find(
-            {
-                "topic": {"$in": list({event.topic for event, _ in batch})},
-                "stream_id": {"$in": list({event.stream_id for event, _ in batch})},
-            },
-            {"topic": 1, "stream_id": 1, "stream_version": 1},
-            session=session,
-        )
-        async for doc in found:
-            positions.add((doc["topic"], doc["stream_id"], int(doc["stream_version"])))
+        streams: dict[str, set[str]] = defaultdict(set)
+        for event, _ in batch:
+            streams[event.topic].add(event.stream_id)
+        # A query per topic: one field matched and one listed, which the stream_position
+        # index serves on every server (two lists scan the whole log on the embedded one).
+        for topic, ids in streams.items():
+            found = db[LOG].find(
+                {"topic": topic, "stream_id": {"$in": sorted(ids)}},
+                {"topic": 1, "stream_id": 1, "stream_version": 1},
+                session=session,
+            )
+            async for doc in found:
+                positions.add((doc["topic"], doc["stream_id"], int(doc["stream_version"])))
         todo: list[tuple[Envelope, Delivery | None]] = []
         for event, delivery in batch:
             position = (event.topic, event.stream_id, event.stream_version)

@@ -285,6 +285,8 @@ class IntakeViews:
     async def ensure_indexes(self) -> None:
         await self.db[REPORTS].create_index([("incident_id", ASCENDING)])
         await self.db[REPORTS].create_index([("unit_ids", ASCENDING), ("received_at", DESCENDING)])
+        # A new report's look-alikes are the reports sharing one of its LSH bands.
+        await self.db[REPORTS].create_index([("bands", ASCENDING)])
         await self.db[INCIDENTS].create_index([("unit_ids", ASCENDING)])
         await self.db[INCIDENT_REPORTS].create_index(
             [("incident_id", ASCENDING), ("order", ASCENDING)]
@@ -294,6 +296,18 @@ class IntakeViews:
         )
         await ensure_collection(self.db, TEXT_GUARDS)
         await self._count_reports()
+        await self._band_reports()
+
+    async def _band_reports(self) -> None:
+        """Reports stored before texts were banded get their bands, so that every report
+        a new one could match is found through the bands index."""
+        cursor = self.db[REPORTS].find(
+            {"text": {"$exists": True}, "bands": {"$exists": False}}, {"text": 1}
+        )
+        async for doc in cursor:
+            await self.db[REPORTS].update_one(
+                {"_id": doc["_id"]}, {"$set": {"bands": text_bands(str(doc["text"]))}}
+            )
 
     async def _count_reports(self) -> None:
         """Incidents stored before reports were counted embed every one: list them in
@@ -581,18 +595,20 @@ class IntakeViews:
     ) -> list[TextCandidate]:
         """The reports about any of `unit_ids` filed since `since`, most recent first, at
         most `limit` of them: the only ones a new report's text is compared with. Given the
-        new report's `text`, only those sharing an LSH band with it (and any projected
-        before bands were kept), so that a filing compares a few instead of `limit`; given
+        new report's `text`, only those sharing an LSH band with it (reports stored before
+        bands were kept get theirs at start), so that a filing compares a few instead of
+        `limit`; given
         `incident_ids`, only those incidents' reports.
 
         Reports projected before texts were kept have none and are not compared."""
-        query: Document = {"unit_ids": {"$in": list(unit_ids)}, "text": {"$exists": True}}
+        # The bands first: a server that serves one condition from an index takes the first
+        # one it can (the embedded SecantusDB), and the bands are the narrowest.
+        query: Document = {"bands": {"$in": text_bands(text)}} if text is not None else {}
+        query.update(unit_ids={"$in": list(unit_ids)}, text={"$exists": True})
         if since is not None:
             query["received_at"] = {"$gte": since}
         if incident_ids is not None:
             query["incident_id"] = {"$in": list(incident_ids)}
-        if text is not None:
-            query["$or"] = [{"bands": {"$in": text_bands(text)}}, {"bands": {"$exists": False}}]
         cursor = (
             self.db[REPORTS]
             .find(

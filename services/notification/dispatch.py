@@ -262,7 +262,6 @@ class Dispatcher:
                 "state": PENDING,
                 "attempts": 0,
                 "next_attempt_at": now,
-                "lease_until": now,
                 "last_error": None,
                 "created_at": now,
             },
@@ -324,8 +323,10 @@ class Dispatcher:
         claimed = []
         for _ in range(batch):
             doc = await self.deliveries.find_one_and_update(
-                {"state": PENDING, "next_attempt_at": {"$lte": now}, "lease_until": {"$lte": now}},
-                {"$set": {"lease_until": now + self.lease}},
+                # Claimed by moving its next attempt past the lease: a sender that dies
+                # leaves it due again then, and the one index serves the claim.
+                {"state": PENDING, "next_attempt_at": {"$lte": now}},
+                {"$set": {"next_attempt_at": now + self.lease}},
                 sort=[("next_attempt_at", ASCENDING)],
                 return_document=ReturnDocument.AFTER,
             )
@@ -431,7 +432,6 @@ class Dispatcher:
                         "attempts": attempts,
                         "last_error": reason,
                         "next_attempt_at": now + self.policy.retry.backoff(attempts),
-                        "lease_until": now,
                     }
                 },
             )

@@ -542,11 +542,14 @@ async def test_a_look_alike_is_found_behind_more_recent_reports_than_are_compare
     assert (look_alike["incident_id"], look_alike["new_incident"]) == (first["incident_id"], False)
 
 
-async def test_a_report_stored_before_text_bands_is_still_compared(
+async def test_a_report_stored_before_text_bands_is_banded_at_start_and_compared(
     intake: FakeService, api: httpx.AsyncClient
 ) -> None:
     first = await file(api, monitor(intake))
     await intake.db[REPORTS].update_many({}, {"$unset": {"bands": ""}})
+    for step in intake.parts.setup:  # the service starting again on that database
+        await step()
+    assert (await intake.db[REPORTS].find_one({"_id": first["report_id"]}) or {}).get("bands")
 
     look_alike = await file(api, monitor(intake), url="https://bbs.example.org/t/1", **SIMILAR)
     unrelated = await file(api, monitor(intake), url="https://bbs.example.org/t/2", **OTHER_MATTER)
