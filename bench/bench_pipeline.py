@@ -219,7 +219,7 @@ class Usage:
             out[db] = out.get(db, 0) + n
         return dict(sorted(out.items()))
 
-    def by_collection(self, top: int = 25) -> dict[str, int]:
+    def by_collection(self, top: int = 60) -> dict[str, int]:
         """The most used `<database>:<collection>.<command>`, most first."""
         ranked = sorted(self.commands.items(), key=lambda kv: -kv[1])[:top]
         return {k: n for k, n in ranked if n > 0}
@@ -398,8 +398,15 @@ class Completions:
                 await self._task
 
     async def _watch(self) -> None:
+        # Only the views' changes come back, filtered on the server: the log, inbox and
+        # chains change with every event, and each change sent is the server's work.
         pipeline: list[Document] = [
-            {"$match": {"operationType": {"$in": ["insert", "replace", "update"]}}}
+            {
+                "$match": {
+                    "operationType": {"$in": ["insert", "replace", "update"]},
+                    "ns.coll": {"$regex": "^incidents"},
+                }
+            }
         ]
         async with await self.system.archive().watch(
             pipeline, full_document="updateLookup"

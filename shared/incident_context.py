@@ -15,7 +15,6 @@ from typing import Any
 
 import bson
 from pydantic import BaseModel, ConfigDict
-from pymongo import ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -33,7 +32,7 @@ from shared.events import (
     Level,
     ReportReceived,
 )
-from shared.store import Document
+from shared.store import Document, update_before
 from shared.visibility import IncidentScope
 
 INCIDENTS = "incidents"
@@ -141,20 +140,16 @@ class IncidentContext:
         session: AsyncClientSession | None,
         memo: dict[str, Any] | None = None,
     ) -> IncidentChange:
-        """One round trip: the update returns the document as it was, and the snapshot
-        after it is the same update applied to that copy (its operators are few and plain)."""
+        """The document as it was is read, and the snapshot after the update is the same
+        update applied to that copy (its operators are few and plain)."""
         change = CHANGES.get(type(event.payload))
         if change is None:
             raise ValueError(f"{event.event_type} does not describe an incident")
         update = change(event, event.payload)
         if "status" not in update.get("$set", {}):
             update["$setOnInsert"] = {"status": IncidentStatus.OPEN.value}
-        doc = await self.collection.find_one_and_update(
-            {"_id": event.incident_id},
-            update,
-            upsert=True,
-            return_document=ReturnDocument.BEFORE,
-            session=session,
+        doc = await update_before(
+            self.collection, event.incident_id, update, session=session, upsert=True
         )
         before = _snapshot(event.incident_id, doc) if doc is not None else None
         # Through BSON as the server would keep it (milliseconds, the client's time zones).

@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar
 import pymongo
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne, WriteConcern
 from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     BulkWriteError,
@@ -166,20 +167,26 @@ class UnitOfWork:
         the clock, or just past the incident's last one when that is not behind it (a
         replica whose clock is behind, or the same microsecond)."""
         wanted = time.time_ns() // 1000
-        before = await self.db[OUTBOX_ORDER].find_one_and_update(
+        order = self.db[OUTBOX_ORDER]
+        if count == 1:
+            # One write in the usual case: the clock moved the incident's last seq on.
+            moved = await order.update_one(
+                {"_id": incident_id}, {"$max": {"seq": wanted}}, upsert=True, session=self.session
+            )
+            if moved.upserted_id is not None or moved.modified_count:
+                return wanted
+        # Read, then written: in the transaction a writer that moved it in between makes
+        # this one conflict, and the transaction is done again.
+        before = await order.find_one({"_id": incident_id}, session=self.session)
+        last = int(before["seq"]) if before is not None else 0
+        first = max(wanted, last + 1)
+        await order.update_one(
             {"_id": incident_id},
-            {"$max": {"seq": wanted + count - 1}},
+            {"$set": {"seq": first + count - 1}},
             upsert=True,
-            return_document=ReturnDocument.BEFORE,
             session=self.session,
         )
-        last = int(before["seq"]) if before is not None else 0
-        if last < wanted:
-            return wanted
-        await self.db[OUTBOX_ORDER].update_one(
-            {"_id": incident_id}, {"$set": {"seq": last + count}}, session=self.session
-        )
-        return last + 1
+        return first
 
     async def mark_processed(self, consumer: str, event_id: str) -> bool:
         """Remember a consumed event; False if this consumer had already processed it.
@@ -221,6 +228,27 @@ class UnitOfWork:
             except (DuplicateKeyError, BulkWriteError) as exc:
                 raise InboxRace(", ".join(keys[e] for e in new)) from exc
         return new
+
+
+async def update_before(
+    collection: AsyncCollection[Document],
+    key: Any,
+    update: Document,
+    *,
+    session: AsyncClientSession | None,
+    upsert: bool = False,
+) -> Document | None:
+    """The document `key` as it was before `update`, which is applied to it (inserted
+    with `upsert`); None when it was not there. Run in a unit of work's transaction.
+
+    A read and a write by `_id` rather than one findAndModify: the embedded SecantusDB
+    (0.7) scans the whole collection to write every findAndModify that matches, 21 ms at
+    4,000 documents against about 1 ms for these two, and more with every incident. In a
+    transaction the two are as one: a writer that changed the document after the read
+    makes the write conflict, and the transaction is done again."""
+    before = await collection.find_one({"_id": key}, session=session)
+    await collection.update_one({"_id": key}, update, upsert=upsert, session=session)
+    return before
 
 
 async def ensure_collection(db: AsyncDatabase[Document], name: str) -> None:

@@ -678,12 +678,12 @@ class ArchiveViews:
         view, document, case = _model_writes(incident_id, records, self.embedded_reports)
         db = uow.db
         for models in await self._written_models(session):
-            before = await db[models.incidents].find_one_and_replace(
-                {"_id": incident_id},
-                document,
-                projection={"case_id": 1},
-                upsert=True,
-                session=session,
+            # Read, then replaced, not one findOneAndReplace (see store.update_before).
+            before = await db[models.incidents].find_one(
+                {"_id": incident_id}, {"case_id": 1}, session=session
+            )
+            await db[models.incidents].replace_one(
+                {"_id": incident_id}, document, upsert=True, session=session
             )
             if case is not None:
                 await db[models.cases].replace_one(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import BaseModel
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -47,7 +47,7 @@ from shared.events import (
     SourceType,
 )
 from shared.plan_rules import PlanStamp
-from shared.store import Document, UnitOfWork
+from shared.store import Document, UnitOfWork, update_before
 from shared.visibility import IncidentScope, scope_of
 
 FACTS = "facts"
@@ -225,8 +225,9 @@ class GradingViews:
     async def add_report(
         self, incident_id: str, report: ReportReceived, uow: UnitOfWork, *, held: bool = False
     ) -> None:
-        counted = await self.db[FACTS].find_one_and_update(
-            {"_id": incident_id},
+        before = await update_before(
+            self.db[FACTS],
+            incident_id,
             {
                 "$inc": {"report_count": 1},
                 **({"$push": {"held": report.report_id}} if held else {}),
@@ -235,17 +236,15 @@ class GradingViews:
                     "filed_by": report.filed_by,
                 },
             },
-            projection={"report_count": 1},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
             session=uow.session,
+            upsert=True,
         )
         await self.db[REPORT_FACTS].insert_one(
             {
                 "_id": _report_key(incident_id, report.report_id),
                 **_facts_doc(ReportFacts.of(report)),
                 "incident_id": incident_id,
-                "order": (counted or {}).get("report_count", 1),  # upserted: never None
+                "order": int((before or {}).get("report_count", 0)) + 1,
             },
             session=uow.session,
         )

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import jinja2
 import structlog
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -321,18 +321,22 @@ class Dispatcher:
         """One pass: send what is due (concurrently, so one slow receiver delays no other),
         then move on the pages nobody acknowledged in time."""
         claimed = []
-        for _ in range(batch):
-            doc = await self.deliveries.find_one_and_update(
-                # Claimed by moving its next attempt past the lease: a sender that dies
-                # leaves it due again then, and the one index serves the claim.
-                {"state": PENDING, "next_attempt_at": {"$lte": now}},
-                {"$set": {"next_attempt_at": now + self.lease}},
-                sort=[("next_attempt_at", ASCENDING)],
-                return_document=ReturnDocument.AFTER,
+        due = self.deliveries.find(
+            {"state": PENDING, "next_attempt_at": {"$lte": now}},
+            sort=[("next_attempt_at", ASCENDING)],
+            limit=batch,
+        )
+        async for doc in due:
+            # Claimed by moving its next attempt past the lease, if no other sender moved
+            # it first (a sender that dies leaves it due again then). Not findAndModify,
+            # which the embedded server serves by scanning every delivery ever queued.
+            lease_until = now + self.lease
+            taken = await self.deliveries.update_one(
+                {"_id": doc["_id"], "state": PENDING, "next_attempt_at": doc["next_attempt_at"]},
+                {"$set": {"next_attempt_at": lease_until}},
             )
-            if doc is None:
-                break
-            claimed.append(doc)
+            if taken.modified_count:
+                claimed.append({**doc, "next_attempt_at": lease_until})
         # Sent side by side, recorded one at a time per incident: each record moves the
         # incident's event order, and two at once would conflict there and be done again.
         recording: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)

@@ -207,6 +207,38 @@ async def test_level_one_reaches_the_leader_by_signed_webhook_and_email_in_chine
     assert NotificationAcknowledged.model_validate(acked).acknowledged_by == "leader-zhang"
 
 
+async def test_two_replicas_passing_at_once_send_each_message_once(
+    make_settings: Callable[[str], Awaitable[Settings]],
+    start: Start,
+    hook: HttpReceiver,
+    ops_group: HttpReceiver,
+    smtp: tuple[int, list[Any]],
+) -> None:
+    port, mailbox = smtp
+    settings = await make_settings(policy(port, hook.url, ops_group.url))
+    # Its own loop passes once at start, then the two passes below are all there are.
+    service = await start(settings.model_copy(update={"delivery_poll_seconds": 3600.0}))
+    await feed(settings, opened("inc-d5"), graded("inc-d5", 1))
+    deliveries = service.db["deliveries"]
+
+    async def queued() -> bool:
+        return await deliveries.count_documents({"state": "pending"}) == 2
+
+    await wait_for(queued)
+    dispatcher = service.parts.dispatcher
+    now = datetime.now(UTC)
+    # Two replicas' passes at once (their clocks a little apart): both see the same two
+    # deliveries due.
+    later = now + timedelta(milliseconds=7)
+    await asyncio.gather(dispatcher.run_once(now, 10), dispatcher.run_once(later, 10))
+
+    assert len(hook.requests) == 1
+    assert len(mailbox) == 1
+    sent = await events(service, "NotificationSent")
+    assert sorted(e["channel"] for e in sent) == ["email", "webhook"]
+    assert await deliveries.count_documents({"state": "sent"}) == 2
+
+
 async def test_a_receiver_failing_three_times_gets_one_delivery_recorded_after_retries(
     make_settings: Callable[[str], Awaitable[Settings]],
     start: Start,

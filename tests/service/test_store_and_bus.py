@@ -29,6 +29,8 @@ from shared.incident_context import IncidentContext
 from shared.service import Context, ServiceParts, ServiceRunner
 from shared.settings import Settings
 from shared.store import (
+    EVENTS,
+    OUTBOX_ORDER,
     ConcurrencyConflict,
     EventStore,
     Placement,
@@ -182,6 +184,47 @@ async def test_an_incident_snapshot_after_each_change_is_what_the_server_stored(
     assert [c.before.level if c.before else None for c in seen] == [None, None, 2, 2, 1]
     assert seen[-1].after.status == "resolved"
     assert seen[-1].after.unit_ids == ("school-a", "school-b")
+
+
+async def test_an_incidents_events_take_consecutive_increasing_seqs_even_past_the_clock(
+    store: EventStore,
+) -> None:
+    """The relay's order for one incident: each append's events take consecutive seqs
+    after every earlier one's, including when the incident's last seq is ahead of this
+    writer's clock (a replica whose clock is behind)."""
+
+    def on_stream(stream: str, first: int, count: int) -> list[Envelope]:
+        return [
+            Envelope.new(
+                IncidentResolved(reason="calmed down"),
+                incident_id="i-seq",
+                stream_id=stream,
+                stream_version=version,
+                actor=Actor(type="person", id="leader-zhang"),
+            )
+            for version in range(first, first + count)
+        ]
+
+    async def seqs(stream: str) -> list[int]:
+        found = store.db[EVENTS].find({"stream_id": stream}, sort=[("stream_version", 1)])
+        return [int(doc["seq"]) async for doc in found]
+
+    # Appends of one and of three events, side by side on the one incident.
+    await asyncio.gather(
+        *(store.append(on_stream(f"s-{n}", 1, 1 + 2 * (n % 2)), 0) for n in range(6))
+    )
+    taken = {f"s-{n}": await seqs(f"s-{n}") for n in range(6)}
+    for stream, numbers in taken.items():
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), stream
+    everything = sorted(n for numbers in taken.values() for n in numbers)
+    assert len(set(everything)) == len(everything) == 12
+
+    ahead = everything[-1] + 3_600 * 10**6  # an hour ahead of this writer's clock
+    await store.db[OUTBOX_ORDER].update_one({"_id": "i-seq"}, {"$set": {"seq": ahead}})
+    await store.append(on_stream("s-0", 2, 1), 1)
+    await store.append(on_stream("s-1", 4, 3), 3)
+    assert (await seqs("s-0"))[1:] == [ahead + 1]
+    assert (await seqs("s-1"))[3:] == [ahead + 2, ahead + 3, ahead + 4]
 
 
 async def test_a_redelivered_event_is_marked_once(store: EventStore) -> None:
