@@ -1037,18 +1037,17 @@ class EventConsumer:
         """The batch, or as much of it as fits the time budget, in one transaction: the
         service's batch handler takes it all; otherwise each event's handler in turn until
         a quarter of the transaction's time limit is spent (a slow database must not make
-        the batch outlive it). The inbox marks of what was taken are read first and written
-        at once. Returns how many of the batch were taken, and the ids handled (not marked
-        already by a racing replica)."""
-        ids = [str(r.event.event_id) for r in batch]
-        known = await uow.processed_already(self.name, ids)
+        the batch outlive it). The inbox marks of what was taken are written at once:
+        `handle_all` read them just before, and a replica's mark since fails that write,
+        so the batch is then handled one by one. Returns how many of the batch were taken,
+        and the ids handled."""
         started = time.perf_counter()
         budget = (self.settings.mongodb_transaction_timeout_seconds or 5.0) / 4
         taken = 0
         handled: list[Received] = []
         with contextlib.ExitStack() as spans:
             if self.handlers.batch is not None:
-                handled = [r for r in batch if str(r.event.event_id) not in known]
+                handled = list(batch)
                 for r in handled:
                     spans.enter_context(self._span(r.event, r.topic, r.parent_span))
                 await self.handlers.batch([(r.event, r.delivery) for r in handled], uow)
@@ -1058,8 +1057,6 @@ class EventConsumer:
                     if taken and time.perf_counter() - started > budget:
                         break
                     taken += 1
-                    if str(r.event.event_id) in known:
-                        continue
                     handler = self.handlers.handler_for(r.event)
                     assert handler is not None
                     with (
@@ -1069,7 +1066,9 @@ class EventConsumer:
                     ):
                         await handler(r.event, uow)
                     handled.append(r)
-        await uow.mark_all_processed(self.name, [str(r.event.event_id) for r in handled])
+        await uow.mark_all_processed(
+            self.name, [str(r.event.event_id) for r in handled], unmarked=True
+        )
         return taken, {r.event.event_id for r in handled}
 
     def _key(self, event: Envelope) -> str:

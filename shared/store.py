@@ -211,11 +211,15 @@ class UnitOfWork:
         prefix = len(consumer) + 1
         return {str(doc["_id"])[prefix:] async for doc in found}
 
-    async def mark_all_processed(self, consumer: str, event_ids: Sequence[str]) -> list[str]:
+    async def mark_all_processed(
+        self, consumer: str, event_ids: Sequence[str], *, unmarked: bool = False
+    ) -> list[str]:
         """Remember several consumed events with one read and one write; returns the ids
-        this consumer had not processed before (each once), in the order given."""
+        this consumer had not processed before (each once), in the order given. With
+        `unmarked` the caller has just read that none of them is marked: no read again,
+        and a racing replica's mark in between fails the write (InboxRace)."""
         keys = {event_id: f"{consumer}:{event_id}" for event_id in event_ids}
-        known = await self.processed_already(consumer, list(keys))
+        known = set() if unmarked else await self.processed_already(consumer, list(keys))
         new = [event_id for event_id in keys if event_id not in known]
         if new:
             at = utcnow()

@@ -378,22 +378,23 @@ def build_router(
         caller.require(Role.ANALYST)
         # The log is the bureau's record, scoped by each event's unit: a partner's filter
         # matches nothing, whatever other roles its token carries.
-        conditions: list[Document] = []
-        if visible := visibility.scope_filter(caller, units_field="unit_id", at_least=RECORDS):
-            conditions.append(visible)
         since, until = export_window(
             aware(since) if since else None, aware(until) if until else None, incident_id
         )
+        # The narrowest first: one incident, then the window (see `ArchiveViews.export`).
+        conditions: list[Document] = []
         if incident_id is not None:
             conditions.append({"incident_id": incident_id})
-        if unit is not None:
-            conditions.append({"unit_id": unit})
-        if event_type:
-            conditions.append({"event_type": {"$in": event_type}})
         if since is not None:
             conditions.append({"occurred_at": {"$gte": since}})
         if until is not None:
             conditions.append({"occurred_at": {"$lt": until}})
+        if visible := visibility.scope_filter(caller, units_field="unit_id", at_least=RECORDS):
+            conditions.append(visible)
+        if unit is not None:
+            conditions.append({"unit_id": unit})
+        if event_type:
+            conditions.append({"event_type": {"$in": event_type}})
 
         async def lines() -> AsyncIterator[bytes]:
             async for row in views.export(conditions, after):

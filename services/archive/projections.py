@@ -779,8 +779,13 @@ class ArchiveViews:
     async def export(
         self, conditions: Sequence[Document], after: int
     ) -> AsyncIterator[ExportedEvent]:
-        """Stored events in ingest order from just past `after`, read in batches as sent."""
-        query: Document = {"$and": [{"seq": {"$gt": after}}, *conditions]}
+        """Stored events in ingest order from just past `after`, read in batches as sent.
+
+        One flat filter (an `$and` is a collection scan on the embedded server, which
+        looks up the first field it has an index for): a resumed export starts from its
+        seq, a first one from the first of `conditions`, the narrowest given first."""
+        resume = {"seq": {"$gt": after}}
+        query = flat_query([resume, *conditions] if after else [*conditions, resume])
         cursor = self.db[LOG].find(query, sort=[("seq", ASCENDING)], batch_size=500)
         async for doc in cursor:
             yield ExportedEvent(

@@ -392,7 +392,7 @@ class Dispatcher:
             "body": message.body,
         }
         async with recording:
-            recorded = await self.run(lambda uow: self._record(uow, doc, sent, row))
+            recorded = await self.run(self._recorder(doc, sent, row))
         if recorded:
             log.info("notification sent", notification_id=doc["_id"], channel=doc["channel"])
 
@@ -409,7 +409,7 @@ class Dispatcher:
             reason=reason,
         )
         row = {"state": FAILED, "last_error": reason}
-        if await self.run(lambda uow: self._record(uow, doc, failed, row)):
+        if await self.run(self._recorder(doc, failed, row)):
             NOTIFICATIONS_UNREACHABLE.labels(str(doc["context"]["level"])).inc()
             log.warning(
                 "no channel reaches this person",
@@ -450,18 +450,45 @@ class Dispatcher:
         )
         row = {"state": FAILED, "attempts": attempts, "last_error": reason}
 
+        record = self._recorder(doc, failed, row)
+
         async def work(uow: UnitOfWork) -> None:
-            if await self._record(uow, doc, failed, row):
+            if await record(uow):
                 await self._alert_fallback(doc, reason, now, uow.session)
 
         await self.run(work)
 
+    def _recorder(
+        self, doc: Document, outcome: Outcome, row: dict[str, Any]
+    ) -> Callable[[UnitOfWork], Awaitable[bool]]:
+        """The unit of work that records a send's outcome (`_record`), tried again by the
+        runner after a lost race. The first try takes the notification to have no record
+        yet, as an outcome is recorded once, and does not read its stream; a sender that
+        recorded it first (after a lost lease) makes the append conflict, and the next try
+        reads the stream and records nothing."""
+        tries = 0
+
+        async def record(uow: UnitOfWork) -> bool:
+            nonlocal tries
+            tries += 1
+            return await self._record(uow, doc, outcome, row, unread=tries == 1)
+
+        return record
+
     async def _record(
-        self, uow: UnitOfWork, doc: Document, outcome: Outcome, row: dict[str, Any]
+        self,
+        uow: UnitOfWork,
+        doc: Document,
+        outcome: Outcome,
+        row: dict[str, Any],
+        *,
+        unread: bool = False,
     ) -> bool:
         """The outcome of a send on the notification's record and its delivery row; False
-        when another sender (after a lost lease) had recorded it already."""
-        current = await self.notifications.get(uow, doc["_id"]) or Notification(doc["_id"])
+        when another sender (after a lost lease) had recorded it already. `unread`: taken
+        to have no record yet, without reading it (see `_recorder`)."""
+        stored = None if unread else await self.notifications.get(uow, doc["_id"])
+        current = stored or Notification(doc["_id"])
         saved = await self.notifications.save(
             uow, doc["_id"], current, current.record(outcome), self._cause(doc, self.actor)
         )

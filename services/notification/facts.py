@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import bson
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.events import ReportOrigin, ReportReceived, StatementDrafted
@@ -67,7 +68,7 @@ class DutyFacts:
         report's are not its): read once, written only with what is new, since an incident's
         every report and grade tells it again."""
         source = {"source_type": source_type, "source_name": source_name}
-        doc = await self.facts.find_one({"_id": incident_id}, session=uow.session)
+        doc = await self._facts(incident_id, uow)
         if doc is None:
             first = {"first_published_at": published, "first_observed_at": observed}
             await self.facts.update_one(
@@ -76,19 +77,40 @@ class DutyFacts:
                 upsert=True,
                 session=uow.session,
             )
+            stored = {"_id": incident_id, **first, "sources": [source]}
+            uow.memo[_memo_key(incident_id)] = self._as_stored(stored)
             return
         change: Document = {}
+        known = dict(doc)
         for field, value in (("first_published_at", published), ("first_observed_at", observed)):
             if doc.get(field) is None:
                 change.setdefault("$set", {})[field] = value
+                known[field] = value
         if source not in doc.get("sources", []):
             change["$addToSet"] = {"sources": source}
+            known["sources"] = [*doc.get("sources", []), source]
         if change:
             await self.facts.update_one({"_id": incident_id}, change, session=uow.session)
+            uow.memo[_memo_key(incident_id)] = self._as_stored(known)
+
+    def _as_stored(self, doc: Document) -> Document:
+        """Through BSON as the server keeps it (milliseconds), as a later read would see it."""
+        options = self.facts.codec_options
+        stored: Document = bson.decode(bson.encode(doc, codec_options=options), options)
+        return stored
+
+    async def _facts(self, incident_id: str, uow: UnitOfWork) -> Document | None:
+        """The incident's facts, read once a unit of work (a grade asks three times): the
+        writes above keep the copy as they leave the stored document."""
+        key = _memo_key(incident_id)
+        if key not in uow.memo:
+            uow.memo[key] = await self.facts.find_one({"_id": incident_id}, session=uow.session)
+        doc: Document | None = uow.memo[key]
+        return doc
 
     async def first_report(self, incident_id: str, uow: UnitOfWork) -> Instants | None:
         """The first report's instants as known (`at` is unused: the caller's event's)."""
-        doc = await self.facts.find_one({"_id": incident_id}, session=uow.session)
+        doc = await self._facts(incident_id, uow)
         if doc is None:
             return None
         epoch = datetime.min.replace(tzinfo=UTC)
@@ -97,7 +119,7 @@ class DutyFacts:
         )
 
     async def sources(self, incident_id: str, uow: UnitOfWork) -> list[ReportSource]:
-        doc = await self.facts.find_one({"_id": incident_id}, session=uow.session)
+        doc = await self._facts(incident_id, uow)
         found = doc.get("sources", []) if doc is not None else []
         return [ReportSource(s["source_type"], s["source_name"]) for s in found]
 
@@ -115,6 +137,10 @@ class DutyFacts:
         doc = await self.statements.find_one({"_id": statement_id}, session=uow.session)
         kind = doc.get("kind") if doc is not None else None
         return kind if isinstance(kind, str) else None
+
+
+def _memo_key(incident_id: str) -> str:
+    return f"{DUTY_FACTS}:{incident_id}"
 
 
 def _aware(value: object) -> datetime | None:

@@ -24,7 +24,7 @@ from services.notification.domain import (
     evolve_obligation,
     obligation_of,
 )
-from shared.events import DutyDecided, Envelope, Level, ObligationState
+from shared.events import DutyDecided, Envelope, Level, ObligationOpened, ObligationState
 from shared.incident_context import IncidentContext
 from shared.paging import Key
 from shared.paging import after as keyset_after
@@ -116,7 +116,12 @@ class NotificationProjections:
         decision names none: the duty it opens is its own event)."""
         if isinstance(event.payload, DutyDecided):
             return
-        before = await self.obligation(obligation_of(event), session=uow.session, memo=uow.memo)
+        # A duty is opened by its own event: nothing stands before it to read.
+        before = (
+            None
+            if isinstance(event.payload, ObligationOpened)
+            else await self.obligation(obligation_of(event), session=uow.session, memo=uow.memo)
+        )
         after = evolve_obligation(before.obligation if before else None, event)
         incident = await self.incidents.get(event.incident_id, session=uow.session, memo=uow.memo)
         units = incident.unit_ids if incident else before.unit_ids if before else ()

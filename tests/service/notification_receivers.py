@@ -32,13 +32,19 @@ class Received:
 
 class HttpReceiver:
     """Answers POSTs with `answer` (by default what WeCom and DingTalk robots say), after
-    failing the first `fail_first` with HTTP 503; keeps every request it was sent."""
+    failing the first `fail_first` with HTTP 503, the first after `hold_first` is set;
+    keeps every request it was sent."""
 
     def __init__(
-        self, fail_first: int = 0, answer: bytes = b'{"errcode": 0, "errmsg": "ok"}'
+        self,
+        fail_first: int = 0,
+        answer: bytes = b'{"errcode": 0, "errmsg": "ok"}',
+        hold_first: threading.Event | None = None,
     ) -> None:
         self.fail_first = fail_first
         self.answer = answer
+        # The first request is answered only once this is set (a slow receiver).
+        self.hold_first = hold_first
         self.requests: list[Received] = []
         self._lock = threading.Lock()
         receiver = self
@@ -50,6 +56,9 @@ class HttpReceiver:
                     receiver.requests.append(Received(self.path, dict(self.headers), body))
                     failing = receiver.fail_first > 0
                     receiver.fail_first -= 1
+                    held = receiver.hold_first if len(receiver.requests) == 1 else None
+                if held is not None:
+                    held.wait(timeout=30)
                 self.send_response(503 if failing else 200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()

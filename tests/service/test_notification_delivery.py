@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -237,6 +238,45 @@ async def test_two_replicas_passing_at_once_send_each_message_once(
     sent = await events(service, "NotificationSent")
     assert sorted(e["channel"] for e in sent) == ["email", "webhook"]
     assert await deliveries.count_documents({"state": "sent"}) == 2
+
+
+async def test_a_message_sent_again_after_a_lost_lease_is_on_record_once(
+    make_settings: Callable[[str], Awaitable[Settings]],
+    start: Start,
+    ops_group: HttpReceiver,
+    smtp: tuple[int, list[Any]],
+) -> None:
+    slow = threading.Event()
+    with HttpReceiver(hold_first=slow).running() as hook:
+        settings = await make_settings(policy(smtp[0], hook.url, ops_group.url))
+        service = await start(settings.model_copy(update={"delivery_poll_seconds": 3600.0}))
+        await feed(settings, opened("inc-d6"), graded("inc-d6", 2))
+        deliveries = service.db["deliveries"]
+
+        async def queued() -> bool:
+            return await deliveries.count_documents({"state": "pending"}) == 1
+
+        await wait_for(queued)
+        dispatcher = service.parts.dispatcher
+        now = datetime.now(UTC)
+        # A sender whose receiver is slow, and, once its lease ran out, a second sender.
+        first = asyncio.create_task(dispatcher.run_once(now, 10))
+
+        async def reached() -> bool:
+            return len(hook.requests) == 1
+
+        await wait_for(reached)
+        await dispatcher.run_once(now + dispatcher.lease + timedelta(seconds=1), 10)
+        (sent,) = await events(service, "NotificationSent")
+        slow.set()
+        await first
+
+        ids = {r.headers["X-Yuqing-Notification-Id"] for r in hook.requests}
+        assert len(hook.requests) == 2  # at least once to the receiver: twice here
+        assert ids == {sent["notification_id"]}  # the one notification
+        assert await events(service, "NotificationSent") == [sent]  # once on the record
+        row = await deliveries.find_one({"_id": sent["notification_id"]})
+        assert (row or {}).get("state") == "sent"
 
 
 async def test_a_receiver_failing_three_times_gets_one_delivery_recorded_after_retries(
