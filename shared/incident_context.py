@@ -140,17 +140,25 @@ class IncidentContext:
         session: AsyncClientSession | None,
         memo: dict[str, Any] | None = None,
     ) -> IncidentChange:
-        """The document as it was is read, and the snapshot after the update is the same
-        update applied to that copy (its operators are few and plain)."""
+        """The document as it was is read (once a unit of work: a batch's next event about
+        the incident takes it as this one left it), and the snapshot after the update is
+        the same update applied to that copy (its operators are few and plain)."""
         change = CHANGES.get(type(event.payload))
         if change is None:
             raise ValueError(f"{event.event_type} does not describe an incident")
         update = change(event, event.payload)
         if "status" not in update.get("$set", {}):
             update["$setOnInsert"] = {"status": IncidentStatus.OPEN.value}
-        doc = await update_before(
-            self.collection, event.incident_id, update, session=session, upsert=True
-        )
+        stored_key = _stored_key(event.incident_id)
+        if memo is not None and stored_key in memo:
+            doc = memo[stored_key]
+            await self.collection.update_one(
+                {"_id": event.incident_id}, update, upsert=True, session=session
+            )
+        else:
+            doc = await update_before(
+                self.collection, event.incident_id, update, session=session, upsert=True
+            )
         before = _snapshot(event.incident_id, doc) if doc is not None else None
         # Through BSON as the server would keep it (milliseconds, the client's time zones).
         options = self.collection.codec_options
@@ -158,6 +166,7 @@ class IncidentContext:
         after = _snapshot(event.incident_id, stored)
         if memo is not None:
             memo[_memo_key(event.incident_id)] = after
+            memo[stored_key] = stored
         return IncidentChange(before=before, after=after)
 
     async def get(
@@ -178,6 +187,10 @@ class IncidentContext:
 
 def _memo_key(incident_id: str) -> str:
     return f"{INCIDENTS}:{incident_id}"
+
+
+def _stored_key(incident_id: str) -> str:
+    return f"{INCIDENTS}:stored:{incident_id}"
 
 
 def _snapshot(incident_id: str, doc: Document) -> IncidentSnapshot:

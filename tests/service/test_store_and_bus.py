@@ -25,7 +25,7 @@ from shared.events import (
     IncidentResolved,
 )
 from shared.handlers import HandlerMap
-from shared.incident_context import IncidentContext
+from shared.incident_context import IncidentChange, IncidentContext
 from shared.service import Context, ServiceParts, ServiceRunner
 from shared.settings import Settings
 from shared.store import (
@@ -183,6 +183,30 @@ async def test_an_incident_snapshot_after_each_change_is_what_the_server_stored(
     assert seen[0].before is None
     assert [c.before.level if c.before else None for c in seen] == [None, None, 2, 2, 1]
     assert seen[-1].after.status == "resolved"
+    assert seen[-1].after.unit_ids == ("school-a", "school-b")
+
+
+async def test_an_incident_changed_several_times_in_one_unit_of_work_is_what_the_server_stored(
+    store: EventStore,
+) -> None:
+    """A consumer's batch applies an incident's events in one transaction, reading the
+    incident once: each change's before and after are still what the server held."""
+    incidents = IncidentContext(store.db)
+    changes = [
+        opened("s2", ("school-a",)),
+        graded("s2", 2),
+        opened("s2", ("school-a", "school-b")),
+        escalated("s2", 2, 1, version=3),
+    ]
+
+    async def batch(uow: UnitOfWork) -> list[IncidentChange]:
+        return [await incidents.apply(event, uow.session, uow.memo) for event in changes]
+
+    seen = await store.transaction(batch)
+    assert [c.before.level if c.before else None for c in seen] == [None, None, 2, 2]
+    assert [c.before.unit_ids if c.before else () for c in seen][2] == ("school-a",)
+    assert seen[-1].after == await incidents.get("s2")
+    assert seen[-1].after.level == 1
     assert seen[-1].after.unit_ids == ("school-a", "school-b")
 
 
