@@ -208,6 +208,21 @@ async def test_level_one_reaches_the_leader_by_signed_webhook_and_email_in_chine
     assert NotificationAcknowledged.model_validate(acked).acknowledged_by == "leader-zhang"
 
 
+async def queued_for_passes(
+    start: Start, settings: Settings, incident: str, *, level: int, pending: int
+) -> Service:
+    """The service once `incident`, graded at `level`, has queued `pending` deliveries,
+    with its own delivery loop idle after its first pass: the test runs the passes."""
+    service = await start(settings.model_copy(update={"delivery_poll_seconds": 3600.0}))
+    await feed(settings, opened(incident), graded(incident, level))
+
+    async def queued() -> bool:
+        return await service.db["deliveries"].count_documents({"state": "pending"}) == pending
+
+    await wait_for(queued)
+    return service
+
+
 async def test_two_replicas_passing_at_once_send_each_message_once(
     make_settings: Callable[[str], Awaitable[Settings]],
     start: Start,
@@ -217,15 +232,8 @@ async def test_two_replicas_passing_at_once_send_each_message_once(
 ) -> None:
     port, mailbox = smtp
     settings = await make_settings(policy(port, hook.url, ops_group.url))
-    # Its own loop passes once at start, then the two passes below are all there are.
-    service = await start(settings.model_copy(update={"delivery_poll_seconds": 3600.0}))
-    await feed(settings, opened("inc-d5"), graded("inc-d5", 1))
+    service = await queued_for_passes(start, settings, "inc-d5", level=1, pending=2)
     deliveries = service.db["deliveries"]
-
-    async def queued() -> bool:
-        return await deliveries.count_documents({"state": "pending"}) == 2
-
-    await wait_for(queued)
     dispatcher = service.parts.dispatcher
     now = datetime.now(UTC)
     # Two replicas' passes at once (their clocks a little apart): both see the same two
@@ -249,14 +257,8 @@ async def test_a_message_sent_again_after_a_lost_lease_is_on_record_once(
     slow = threading.Event()
     with HttpReceiver(hold_first=slow).running() as hook:
         settings = await make_settings(policy(smtp[0], hook.url, ops_group.url))
-        service = await start(settings.model_copy(update={"delivery_poll_seconds": 3600.0}))
-        await feed(settings, opened("inc-d6"), graded("inc-d6", 2))
+        service = await queued_for_passes(start, settings, "inc-d6", level=2, pending=1)
         deliveries = service.db["deliveries"]
-
-        async def queued() -> bool:
-            return await deliveries.count_documents({"state": "pending"}) == 1
-
-        await wait_for(queued)
         dispatcher = service.parts.dispatcher
         now = datetime.now(UTC)
         # A sender whose receiver is slow, and, once its lease ran out, a second sender.
