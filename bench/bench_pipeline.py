@@ -656,12 +656,20 @@ async def current_incidents(db: AsyncDatabase[Document]) -> AsyncCollection[Docu
     return db[str(pointer["incidents"]) if pointer else "incidents"]
 
 
+async def current_rows(db: AsyncDatabase[Document]) -> AsyncCollection[Document]:
+    """The rows the archive's incident list reads now (each view's document but the view)."""
+    pointer = await db["read_models"].find_one({"_id": "current"})
+    return db[str((pointer or {}).get("incident_rows", "incident_rows"))]
+
+
 async def load_incidents(system: System, total: int, cap: float) -> tuple[int, float]:
-    """Write `total` incident views straight into the collection the archive lists from:
-    copies of a real view, each with its own id, time, level, status and unit, in batches
-    of 500; stops after `cap` seconds. The views there now, and the seconds it took."""
+    """Write `total` incident views straight into the archive's views and the rows its list
+    reads: copies of a real view, each with its own id, time, level, status and unit, in
+    batches of 500; stops after `cap` seconds. The views there now, and the seconds it
+    took."""
     db = system.archive()
     collection = await current_incidents(db)
+    rows = await current_rows(db)
     template = await collection.find_one({"level": {"$ne": None}})
     assert template is not None, "the pipeline left no graded incident to copy"
     have = await collection.count_documents({})
@@ -695,12 +703,18 @@ async def load_incidents(system: System, total: int, cap: float) -> tuple[int, f
         )
         if len(batch) == 500:
             await collection.insert_many(batch, ordered=False)
+            await rows.insert_many([without_view(doc) for doc in batch], ordered=False)
             batch = []
             if time.perf_counter() - started > cap:
                 break
     if batch:
         await collection.insert_many(batch, ordered=False)
+        await rows.insert_many([without_view(doc) for doc in batch], ordered=False)
     return await collection.count_documents({}), time.perf_counter() - started
+
+
+def without_view(doc: Document) -> Document:
+    return {field: value for field, value in doc.items() if field != "view"}
 
 
 async def reads_list(system: System, rate: float, seconds: float) -> dict[str, Any]:

@@ -68,6 +68,9 @@ LOG = "log"
 CHAINS = "chains"
 VIEWS = "incidents"
 CASES = "cases"
+# What the incident list reads: each view's document without the view itself (see
+# `_row`). Not named `incidents…`: the console's change feed watches the views.
+ROWS = "incident_rows"
 READ_MODELS = "read_models"
 REPLAY_JOBS = "replay_jobs"
 # Events that claimed a stream position the log already holds under another event_id.
@@ -94,6 +97,7 @@ class ReadModels(BaseModel):
 
     incidents: str = VIEWS
     cases: str = CASES
+    incident_rows: str = ROWS
 
 
 class ReplayJob(BaseModel):
@@ -170,6 +174,13 @@ def _view_document(view: IncidentView, records: Sequence[Logged]) -> Document:
         "due": min(deadlines) if deadlines else None,
         "last_seq": max(r.seq for r in records),
     }
+
+
+def _row(document: Document) -> Document:
+    """A view's document as the list reads it: everything but the view (about 0.6 of its
+    4.5 KB). The embedded server decodes every document a list window holds before the
+    limit, so the list reads these, not the views."""
+    return {field: value for field, value in document.items() if field != "view"}
 
 
 def _case_document(view: IncidentView, last_seq: int) -> Document | None:
@@ -274,23 +285,30 @@ class ArchiveViews:
             [("topic", ASCENDING), ("stream_id", ASCENDING), ("stream_version", ASCENDING)],
             name="stream_position",
         )
-        await self._ensure_read_model_indexes(await self.current_models())
+        current = await self.current_models()
+        await self._ensure_read_model_indexes(current)
+        await self._fill_rows(current)
+
+    async def _fill_rows(self, models: ReadModels) -> None:
+        """Views stored before the list had rows of its own get theirs (each unless a newer
+        one is there), so that every view is listed."""
+        views, rows = self.db[models.incidents], self.db[models.incident_rows]
+        if await rows.count_documents({}) >= await views.count_documents({}):
+            return
+        batch: list[Document] = []
+        async for doc in views.find({}, {"view": 0}, batch_size=500):
+            batch.append(doc)
+            if len(batch) == 500:
+                await self._replace_older(models.incident_rows, batch)
+                batch = []
+        await self._replace_older(models.incident_rows, batch)
 
     async def _ensure_read_model_indexes(self, models: ReadModels) -> None:
         for name, fields in (
-            (
-                models.incidents,
-                # the last: the office's 谎报 finding names a duty, not its incident
-                (
-                    "unit_ids",
-                    "level",
-                    "category",
-                    "status",
-                    "filed_by",
-                    "due",
-                    "view.obligations.obligation_id",
-                ),
-            ),
+            # The views: a period's assessment (`sort_at`, units); the office's 谎报 finding
+            # names a duty, not its incident.
+            (models.incidents, ("unit_ids", "view.obligations.obligation_id")),
+            (models.incident_rows, ("unit_ids", "level", "category", "status", "filed_by", "due")),
             (models.cases, ("unit_ids", "filed_by", "level", "category", "opened_at")),
         ):
             collection = self.db[name]
@@ -503,6 +521,13 @@ class ArchiveViews:
                 ],
                 session=session,
             )
+            await db[models.incident_rows].bulk_write(
+                [
+                    ReplaceOne({"_id": incident}, _row(document), upsert=True)
+                    for incident, (_, document, _) in writes.items()
+                ],
+                session=session,
+            )
             cases = [case for _, _, case in writes.values() if case is not None]
             if cases:
                 await db[models.cases].bulk_write(
@@ -685,6 +710,9 @@ class ArchiveViews:
             await db[models.incidents].replace_one(
                 {"_id": incident_id}, document, upsert=True, session=session
             )
+            await db[models.incident_rows].replace_one(
+                {"_id": incident_id}, _row(document), upsert=True, session=session
+            )
             if case is not None:
                 await db[models.cases].replace_one(
                     {"_id": case["_id"]}, case, upsert=True, session=session
@@ -743,12 +771,13 @@ class ArchiveViews:
         unbounded query costs the whole collection. Only the list's fields are returned.
         """
         filters = flat_query(conditions)
+        listed = {"incidents": "incident_rows", "cases": "cases"}[kind]
         models, fresh = await self._served_models()
-        rows = await self._windows.page(self.db[getattr(models, kind)], filters, limit, after)
+        rows = await self._windows.page(self.db[getattr(models, listed)], filters, limit, after)
         if not rows and not fresh:
             models_now, _ = await self._served_models(fresh=True)
             if models_now != models:
-                collection = self.db[getattr(models_now, kind)]
+                collection = self.db[getattr(models_now, listed)]
                 rows = await self._windows.page(collection, filters, limit, after)
         if len(rows) <= limit:
             return rows, None
@@ -805,7 +834,11 @@ class ArchiveViews:
         """Claim the pointer for a new set of collections; ReplayRunning if one is building."""
         db = self.db
         job_id = uuid.uuid4().hex[:12]
-        target = ReadModels(incidents=f"{VIEWS}_{job_id}", cases=f"{CASES}_{job_id}")
+        target = ReadModels(
+            incidents=f"{VIEWS}_{job_id}",
+            cases=f"{CASES}_{job_id}",
+            incident_rows=f"{ROWS}_{job_id}",
+        )
         # Made before they are named in the pointer, so that no refresh creates them inside
         # its transaction (which older MongoDB servers refuse).
         await self._ensure_read_model_indexes(target)
@@ -872,6 +905,7 @@ class ArchiveViews:
                     if records
                 ]
                 await self._replace_older(target.incidents, (w[1] for w in written))
+                await self._replace_older(target.incident_rows, (_row(w[1]) for w in written))
                 # A case goes in only beside the view it came from: if a refresh has
                 # meanwhile written a newer view, it has also written (or removed) the case.
                 stored = {
@@ -919,6 +953,7 @@ class ArchiveViews:
     async def _drop(self, models: ReadModels) -> None:
         await self.db.drop_collection(models.incidents)
         await self.db.drop_collection(models.cases)
+        await self.db.drop_collection(models.incident_rows)
 
     async def abandon_interrupted_replays(self) -> None:
         """A replay runs inside the archive process: one still `running` at start-up died

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from services.archive.bootstrap import ArchiveParts, build
-from services.archive.projections import LOG, READ_MODELS, VIEWS
+from services.archive.projections import LOG, READ_MODELS, ROWS, VIEWS
 from shared.events import (
     ALL_TOPICS,
     Actor,
@@ -707,14 +707,44 @@ async def test_reads_follow_a_swap_of_the_read_models_made_by_another_replica(
     db = archive.db
     async for doc in db[VIEWS].find({}):
         await db["incidents_other"].insert_one(doc)
-    await db[READ_MODELS].update_one({"_id": "current"}, {"$set": {"incidents": "incidents_other"}})
+    async for doc in db[ROWS].find({}):
+        await db["incident_rows_other"].insert_one(doc)
+    moved = {"incidents": "incidents_other", "incident_rows": "incident_rows_other"}
+    await db[READ_MODELS].update_one({"_id": "current"}, {"$set": moved})
     await db.drop_collection(VIEWS)
+    await db.drop_collection(ROWS)
 
     found = await api.get("/archive/v1/incidents/inc-a", headers=admin)
     listed = await api.get("/archive/v1/incidents", headers=admin)
 
     assert (found.status_code, found.json()) == (200, view)
     assert [i["incident_id"] for i in listed.json()["items"]] == ["inc-a"]
+
+
+async def test_views_stored_before_the_list_had_rows_are_listed_after_a_start(
+    archive: FakeService, api: httpx.AsyncClient
+) -> None:
+    await archive.consume(*Story("inc-a", "school-a").opened().events)
+    await archive.consume(*Story("inc-b", "school-a").opened().events)
+    admin = archive.token("admin", "county", "admin")
+    listed = (await api.get("/archive/v1/incidents", headers=admin)).json()
+    await archive.db.drop_collection(ROWS)  # as a database of before the rows
+    for step in archive.parts.setup:  # the archive starting again on it
+        await step()
+
+    assert (await api.get("/archive/v1/incidents", headers=admin)).json() == listed
+    assert {i["incident_id"] for i in listed["items"]} == {"inc-a", "inc-b"}
+    row = await archive.db[ROWS].find_one({"_id": "inc-a"})
+    assert row is not None
+    assert "view" not in row
+
+
+async def store_views(archive: FakeService, docs: list[dict[str, Any]]) -> None:
+    """Views written straight into the archive's collections, with the rows the list reads
+    (each view's document without the view)."""
+    await archive.db[VIEWS].insert_many(docs)
+    rows = [{k: v for k, v in doc.items() if k != "view"} for doc in docs]
+    await archive.db[ROWS].insert_many(rows)
 
 
 async def test_a_long_list_pages_through_every_incident_newest_first_once(
@@ -734,7 +764,7 @@ async def test_a_long_list_pages_through_every_incident_newest_first_once(
         rows.append(
             {**template, "_id": incident, "summary": summary, "level": level, "sort_at": at}
         )
-    await archive.db[VIEWS].insert_many(rows)
+    await store_views(archive, rows)
     admin = archive.token("admin", "county", "admin")
 
     async def every(**query: Any) -> list[str]:
@@ -766,8 +796,9 @@ async def test_the_overdue_filter_splits_the_list_by_deadlines_past_and_not(
         summary = {**template["summary"], "incident_id": incident}
         at = NOW - timedelta(minutes=n)
         doc = {**template, "_id": incident, "summary": summary, "due": due, "sort_at": at}
-        await archive.db[VIEWS].insert_one(doc)
+        await store_views(archive, [doc])
     await archive.db[VIEWS].delete_one({"_id": "inc-a"})
+    await archive.db[ROWS].delete_one({"_id": "inc-a"})
     admin = archive.token("admin", "county", "admin")
 
     async def listed(overdue: str) -> set[str]:
