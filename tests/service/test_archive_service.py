@@ -536,6 +536,7 @@ async def test_replay_rebuilds_the_read_models_in_fresh_collections_and_swaps_th
         await produce(incident_events(incident, unit, MediaTier.PROVINCIAL))
         await until_ingested(client, admin, incident, 6)
     live = await read_model_documents(archive, projections.VIEWS)
+    live_rows = await read_model_documents(archive, projections.ROWS)
     listed = (await client.get("/archive/v1/incidents", headers=admin)).json()
 
     monitor = auth(settings, "monitor-chen", "school-a", ["monitor"])
@@ -552,8 +553,15 @@ async def test_replay_rebuilds_the_read_models_in_fresh_collections_and_swaps_th
     fresh = job["collections"]["incidents"]
     assert fresh != projections.VIEWS
     assert await read_model_documents(archive, fresh) == live
+    # The list's rows too: each view's document but the view, rebuilt beside it.
+    fresh_rows = job["collections"]["incident_rows"]
+    assert fresh_rows != projections.ROWS
+    assert await read_model_documents(archive, fresh_rows) == live_rows
+    assert [{k: v for k, v in doc.items() if k != "view"} for doc in live] == live_rows
     assert (await client.get("/archive/v1/incidents", headers=admin)).json() == listed
-    assert projections.VIEWS not in await archive.db.list_collection_names()
+    kept = await archive.db.list_collection_names()
+    assert projections.VIEWS not in kept
+    assert projections.ROWS not in kept
 
 
 async def test_events_ingested_while_a_replay_builds_are_in_the_models_it_swaps_in(
