@@ -156,6 +156,8 @@ class DeliveryPolicy(FrozenModel):
 NOT_IN_DIRECTORY = "没有可送达此人的渠道（通讯录中没有此人）"
 NO_CONTACTS = "没有可送达此人的渠道（未配置联系方式）"
 NO_USABLE_CONTACT = "没有可送达此人的渠道（其联系方式的渠道均未启用或不用于此类义务）"
+# A page with nobody at any step: no one in the incident's units or above holds its roles.
+NOBODY_TO_PAGE = "无人可通知（事件所属单位及其上级单位中无人担任应通知的角色）"
 
 
 def unreachable_reason(person: Person | None) -> str:

@@ -35,6 +35,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from services.notification.channels import DeliveryError, Outgoing, send
 from services.notification.delivery import (
+    NOBODY_TO_PAGE,
     DeliveryPolicy,
     Message,
     PageMove,
@@ -200,8 +201,11 @@ class Dispatcher:
         self, page: Document, reason: Reason, now: datetime, session: AsyncClientSession | None
     ) -> None:
         steps: list[list[str]] = page["steps"]
-        if page["step"] >= len(steps):
+        if not steps:
+            # On record like a person no channel reaches (no recipient): a duty nobody is
+            # told of is what the office must see, not a line in a log.
             log.warning("nobody to page", page_id=page["_id"], kind=page["kind"])
+            await self._unreachable(page, reason, "", None, now, session)
             return
         for person_id in steps[page["step"]]:
             person = self.directory.person(person_id)
@@ -232,7 +236,7 @@ class Dispatcher:
         )
         if queued is not None:
             return
-        extra = {"unreachable": unreachable_reason(person)}
+        extra = {"unreachable": unreachable_reason(person) if person_id else NOBODY_TO_PAGE}
         await self._enqueue(page, reason, person_id, NO_CHANNEL, "", now, session, extra)
 
     async def _enqueue(

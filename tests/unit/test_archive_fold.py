@@ -898,6 +898,19 @@ def test_a_person_no_channel_reaches_reads_as_not_told_with_why() -> None:
         "notification-n2",
         at(minutes=5),
     )
+    nobody = "无人可通知（事件所属单位及其上级单位中无人担任应通知的角色）"
+    s.add(
+        NotificationFailed(
+            notification_id="n3",
+            obligation_id="ob",
+            channel=NO_CHANNEL,
+            recipient="",
+            attempts=0,
+            reason=nobody,
+        ),
+        "notification-n3",
+        at(minutes=6),
+    )
     people = {"leader-qian": "钱副组长", "leader-zhang": "张组长"}
 
     lines = timeline(s.logged(), SHANGHAI, CATALOGUE, ["NotificationFailed"], people)
@@ -905,6 +918,7 @@ def test_a_person_no_channel_reaches_reads_as_not_told_with_why() -> None:
     assert [e.summary for e in lines] == [
         f"未能通知 钱副组长「手机快报」：{no_contact}",
         "通过短信通知 张组长 失败（已尝试 5 次）：HTTP 503",
+        f"未能通知任何人「手机快报」：{nobody}",
     ]
     (duty,) = fold(INCIDENT, s.logged()).obligations
     assert [
@@ -912,6 +926,7 @@ def test_a_person_no_channel_reaches_reads_as_not_told_with_why() -> None:
     ] == [
         ("leader-qian", "none", "failed", 0, no_contact),
         ("leader-zhang", "sms", "failed", 5, "HTTP 503"),
+        ("", "none", "failed", 0, nobody),
     ]
 
 

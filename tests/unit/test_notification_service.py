@@ -744,6 +744,62 @@ async def test_a_person_no_channel_reaches_is_recorded_once_a_page_and_the_other
     assert scraped("yuqing_notifications_unreachable_total", level="1") == counted_before + 2
 
 
+@pytest.fixture
+async def with_nobody_above_school_a(
+    tmp_path: Path, webhook_secret: None, hook: HttpReceiver, ops: HttpReceiver, clock: Clock
+) -> AsyncIterator[FakeService]:
+    """The shipped directory with the leader and the office moved to 第二中学: nobody in
+    实验小学 or above it holds a role a level-1 duty pages."""
+    directory = yaml.safe_load((CONFIG_DIR / "directory.yaml").read_text(encoding="utf-8"))
+    for person in directory["people"]:
+        if person["id"] in {"leader-zhang", "office-li"}:
+            person["unit"] = "school-b"
+    path = tmp_path / "directory.yaml"
+    path.write_text(yaml.safe_dump(directory, allow_unicode=True), encoding="utf-8")
+    async with running(tmp_path, hook, ops, clock, directory_path=path) as service:
+        yield service
+
+
+async def test_a_duty_whose_page_reaches_nobody_is_recorded_once_and_counted(
+    with_nobody_above_school_a: FakeService, upstream: Upstream, clock: Clock, hook: HttpReceiver
+) -> None:
+    """A level-1 grade of 实验小学's incident owes two duties nobody may be paged about: each
+    is on record once as told to no one, with the reason, and counted; telling again and
+    the end of the chain add nothing, and no other school's people are told."""
+    service = with_nobody_above_school_a
+    counted_before = scraped("yuqing_notifications_unreachable_total", level="1")
+    await service.consume(upstream.opened("inc-n"), upstream.graded("inc-n", 1))
+    dispatcher = parts(service).dispatcher
+    await dispatcher.run_once(clock(), 10)
+
+    opened = {
+        e.payload.obligation_id
+        for e in await service.published("ObligationOpened")
+        if isinstance(e.payload, ObligationOpened)
+    }
+    assert len(opened) == 2
+    failed = [
+        e.payload
+        for e in await service.published("NotificationFailed")
+        if isinstance(e.payload, NotificationFailed)
+    ]
+    assert sorted((f.obligation_id, f.recipient, f.channel, f.attempts) for f in failed) == [
+        (d, "", "none", 0) for d in sorted(opened)
+    ]
+    assert {f.reason for f in failed} == {
+        "无人可通知（事件所属单位及其上级单位中无人担任应通知的角色）"
+    }
+    assert scraped("yuqing_notifications_unreachable_total", level="1") == counted_before + 2
+
+    for minutes in (11, 22, 33):  # windows pass unacknowledged: told again, then the end
+        clock.now = T0 + timedelta(minutes=minutes)
+        await dispatcher.run_once(clock(), 10)
+        await dispatcher.run_once(clock(), 10)
+    assert len(await service.published("NotificationFailed")) == 2
+    assert scraped("yuqing_notifications_unreachable_total", level="1") == counted_before + 2
+    assert hook.requests == []
+
+
 # --------------------------------------------------------------------------- start-up
 
 

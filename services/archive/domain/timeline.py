@@ -237,6 +237,8 @@ def _sent(p: NotificationSent, w: Words) -> str:
 
 
 def _failed(p: NotificationFailed, w: Words) -> str:
+    if p.channel == NO_CHANNEL and not p.recipient:  # nobody holds the roles paged
+        return f"未能通知任何人{w.obligation(p.obligation_id)}：{short(p.reason)}"
     if p.channel == NO_CHANNEL:  # nothing was sent: no channel reaches the person
         return f"未能通知 {w.person(p.recipient)}{w.obligation(p.obligation_id)}：{short(p.reason)}"
     return (
