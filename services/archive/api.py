@@ -115,7 +115,19 @@ class Timeline(BaseModel):
 
 
 class ReviewRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+    # An unknown field is a 422 naming it.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "cause": "家长在微博发帖反映食堂饭菜变质，配图引发转发。",
+                    "handling": "学校当日回应，送检样品，次日公布检测结果。",
+                    "lessons": "食堂留样和公开机制需完善，首报应在30分钟内完成。",
+                }
+            ]
+        },
+    )
 
     cause: str = Field(min_length=1, max_length=10000, description="事件起因")
     handling: str = Field(min_length=1, max_length=10000, description="处置经过")

@@ -79,13 +79,28 @@ def load_rules(pack_dir: Path, default: Path = CONFIG_DIR / RULES_FILE) -> Asses
 
 
 class UntrueRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"reason": "首报称已处置完毕，实际当时尚未联系发帖人"}]},
+    )
 
     reason: str = Field(min_length=1, max_length=2000, description="为何认定报送不实")
 
 
 class UnclearedReleaseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "released_by": "spokesperson-sun",
+                    "channel": "学校家长群",
+                    "released_at": "2026-11-21T09:00:00+08:00",
+                    "content": "食堂饭菜检测合格，请家长放心。",
+                }
+            ]
+        },
+    )
 
     released_by: str = Field(min_length=1, max_length=200, description="发布人（人员 id）")
     unit_id: str | None = Field(
@@ -97,7 +112,12 @@ class UnclearedReleaseRequest(BaseModel):
 
 
 class CommendationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"person_id": "monitor-chen", "reason": "首先发现并在10分钟内报送"}]
+        },
+    )
 
     person_id: str | None = Field(default=None, max_length=200, description="受表扬的人员")
     unit_id: str | None = Field(

@@ -46,7 +46,14 @@ from shared.visibility import IncidentScope, ReferredIncident, Sight, Visibility
 
 
 class OverrideIn(FrozenModel):
-    model_config = ConfigDict(str_strip_whitespace=True)
+    model_config = ConfigDict(
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [
+                {"level": 2, "category": "rumor", "reason": "经核实为谣言，且已被市级媒体转载"}
+            ]
+        },
+    )
 
     level: Level = Field(description="a level of the plan in force (1, the most severe, ...)")
     category: Category | None = Field(
@@ -56,7 +63,10 @@ class OverrideIn(FrozenModel):
 
 
 class ConfirmIn(FrozenModel):
-    model_config = ConfigDict(str_strip_whitespace=True)
+    model_config = ConfigDict(
+        str_strip_whitespace=True,
+        json_schema_extra={"examples": [{"level": 3, "reason": "关注度有限，按一般舆情处置"}]},
+    )
 
     level: Level | None = Field(
         default=None, description="another level of the plan; the proposed one when omitted"
@@ -81,7 +91,12 @@ class ConfirmOut(BaseModel):
 
 
 class InstructionIn(FrozenModel):
-    model_config = ConfigDict(str_strip_whitespace=True)
+    model_config = ConfigDict(
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [{"text": "请教育局会同学校立即核查，今日内回应家长关切。", "signed": True}]
+        },
+    )
 
     text: str = Field(min_length=1, max_length=4000, description="the instruction (批示)")
     signed: bool = Field(description="the 《网上舆情》 was signed by the leader (签批)")
@@ -235,6 +250,12 @@ class PlanOut(BaseModel):
 
 
 class PlanTryIn(FrozenModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"plan": "fourtier", "since": "2026-11-01T00:00:00+08:00", "limit": 100}]
+        }
+    )
+
     plan: str = Field(pattern=PACK_NAME, description="a pack's name under config/plans/")
     since: AwareDatetime = Field(description="incidents graded at or after this time")
     limit: int = Field(default=100, ge=1, le=1000)

@@ -94,7 +94,27 @@ def _absolute_http(value: str) -> str:
 class ReportIn(BaseModel):
     """One observed online item (舆情件), as a monitor or partner files it."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "source_type": "weibo",
+                    "source_name": "新浪微博",
+                    "media_tier": "self_media",
+                    "url": "https://weibo.com/1234567890/NsXyZ",
+                    "title": "网传实验小学食堂饭菜变质",
+                    "excerpt": "有家长发帖称孩子在学校食堂吃到变质饭菜，配图三张。",
+                    "author": "家长小王",
+                    "published_at": "2026-11-21T08:00:00+08:00",
+                    "observed_at": "2026-11-21T08:05:00+08:00",
+                    "reach": {"views": 12000, "reposts": 85, "comments": 230, "likes": 410},
+                    "unit_ids": ["school-a"],
+                }
+            ]
+        },
+    )
 
     source_type: SourceType
     source_name: str = Field(min_length=1, max_length=200, examples=["人民网"])
@@ -200,7 +220,15 @@ _CURSOR = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z \S{1,80}")
 
 
 class MergeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [
+                {"into": "inc-2026-0001", "reason": "网信办转来的同一事件，并入本单位已立的事件"}
+            ]
+        },
+    )
 
     into: str = Field(min_length=1, max_length=64, description="the incident to merge into")
     reason: str = Field(min_length=1, max_length=2000)
@@ -214,7 +242,15 @@ class MergeOut(BaseModel):
 class ConfirmClaimsIn(BaseModel):
     """The office confirms a partner's claims as filed, or as it found them."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [
+                {"reason": "已核实原帖：转发量属实，媒体层级为市级", "media_tier": "municipal"}
+            ]
+        },
+    )
 
     reason: str = Field(min_length=1, max_length=2000, description="what was checked")
     media_tier: MediaTier | None = Field(
@@ -236,7 +272,11 @@ class IncidentStatusOut(BaseModel):
 
 
 class ReasonIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        json_schema_extra={"examples": [{"reason": "学校已回应并整改，相关帖子热度回落"}]},
+    )
 
     reason: str = Field(min_length=1, max_length=2000)
 

@@ -72,7 +72,15 @@ class ObligationList(BaseModel):
 
 
 class FulfilRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+    # An unknown field is a 422 naming it.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"reference": "县教舆〔2026〕12号", "fulfilled_at": "2026-11-21T08:40:00+08:00"}
+            ]
+        },
+    )
 
     reference: str | None = Field(
         default=None, max_length=200, description="文号 or other reference of the report filed"
@@ -83,7 +91,18 @@ class FulfilRequest(BaseModel):
 
 
 class DecisionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "county_report_decided",
+                    "decision": "yes",
+                    "reason": "领导小组研究决定报县网信办",
+                }
+            ]
+        },
+    )
 
     kind: str = Field(
         min_length=1, max_length=64, description="the duty decided on (`opens_on: decided`)"

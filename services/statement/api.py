@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 from services.statement.domain import ApprovalRules, Statement
 from services.statement.handlers import (
@@ -41,9 +41,18 @@ from shared.visibility import PublishedLine, Sight, Visibility, hidden
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Outlet = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
+# What the documents show as an example of a statement's text.
+_CONTENT: dict[str, JsonValue] = {
+    "title": "关于实验小学食堂问题的情况说明",
+    "body": "11月21日，有网民反映实验小学食堂饭菜变质。经核查……",
+    "facts": [{"label": "送检样品", "value": "3份"}],
+    "outlets": ["县教育局官方微博"],
+}
+
 
 class StatementContent(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+    # An unknown field is a 422 naming it.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_CONTENT]})
 
     title: Annotated[Text, StringConstraints(max_length=200)]
     body: Annotated[Text, StringConstraints(max_length=20000)]
@@ -52,6 +61,10 @@ class StatementContent(BaseModel):
 
 
 class DraftRequest(StatementContent):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"kind": "online_reply", **_CONTENT}]}
+    )
+
     kind: StatementKind
 
 
@@ -65,7 +78,10 @@ class FactChangeAcknowledgementRequest(BaseModel):
 
 
 class ApproveRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+    # An unknown field is a 422 naming it.
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"comment": "同意发布"}]}
+    )
 
     comment: str = Field(default="", max_length=2000)
     acknowledge_fact_changes: FactChangeAcknowledgementRequest | None = Field(
@@ -75,19 +91,34 @@ class ApproveRequest(BaseModel):
 
 
 class RejectRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+    # An unknown field is a 422 naming it.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"comment": "检测结果尚未出具，请删去“合格”的表述"}]},
+    )
 
     comment: Reason = Field(description="why it goes back: required")
 
 
 class WithdrawRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+    # An unknown field is a 422 naming it.
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reason": "情况有变，需重新核实后再报"}]}
+    )
 
     reason: Reason = Field(description="why it is taken back: required")
 
 
 class PublishRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # an unknown field is a 422 naming it
+    # An unknown field is a 422 naming it.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"outlet": "县教育局官方微博", "url": "https://weibo.com/county-edu/NtAbC"}
+            ]
+        },
+    )
 
     outlet: Outlet
     url: Annotated[Text, StringConstraints(max_length=2000)] = Field(
