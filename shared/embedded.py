@@ -227,7 +227,14 @@ class EmbeddedInfra:
                 server = secantus_server(port, data_dir / "mongo", log_dir)
                 server.start(settings.embedded_start_timeout)
                 self.servers.append(server)
-                updates["mongodb_url"] = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+                # No retryable writes (writes outside a transaction; commits are retried
+                # anyway): SecantusDB keeps each one's reply for 30 minutes, up to 10,000,
+                # and goes through all of them, sorting them once full, on every such write,
+                # so a busy system would slow down by the minute. The server is on this
+                # machine, and every such write of ours is one its caller does again.
+                updates["mongodb_url"] = (
+                    f"mongodb://127.0.0.1:{port}/?directConnection=true&retryWrites=false"
+                )
         except BaseException:
             self.stop()
             raise
