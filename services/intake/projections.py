@@ -287,7 +287,11 @@ class IntakeViews:
         await self.db[REPORTS].create_index([("unit_ids", ASCENDING), ("received_at", DESCENDING)])
         # A new report's look-alikes are the reports sharing one of its LSH bands.
         await self.db[REPORTS].create_index([("bands", ASCENDING)])
-        await self.db[INCIDENTS].create_index([("unit_ids", ASCENDING)])
+        await self.db[INCIDENTS].create_index([("watch.until", ASCENDING)])
+        # What served the watch before, scanning the unit's every incident: kept, it would
+        # only cost each incident's write.
+        if "unit_ids_1" in await self.db[INCIDENTS].index_information():
+            await self.db[INCIDENTS].drop_index("unit_ids_1")
         await self.db[INCIDENT_REPORTS].create_index(
             [("incident_id", ASCENDING), ("order", ASCENDING)]
         )
@@ -629,9 +633,11 @@ class IntakeViews:
         reports were filed."""
         cursor = self.db[INCIDENTS].find(
             {
+                # The watch first: served from its index, it holds only the incidents under
+                # watch now, where the unit's index would hand over every incident it ever had.
+                "watch.until": {"$gte": now},
                 "unit_ids": {"$in": list(unit_ids)},
                 "status": IncidentStatus.RESOLVED.value,
-                "watch.until": {"$gte": now},
             },
             {"_id": 1},
             session=session,
