@@ -145,6 +145,10 @@ def _report_key(incident_id: str, report_id: str) -> str:
     return f"{incident_id}/{report_id}"
 
 
+def _count_memo(incident_id: str) -> str:
+    return f"grading.report_count:{incident_id}"
+
+
 def _facts_of(doc: Document) -> ReportFacts:
     return ReportFacts(
         report_id=doc["report_id"],
@@ -208,6 +212,8 @@ class GradingViews:
 
     async def facts(self, incident_id: str, uow: UnitOfWork) -> IncidentFacts:
         doc = await self.db[FACTS].find_one({"_id": incident_id}, session=uow.session) or {}
+        # The count only add_report moves: its next report's `order`, without reading again.
+        uow.memo[_count_memo(incident_id)] = int(doc.get("report_count", 0))
         return IncidentFacts(
             incident_id=incident_id,
             reports=await self._reports(incident_id, uow.session),
@@ -225,26 +231,32 @@ class GradingViews:
     async def add_report(
         self, incident_id: str, report: ReportReceived, uow: UnitOfWork, *, held: bool = False
     ) -> None:
-        before = await update_before(
-            self.db[FACTS],
-            incident_id,
-            {
-                "$inc": {"report_count": 1},
-                **({"$push": {"held": report.report_id}} if held else {}),
-                "$addToSet": {
-                    "unit_ids": {"$each": list(report.unit_ids)},
-                    "filed_by": report.filed_by,
-                },
+        update: Document = {
+            "$inc": {"report_count": 1},
+            **({"$push": {"held": report.report_id}} if held else {}),
+            "$addToSet": {
+                "unit_ids": {"$each": list(report.unit_ids)},
+                "filed_by": report.filed_by,
             },
-            session=uow.session,
-            upsert=True,
-        )
+        }
+        # The count this transaction read already (`facts`): a writer that moved it since
+        # makes this write conflict, as update_before's own read would.
+        count = uow.memo.pop(_count_memo(incident_id), None)
+        if count is None:
+            before = await update_before(
+                self.db[FACTS], incident_id, update, session=uow.session, upsert=True
+            )
+            count = int((before or {}).get("report_count", 0))
+        else:
+            await self.db[FACTS].update_one(
+                {"_id": incident_id}, update, upsert=True, session=uow.session
+            )
         await self.db[REPORT_FACTS].insert_one(
             {
                 "_id": _report_key(incident_id, report.report_id),
                 **_facts_doc(ReportFacts.of(report)),
                 "incident_id": incident_id,
-                "order": int((before or {}).get("report_count", 0)) + 1,
+                "order": count + 1,
             },
             session=uow.session,
         )
