@@ -168,13 +168,17 @@ class UnitOfWork:
         replica whose clock is behind, or the same microsecond)."""
         wanted = time.time_ns() // 1000
         order = self.db[OUTBOX_ORDER]
-        if count == 1:
-            # One write in the usual case: the clock moved the incident's last seq on.
-            moved = await order.update_one(
-                {"_id": incident_id}, {"$max": {"seq": wanted}}, upsert=True, session=self.session
-            )
-            if moved.upserted_id is not None or moved.modified_count:
-                return wanted
+        # One write in the usual case, the clock past the incident's last seq: the last is
+        # set to the last of the `count`, and the write says whether it was set.
+        past = {"$lt": [{"$ifNull": ["$seq", 0]}, wanted]}
+        moved = await order.update_one(
+            {"_id": incident_id},
+            [{"$set": {"seq": {"$cond": [past, wanted + count - 1, "$seq"]}}}],
+            upsert=True,
+            session=self.session,
+        )
+        if moved.upserted_id is not None or moved.modified_count:
+            return wanted
         # Read, then written: in the transaction a writer that moved it in between makes
         # this one conflict, and the transaction is done again.
         before = await order.find_one({"_id": incident_id}, session=self.session)
