@@ -681,7 +681,7 @@ async def replay_equals_live(rig: Rig) -> str:
             assert pointer is not None
             live = {
                 name: {d["_id"]: d async for d in archive[pointer[name]].find({})}
-                for name in ("incidents", "cases")
+                for name in ("incidents", "incident_rows", "cases")
             }
             started = await api.post("/archive/v1/replay")
             assert started.status_code == 202, started.text
@@ -703,8 +703,8 @@ async def replay_equals_live(rig: Rig) -> str:
                         assert rebuilt[key] == document, (name, key)
             if not moved:
                 return (
-                    f"the archive's {len(live['incidents'])} incident views and "
-                    f"{len(live['cases'])} cases equal a replay of its log "
+                    f"the archive's {len(live['incidents'])} incident views, their list rows "
+                    f"and {len(live['cases'])} cases equal a replay of its log "
                     f"({job['processed']} incidents replayed, attempt {attempt})"
                 )
     raise AssertionError(f"the log never held still through a replay ({moved} moved)")
