@@ -178,6 +178,17 @@ def tansu_server(port: int, log_dir: Path) -> ChildServer:
     )
 
 
+def secantus_url(port: int) -> str:
+    """How the services reach an embedded SecantusDB on `port`.
+
+    Without retryable writes (writes outside a transaction; commits are retried anyway):
+    SecantusDB keeps each one's reply for 30 minutes, up to 10,000, and goes through all
+    of them, sorting them once full, on every such write, so a busy system would slow down
+    by the minute. The server is on this machine, and every such write of ours is one its
+    caller does again (a relay's mark, a lease, a delivery's claim)."""
+    return f"mongodb://127.0.0.1:{port}/?directConnection=true&retryWrites=false"
+
+
 def secantus_server(port: int, storage: Path, log_dir: Path) -> ChildServer:
     storage.mkdir(parents=True, exist_ok=True)
     return ChildServer(
@@ -227,14 +238,7 @@ class EmbeddedInfra:
                 server = secantus_server(port, data_dir / "mongo", log_dir)
                 server.start(settings.embedded_start_timeout)
                 self.servers.append(server)
-                # No retryable writes (writes outside a transaction; commits are retried
-                # anyway): SecantusDB keeps each one's reply for 30 minutes, up to 10,000,
-                # and goes through all of them, sorting them once full, on every such write,
-                # so a busy system would slow down by the minute. The server is on this
-                # machine, and every such write of ours is one its caller does again.
-                updates["mongodb_url"] = (
-                    f"mongodb://127.0.0.1:{port}/?directConnection=true&retryWrites=false"
-                )
+                updates["mongodb_url"] = secantus_url(port)
         except BaseException:
             self.stop()
             raise

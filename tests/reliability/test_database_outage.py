@@ -24,7 +24,7 @@ import pytest
 from services.grading.bootstrap import build as build_grading
 from services.intake.bootstrap import IntakeParts, build
 from shared.bus import ensure_topics
-from shared.embedded import ChildServer, free_port, secantus_server, tansu_server
+from shared.embedded import ChildServer, free_port, secantus_server, secantus_url, tansu_server
 from shared.service import Context, ServiceRunner
 from shared.settings import Settings
 from tests.service.test_intake_service import OTHER_MATTER, report
@@ -56,7 +56,7 @@ class Database:
 
     @property
     def url(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+        return secantus_url(self.port)
 
     def start(self) -> None:
         self.server = secantus_server(self.port, self.storage, self.logs)

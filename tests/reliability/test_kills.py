@@ -51,6 +51,7 @@ from services.cli import composition_root
 from services.notification.bootstrap import NotificationParts
 from services.notification.projections import OBLIGATIONS
 from shared.bus import topic_ends
+from shared.embedded import secantus_url
 from shared.events import (
     DEAD_LETTER_TOPIC,
     DeadlineMissed,
@@ -149,7 +150,7 @@ def servers(tmp_path: Path) -> Iterator[tuple[Server, Server]]:
 async def rig(servers: tuple[Server, Server], tmp_path: Path) -> AsyncIterator[Rig]:
     db, kafka = servers
     run = uuid.uuid4().hex[:8]
-    mongo = f"mongodb://127.0.0.1:{db.port}/?directConnection=true"
+    mongo = secantus_url(db.port)
     policy = short_deadline_policy(tmp_path)
     env = clean_env()
     env.update(
