@@ -188,14 +188,14 @@ class IntakeCommands:
         a referral is its partner's own, and only its reports may join it."""
         matching = self.policy.similar_text
         text = report_text(report)
-        candidates = await self.views.text_candidates(
-            report.unit_ids, now - matching.window, matching.max_compared, uow.session, text
+        candidates = await self.views.recent_look_alikes(
+            report.unit_ids, text, now - matching.window, now, matching.max_compared, uow.session
         )
         # An incident under watch (善后跟踪) is compared with whenever its reports came.
         watched = await self.views.watched(report.unit_ids, now, uow.session)
         if watched:
-            candidates += await self.views.text_candidates(
-                report.unit_ids, None, matching.max_compared, uow.session, text, watched
+            candidates += await self.views.look_alikes_of(
+                watched, report.unit_ids, text, matching.max_compared, uow.session
             )
         if not by_partner:
             referrals = await self.views.referrals((c.incident_id for c in candidates), uow.session)

@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -285,8 +285,12 @@ class IntakeViews:
     async def ensure_indexes(self) -> None:
         await self.db[REPORTS].create_index([("incident_id", ASCENDING)])
         await self.db[REPORTS].create_index([("unit_ids", ASCENDING), ("received_at", DESCENDING)])
-        # A new report's look-alikes are the reports sharing one of its LSH bands.
-        await self.db[REPORTS].create_index([("bands", ASCENDING)])
+        # A new report's look-alikes are the reports of the window sharing one of its LSH
+        # bands (the bands of each day: a band alone would hand over every look-alike ever
+        # filed). The bands' own index served that before.
+        await self.db[REPORTS].create_index([("day_bands", ASCENDING)])
+        if "bands_1" in await self.db[REPORTS].index_information():
+            await self.db[REPORTS].drop_index("bands_1")
         await self.db[INCIDENTS].create_index([("watch.until", ASCENDING)])
         # What served the watch before, scanning the unit's every incident: kept, it would
         # only cost each incident's write.
@@ -303,14 +307,16 @@ class IntakeViews:
         await self._band_reports()
 
     async def _band_reports(self) -> None:
-        """Reports stored before texts were banded get their bands, so that every report
-        a new one could match is found through the bands index."""
+        """Reports stored before texts were banded by day get their bands, so that every
+        report a new one could match is found through the day bands' index."""
         cursor = self.db[REPORTS].find(
-            {"text": {"$exists": True}, "bands": {"$exists": False}}, {"text": 1}
+            {"text": {"$exists": True}, "day_bands": {"$exists": False}},
+            {"text": 1, "received_at": 1},
         )
         async for doc in cursor:
             await self.db[REPORTS].update_one(
-                {"_id": doc["_id"]}, {"$set": {"bands": text_bands(str(doc["text"]))}}
+                {"_id": doc["_id"]},
+                {"$set": _banded(str(doc["text"]), doc["received_at"])},
             )
 
     async def _count_reports(self) -> None:
@@ -382,7 +388,7 @@ class IntakeViews:
             match=None,
             score=None,
             text=report_text(payload),
-            bands=text_bands(report_text(payload)),
+            **_banded(report_text(payload), at),
             received_at=at,
             actor=event.actor.model_dump(),
         )
@@ -588,37 +594,57 @@ class IntakeViews:
 
     # ------------------------------------------------------------------ text matching
 
-    async def text_candidates(
+    async def recent_look_alikes(
         self,
         unit_ids: Sequence[str],
-        since: datetime | None,
+        text: str,
+        since: datetime,
+        now: datetime,
         limit: int,
         session: AsyncClientSession | None,
-        text: str | None = None,
-        incident_ids: Sequence[str] | None = None,
     ) -> list[TextCandidate]:
-        """The reports about any of `unit_ids` filed since `since`, most recent first, at
-        most `limit` of them: the only ones a new report's text is compared with. Given the
-        new report's `text`, only those sharing an LSH band with it (reports stored before
-        bands were kept get theirs at start), so that a filing compares a few instead of
-        `limit`; given
-        `incident_ids`, only those incidents' reports.
+        """The reports about any of `unit_ids` filed since `since` that share an LSH band
+        with `text`, most recent first, at most `limit` of them: the only ones a new
+        report's text is compared with.
 
-        Reports projected before texts were kept have none and are not compared."""
-        # The bands first: a server that serves one condition from an index takes the first
-        # one it can (the embedded SecantusDB), and the bands are the narrowest.
-        query: Document = {"bands": {"$in": text_bands(text)}} if text is not None else {}
-        query.update(unit_ids={"$in": list(unit_ids)}, text={"$exists": True})
-        if since is not None:
-            query["received_at"] = {"$gte": since}
-        if incident_ids is not None:
-            query["incident_id"] = {"$in": list(incident_ids)}
+        Asked by the bands of each day since `since` (`day_bands`), first: a server that
+        serves one condition from an index takes the first one it can (the embedded
+        SecantusDB) and decodes all it hands over, so the candidates are those of the
+        window, however long the history and however many look-alikes it holds. Reports
+        projected before texts were kept have none and are not compared."""
+        bands = text_bands(text)
+        query: Document = {
+            "day_bands": {"$in": [f"{day}|{band}" for day in _days(since, now) for band in bands]},
+            "unit_ids": {"$in": list(unit_ids)},
+            "received_at": {"$gte": since},
+        }
+        return await self._candidates(query, limit, session)
+
+    async def look_alikes_of(
+        self,
+        incident_ids: Sequence[str],
+        unit_ids: Sequence[str],
+        text: str,
+        limit: int,
+        session: AsyncClientSession | None,
+    ) -> list[TextCandidate]:
+        """The reports of `incident_ids` (under watch: whenever they were filed) about any
+        of `unit_ids` that share an LSH band with `text`, most recent first, at most
+        `limit`: asked by incident first, so only those incidents' reports are read."""
+        query: Document = {
+            "incident_id": {"$in": list(incident_ids)},
+            "bands": {"$in": text_bands(text)},
+            "unit_ids": {"$in": list(unit_ids)},
+        }
+        return await self._candidates(query, limit, session)
+
+    async def _candidates(
+        self, query: Document, limit: int, session: AsyncClientSession | None
+    ) -> list[TextCandidate]:
         cursor = (
             self.db[REPORTS]
             .find(
-                query,
-                {"incident_id": 1, "text": 1},
-                session=session,
+                {**query, "text": {"$exists": True}}, {"incident_id": 1, "text": 1}, session=session
             )
             .sort("received_at", DESCENDING)
             .limit(limit)
@@ -726,7 +752,7 @@ class IntakeViews:
         self, report_id: str, session: AsyncClientSession | None = None
     ) -> ReportOut | None:
         doc = await self.db[REPORTS].find_one(
-            {"_id": report_id}, {"_id": 0, "text": 0, "bands": 0}, session=session
+            {"_id": report_id}, {"_id": 0, "text": 0, "bands": 0, "day_bands": 0}, session=session
         )
         return None if doc is None else ReportOut.model_validate(doc)
 
@@ -799,11 +825,30 @@ def _listed_key(incident_id: str, report_id: str) -> str:
     return f"{incident_id} {report_id}"
 
 
+def _banded(text: str, received_at: datetime) -> Document:
+    """A report's LSH bands, and the same of the day it was received (UTC)."""
+    bands = text_bands(text)
+    day = _utc(received_at).date().isoformat()
+    return {"bands": bands, "day_bands": [f"{day}|{band}" for band in bands]}
+
+
+def _days(since: datetime, now: datetime) -> list[str]:
+    """The UTC days from `since` to the day after `now` (a replica's clock a little ahead
+    may have stamped a report received there)."""
+    first = _utc(since).date()
+    last = _utc(now).date() + timedelta(days=1)
+    return [(first + timedelta(days=n)).isoformat() for n in range((last - first).days + 1)]
+
+
 def _order(received_at: datetime, report_id: str) -> str:
     """The key the reports of an incident are listed by: when received, then the id (one
     field, so a page is one flat range on an index)."""
-    moment = received_at if received_at.tzinfo is not None else received_at.replace(tzinfo=UTC)
-    return f"{moment.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%fZ} {report_id}"
+    return f"{_utc(received_at):%Y-%m-%dT%H:%M:%S.%fZ} {report_id}"
+
+
+def _utc(moment: datetime) -> datetime:
+    """`moment` in UTC; a naive one (a store that drops the zone) is UTC already."""
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _listed(incident_id: str, summary: Document) -> Document:

@@ -182,6 +182,26 @@ async def test_the_same_link_and_a_look_alike_join_the_incident_saying_why(
     assert parts(intake).policy.similar_text.threshold <= score < 1
 
 
+async def test_a_look_alike_filed_days_later_within_the_window_joins_the_incident(
+    intake: FakeService, api: httpx.AsyncClient, clock: Clock
+) -> None:
+    """Look-alikes are asked for by the bands of each day of the window: one filed two
+    days (and a minute short of the window) after the first still finds it."""
+    first = await file(api, monitor(intake))
+    clock.advance(hours=parts(intake).policy.similar_text.window_hours, minutes=-1)
+    assert clock.now.date() != T0.date()
+
+    later = await file(
+        api,
+        monitor(intake),
+        url="https://bbs.example.org/t/8",
+        observed_at=clock.now.isoformat(),
+        **SIMILAR,
+    )
+
+    assert (later["incident_id"], later["new_incident"]) == (first["incident_id"], False)
+
+
 async def test_a_look_alike_filed_after_the_window_opens_its_own_incident(
     intake: FakeService, api: httpx.AsyncClient, clock: Clock
 ) -> None:
@@ -546,10 +566,12 @@ async def test_a_report_stored_before_text_bands_is_banded_at_start_and_compared
     intake: FakeService, api: httpx.AsyncClient
 ) -> None:
     first = await file(api, monitor(intake))
-    await intake.db[REPORTS].update_many({}, {"$unset": {"bands": ""}})
+    await intake.db[REPORTS].update_many({}, {"$unset": {"bands": "", "day_bands": ""}})
     for step in intake.parts.setup:  # the service starting again on that database
         await step()
-    assert (await intake.db[REPORTS].find_one({"_id": first["report_id"]}) or {}).get("bands")
+    stored = await intake.db[REPORTS].find_one({"_id": first["report_id"]}) or {}
+    assert stored.get("bands")
+    assert stored.get("day_bands")
 
     look_alike = await file(api, monitor(intake), url="https://bbs.example.org/t/1", **SIMILAR)
     unrelated = await file(api, monitor(intake), url="https://bbs.example.org/t/2", **OTHER_MATTER)
