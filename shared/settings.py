@@ -203,6 +203,9 @@ class Settings(BaseSettings):
     shutdown_drain_seconds: float = Field(default=2.0, ge=0)
     # How often each service samples its gauges (outbox backlog, consumer lag, duties owed).
     metrics_interval_seconds: float = Field(default=15.0, gt=0)
+    # How often notification counts the duties owed for that gauge, at most: a count reads
+    # every owed duty, as many as a storm leaves open or missed.
+    owed_count_seconds: float = Field(default=60.0, gt=0)
     delivery_poll_seconds: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")

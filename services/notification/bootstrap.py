@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
@@ -181,8 +181,18 @@ def build(deps: Dependencies) -> NotificationParts:
             await guarded("deadline watch pass", workflow.record_missed)
             await asyncio.sleep(settings.deadline_poll_seconds)
 
+    counted_at: datetime | None = None
+
     async def owed_duties() -> None:
-        counts = await projections.owed_by_level(deps.clock())
+        nonlocal counted_at
+        now = deps.clock()
+        since = now - counted_at if counted_at is not None else None
+        if since is not None and timedelta(0) <= since < timedelta(
+            seconds=settings.owed_count_seconds
+        ):
+            return  # the gauge keeps the last count: each reads every duty still owed
+        counted_at = now
+        counts = await projections.owed_by_level(now)
         for level in plan.manifest.ranks:  # the plan's levels, however many it has
             for overdue in (False, True):
                 OBLIGATIONS_OWED.labels(str(int(level)), str(overdue).lower()).set(

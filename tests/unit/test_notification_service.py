@@ -831,6 +831,9 @@ def scraped(name: str, **labels: str) -> float:
     return 0.0
 
 
+OVERDUE = ("false", "true")
+
+
 async def test_a_scrape_shows_duties_owed_by_level_and_those_past_their_deadline(
     notification: FakeService, upstream: Upstream, clock: Clock
 ) -> None:
@@ -843,6 +846,20 @@ async def test_a_scrape_shows_duties_owed_by_level_and_those_past_their_deadline
     await notification.runner.sample_metrics()
     assert scraped("yuqing_obligations_owed", level="2", overdue="false") == 0
     assert scraped("yuqing_obligations_owed", level="2", overdue="true") == 1
+
+    # Counted at most once a minute (YUQING_OWED_COUNT_SECONDS): a duty owed since shows
+    # at the first sample a minute after the last count, not before.
+    await notification.consume(upstream.opened("inc-m2"), upstream.graded("inc-m2", 2))
+
+    def owed() -> float:
+        return sum(scraped("yuqing_obligations_owed", level="2", overdue=o) for o in OVERDUE)
+
+    clock.now += timedelta(seconds=30)
+    await notification.runner.sample_metrics()
+    assert owed() == 1
+    clock.now += timedelta(seconds=30)
+    await notification.runner.sample_metrics()
+    assert owed() == 2
 
 
 async def test_a_scrape_shows_the_whole_outbox_backlog_not_one_batch_of_it(
