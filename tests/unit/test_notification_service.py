@@ -679,14 +679,36 @@ async def with_unreachable_leader(
     tmp_path: Path, webhook_secret: None, hook: HttpReceiver, ops: HttpReceiver, clock: Clock
 ) -> AsyncIterator[FakeService]:
     """The shipped directory with a second leader, 钱副组长, who has no contacts at all."""
-    directory = yaml.safe_load((CONFIG_DIR / "directory.yaml").read_text(encoding="utf-8"))
+    directory = shipped_directory()
     directory["people"].append(
         {"id": "leader-qian", "name": "钱副组长", "unit": "county", "roles": ["leader"]}
     )
-    path = tmp_path / "directory.yaml"
-    path.write_text(yaml.safe_dump(directory, allow_unicode=True), encoding="utf-8")
+    path = written(tmp_path, directory)
     async with running(tmp_path, hook, ops, clock, directory_path=path) as service:
         yield service
+
+
+def shipped_directory() -> dict[str, Any]:
+    return dict(yaml.safe_load((CONFIG_DIR / "directory.yaml").read_text(encoding="utf-8")))
+
+
+def written(tmp_path: Path, directory: dict[str, Any]) -> Path:
+    path = tmp_path / "directory.yaml"
+    path.write_text(yaml.safe_dump(directory, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+async def paged_at_level_1(
+    service: FakeService, upstream: Upstream, clock: Clock, incident: str
+) -> set[str]:
+    """The duties a level-1 grade of `incident` opened, once a delivery pass has run."""
+    await service.consume(upstream.opened(incident), upstream.graded(incident, 1))
+    await parts(service).dispatcher.run_once(clock(), 10)
+    return {
+        e.payload.obligation_id
+        for e in await service.published("ObligationOpened")
+        if isinstance(e.payload, ObligationOpened)
+    }
 
 
 async def test_a_person_no_channel_reaches_is_recorded_once_a_page_and_the_others_told(
@@ -701,15 +723,8 @@ async def test_a_person_no_channel_reaches_is_recorded_once_a_page_and_the_other
     when the page is sent again and not when it escalates."""
     service = with_unreachable_leader
     counted_before = scraped("yuqing_notifications_unreachable_total", level="1")
-    await service.consume(upstream.opened("inc-u"), upstream.graded("inc-u", 1))
+    opened = await paged_at_level_1(service, upstream, clock, "inc-u")
     dispatcher = parts(service).dispatcher
-    await dispatcher.run_once(clock(), 10)
-
-    opened = {
-        e.payload.obligation_id
-        for e in await service.published("ObligationOpened")
-        if isinstance(e.payload, ObligationOpened)
-    }
     assert len(opened) == 2  # 手机快报 and 动态跟踪
     told = [c.json() for c in hook.requests]
     assert sorted((b["to"], b["obligation_id"]) for b in told) == [
@@ -750,12 +765,11 @@ async def with_nobody_above_school_a(
 ) -> AsyncIterator[FakeService]:
     """The shipped directory with the leader and the office moved to 第二中学: nobody in
     实验小学 or above it holds a role a level-1 duty pages."""
-    directory = yaml.safe_load((CONFIG_DIR / "directory.yaml").read_text(encoding="utf-8"))
+    directory = shipped_directory()
     for person in directory["people"]:
         if person["id"] in {"leader-zhang", "office-li"}:
             person["unit"] = "school-b"
-    path = tmp_path / "directory.yaml"
-    path.write_text(yaml.safe_dump(directory, allow_unicode=True), encoding="utf-8")
+    path = written(tmp_path, directory)
     async with running(tmp_path, hook, ops, clock, directory_path=path) as service:
         yield service
 
@@ -768,15 +782,8 @@ async def test_a_duty_whose_page_reaches_nobody_is_recorded_once_and_counted(
     the end of the chain add nothing, and no other school's people are told."""
     service = with_nobody_above_school_a
     counted_before = scraped("yuqing_notifications_unreachable_total", level="1")
-    await service.consume(upstream.opened("inc-n"), upstream.graded("inc-n", 1))
+    opened = await paged_at_level_1(service, upstream, clock, "inc-n")
     dispatcher = parts(service).dispatcher
-    await dispatcher.run_once(clock(), 10)
-
-    opened = {
-        e.payload.obligation_id
-        for e in await service.published("ObligationOpened")
-        if isinstance(e.payload, ObligationOpened)
-    }
     assert len(opened) == 2
     failed = [
         e.payload
