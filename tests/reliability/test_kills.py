@@ -295,6 +295,11 @@ class Stream:
         if resp.status_code in (502, 503):
             self.retried[str(resp.status_code)] += 1
             return False
+        if resp.status_code == 409 and _code(resp) == "conflict_retry_exhausted":
+            # "Try again", as the API says: the record was busy for the whole budget (the
+            # killed process's open transaction holds a document until the server drops it).
+            self.retried["409 busy"] += 1
+            return False
         if resp.headers.get("Idempotent-Replayed") == "true":
             self.retried["replayed"] += 1  # stored before the kill, answered after it
         if resp.status_code not in (200, 201):
@@ -670,6 +675,13 @@ async def readable(rig: Rig, stream: Stream) -> tuple[float, int]:
     moved = [r for r, _, incident in found if incident != stream.accepted[r][0]]
     assert moved == [], f"reports read back in another incident: {moved[:10]}"
     return time.monotonic() - started, len(found)
+
+
+def _code(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 async def replay_equals_live(rig: Rig) -> str:
