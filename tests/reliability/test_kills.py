@@ -284,7 +284,8 @@ class Stream:
         task.add_done_callback(self._pending.discard)
 
     async def attempt(self, body: dict[str, Any], key: str) -> bool:
-        """One try: False when it got no answer (intake killed) or a 503 (the database)."""
+        """One try: False when it got no answer (intake killed), a 503 (the database) or a
+        409 saying the record stayed busy."""
         try:
             resp = await self.api.post(
                 "/intake/v1/reports", json=body, headers={"Idempotency-Key": key}
