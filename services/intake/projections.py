@@ -32,7 +32,7 @@ from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.intake.domain import TextCandidate, report_text, text_bands
+from services.intake.domain import LSH_SCHEME, TextCandidate, report_text, text_bands
 from shared.events import (
     Actor,
     Attachment,
@@ -307,10 +307,11 @@ class IntakeViews:
         await self._band_reports()
 
     async def _band_reports(self) -> None:
-        """Reports stored before texts were banded by day get their bands, so that every
-        report a new one could match is found through the day bands' index."""
+        """Reports stored before texts were banded by day, or banded by another scheme
+        (`LSH_SCHEME`), get this one's bands, so that every report a new one could match is
+        found through the day bands' index."""
         cursor = self.db[REPORTS].find(
-            {"text": {"$exists": True}, "day_bands": {"$exists": False}},
+            {"text": {"$exists": True}, "lsh": {"$ne": LSH_SCHEME}},
             {"text": 1, "received_at": 1},
         )
         async for doc in cursor:
@@ -633,7 +634,7 @@ class IntakeViews:
         `limit`: asked by incident first, so only those incidents' reports are read."""
         query: Document = {
             "incident_id": {"$in": list(incident_ids)},
-            "bands": {"$in": text_bands(text)},
+            "bands": {"$in": list(text_bands(text))},
             "unit_ids": {"$in": list(unit_ids)},
         }
         return await self._candidates(query, limit, session)
@@ -752,7 +753,9 @@ class IntakeViews:
         self, report_id: str, session: AsyncClientSession | None = None
     ) -> ReportOut | None:
         doc = await self.db[REPORTS].find_one(
-            {"_id": report_id}, {"_id": 0, "text": 0, "bands": 0, "day_bands": 0}, session=session
+            {"_id": report_id},
+            {"_id": 0, "text": 0, "bands": 0, "day_bands": 0, "lsh": 0},
+            session=session,
         )
         return None if doc is None else ReportOut.model_validate(doc)
 
@@ -826,10 +829,14 @@ def _listed_key(incident_id: str, report_id: str) -> str:
 
 
 def _banded(text: str, received_at: datetime) -> Document:
-    """A report's LSH bands, and the same of the day it was received (UTC)."""
+    """A report's LSH bands, the same of the day it was received (UTC), and their scheme."""
     bands = text_bands(text)
     day = _utc(received_at).date().isoformat()
-    return {"bands": bands, "day_bands": [f"{day}|{band}" for band in bands]}
+    return {
+        "bands": list(bands),
+        "day_bands": [f"{day}|{band}" for band in bands],
+        "lsh": LSH_SCHEME,
+    }
 
 
 def _days(since: datetime, now: datetime) -> list[str]:

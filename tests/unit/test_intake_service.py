@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from services.intake.bootstrap import IntakeParts, build
-from services.intake.domain import Incident
+from services.intake.domain import LSH_BANDS, LSH_SCHEME, Incident
 from services.intake.projections import REPORTS, IntakeViews
 from shared.repository import Repository
 from shared.settings import CONFIG_DIR
@@ -562,16 +562,34 @@ async def test_a_look_alike_is_found_behind_more_recent_reports_than_are_compare
     assert (look_alike["incident_id"], look_alike["new_incident"]) == (first["incident_id"], False)
 
 
+@pytest.mark.parametrize(
+    "stored_before",
+    [
+        pytest.param({"$unset": {"bands": "", "day_bands": "", "lsh": ""}}, id="unbanded"),
+        # Banded 20 x 3 before the scheme was stored: bands a new filing never asks for.
+        pytest.param(
+            {
+                "$set": {
+                    "bands": [f"{i}:000000000000" for i in range(20)],
+                    "day_bands": [f"{T0.date()}|{i}:000000000000" for i in range(20)],
+                },
+                "$unset": {"lsh": ""},
+            },
+            id="another-scheme",
+        ),
+    ],
+)
 async def test_a_report_stored_before_text_bands_is_banded_at_start_and_compared(
-    intake: FakeService, api: httpx.AsyncClient
+    intake: FakeService, api: httpx.AsyncClient, stored_before: dict[str, object]
 ) -> None:
     first = await file(api, monitor(intake))
-    await intake.db[REPORTS].update_many({}, {"$unset": {"bands": "", "day_bands": ""}})
+    await intake.db[REPORTS].update_many({}, stored_before)
     for step in intake.parts.setup:  # the service starting again on that database
         await step()
     stored = await intake.db[REPORTS].find_one({"_id": first["report_id"]}) or {}
-    assert stored.get("bands")
-    assert stored.get("day_bands")
+    assert len(stored.get("bands", [])) == LSH_BANDS
+    assert len(stored.get("day_bands", [])) == LSH_BANDS
+    assert stored.get("lsh") == LSH_SCHEME
 
     look_alike = await file(api, monitor(intake), url="https://bbs.example.org/t/1", **SIMILAR)
     unrelated = await file(api, monitor(intake), url="https://bbs.example.org/t/2", **OTHER_MATTER)
