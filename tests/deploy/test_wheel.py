@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from shared.embedded import free_port
+from shared.embedded import free_ports
 from shared.settings import SERVICE_NAMES
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import RunningSystem, wait_for
@@ -136,10 +136,11 @@ def elsewhere(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def system(installed: Path, elsewhere: Path) -> Iterator[RunningSystem]:
     """`yuqing up` of the installed wheel, started in `elsewhere` with only ports set."""
+    http_port, kafka_port, mongo_port = free_ports(3)
     env = clean_env(
-        YUQING_HTTP_PORT=str(free_port()),
-        YUQING_EMBEDDED_KAFKA_PORT=str(free_port()),
-        YUQING_EMBEDDED_MONGO_PORT=str(free_port()),
+        YUQING_HTTP_PORT=str(http_port),
+        YUQING_EMBEDDED_KAFKA_PORT=str(kafka_port),
+        YUQING_EMBEDDED_MONGO_PORT=str(mongo_port),
         YUQING_LOG_FORMAT="json",
         # The waits below poll ten times a second with one token: above the default limit.
         YUQING_RATE_LIMIT="100000/minute",

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from shared.embedded import free_port
+from shared.embedded import free_ports
 from tests.e2e.conftest import RunningSystem, system_env, wait_for
 from tests.e2e.test_walking_skeleton import incident_view, report
 
@@ -98,7 +98,7 @@ def stop_cleanly(system: ProcessGroup, sig: signal.Signals) -> None:
 
 
 def test_an_incident_survives_stopping_and_starting_the_system(tmp_path: Path) -> None:
-    kafka_port, mongo_port = free_port(), free_port()
+    kafka_port, mongo_port = free_ports(2)
     env = system_env(
         tmp_path,
         YUQING_EMBEDDED_KAFKA_PORT=str(kafka_port),

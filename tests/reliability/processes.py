@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.embedded import ChildServer, free_port, secantus_server, tansu_server
+from shared.embedded import ChildServer, free_port, free_ports, secantus_server, tansu_server
 from shared.settings import SERVICE_NAMES
 
 YUQING = str(Path(sys.executable).with_name("yuqing"))
@@ -175,12 +175,13 @@ class System:
     @classmethod
     def of(cls, env: dict[str, str], logs: Path) -> System:
         logs.mkdir(parents=True, exist_ok=True)
+        ports = free_ports(len(SERVICE_NAMES))
         return cls(
             {
                 name: ServiceProcess(
-                    name, {**env, "YUQING_HTTP_PORT": str(free_port())}, logs / f"{name}.log"
+                    name, {**env, "YUQING_HTTP_PORT": str(port)}, logs / f"{name}.log"
                 )
-                for name in SERVICE_NAMES
+                for name, port in zip(SERVICE_NAMES, ports, strict=True)
             }
         )
 
