@@ -184,17 +184,19 @@ def _ngrams(text: str, n: int) -> frozenset[str]:
 # filing fetches only the recent reports that share a band with it instead of comparing
 # every recent one. Bigrams whatever the policy's n-gram: texts alike in longer n-grams are
 # at least as alike in bigrams. A pair at the default threshold (Dice 0.85, Jaccard 0.74)
-# shares a band with probability 1 - (1 - 0.74**5)**40 = 0.99996; the exact Dice check
-# decides on those few. Five rows a band, not three: reports written from one template
-# (the same phrase and a varying id, Jaccard about 0.17 between any two) shared a band in
-# 11% of pairs with 20 x 3, 0.8% with 40 x 5, and every one is decoded and compared. A
-# deployment that lowers the threshold lowers the recall too (Dice 0.7: 0.85).
-LSH_BANDS = 40
+# shares a band with probability 1 - (1 - 0.74**5)**25 = 0.998 (0.9999 at Dice 0.9); the
+# exact Dice check decides on those few. Five rows a band, not three: reports written from
+# one template (the same phrase and a varying id, Jaccard about 0.17 between any two)
+# shared a band in 11% of pairs with 20 x 3 and 0.5% with 25 x 5, and every one shared is
+# decoded and compared. 25 bands, not more: each is one more value the look-alike query
+# asks the index for and one more guard a filing bumps. A deployment that lowers the
+# threshold lowers the recall too (Dice 0.7: 0.69).
+LSH_BANDS = 25
 LSH_ROWS = 5
 # Stored with a report's bands: reports banded otherwise are banded again at start.
-LSH_SCHEME = f"minhash-bigram-{LSH_BANDS}x{LSH_ROWS}"
+LSH_SCHEME = f"minhash-bigram-{LSH_BANDS}x{LSH_ROWS}-3d"
 _HASHES = LSH_BANDS * LSH_ROWS
-# Each bigram's 200 MinHash values: 4-byte words of keyed BLAKE2b digests (64 bytes each).
+# Each bigram's 125 MinHash values: 4-byte words of keyed BLAKE2b digests (64 bytes each).
 # BLAKE2b's personalisation holds 16 bytes: "yuqing-minhash07".
 _DIGESTS = [f"yuqing-minhash{i:02d}".encode() for i in range(-(-_HASHES * 4 // 64))]
 _WORDS = struct.Struct(f">{_HASHES}I")

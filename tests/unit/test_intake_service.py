@@ -185,11 +185,32 @@ async def test_the_same_link_and_a_look_alike_join_the_incident_saying_why(
 async def test_a_look_alike_filed_days_later_within_the_window_joins_the_incident(
     intake: FakeService, api: httpx.AsyncClient, clock: Clock
 ) -> None:
-    """Look-alikes are asked for by the bands of each day of the window: one filed two
-    days (and a minute short of the window) after the first still finds it."""
+    """Look-alikes are asked for by the bands of each period of the window: one filed
+    three days (a minute short of the window) after the first still finds it."""
     first = await file(api, monitor(intake))
     clock.advance(hours=parts(intake).policy.similar_text.window_hours, minutes=-1)
     assert clock.now.date() != T0.date()
+
+    later = await file(
+        api,
+        monitor(intake),
+        url="https://bbs.example.org/t/8",
+        observed_at=clock.now.isoformat(),
+        **SIMILAR,
+    )
+
+    assert (later["incident_id"], later["new_incident"]) == (first["incident_id"], False)
+
+
+@pytest.mark.parametrize("midnight", [1, 2, 3])
+async def test_a_look_alike_filed_just_after_a_midnight_joins_the_one_filed_just_before(
+    intake: FakeService, api: httpx.AsyncClient, clock: Clock, midnight: int
+) -> None:
+    """Bands are kept by period of some days; one of three midnights in a row ends one."""
+    before = datetime.combine(T0.date() + timedelta(days=midnight), datetime.min.time(), UTC)
+    clock.advance(seconds=(before - clock.now).total_seconds() - 60)
+    first = await file(api, monitor(intake), observed_at=clock.now.isoformat())
+    clock.advance(minutes=2)
 
     later = await file(
         api,
@@ -565,15 +586,15 @@ async def test_a_look_alike_is_found_behind_more_recent_reports_than_are_compare
 @pytest.mark.parametrize(
     "stored_before",
     [
-        pytest.param({"$unset": {"bands": "", "day_bands": "", "lsh": ""}}, id="unbanded"),
-        # Banded 20 x 3 before the scheme was stored: bands a new filing never asks for.
+        pytest.param({"$unset": {"bands": "", "period_bands": "", "lsh": ""}}, id="unbanded"),
+        # Banded 20 x 3 by day before the scheme was stored: bands a new filing never asks for.
         pytest.param(
             {
                 "$set": {
                     "bands": [f"{i}:000000000000" for i in range(20)],
                     "day_bands": [f"{T0.date()}|{i}:000000000000" for i in range(20)],
                 },
-                "$unset": {"lsh": ""},
+                "$unset": {"lsh": "", "period_bands": ""},
             },
             id="another-scheme",
         ),
@@ -588,8 +609,9 @@ async def test_a_report_stored_before_text_bands_is_banded_at_start_and_compared
         await step()
     stored = await intake.db[REPORTS].find_one({"_id": first["report_id"]}) or {}
     assert len(stored.get("bands", [])) == LSH_BANDS
-    assert len(stored.get("day_bands", [])) == LSH_BANDS
+    assert len(stored.get("period_bands", [])) == LSH_BANDS
     assert stored.get("lsh") == LSH_SCHEME
+    assert "day_bands" not in stored
 
     look_alike = await file(api, monitor(intake), url="https://bbs.example.org/t/1", **SIMILAR)
     unrelated = await file(api, monitor(intake), url="https://bbs.example.org/t/2", **OTHER_MATTER)
