@@ -18,6 +18,8 @@
   for its units and its text's bands in its transaction (`guard_text`): two filings at
   once that could match each other (a unit and a band in common) collide there, and the
   loser decides again against the winner's report; filings that could not, never meet.
+- `upkeep`: what start-up has brought up to date once and for all (the reports' LSH
+  scheme), so that a restart does not scan every report again.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ INCIDENT_REPORTS = "incident_reports"
 URL_CLAIMS = "url_claims"
 IDEMPOTENCY = "idempotency"
 TEXT_GUARDS = "text_guards"
+UPKEEP = "upkeep"
 # Slots per unit and band: bounds the guards kept (at most 20 x 4096 per unit); two
 # unrelated filings about one unit at once share one (and one is decided again) about
 # once in two hundred.
@@ -315,7 +318,11 @@ class IntakeViews:
     async def _band_reports(self) -> None:
         """Reports stored before texts were banded by period, or banded by another scheme
         (`LSH_SCHEME`), get this one's bands, so that every report a new one could match is
-        found through the day bands' index."""
+        found through the period bands' index. Once per scheme: every report projected
+        since is banded by it."""
+        done = await self.db[UPKEEP].find_one({"_id": "report_bands"})
+        if done is not None and done.get("scheme") == LSH_SCHEME:
+            return
         cursor = self.db[REPORTS].find(
             {"text": {"$exists": True}, "lsh": {"$ne": LSH_SCHEME}},
             {"text": 1, "received_at": 1},
@@ -328,6 +335,9 @@ class IntakeViews:
                     "$unset": {"day_bands": ""},
                 },
             )
+        await self.db[UPKEEP].replace_one(
+            {"_id": "report_bands"}, {"scheme": LSH_SCHEME}, upsert=True
+        )
 
     async def _count_reports(self) -> None:
         """Incidents stored before reports were counted embed every one: list them in
