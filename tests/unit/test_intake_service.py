@@ -182,6 +182,19 @@ async def test_the_same_link_and_a_look_alike_join_the_incident_saying_why(
     assert parts(intake).policy.similar_text.threshold <= score < 1
 
 
+async def file_look_alike(
+    api: httpx.AsyncClient, intake: FakeService, clock: Clock
+) -> dict[str, Any]:
+    """A monitor's report reading like the usual one, seen now at another address."""
+    return await file(
+        api,
+        monitor(intake),
+        url="https://bbs.example.org/t/8",
+        observed_at=clock.now.isoformat(),
+        **SIMILAR,
+    )
+
+
 async def test_a_look_alike_filed_days_later_within_the_window_joins_the_incident(
     intake: FakeService, api: httpx.AsyncClient, clock: Clock
 ) -> None:
@@ -191,13 +204,7 @@ async def test_a_look_alike_filed_days_later_within_the_window_joins_the_inciden
     clock.advance(hours=parts(intake).policy.similar_text.window_hours, minutes=-1)
     assert clock.now.date() != T0.date()
 
-    later = await file(
-        api,
-        monitor(intake),
-        url="https://bbs.example.org/t/8",
-        observed_at=clock.now.isoformat(),
-        **SIMILAR,
-    )
+    later = await file_look_alike(api, intake, clock)
 
     assert (later["incident_id"], later["new_incident"]) == (first["incident_id"], False)
 
@@ -212,13 +219,7 @@ async def test_a_look_alike_filed_just_after_a_midnight_joins_the_one_filed_just
     first = await file(api, monitor(intake), observed_at=clock.now.isoformat())
     clock.advance(minutes=2)
 
-    later = await file(
-        api,
-        monitor(intake),
-        url="https://bbs.example.org/t/8",
-        observed_at=clock.now.isoformat(),
-        **SIMILAR,
-    )
+    later = await file_look_alike(api, intake, clock)
 
     assert (later["incident_id"], later["new_incident"]) == (first["incident_id"], False)
 
