@@ -193,8 +193,8 @@ def _ngrams(text: str, n: int) -> frozenset[str]:
 # threshold lowers the recall too (Dice 0.7: 0.69).
 LSH_BANDS = 25
 LSH_ROWS = 5
-# Stored with a report's bands: reports banded otherwise are banded again at start.
-LSH_SCHEME = f"minhash-bigram-{LSH_BANDS}x{LSH_ROWS}-3d"
+# Names the banding; a report stores it with its bands, and the period they are kept by.
+LSH_SCHEME = f"minhash-bigram-{LSH_BANDS}x{LSH_ROWS}"
 _HASHES = LSH_BANDS * LSH_ROWS
 # Each bigram's 125 MinHash values: 4-byte words of keyed BLAKE2b digests (64 bytes each).
 # BLAKE2b's personalisation holds 16 bytes: "yuqing-minhash07".

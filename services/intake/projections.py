@@ -68,7 +68,7 @@ URL_CLAIMS = "url_claims"
 IDEMPOTENCY = "idempotency"
 TEXT_GUARDS = "text_guards"
 UPKEEP = "upkeep"
-# Slots per unit and band: bounds the guards kept (at most 20 x 4096 per unit); two
+# Slots per unit and band: bounds the guards kept (at most 25 x 4096 per unit); two
 # unrelated filings about one unit at once share one (and one is decided again) about
 # once in two hundred.
 _GUARD_SLOTS = 4096
@@ -76,6 +76,8 @@ _GUARD_SLOTS = 4096
 # far ahead another replica's clock may be.
 _PERIOD = timedelta(days=3)
 _CLOCK_AHEAD = timedelta(hours=1)
+# Stored with a report's bands (`lsh`): reports banded otherwise are banded again at start.
+_BANDING = f"{LSH_SCHEME}/{_PERIOD.days}d"
 
 
 class UrlClaimLost(DecideAgain):
@@ -317,14 +319,14 @@ class IntakeViews:
 
     async def _band_reports(self) -> None:
         """Reports stored before texts were banded by period, or banded by another scheme
-        (`LSH_SCHEME`), get this one's bands, so that every report a new one could match is
+        (`_BANDING`), get this one's bands, so that every report a new one could match is
         found through the period bands' index. Once per scheme: every report projected
         since is banded by it."""
         done = await self.db[UPKEEP].find_one({"_id": "report_bands"})
-        if done is not None and done.get("scheme") == LSH_SCHEME:
+        if done is not None and done.get("scheme") == _BANDING:
             return
         cursor = self.db[REPORTS].find(
-            {"text": {"$exists": True}, "lsh": {"$ne": LSH_SCHEME}},
+            {"text": {"$exists": True}, "lsh": {"$ne": _BANDING}},
             {"text": 1, "received_at": 1},
         )
         async for doc in cursor:
@@ -336,7 +338,7 @@ class IntakeViews:
                 },
             )
         await self.db[UPKEEP].replace_one(
-            {"_id": "report_bands"}, {"scheme": LSH_SCHEME}, upsert=True
+            {"_id": "report_bands"}, {"scheme": _BANDING}, upsert=True
         )
 
     async def _count_reports(self) -> None:
@@ -859,7 +861,7 @@ def _banded(text: str, received_at: datetime) -> Document:
     return {
         "bands": list(bands),
         "period_bands": [f"{period}|{band}" for band in bands],
-        "lsh": LSH_SCHEME,
+        "lsh": _BANDING,
     }
 
 
