@@ -18,8 +18,8 @@
   for its units and its text's bands in its transaction (`guard_text`): two filings at
   once that could match each other (a unit and a band in common) collide there, and the
   loser decides again against the winner's report; filings that could not, never meet.
-- `upkeep`: what start-up has brought up to date once and for all (the reports' LSH
-  scheme), so that a restart does not scan every report again.
+- `upkeep`: what start-up has brought up to date once and for all (reports counted, the
+  reports' LSH banding), so that a restart does not scan every incident and report again.
 """
 
 from __future__ import annotations
@@ -314,17 +314,22 @@ class IntakeViews:
             [("incident_id", ASCENDING), ("filed_by", ASCENDING), ("order", ASCENDING)]
         )
         await ensure_collection(self.db, TEXT_GUARDS)
-        await self._count_reports()
-        await self._band_reports()
+        await self._once("report_counts", "1", self._count_reports)
+        await self._once("report_bands", _BANDING, self._band_reports)
+
+    async def _once(self, task: str, version: str, work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work` unless start-up has run this `version` of it before (`upkeep`): what
+        it brings up to date stays so, as every event projected since is projected so."""
+        done = await self.db[UPKEEP].find_one({"_id": task})
+        if done is not None and done.get("version") == version:
+            return
+        await work()
+        await self.db[UPKEEP].replace_one({"_id": task}, {"version": version}, upsert=True)
 
     async def _band_reports(self) -> None:
         """Reports stored before texts were banded by period, or banded by another scheme
         (`_BANDING`), get this one's bands, so that every report a new one could match is
-        found through the period bands' index. Once per scheme: every report projected
-        since is banded by it."""
-        done = await self.db[UPKEEP].find_one({"_id": "report_bands"})
-        if done is not None and done.get("scheme") == _BANDING:
-            return
+        found through the period bands' index."""
         cursor = self.db[REPORTS].find(
             {"text": {"$exists": True}, "lsh": {"$ne": _BANDING}},
             {"text": 1, "received_at": 1},
@@ -337,9 +342,6 @@ class IntakeViews:
                     "$unset": {"day_bands": ""},
                 },
             )
-        await self.db[UPKEEP].replace_one(
-            {"_id": "report_bands"}, {"scheme": _BANDING}, upsert=True
-        )
 
     async def _count_reports(self) -> None:
         """Incidents stored before reports were counted embed every one: list them in

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from services.intake.bootstrap import IntakeParts, build
-from services.intake.projections import INCIDENT_REPORTS, INCIDENTS
+from services.intake.projections import INCIDENT_REPORTS, INCIDENTS, UPKEEP
 from shared.bus import ensure_topics
 from shared.service import Context, ServiceRunner
 from shared.settings import Settings
@@ -141,6 +141,7 @@ async def test_an_incident_stored_with_every_report_embedded_is_counted_at_start
         {"_id": incident_id}, {"$set": {"reports": legacy}, "$unset": {"report_count": ""}}
     )
     await service.db[INCIDENT_REPORTS].delete_many({"incident_id": incident_id})
+    await service.db[UPKEEP].delete_many({})  # what a store of that time holds
 
     await service.parts.views.ensure_indexes()
 
