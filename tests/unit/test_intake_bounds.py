@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from services.intake.bootstrap import IntakeParts, build
-from services.intake.projections import INCIDENT_REPORTS, INCIDENTS
+from services.intake.projections import INCIDENT_REPORTS, INCIDENTS, UPKEEP
 from shared.settings import CONFIG_DIR
 from tests.fakes.harness import FakeService, fake_service, fake_settings
 
@@ -246,6 +246,7 @@ async def test_an_incident_stored_with_every_report_embedded_is_counted_and_trim
         {"$set": {"reports": legacy}, "$unset": {"report_count": ""}},
     )
     await intake.db[INCIDENT_REPORTS].delete_many({"incident_id": incident_id})
+    await intake.db[UPKEEP].delete_many({})  # nor any start-up's upkeep
     parts = intake.parts
     assert isinstance(parts, IntakeParts)
 
